@@ -1,0 +1,73 @@
+# Shared helpers for the pgflow scripts; source it, don't run it.
+# shellcheck shell=bash
+
+ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
+TOOLS=${PGFLOW_TOOLS:-/opt/pgflow}
+export PATH="$HOME/.cargo/bin:$PATH"
+
+say() { printf '\033[1m==> %s\033[0m\n' "$*" >&2; }
+die() { printf 'error: %s\n' "$*" >&2; exit 1; }
+
+# pg_config of a major version (15, 17 or 18), as set up by scripts/setup.sh.
+pg_config_for() {
+  [ -f "$TOOLS/paths.env" ] || die "run scripts/setup.sh first"
+  # shellcheck disable=SC1091
+  . "$TOOLS/paths.env"
+  case "$1" in
+    15) echo "$PG15_CONFIG" ;;
+    17) echo "$PG17_CONFIG" ;;
+    18) echo "$PG18_CONFIG" ;;
+    *) die "unsupported Postgres version '$1' (use 15, 17 or 18)" ;;
+  esac
+}
+
+# The pgxs directory of a pg_config (pgxs.mk is at src/makefiles/ below it): pg_regress and
+# pg_isolation_regress live under its src/test/.
+pgxs_root() { dirname "$(dirname "$(dirname "$("$1" --pgxs)")")"; }
+
+# A TCP port nobody listens on.
+free_port() {
+  python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])'
+}
+
+as_postgres() {
+  if [ "$(id -un)" = postgres ]; then "$@"; else sudo -u postgres -- "$@"; fi
+}
+
+# cluster_start VERSION DATADIR PORT [extra postgresql.conf lines...]
+# A throwaway cluster owned by the postgres user (initdb refuses root), listening on
+# 127.0.0.1:PORT and on a Unix socket in DATADIR, with pgflow preloaded.
+cluster_start() {
+  local ver=$1 dir=$2 port=$3; shift 3
+  local bindir; bindir=$("$(pg_config_for "$ver")" --bindir)
+  cluster_stop "$ver" "$dir"
+  as_postgres rm -rf "$dir" 2>/dev/null || rm -rf "$dir"
+  mkdir -p "$dir" && chown postgres "$dir" 2>/dev/null || true
+  as_postgres "$bindir/initdb" -D "$dir" -U postgres --auth=trust -E UTF8 --locale=C >/dev/null
+  {
+    echo "port = $port"
+    echo "listen_addresses = '127.0.0.1'"
+    echo "unix_socket_directories = '$dir'"
+    echo "shared_preload_libraries = 'pgflow'"
+    echo "max_connections = 200"
+    echo "logging_collector = off"
+    for line in "$@"; do echo "$line"; done
+  } | as_postgres tee -a "$dir/postgresql.conf" >/dev/null
+  as_postgres "$bindir/pg_ctl" -D "$dir" -l "$dir/server.log" -w -t 60 start >/dev/null \
+    || { cat "$dir/server.log" >&2; die "Postgres $ver did not start"; }
+}
+
+cluster_stop() {
+  local ver=$1 dir=$2
+  local bindir; bindir=$("$(pg_config_for "$ver")" --bindir)
+  if [ -f "$dir/postmaster.pid" ]; then
+    as_postgres "$bindir/pg_ctl" -D "$dir" -m fast -w stop >/dev/null 2>&1 || true
+  fi
+}
+
+# Build and install the extension into a Postgres version's directories.
+install_pgflow() {
+  local ver=$1; shift
+  local cfg; cfg=$(pg_config_for "$ver")
+  (cd "$ROOT" && cargo pgrx install --pg-config "$cfg" --features "pg$ver" --no-default-features "$@" >/dev/null)
+}

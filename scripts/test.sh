@@ -1,0 +1,77 @@
+#!/usr/bin/env bash
+# The whole test suite, on every supported Postgres version (README command 2: `make test`).
+#
+# Per version: plain #[test]s and #[pg_test]s (cargo pgrx test), then against a throwaway
+# cluster with pgflow preloaded: pg_regress golden tests, isolation specs, and the client
+# tests over real connections. PG_VERSIONS="15" narrows the run.
+set -euo pipefail
+. "$(dirname "$0")/lib.sh"
+
+"$ROOT/scripts/setup.sh"
+
+versions=${PG_VERSIONS:-15 17 18}
+failed=()
+passed=0
+
+run_layer() {  # run_layer NAME COMMAND...
+  local name=$1; shift
+  say "$name"
+  if "$@"; then passed=$((passed + 1)); else failed+=("$name"); fi
+}
+
+regress_layers() {
+  local ver=$1
+  local cfg bindir pgxs regress isolation dir port
+  cfg=$(pg_config_for "$ver"); bindir=$($cfg --bindir)
+  pgxs=$(pgxs_root "$cfg")
+  regress=$pgxs/src/test/regress/pg_regress
+  isolation=$pgxs/src/test/isolation/pg_isolation_regress
+
+  dir=/tmp/pgflow-test-$ver
+  port=$(free_port)
+  cluster_start "$ver" "$dir" "$port"
+  trap 'cluster_stop '"$ver"' '"$dir" RETURN
+  local out; out=$(mktemp -d /tmp/pgflow-out-XXXX); chmod 777 "$out"
+
+  local regress_tests isolation_tests
+  regress_tests=$(cd "$ROOT/tests/pg_regress/sql" && ls ./*.sql | sed 's|^\./||; s|\.sql$||' | sort)
+  isolation_tests=$(cd "$ROOT/tests/isolation/specs" && ls ./*.spec | sed 's|^\./||; s|\.spec$||' | sort)
+
+  run_layer "pg$ver: pg_regress" \
+    "$regress" --use-existing --host=127.0.0.1 --port="$port" --user=postgres \
+      --bindir="$bindir" --inputdir="$ROOT/tests/pg_regress" --outputdir="$out/regress" \
+      --dbname=pgflow_regress --load-extension=pgflow $regress_tests \
+    || { cat "$out/regress/regression.diffs" 2>/dev/null | head -200 >&2; }
+
+  run_layer "pg$ver: isolation" \
+    "$isolation" --use-existing --host=127.0.0.1 --port="$port" --user=postgres \
+      --bindir="$bindir" --inputdir="$ROOT/tests/isolation" --outputdir="$out/isolation" \
+      --dbname=pgflow_isolation --load-extension=pgflow $isolation_tests \
+    || { cat "$out/isolation/regression.diffs" 2>/dev/null | head -200 >&2; }
+
+  run_layer "pg$ver: client tests" \
+    env PGFLOW_TEST_DSN="host=127.0.0.1 port=$port user=postgres dbname=postgres" \
+      cargo test -q -p pgflow-client-tests
+
+  if [ ${#failed[@]} -gt 0 ] && [ -f "$dir/server.log" ]; then
+    grep -E 'PANIC|TRAP|terminated by signal' "$dir/server.log" >&2 || true
+  fi
+}
+
+for ver in $versions; do
+  cfg=$(pg_config_for "$ver")
+  run_layer "pg$ver: cargo pgrx test (#[test] + #[pg_test])" \
+    bash -c "cd '$ROOT' && cargo pgrx test pg$ver"
+  say "pg$ver: install"
+  install_pgflow "$ver"
+  regress_layers "$ver"
+done
+
+echo
+if [ ${#failed[@]} -gt 0 ]; then
+  echo "FAILED layers: ${failed[*]}"
+  echo "suites: ${passed} passed, ${#failed[@]} failed"
+  exit 1
+fi
+echo "all layers passed on Postgres ${versions// /, }"
+echo "suites: ${passed} passed, 0 failed"

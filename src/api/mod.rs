@@ -1,0 +1,16 @@
+//! The `#[pg_extern]` shims the SQL layer calls. Each checks its arguments, calls one core
+//! function and returns; errors carry their SQLSTATE through `ErrorReport`.
+use pgrx::pg_sys::panic::ErrorReport;
+use pgrx::prelude::*;
+
+use crate::error::PgflowError;
+use crate::queue::name;
+
+/// Raises 22023 (with the broken rule) for an invalid queue name, 22004 for NULL.
+#[pg_extern(immutable, parallel_safe)]
+fn _check_queue_name(queue_name: Option<&str>) -> Result<(), ErrorReport> {
+    let queue_name = queue_name.ok_or(PgflowError::NullArgument("queue_name"))?;
+    name::validate(queue_name).map_err(|reason| {
+        PgflowError::InvalidQueueName { name: queue_name.to_owned(), reason }.into()
+    })
+}

@@ -1,0 +1,57 @@
+//! Every error a user can cause, each mapped to a specific SQLSTATE.
+//!
+//! The SQL layer raises its own errors with `RAISE ... USING ERRCODE`; the codes used there are
+//! listed in the README next to each function. This enum covers what Rust code reports.
+use std::fmt;
+
+use pgrx::pg_sys::panic::ErrorReport;
+use pgrx::PgSqlErrorCode;
+
+use crate::queue::name::NameError;
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum PgflowError {
+    /// A required argument was NULL (22004).
+    NullArgument(&'static str),
+    /// A queue name that breaks the naming rules (22023).
+    InvalidQueueName { name: String, reason: NameError },
+}
+
+impl PgflowError {
+    pub fn sqlstate(&self) -> PgSqlErrorCode {
+        match self {
+            PgflowError::NullArgument(_) => PgSqlErrorCode::ERRCODE_NULL_VALUE_NOT_ALLOWED,
+            PgflowError::InvalidQueueName { .. } => PgSqlErrorCode::ERRCODE_INVALID_PARAMETER_VALUE,
+        }
+    }
+
+    fn hint(&self) -> Option<&'static str> {
+        match self {
+            PgflowError::InvalidQueueName { .. } => Some(crate::queue::name::RULE),
+            PgflowError::NullArgument(_) => None,
+        }
+    }
+}
+
+impl fmt::Display for PgflowError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            PgflowError::NullArgument(arg) => write!(f, "{arg} must not be NULL"),
+            PgflowError::InvalidQueueName { name, reason } => {
+                // Quote with {:?} so control characters in a hostile name stay visible.
+                write!(f, "invalid queue name {name:?}: {reason}")
+            }
+        }
+    }
+}
+
+impl From<PgflowError> for ErrorReport {
+    #[track_caller]
+    fn from(e: PgflowError) -> Self {
+        let report = ErrorReport::new(e.sqlstate(), e.to_string(), "pgflow");
+        match e.hint() {
+            Some(h) => report.set_hint(h),
+            None => report,
+        }
+    }
+}

@@ -1,0 +1,40 @@
+//! pgflow: durable message queues inside PostgreSQL.
+//!
+//! Layout:
+//! - `sql/schema.sql`: tables and indexes (the storage design is in `docs/design.md`);
+//! - `sql/api.sql`: the SQL verbs (`send`, `read`, `archive`, ...), plain PL/pgSQL with static,
+//!   plan-cached statements;
+//! - `src/queue/`: queue semantics that need no Postgres (name rules), tested with plain `#[test]`s;
+//! - `src/api/`: the thin `#[pg_extern]` shims the SQL layer calls;
+//! - `src/error.rs`: every error a user can cause, each with its SQLSTATE.
+use pgrx::prelude::*;
+
+pub mod api;
+pub mod error;
+pub mod queue;
+
+::pgrx::pg_module_magic!(name, version);
+
+// Tables first, then the Rust functions pgrx generates, then the SQL API that calls them.
+extension_sql_file!("../sql/schema.sql", name = "schema", bootstrap);
+extension_sql_file!("../sql/api.sql", name = "api", finalize);
+
+/// Library load. The SQL API needs nothing from here and works without preloading; the
+/// background workers of later layers register only when loaded by `shared_preload_libraries`.
+#[pg_guard]
+pub extern "C-unwind" fn _PG_init() {}
+
+#[cfg(any(test, feature = "pg_test"))]
+mod tests;
+
+/// Required by `cargo pgrx test`.
+#[cfg(test)]
+pub mod pg_test {
+    pub fn setup(_options: Vec<&str>) {}
+
+    #[must_use]
+    pub fn postgresql_conf_options() -> Vec<&'static str> {
+        // Tests run with the library preloaded, as production does.
+        vec!["shared_preload_libraries = 'pgflow'"]
+    }
+}

@@ -1,0 +1,2 @@
+//! Queue semantics that need no Postgres: plain Rust, tested with plain `#[test]`s.
+pub mod name;

@@ -1,0 +1,1 @@
+//! Helpers for the end-to-end tests: connecting to the server the test script started.
