@@ -199,16 +199,23 @@ mod tests {
     #[pg_test]
     fn send_batch_returns_ids_in_input_order() {
         setup_queue("jobs");
-        let ok = one_bool(
-            "WITH ids AS (SELECT array_agg(i) AS a FROM pgflow.send_batch('jobs',
+        let ids = Spi::get_one::<Vec<i64>>(
+            "SELECT array_agg(i) FROM pgflow.send_batch('jobs',
                  ARRAY['{\"n\":1}','{\"n\":2}','{\"n\":3}']::jsonb[],
-                 ARRAY['{\"k\":\"a\"}', NULL, '{\"k\":\"c\"}']::jsonb[]) AS i)
-             SELECT a[1] < a[2] AND a[2] < a[3]
-                AND (SELECT array_agg((message->>'n')::int ORDER BY msg_id) FROM pgflow.message) = '{1,2,3}'
-                AND (SELECT array_agg(coalesce(headers->>'k', '-') ORDER BY msg_id) FROM pgflow.message) = '{a,-,c}'
-               FROM ids",
-        );
-        assert!(ok);
+                 ARRAY['{\"k\":\"a\"}', NULL, '{\"k\":\"c\"}']::jsonb[]) AS i",
+        )
+        .unwrap()
+        .unwrap();
+        assert_eq!(ids.len(), 3);
+        assert!(ids[0] < ids[1] && ids[1] < ids[2], "{ids:?}");
+        // Each id carries its own payload and headers, paired by position.
+        let stored = Spi::get_one::<String>(
+            "SELECT string_agg(msg_id || ':' || (message->>'n') || ':' || coalesce(headers->>'k', '-'),
+                               ',' ORDER BY msg_id) FROM pgflow.message",
+        )
+        .unwrap()
+        .unwrap();
+        assert_eq!(stored, format!("{}:1:a,{}:2:-,{}:3:c", ids[0], ids[1], ids[2]));
         assert_eq!(one_i64("SELECT count(*) FROM pgflow.send_batch('jobs', '{}'::jsonb[])"), 0);
     }
 
@@ -298,7 +305,7 @@ mod tests {
         assert!(one_bool("SELECT pgflow.drop_queue('jobs')"));
         assert_eq!(one_i64("SELECT count(*) FROM pgflow.archive"), 0);
         assert_eq!(
-            one_i64("SELECT count(*) FROM pg_class WHERE relnamespace = 'pgflow'::regnamespace AND relkind = 'S' AND relname LIKE 'q%'"),
+            one_i64("SELECT count(*) FROM pg_class WHERE relnamespace = 'pgflow'::regnamespace AND relkind = 'S' AND relname ~ '^q[0-9]+_'"),
             0,
             "the queue's sequences are gone"
         );
