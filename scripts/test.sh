@@ -31,22 +31,28 @@ regress_layers() {
   port=$(free_port)
   cluster_start "$ver" "$dir" "$port"
   trap 'cluster_stop '"$ver"' '"$dir" RETURN
-  local out; out=$(mktemp -d /tmp/pgflow-out-XXXX); chmod 777 "$out"
+  local out=/tmp/pgflow-out-$ver
+  rm -rf "$out"; mkdir -p "$out"; chmod 777 "$out"
 
   local regress_tests isolation_tests
   regress_tests=$(cd "$ROOT/tests/pg_regress/sql" && ls ./*.sql | sed 's|^\./||; s|\.sql$||' | sort)
   isolation_tests=$(cd "$ROOT/tests/isolation/specs" && ls ./*.spec | sed 's|^\./||; s|\.spec$||' | sort)
 
+  # --use-existing makes pg_regress skip creating the database (and --load-extension).
+  for db in pgflow_regress pgflow_isolation; do
+    as_postgres "$bindir/createdb" -h 127.0.0.1 -p "$port" -U postgres "$db"
+    as_postgres "$bindir/psql" -X -q -h 127.0.0.1 -p "$port" -U postgres -d "$db" -c 'CREATE EXTENSION pgflow'
+  done
   run_layer "pg$ver: pg_regress" \
     "$regress" --use-existing --host=127.0.0.1 --port="$port" --user=postgres \
       --bindir="$bindir" --inputdir="$ROOT/tests/pg_regress" --outputdir="$out/regress" \
-      --dbname=pgflow_regress --load-extension=pgflow $regress_tests \
+      --dbname=pgflow_regress $regress_tests \
     || { cat "$out/regress/regression.diffs" 2>/dev/null | head -200 >&2; }
 
   run_layer "pg$ver: isolation" \
     "$isolation" --use-existing --host=127.0.0.1 --port="$port" --user=postgres \
       --bindir="$bindir" --inputdir="$ROOT/tests/isolation" --outputdir="$out/isolation" \
-      --dbname=pgflow_isolation --load-extension=pgflow $isolation_tests \
+      --dbname=pgflow_isolation $isolation_tests \
     || { cat "$out/isolation/regression.diffs" 2>/dev/null | head -200 >&2; }
 
   run_layer "pg$ver: client tests" \
