@@ -21,11 +21,15 @@ mod tests {
     }
 
     fn one_i64(q: &str) -> i64 {
-        Spi::get_one::<i64>(q).unwrap().unwrap_or_else(|| panic!("NULL from {q}"))
+        Spi::get_one::<i64>(q)
+            .unwrap()
+            .unwrap_or_else(|| panic!("NULL from {q}"))
     }
 
     fn one_bool(q: &str) -> bool {
-        Spi::get_one::<bool>(q).unwrap().unwrap_or_else(|| panic!("NULL from {q}"))
+        Spi::get_one::<bool>(q)
+            .unwrap()
+            .unwrap_or_else(|| panic!("NULL from {q}"))
     }
 
     fn setup_queue(name: &str) {
@@ -49,21 +53,35 @@ mod tests {
     fn second_create_is_42710_or_idempotent() {
         setup_queue("jobs");
         assert_eq!(sqlstate("SELECT pgflow.create_queue('jobs')"), "42710");
-        assert!(!one_bool("SELECT pgflow.create_queue('jobs', max_retries => 9, if_not_exists => true)"));
+        assert!(!one_bool(
+            "SELECT pgflow.create_queue('jobs', max_retries => 9, if_not_exists => true)"
+        ));
         // The existing queue keeps its settings.
-        assert_eq!(one_i64("SELECT max_retries::bigint FROM pgflow.list_queues()"), 3);
+        assert_eq!(
+            one_i64("SELECT max_retries::bigint FROM pgflow.list_queues()"),
+            3
+        );
         assert_eq!(one_i64("SELECT count(*) FROM pgflow.queue"), 1);
     }
 
     #[pg_test]
     fn bad_queue_names_are_22023_and_never_reach_sql() {
         Spi::run("CREATE TABLE public.y (v int); INSERT INTO public.y VALUES (1)").unwrap();
-        assert_eq!(sqlstate("SELECT pgflow.create_queue('x; drop table y --')"), "22023");
+        assert_eq!(
+            sqlstate("SELECT pgflow.create_queue('x; drop table y --')"),
+            "22023"
+        );
         assert_eq!(sqlstate("SELECT pgflow.create_queue('')"), "22023");
-        assert_eq!(sqlstate(&format!("SELECT pgflow.create_queue('{}')", "a".repeat(81))), "22023");
+        assert_eq!(
+            sqlstate(&format!("SELECT pgflow.create_queue('{}')", "a".repeat(81))),
+            "22023"
+        );
         assert_eq!(sqlstate("SELECT pgflow.create_queue(NULL)"), "22004");
         // A verb on a name that could never exist says so (22023), not just "unknown" (42704).
-        assert_eq!(sqlstate("SELECT pgflow.send('x; drop table y --', '{}')"), "22023");
+        assert_eq!(
+            sqlstate("SELECT pgflow.send('x; drop table y --', '{}')"),
+            "22023"
+        );
         assert_eq!(one_i64("SELECT count(*) FROM public.y"), 1);
         assert_eq!(one_i64("SELECT count(*) FROM pgflow.queue"), 0);
     }
@@ -88,7 +106,9 @@ mod tests {
         ] {
             assert_eq!(sqlstate(stmt), "42704", "{stmt}");
         }
-        assert!(!one_bool("SELECT pgflow.drop_queue('nope', if_exists => true)"));
+        assert!(!one_bool(
+            "SELECT pgflow.drop_queue('nope', if_exists => true)"
+        ));
     }
 
     #[pg_test]
@@ -127,7 +147,10 @@ mod tests {
         }
         // Nothing already stored was lost or changed.
         assert_eq!(one_i64("SELECT count(*) FROM pgflow.message"), 1);
-        assert_eq!(one_i64("SELECT msg_id FROM pgflow.read('jobs', '30 s', 10)"), id);
+        assert_eq!(
+            one_i64("SELECT msg_id FROM pgflow.read('jobs', '30 s', 10)"),
+            id
+        );
         assert_eq!(one_i64("SELECT count(*) FROM pgflow.queue"), 1);
     }
 
@@ -140,21 +163,32 @@ mod tests {
         assert!(ids.windows(2).all(|w| w[0] < w[1]), "ids increase: {ids:?}");
 
         let got: Vec<i64> = Spi::connect(|c| {
-            c.select("SELECT msg_id FROM pgflow.read('jobs', '30 s', 3)", None, &[])
-                .unwrap()
-                .map(|r| r.get::<i64>(1).unwrap().unwrap())
-                .collect()
+            c.select(
+                "SELECT msg_id FROM pgflow.read('jobs', '30 s', 3)",
+                None,
+                &[],
+            )
+            .unwrap()
+            .map(|r| r.get::<i64>(1).unwrap().unwrap())
+            .collect()
         });
         assert_eq!(got, ids[..3]);
         // Leased messages are not handed out again while the lease runs.
         let rest: Vec<i64> = Spi::connect(|c| {
-            c.select("SELECT msg_id FROM pgflow.read('jobs', '30 s', 10)", None, &[])
-                .unwrap()
-                .map(|r| r.get::<i64>(1).unwrap().unwrap())
-                .collect()
+            c.select(
+                "SELECT msg_id FROM pgflow.read('jobs', '30 s', 10)",
+                None,
+                &[],
+            )
+            .unwrap()
+            .map(|r| r.get::<i64>(1).unwrap().unwrap())
+            .collect()
         });
         assert_eq!(rest, ids[3..]);
-        assert_eq!(one_i64("SELECT count(*) FROM pgflow.read('jobs', '30 s', 10)"), 0);
+        assert_eq!(
+            one_i64("SELECT count(*) FROM pgflow.read('jobs', '30 s', 10)"),
+            0
+        );
     }
 
     #[pg_test]
@@ -170,7 +204,10 @@ mod tests {
         assert!(ok);
         // An expired lease makes the message deliverable again, counted as a second delivery.
         Spi::run(&format!("SELECT pgflow.set_vt('jobs', {id}, '0 s')")).unwrap();
-        assert_eq!(one_i64("SELECT read_ct::bigint FROM pgflow.read('jobs', '10 s', 1)"), 2);
+        assert_eq!(
+            one_i64("SELECT read_ct::bigint FROM pgflow.read('jobs', '10 s', 1)"),
+            2
+        );
     }
 
     #[pg_test]
@@ -186,14 +223,22 @@ mod tests {
     fn delayed_messages_wait_for_their_time() {
         setup_queue("jobs");
         let id = one_i64("SELECT pgflow.send('jobs', '{}', delay => '1 hour')");
-        assert_eq!(one_i64("SELECT count(*) FROM pgflow.read('jobs', '30 s', 10)"), 0);
         assert_eq!(
-            Spi::get_one::<String>("SELECT state FROM pgflow.list_pending('jobs')").unwrap().as_deref(),
+            one_i64("SELECT count(*) FROM pgflow.read('jobs', '30 s', 10)"),
+            0
+        );
+        assert_eq!(
+            Spi::get_one::<String>("SELECT state FROM pgflow.list_pending('jobs')")
+                .unwrap()
+                .as_deref(),
             Some("delayed")
         );
         // Bring it due: it is delivered.
         Spi::run(&format!("SELECT pgflow.set_vt('jobs', {id}, '0 s')")).unwrap();
-        assert_eq!(one_i64("SELECT msg_id FROM pgflow.read('jobs', '30 s', 10)"), id);
+        assert_eq!(
+            one_i64("SELECT msg_id FROM pgflow.read('jobs', '30 s', 10)"),
+            id
+        );
     }
 
     #[pg_test]
@@ -215,8 +260,14 @@ mod tests {
         )
         .unwrap()
         .unwrap();
-        assert_eq!(stored, format!("{}:1:a,{}:2:-,{}:3:c", ids[0], ids[1], ids[2]));
-        assert_eq!(one_i64("SELECT count(*) FROM pgflow.send_batch('jobs', '{}'::jsonb[])"), 0);
+        assert_eq!(
+            stored,
+            format!("{}:1:a,{}:2:-,{}:3:c", ids[0], ids[1], ids[2])
+        );
+        assert_eq!(
+            one_i64("SELECT count(*) FROM pgflow.send_batch('jobs', '{}'::jsonb[])"),
+            0
+        );
     }
 
     #[pg_test]
@@ -224,10 +275,17 @@ mod tests {
         setup_queue("jobs");
         let a = one_i64("SELECT pgflow.send('jobs', '{\"n\": 1}')");
         let b = one_i64("SELECT pgflow.send('jobs', '{\"n\": 2}')");
-        assert!(one_bool(&format!("SELECT pgflow.archive('jobs', {a}::bigint)")));
-        assert!(!one_bool(&format!("SELECT pgflow.archive('jobs', {a}::bigint)")), "only once");
+        assert!(one_bool(&format!(
+            "SELECT pgflow.archive('jobs', {a}::bigint)"
+        )));
+        assert!(
+            !one_bool(&format!("SELECT pgflow.archive('jobs', {a}::bigint)")),
+            "only once"
+        );
         assert_eq!(
-            one_i64(&format!("SELECT count(*) FROM pgflow.archive('jobs', ARRAY[{a}, {b}, 999])")),
+            one_i64(&format!(
+                "SELECT count(*) FROM pgflow.archive('jobs', ARRAY[{a}, {b}, 999])"
+            )),
             1
         );
         assert_eq!(one_i64("SELECT count(*) FROM pgflow.message"), 0);
@@ -245,9 +303,16 @@ mod tests {
         setup_queue("jobs");
         let a = one_i64("SELECT pgflow.send('jobs', '{\"n\": 1}')");
         one_i64("SELECT pgflow.send('jobs', '{\"n\": 2}')");
-        assert!(one_bool(&format!("SELECT pgflow.delete('jobs', {a}::bigint)")));
-        assert!(!one_bool(&format!("SELECT pgflow.delete('jobs', {a}::bigint)")));
-        assert_eq!(one_i64("SELECT (message->>'n')::bigint FROM pgflow.pop('jobs')"), 2);
+        assert!(one_bool(&format!(
+            "SELECT pgflow.delete('jobs', {a}::bigint)"
+        )));
+        assert!(!one_bool(&format!(
+            "SELECT pgflow.delete('jobs', {a}::bigint)"
+        )));
+        assert_eq!(
+            one_i64("SELECT (message->>'n')::bigint FROM pgflow.pop('jobs')"),
+            2
+        );
         assert_eq!(one_i64("SELECT count(*) FROM pgflow.pop('jobs', 5)"), 0);
         assert_eq!(one_i64("SELECT count(*) FROM pgflow.message"), 0);
         assert_eq!(one_i64("SELECT count(*) FROM pgflow.archive"), 0);
@@ -262,10 +327,15 @@ mod tests {
             "SELECT vt > clock_timestamp() + interval '50 s' FROM pgflow.set_vt('jobs', {id}, '60 s')"
         )));
         assert_eq!(
-            Spi::get_one::<String>("SELECT state FROM pgflow.list_pending('jobs')").unwrap().as_deref(),
+            Spi::get_one::<String>("SELECT state FROM pgflow.list_pending('jobs')")
+                .unwrap()
+                .as_deref(),
             Some("in_flight")
         );
-        assert_eq!(one_i64("SELECT count(*) FROM pgflow.set_vt('jobs', 424242, '1 s')"), 0);
+        assert_eq!(
+            one_i64("SELECT count(*) FROM pgflow.set_vt('jobs', 424242, '1 s')"),
+            0
+        );
     }
 
     #[pg_test]
@@ -301,7 +371,11 @@ mod tests {
         Spi::run("SELECT pgflow.send_batch('jobs', array_fill('{}'::jsonb, ARRAY[4]))").unwrap();
         Spi::run("SELECT pgflow.archive('jobs', 1::bigint)").unwrap();
         assert_eq!(one_i64("SELECT pgflow.purge_queue('jobs')"), 3);
-        assert_eq!(one_i64("SELECT count(*) FROM pgflow.archive"), 1, "purge keeps the archive");
+        assert_eq!(
+            one_i64("SELECT count(*) FROM pgflow.archive"),
+            1,
+            "purge keeps the archive"
+        );
         assert!(one_bool("SELECT pgflow.drop_queue('jobs')"));
         assert_eq!(one_i64("SELECT count(*) FROM pgflow.archive"), 0);
         assert_eq!(
@@ -322,14 +396,20 @@ mod tests {
         assert_eq!(one_i64("SELECT pgflow.send('a', '{\"q\": \"a\"}')"), 1);
         assert_eq!(one_i64("SELECT pgflow.send('b', '{\"q\": \"b\"}')"), 1);
         // Archiving id 1 in b touches only b's message.
-        assert_eq!(one_i64("SELECT count(*) FROM pgflow.archive('b', ARRAY[1::bigint])"), 1);
+        assert_eq!(
+            one_i64("SELECT count(*) FROM pgflow.archive('b', ARRAY[1::bigint])"),
+            1
+        );
         assert_eq!(
             Spi::get_one::<String>("SELECT message->>'q' FROM pgflow.read('a', '30 s', 10)")
                 .unwrap()
                 .as_deref(),
             Some("a")
         );
-        assert_eq!(one_i64("SELECT count(*) FROM pgflow.read('b', '30 s', 10)"), 0);
+        assert_eq!(
+            one_i64("SELECT count(*) FROM pgflow.read('b', '30 s', 10)"),
+            0
+        );
     }
 
     #[pg_test]

@@ -11,6 +11,10 @@ use crate::queue::name;
 fn _check_queue_name(queue_name: Option<&str>) -> Result<(), ErrorReport> {
     let queue_name = queue_name.ok_or(PgflowError::NullArgument("queue_name"))?;
     name::validate(queue_name).map_err(|reason| {
-        PgflowError::InvalidQueueName { name: queue_name.to_owned(), reason }.into()
+        PgflowError::InvalidQueueName {
+            name: queue_name.to_owned(),
+            reason,
+        }
+        .into()
     })
 }

@@ -25,11 +25,17 @@ impl fmt::Display for NameError {
         match self {
             NameError::Empty => write!(f, "it is empty"),
             NameError::TooLong { len } => {
-                write!(f, "it has {len} characters, more than the {MAX_LEN} allowed")
+                write!(
+                    f,
+                    "it has {len} characters, more than the {MAX_LEN} allowed"
+                )
             }
             NameError::BadFirst { ch } => write!(f, "it starts with {ch:?}, not a letter or digit"),
             NameError::BadChar { ch, pos } => {
-                write!(f, "character {pos} is {ch:?}, not a letter, digit, '_', '-' or '.'")
+                write!(
+                    f,
+                    "character {pos} is {ch:?}, not a letter, digit, '_', '-' or '.'"
+                )
             }
         }
     }
@@ -75,7 +81,10 @@ mod tests {
     #[test]
     fn rejects_empty_and_too_long() {
         assert_eq!(validate(""), Err(NameError::Empty));
-        assert_eq!(validate(&"a".repeat(MAX_LEN + 1)), Err(NameError::TooLong { len: 81 }));
+        assert_eq!(
+            validate(&"a".repeat(MAX_LEN + 1)),
+            Err(NameError::TooLong { len: 81 })
+        );
     }
 
     #[test]
@@ -88,21 +97,36 @@ mod tests {
         assert_eq!(validate("-x"), Err(NameError::BadFirst { ch: '-' }));
         assert_eq!(validate("a b"), Err(NameError::BadChar { ch: ' ', pos: 2 }));
         assert_eq!(validate("qué"), Err(NameError::BadChar { ch: 'é', pos: 3 }));
-        assert_eq!(validate("a\"b"), Err(NameError::BadChar { ch: '"', pos: 2 }));
-        assert_eq!(validate("a\u{0}"), Err(NameError::BadChar { ch: '\u{0}', pos: 2 }));
+        assert_eq!(
+            validate("a\"b"),
+            Err(NameError::BadChar { ch: '"', pos: 2 })
+        );
+        assert_eq!(
+            validate("a\u{0}"),
+            Err(NameError::BadChar {
+                ch: '\u{0}',
+                pos: 2
+            })
+        );
     }
 
     #[test]
     fn length_counts_characters_not_bytes() {
         // A bad character is reported before the length, whatever the byte count.
         let long_multibyte = "é".repeat(50);
-        assert!(matches!(validate(&long_multibyte), Err(NameError::BadFirst { .. })));
+        assert!(matches!(
+            validate(&long_multibyte),
+            Err(NameError::BadFirst { .. })
+        ));
     }
 
     #[test]
     fn messages_name_the_problem() {
         let e = validate("x; drop").unwrap_err();
-        assert_eq!(e.to_string(), "character 2 is ';', not a letter, digit, '_', '-' or '.'");
+        assert_eq!(
+            e.to_string(),
+            "character 2 is ';', not a letter, digit, '_', '-' or '.'"
+        );
         assert_eq!(
             NameError::TooLong { len: 81 }.to_string(),
             "it has 81 characters, more than the 80 allowed"

@@ -8,8 +8,8 @@ use postgres::{Client, NoTls};
 pub fn connect() -> Client {
     let dsn = std::env::var("PGFLOW_TEST_DSN")
         .expect("PGFLOW_TEST_DSN is not set: run the client tests through scripts/test.sh");
-    let mut client = Client::connect(&dsn, NoTls)
-        .unwrap_or_else(|e| panic!("cannot connect to {dsn}: {e}"));
+    let mut client =
+        Client::connect(&dsn, NoTls).unwrap_or_else(|e| panic!("cannot connect to {dsn}: {e}"));
     client
         // Tests connect in parallel. The batch is one implicit transaction, so the advisory
         // lock is held until the CREATE EXTENSION commits and the next test sees it.
@@ -27,5 +27,7 @@ pub fn fresh_queue(client: &mut Client, name: &str) {
     client
         .execute("SELECT pgflow.drop_queue($1, if_exists => true)", &[&name])
         .unwrap();
-    client.execute("SELECT pgflow.create_queue($1)", &[&name]).unwrap();
+    client
+        .execute("SELECT pgflow.create_queue($1)", &[&name])
+        .unwrap();
 }

@@ -11,7 +11,10 @@ fn consume_until_empty(client: &mut postgres::Client, queue: &str, batch: i32) -
     let mut mine = Vec::new();
     loop {
         let ids: Vec<i64> = client
-            .query("SELECT msg_id FROM pgflow.read($1, '30 s', $2)", &[&queue, &batch])
+            .query(
+                "SELECT msg_id FROM pgflow.read($1, '30 s', $2)",
+                &[&queue, &batch],
+            )
             .unwrap()
             .iter()
             .map(|r| r.get(0))
@@ -27,7 +30,11 @@ fn consume_until_empty(client: &mut postgres::Client, queue: &str, batch: i32) -
             .iter()
             .map(|r| r.get(0))
             .collect();
-        assert_eq!(archived.len(), ids.len(), "a leased message could not be archived");
+        assert_eq!(
+            archived.len(),
+            ids.len(),
+            "a leased message could not be archived"
+        );
         mine.extend(archived);
     }
 }
@@ -43,7 +50,10 @@ fn eight_consumers_drain_ten_thousand_messages_exactly_once() {
             .map(|i| serde_json::json!({ "type": "code_execution_request", "n": chunk * 1000 + i }))
             .collect();
         admin
-            .execute("SELECT pgflow.send_batch($1, $2::jsonb[])", &[&queue, &payloads])
+            .execute(
+                "SELECT pgflow.send_batch($1, $2::jsonb[])",
+                &[&queue, &payloads],
+            )
             .unwrap();
     }
 
@@ -62,9 +72,17 @@ fn eight_consumers_drain_ten_thousand_messages_exactly_once() {
 
     let all: Vec<i64> = per_consumer.iter().flatten().copied().collect();
     let distinct: HashSet<i64> = all.iter().copied().collect();
-    assert_eq!(all.len() as i64, N, "archived count (duplicates would exceed N)");
+    assert_eq!(
+        all.len() as i64,
+        N,
+        "archived count (duplicates would exceed N)"
+    );
     assert_eq!(distinct.len() as i64, N, "no message archived twice");
-    assert_eq!(distinct, (1..=N).collect::<HashSet<i64>>(), "every sent id archived");
+    assert_eq!(
+        distinct,
+        (1..=N).collect::<HashSet<i64>>(),
+        "every sent id archived"
+    );
 
     let row = admin
         .query_one(
@@ -103,7 +121,8 @@ fn producers_and_consumers_run_together_without_loss() {
                 let mut c = connect();
                 for i in 0..PER_PRODUCER {
                     let payload = serde_json::json!({ "producer": p, "seq": i });
-                    c.execute("SELECT pgflow.send($1, $2)", &[&queue, &payload]).unwrap();
+                    c.execute("SELECT pgflow.send($1, $2)", &[&queue, &payload])
+                        .unwrap();
                 }
             })
         })
@@ -134,7 +153,10 @@ fn producers_and_consumers_run_together_without_loss() {
         p.join().unwrap();
     }
     done.store(true, std::sync::atomic::Ordering::SeqCst);
-    let all: Vec<i64> = consumers.into_iter().flat_map(|c| c.join().unwrap()).collect();
+    let all: Vec<i64> = consumers
+        .into_iter()
+        .flat_map(|c| c.join().unwrap())
+        .collect();
     let distinct: HashSet<i64> = all.iter().copied().collect();
     assert_eq!(all.len() as i64, PRODUCERS * PER_PRODUCER);
     assert_eq!(distinct.len(), all.len(), "no duplicates");
@@ -150,7 +172,12 @@ fn producers_and_consumers_run_together_without_loss() {
         .iter()
         .map(|r| (r.get(0), r.get(1)))
         .collect();
-    assert_eq!(per_producer, (0..PRODUCERS as i32).map(|p| (p, PER_PRODUCER)).collect::<Vec<_>>());
+    assert_eq!(
+        per_producer,
+        (0..PRODUCERS as i32)
+            .map(|p| (p, PER_PRODUCER))
+            .collect::<Vec<_>>()
+    );
 }
 
 #[test]
@@ -168,7 +195,10 @@ fn a_send_is_visible_to_other_connections_only_after_commit() {
     let before = consumer
         .query("SELECT msg_id FROM pgflow.read($1, '30 s', 10)", &[&queue])
         .unwrap();
-    assert!(before.is_empty(), "uncommitted send visible to another connection");
+    assert!(
+        before.is_empty(),
+        "uncommitted send visible to another connection"
+    );
     tx.commit().unwrap();
     let after: Vec<i64> = consumer
         .query("SELECT msg_id FROM pgflow.read($1, '30 s', 10)", &[&queue])
@@ -191,7 +221,9 @@ fn errors_reach_the_client_with_their_sqlstate() {
     ];
     for (sql, code) in cases {
         let err = c.batch_execute(sql).expect_err(sql);
-        let db = err.as_db_error().unwrap_or_else(|| panic!("{sql}: not a server error: {err}"));
+        let db = err
+            .as_db_error()
+            .unwrap_or_else(|| panic!("{sql}: not a server error: {err}"));
         assert_eq!(db.code().code(), code, "{sql}: {}", db.message());
     }
     // The connection is still usable: no backend crashed.

@@ -1,0 +1,37 @@
+#!/usr/bin/env bash
+# README command 1 (`make demo`): build pgflow, start a throwaway Postgres (15 by default;
+# PG=17 or PG=18 for the others) with pgflow preloaded, and run a short scenario through psql.
+# The cluster stays up afterwards; `make demo-stop` stops it.
+set -euo pipefail
+. "$(dirname "$0")/lib.sh"
+
+ver=${PG:-15}
+dir=/tmp/pgflow-demo-$ver
+port=${PGFLOW_DEMO_PORT:-$((54300 + ver))}
+bindir=""
+
+if [ "${1:-}" = stop ]; then
+  for v in 15 17 18; do
+    [ -f "/tmp/pgflow-demo-$v/postmaster.pid" ] && { cluster_stop "$v" "/tmp/pgflow-demo-$v"; say "stopped the Postgres $v demo cluster"; }
+  done
+  exit 0
+fi
+
+"$ROOT/scripts/setup.sh"
+bindir=$("$(pg_config_for "$ver")" --bindir)
+say "building and installing pgflow (release) into Postgres $ver"
+install_pgflow "$ver" --release
+say "starting a throwaway Postgres $ver cluster in $dir on port $port"
+cluster_start "$ver" "$dir" "$port"
+as_postgres "$bindir/createdb" -h 127.0.0.1 -p "$port" -U postgres pgflow_demo
+
+say "running examples/demo.sql"
+"$bindir/psql" -X -q -h 127.0.0.1 -p "$port" -U postgres -d pgflow_demo \
+  -v ON_ERROR_STOP=1 -f "$ROOT/examples/demo.sql"
+
+cat <<EOT
+
+The demo cluster is still running (Postgres $ver, data in $dir).
+  connect:  $bindir/psql -h 127.0.0.1 -p $port -U postgres pgflow_demo
+  stop:     make demo-stop
+EOT
