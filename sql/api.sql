@@ -25,6 +25,9 @@ CREATE TYPE pgflow.queue_info AS (
     visibility_timeout interval,
     max_retries        integer,
     retry_delay        interval,
+    retry_backoff      float8,
+    retry_delay_max    interval,
+    retry_jitter       float8,
     archive_retention  interval,
     created_at         timestamptz
 );
@@ -34,13 +37,14 @@ CREATE TYPE pgflow.queue_metrics AS (
     queue_name         text,
     queue_length       bigint,            -- live messages: visible + in_flight + delayed
     visible            bigint,            -- deliverable now
-    in_flight          bigint,            -- leased, lease still running
+    in_flight          bigint,            -- leased (a lease that ran out counts until the policy ran on it)
     delayed            bigint,            -- not deliverable yet (delayed send or set_vt)
     oldest_msg_age_sec double precision,  -- age of the oldest live message, NULL when empty
     newest_msg_age_sec double precision,  -- age of the newest live message, NULL when empty
     total_messages     bigint,            -- messages ever sent (a rolled-back send counts too)
     total_archived     bigint,            -- messages ever archived (likewise)
     archive_length     bigint,            -- messages now in the archive (within retention)
+    dlq_length         bigint,            -- messages now in the dead-letter queue
     scrape_time        timestamptz
 );
 
@@ -114,6 +118,26 @@ BEGIN
     END IF;
 END $$;
 
+-- _check_retry_policy: the parts of a retry policy the interval/int helpers do not cover.
+CREATE FUNCTION pgflow._check_retry_policy(backoff float8, delay_max interval, jitter float8)
+RETURNS void
+LANGUAGE plpgsql IMMUTABLE PARALLEL SAFE AS $$
+BEGIN
+    IF backoff IS NULL OR delay_max IS NULL OR jitter IS NULL THEN
+        RAISE EXCEPTION 'retry_backoff, retry_delay_max and retry_jitter must not be NULL'
+            USING ERRCODE = 'null_value_not_allowed';
+    ELSIF NOT (backoff >= 1 AND backoff <= 100) THEN
+        RAISE EXCEPTION 'retry_backoff must be between 1 and 100, got %', backoff
+            USING ERRCODE = 'invalid_parameter_value';
+    ELSIF delay_max < interval '0' THEN
+        RAISE EXCEPTION 'retry_delay_max must be zero or positive, got %', delay_max
+            USING ERRCODE = 'invalid_parameter_value';
+    ELSIF NOT (jitter >= 0 AND jitter <= 1) THEN
+        RAISE EXCEPTION 'retry_jitter must be between 0 and 1, got %', jitter
+            USING ERRCODE = 'invalid_parameter_value';
+    END IF;
+END $$;
+
 -- _check_payload: the message must be a JSON object, headers an object or NULL.
 CREATE FUNCTION pgflow._check_payload(message jsonb, headers jsonb)
 RETURNS void
@@ -144,7 +168,10 @@ CREATE FUNCTION pgflow.create_queue(
     max_retries        integer  DEFAULT 3,
     retry_delay        interval DEFAULT '1 second',
     archive_retention  interval DEFAULT '7 days',
-    if_not_exists      boolean  DEFAULT false
+    if_not_exists      boolean  DEFAULT false,
+    retry_backoff      float8   DEFAULT 2,
+    retry_delay_max    interval DEFAULT '1 hour',
+    retry_jitter       float8   DEFAULT 0.1
 )
 RETURNS boolean
 LANGUAGE plpgsql VOLATILE AS $$
@@ -159,6 +186,7 @@ BEGIN
     PERFORM pgflow._check_interval(retry_delay, 'retry_delay', true);
     PERFORM pgflow._check_interval(archive_retention, 'archive_retention', false);
     PERFORM pgflow._require(if_not_exists, 'if_not_exists');
+    PERFORM pgflow._check_retry_policy(retry_backoff, retry_delay_max, retry_jitter);
 
     IF EXISTS (SELECT 1 FROM pgflow.queue q WHERE q.queue_name = create_queue.queue_name) THEN
         IF if_not_exists THEN
@@ -177,8 +205,10 @@ BEGIN
     EXECUTE 'CREATE SEQUENCE ' || v_archived_seq || ' AS bigint';
 
     INSERT INTO pgflow.queue (queue_id, queue_name, visibility_timeout, max_retries, retry_delay,
+                              retry_backoff, retry_delay_max, retry_jitter,
                               archive_retention, msg_seq, archived_seq)
     VALUES (v_id, queue_name, visibility_timeout, max_retries, retry_delay,
+            retry_backoff, retry_delay_max, retry_jitter,
             archive_retention, v_msg_seq::regclass, v_archived_seq::regclass)
     ON CONFLICT ON CONSTRAINT queue_queue_name_key DO NOTHING;
 
@@ -197,8 +227,8 @@ END $$;
 CREATE FUNCTION pgflow.list_queues()
 RETURNS SETOF pgflow.queue_info
 LANGUAGE sql STABLE PARALLEL SAFE AS $$
-    SELECT q.queue_name, q.visibility_timeout, q.max_retries, q.retry_delay,
-           q.archive_retention, q.created_at
+    SELECT q.queue_name, q.visibility_timeout, q.max_retries, q.retry_delay, q.retry_backoff,
+           q.retry_delay_max, q.retry_jitter, q.archive_retention, q.created_at
       FROM pgflow.queue q
      ORDER BY q.queue_name;
 $$;
@@ -210,7 +240,10 @@ CREATE FUNCTION pgflow.alter_queue(
     visibility_timeout interval DEFAULT NULL,
     max_retries        integer  DEFAULT NULL,
     retry_delay        interval DEFAULT NULL,
-    archive_retention  interval DEFAULT NULL
+    archive_retention  interval DEFAULT NULL,
+    retry_backoff      float8   DEFAULT NULL,
+    retry_delay_max    interval DEFAULT NULL,
+    retry_jitter       float8   DEFAULT NULL
 )
 RETURNS SETOF pgflow.queue_info
 LANGUAGE plpgsql VOLATILE AS $$
@@ -229,19 +262,25 @@ BEGIN
     IF alter_queue.archive_retention IS NOT NULL THEN
         PERFORM pgflow._check_interval(alter_queue.archive_retention, 'archive_retention', false);
     END IF;
+    PERFORM pgflow._check_retry_policy(coalesce(alter_queue.retry_backoff, q.retry_backoff),
+                                       coalesce(alter_queue.retry_delay_max, q.retry_delay_max),
+                                       coalesce(alter_queue.retry_jitter, q.retry_jitter));
 
     RETURN QUERY
     UPDATE pgflow.queue u
        SET visibility_timeout = coalesce(alter_queue.visibility_timeout, u.visibility_timeout),
            max_retries        = coalesce(alter_queue.max_retries, u.max_retries),
            retry_delay        = coalesce(alter_queue.retry_delay, u.retry_delay),
-           archive_retention  = coalesce(alter_queue.archive_retention, u.archive_retention)
+           archive_retention  = coalesce(alter_queue.archive_retention, u.archive_retention),
+           retry_backoff      = coalesce(alter_queue.retry_backoff, u.retry_backoff),
+           retry_delay_max    = coalesce(alter_queue.retry_delay_max, u.retry_delay_max),
+           retry_jitter       = coalesce(alter_queue.retry_jitter, u.retry_jitter)
      WHERE u.queue_id = q.queue_id
-    RETURNING u.queue_name, u.visibility_timeout, u.max_retries, u.retry_delay,
-              u.archive_retention, u.created_at;
+    RETURNING u.queue_name, u.visibility_timeout, u.max_retries, u.retry_delay, u.retry_backoff,
+              u.retry_delay_max, u.retry_jitter, u.archive_retention, u.created_at;
 END $$;
 
--- drop_queue: the queue, its live messages, its archive and its sequences. An unknown queue
+-- drop_queue: the queue, its live messages, its archive, its dead letters and its sequences. An unknown queue
 -- raises 42704 unless if_exists, which returns false. Returns true when a queue was dropped.
 CREATE FUNCTION pgflow.drop_queue(queue_name text, if_exists boolean DEFAULT false)
 RETURNS boolean
@@ -260,6 +299,7 @@ BEGIN
     END IF;
     DELETE FROM pgflow.message m WHERE m.queue_id = q.queue_id;
     DELETE FROM pgflow.archive a WHERE a.queue_id = q.queue_id;
+    DELETE FROM pgflow.dead d WHERE d.queue_id = q.queue_id;
     DELETE FROM pgflow.queue u WHERE u.queue_id = q.queue_id;
     -- regclass values print as qualified, quoted names: safe to splice.
     EXECUTE 'DROP SEQUENCE ' || q.msg_seq::text || ', ' || q.archived_seq::text;
@@ -369,8 +409,8 @@ END $$;
 -------------------------------------------------------------------------------------------------
 
 -- read: lease up to qty deliverable messages for vt (default: the queue's visibility_timeout).
--- Messages whose delay or lease ran out come first (by due time), then the ready backlog by
--- priority and id. Concurrent readers skip each other's rows (FOR UPDATE SKIP LOCKED), so no
+-- Delayed and retried messages that came due go first (by due time), then the ready backlog
+-- by priority and id. Concurrent readers skip each other's rows (FOR UPDATE SKIP LOCKED), so no
 -- two readers hold the same message while its lease runs.
 CREATE FUNCTION pgflow.read(queue_name text, vt interval DEFAULT NULL, qty integer DEFAULT 1)
 RETURNS SETOF pgflow.message_record
@@ -382,10 +422,17 @@ DECLARE
 BEGIN
     PERFORM pgflow._check_interval(v_vt, 'vt', false);
     PERFORM pgflow._check_int(qty, 'qty', 1);
+    -- An expired lease is a failed delivery: apply the retry policy (retry later or
+    -- dead-letter) before claiming, so the queue behaves the same with or without the worker.
+    -- The probe is one descent of the timer index when nothing has expired.
+    IF EXISTS (SELECT 1 FROM pgflow.message m
+                WHERE m.queue_id = q.queue_id AND m.state = 'l' AND m.vt <= v_now) THEN
+        PERFORM pgflow._expire_queue(q, v_now, 100);
+    END IF;
     RETURN QUERY
     WITH due AS (
         SELECT m.msg_id FROM pgflow.message m
-         WHERE m.queue_id = q.queue_id AND m.state <> 'r' AND m.vt <= v_now
+         WHERE m.queue_id = q.queue_id AND m.state = 'd' AND m.vt <= v_now
          ORDER BY m.vt
          LIMIT qty
            FOR UPDATE SKIP LOCKED
@@ -419,10 +466,17 @@ DECLARE
     v_now timestamptz := clock_timestamp();
 BEGIN
     PERFORM pgflow._check_int(qty, 'qty', 1);
+    -- An expired lease is a failed delivery: apply the retry policy (retry later or
+    -- dead-letter) before claiming, so the queue behaves the same with or without the worker.
+    -- The probe is one descent of the timer index when nothing has expired.
+    IF EXISTS (SELECT 1 FROM pgflow.message m
+                WHERE m.queue_id = q.queue_id AND m.state = 'l' AND m.vt <= v_now) THEN
+        PERFORM pgflow._expire_queue(q, v_now, 100);
+    END IF;
     RETURN QUERY
     WITH due AS (
         SELECT m.msg_id FROM pgflow.message m
-         WHERE m.queue_id = q.queue_id AND m.state <> 'r' AND m.vt <= v_now
+         WHERE m.queue_id = q.queue_id AND m.state = 'd' AND m.vt <= v_now
          ORDER BY m.vt
          LIMIT qty
            FOR UPDATE SKIP LOCKED
@@ -505,8 +559,9 @@ BEGIN
 END $$;
 
 -- set_vt: make a message invisible until now + vt. On a leased message it renews (or, with a
--- short vt, shortens) the lease: a consumer's heartbeat. On a ready or delayed message it
--- (re)schedules delivery. vt = 0 makes it deliverable at once. Returns the message, or no row
+-- short vt, shortens) the lease: a consumer's heartbeat; a lease that then runs out is a
+-- failed delivery. On a ready or delayed message it (re)schedules delivery. vt = 0 makes any
+-- message deliverable at once, and hands a lease back without counting a failure. Returns the message, or no row
 -- when it is not in the queue.
 CREATE FUNCTION pgflow.set_vt(queue_name text, msg_id bigint, vt interval)
 RETURNS SETOF pgflow.message_record
@@ -520,9 +575,11 @@ BEGIN
     RETURN QUERY
     UPDATE pgflow.message m
        SET vt = v_now + set_vt.vt,
-           state = CASE WHEN m.state = 'l' THEN 'l'
-                        WHEN set_vt.vt > interval '0' THEN 'd'
-                        ELSE 'r' END
+           -- vt 0 hands the message back at once, without counting a failure (SQS's
+           -- ChangeMessageVisibility 0); a positive vt renews a lease or schedules delivery.
+           state = CASE WHEN set_vt.vt = interval '0' THEN 'r'
+                        WHEN m.state = 'l' THEN 'l'
+                        ELSE 'd' END
      WHERE m.queue_id = q.queue_id AND m.msg_id = set_vt.msg_id
     RETURNING m.msg_id, m.read_ct, m.enqueued_at, m.vt, m.message, m.headers;
 END $$;
@@ -546,12 +603,14 @@ LANGUAGE sql STABLE AS $$
            coalesce(pg_catalog.pg_sequence_last_value(q.msg_seq), 0),
            coalesce(pg_catalog.pg_sequence_last_value(q.archived_seq), 0),
            (SELECT count(*) FROM pgflow.archive a WHERE a.queue_id = q.queue_id),
+           (SELECT count(*) FROM pgflow.dead d WHERE d.queue_id = q.queue_id),
            p_now
       FROM pgflow.queue q
       LEFT JOIN LATERAL (
         SELECT count(*) AS length,
-               count(*) FILTER (WHERE m.state = 'r' OR m.vt <= p_now) AS visible,
-               count(*) FILTER (WHERE m.state = 'l' AND m.vt > p_now) AS in_flight,
+               count(*) FILTER (WHERE m.state = 'r' OR (m.state = 'd' AND m.vt <= p_now)) AS visible,
+               -- A lease that ran out stays in flight until the retry policy has run on it.
+               count(*) FILTER (WHERE m.state = 'l') AS in_flight,
                count(*) FILTER (WHERE m.state = 'd' AND m.vt > p_now) AS delayed,
                min(m.enqueued_at) AS oldest,
                max(m.enqueued_at) AS newest
@@ -590,13 +649,13 @@ BEGIN
     PERFORM pgflow._check_int(qty, 'qty', 1);
     RETURN QUERY
     SELECT m.msg_id,
-           CASE WHEN m.state = 'r' OR m.vt <= v_now THEN 'ready'
+           CASE WHEN m.state = 'r' OR (m.state = 'd' AND m.vt <= v_now) THEN 'ready'
                 WHEN m.state = 'd' THEN 'delayed'
                 ELSE 'in_flight' END,
            m.read_ct, m.enqueued_at, m.vt, m.priority, m.message, m.headers
       FROM pgflow.message m
      WHERE m.queue_id = q.queue_id
-     ORDER BY (m.state <> 'r' AND m.vt > v_now),           -- deliverable first
+     ORDER BY NOT (m.state = 'r' OR (m.state = 'd' AND m.vt <= v_now)),  -- deliverable first
               CASE WHEN m.state <> 'r' THEN m.vt END,       -- due ones, as read takes them
               m.priority DESC, m.msg_id
      LIMIT qty;

@@ -11,10 +11,14 @@ CREATE TABLE pgflow.queue (
                        CONSTRAINT queue_name_format CHECK (queue_name ~ '^[A-Za-z0-9][A-Za-z0-9_.-]{0,79}$'),
     -- Lease length a read gets when it names none.
     visibility_timeout interval    NOT NULL DEFAULT '30 seconds' CHECK (visibility_timeout > interval '0'),
-    -- Retry policy (applied by the failure-handling layer): deliveries after the first before
-    -- a message is dead-lettered, and the delay before the first retry.
+    -- Retry policy (src/queue/retry.rs has the formula): deliveries after the first before a
+    -- message is dead-lettered, the first retry's delay, its growth factor, a cap, and the
+    -- fraction by which jitter may shorten a delay.
     max_retries        integer     NOT NULL DEFAULT 3 CHECK (max_retries >= 0),
     retry_delay        interval    NOT NULL DEFAULT '1 second' CHECK (retry_delay >= interval '0'),
+    retry_backoff      float8      NOT NULL DEFAULT 2 CHECK (retry_backoff >= 1 AND retry_backoff <= 100),
+    retry_delay_max    interval    NOT NULL DEFAULT '1 hour' CHECK (retry_delay_max >= interval '0'),
+    retry_jitter       float8      NOT NULL DEFAULT 0.1 CHECK (retry_jitter >= 0 AND retry_jitter <= 1),
     -- How long archived messages (the audit trail) are kept.
     archive_retention  interval    NOT NULL DEFAULT '7 days' CHECK (archive_retention > interval '0'),
     -- Per-queue sequences, named after queue_id (never after queue_name). msg_seq issues message
@@ -45,6 +49,9 @@ CREATE TABLE pgflow.message (
     state       "char"      NOT NULL CHECK (state IN ('r', 'd', 'l')),
     message     jsonb       NOT NULL CHECK (jsonb_typeof(message) = 'object'),
     headers     jsonb       CHECK (headers IS NULL OR jsonb_typeof(headers) = 'object'),
+    -- Failed deliveries so far: [{"at", "attempt", "error"}, ...]; NULL until the first failure
+    -- (a NULL costs one bit). Keeps the first and the last 19.
+    errors      jsonb       CHECK (errors IS NULL OR jsonb_typeof(errors) = 'array'),
     PRIMARY KEY (queue_id, msg_id)
 );
 COMMENT ON TABLE pgflow.message IS 'Live pgflow messages (ready, delayed, leased) of all queues.';
@@ -52,8 +59,11 @@ COMMENT ON TABLE pgflow.message IS 'Live pgflow messages (ready, delayed, leased
 -- The claim path: the ready backlog in delivery order. A claimed message leaves this index
 -- (its new version is 'l'), so readers never walk over in-flight rows.
 CREATE INDEX message_ready ON pgflow.message (queue_id, priority DESC, msg_id) WHERE state = 'r';
--- Everything waiting on a clock: delayed messages coming due and leases running out.
-CREATE INDEX message_timer ON pgflow.message (queue_id, vt) WHERE state <> 'r';
+-- Delayed and retried messages, by due time: read's "came due" branch.
+CREATE INDEX message_delayed ON pgflow.message (queue_id, vt) WHERE state = 'd';
+-- Leases, by expiry: lease expiry (in read and in expire_leases). Separate from the delayed
+-- index so neither probe walks over the other's rows; each row is in exactly one of the three.
+CREATE INDEX message_leased ON pgflow.message (queue_id, vt) WHERE state = 'l';
 
 -- The audit trail: archived messages, kept for the queue's archive_retention.
 CREATE TABLE pgflow.archive (
@@ -71,8 +81,27 @@ COMMENT ON TABLE pgflow.archive IS 'Archived pgflow messages (the audit trail), 
 -- Retention deletes the oldest archived rows of one queue at a time.
 CREATE INDEX archive_archived_at ON pgflow.archive (queue_id, archived_at);
 
+-- The dead-letter queue: messages whose deliveries used up the retry policy, with everything
+-- needed to understand and redrive them. Rows stay until dlq_retry or dlq_purge.
+CREATE TABLE pgflow.dead (
+    queue_id    integer     NOT NULL,
+    read_ct     integer     NOT NULL,      -- deliveries made
+    msg_id      bigint      NOT NULL,      -- the id it had in the queue
+    enqueued_at timestamptz NOT NULL,
+    died_at     timestamptz NOT NULL,
+    priority    smallint    NOT NULL,
+    reason      text        NOT NULL,      -- why it was dead-lettered
+    errors      jsonb       NOT NULL CHECK (jsonb_typeof(errors) = 'array'),
+    message     jsonb       NOT NULL,
+    headers     jsonb,
+    PRIMARY KEY (queue_id, msg_id)
+);
+COMMENT ON TABLE pgflow.dead IS 'Dead-lettered pgflow messages, per queue; see pgflow.dlq_list/dlq_retry/dlq_purge.';
+CREATE INDEX dead_died_at ON pgflow.dead (queue_id, died_at);
+
 -- Queues and their messages are user data: pg_dump must include them.
 SELECT pg_catalog.pg_extension_config_dump('pgflow.queue', '');
 SELECT pg_catalog.pg_extension_config_dump('pgflow.message', '');
 SELECT pg_catalog.pg_extension_config_dump('pgflow.archive', '');
+SELECT pg_catalog.pg_extension_config_dump('pgflow.dead', '');
 SELECT pg_catalog.pg_extension_config_dump('pgflow.queue_queue_id_seq', '');

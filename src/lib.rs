@@ -4,7 +4,9 @@
 //! - `sql/schema.sql`: tables and indexes (the storage design is in `docs/design.md`);
 //! - `sql/api.sql`: the SQL verbs (`send`, `read`, `archive`, ...), plain PL/pgSQL with static,
 //!   plan-cached statements;
-//! - `src/queue/`: queue semantics that need no Postgres (name rules), tested with plain `#[test]`s;
+//! - `sql/failure.sql`: nack, lease expiry, the dead-letter queue and the maintenance jobs;
+//! - `src/queue/`: queue semantics that need no Postgres (name rules, the retry formula),
+//!   tested with plain `#[test]`s;
 //! - `src/api/`: the thin `#[pg_extern]` shims the SQL layer calls;
 //! - `src/error.rs`: every error a user can cause, each with its SQLSTATE.
 use pgrx::prelude::*;
@@ -15,9 +17,10 @@ pub mod queue;
 
 ::pgrx::pg_module_magic!(name, version);
 
-// Tables first, then the Rust functions pgrx generates, then the SQL API that calls them.
+// Tables first, then the SQL API and the Rust functions it calls, failure handling last.
 extension_sql_file!("../sql/schema.sql", name = "schema", bootstrap);
-extension_sql_file!("../sql/api.sql", name = "api", finalize);
+extension_sql_file!("../sql/api.sql", name = "api", requires = ["schema"]);
+extension_sql_file!("../sql/failure.sql", name = "failure", finalize);
 
 /// Library load. The SQL API needs nothing from here and works without preloading; the
 /// background workers of later layers register only when loaded by `shared_preload_libraries`.

@@ -1520,7 +1520,10 @@ fn main() -> Res<()> {
         .and_then(|v| v.split('.').next())
         .unwrap_or("x")
         .to_owned();
-    let base = out.join(format!("{stamp}-{}-pg{major}", format!("{mode:?}").to_lowercase()));
+    let base = out.join(format!(
+        "{stamp}-{}-pg{major}",
+        format!("{mode:?}").to_lowercase()
+    ));
     // Results are written after every workload, so a failure late in a long run keeps the rest.
     let save = |res: &Results, failures: &[String]| -> Res<String> {
         let mut md = markdown(res, &header);
@@ -1541,14 +1544,21 @@ fn main() -> Res<()> {
             failures: failures.to_vec(),
             series: &res.series,
         };
-        fs::write(base.with_extension("json"), serde_json::to_string_pretty(&report)?)?;
+        fs::write(
+            base.with_extension("json"),
+            serde_json::to_string_pretty(&report)?,
+        )?;
         fs::write(base.with_extension("md"), &md)?;
         Ok(md)
     };
 
     type Workload = fn(&Ctx, &mut Results) -> Res<()>;
     let all: [(&str, &[&str], Workload); 6] = [
-        ("W1/W2: send throughput (pgbench -M prepared)", &["W1", "W2"], w1_w2),
+        (
+            "W1/W2: send throughput (pgbench -M prepared)",
+            &["W1", "W2"],
+            w1_w2,
+        ),
         ("W3/W6: drain a backlog", &["W3", "W6"], w3),
         ("W4: steady state", &["W4"], w4),
         ("W5: latency at a fixed rate", &["W5"], w5),

@@ -18,3 +18,23 @@ fn _check_queue_name(queue_name: Option<&str>) -> Result<(), ErrorReport> {
         .into()
     })
 }
+
+/// Seconds before retry number `attempt` under a queue's policy, for a jitter draw `u` in
+/// [0, 1). The formula is in `queue::retry`; SQL passes `random()` as `u`.
+#[pg_extern(immutable, strict, parallel_safe)]
+fn _retry_delay(
+    delay: f64,
+    backoff: f64,
+    max_delay: f64,
+    jitter: f64,
+    attempt: i32,
+    u: f64,
+) -> f64 {
+    crate::queue::retry::RetryPolicy {
+        delay,
+        backoff,
+        max_delay,
+        jitter,
+    }
+    .delay_secs(attempt, u)
+}

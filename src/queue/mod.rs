@@ -1,2 +1,3 @@
 //! Queue semantics that need no Postgres: plain Rust, tested with plain `#[test]`s.
 pub mod name;
+pub mod retry;

@@ -1,0 +1,310 @@
+-- Failure handling: nack, lease expiry as a failed delivery, the dead-letter queue and its
+-- redrive, and the bounded maintenance jobs. Every job is a plain SQL function that does one
+-- bounded batch, takes an optional `now` and returns a count, so the queue works without the
+-- background worker (call pgflow.maintain() from pg_cron or a client) and every step can be
+-- tested from psql without sleeping.
+
+-- A nack's outcome, as nack returns it.
+CREATE TYPE pgflow.nack_result AS (
+    msg_id   bigint,
+    outcome  text,          -- 'retry' (deliverable again at retry_at) or 'dead' (in the DLQ)
+    read_ct  integer,       -- deliveries made so far
+    retry_at timestamptz    -- when it will be delivered again; NULL when dead
+);
+
+-- A dead letter, as dlq_list returns it.
+CREATE TYPE pgflow.dead_message AS (
+    msg_id      bigint,       -- the id it had in the queue
+    read_ct     integer,      -- deliveries made
+    enqueued_at timestamptz,
+    died_at     timestamptz,
+    reason      text,
+    first_error text,
+    last_error  text,
+    errors      jsonb,        -- every recorded failure: [{"at", "attempt", "error"}, ...]
+    message     jsonb,
+    headers     jsonb
+);
+
+-- _retry_interval: the policy's delay before retry number `attempt`, with a fresh jitter draw.
+CREATE FUNCTION pgflow._retry_interval(q pgflow.queue, attempt integer)
+RETURNS interval
+LANGUAGE sql VOLATILE AS $$
+    SELECT make_interval(secs => pgflow._retry_delay(
+        extract(epoch FROM q.retry_delay)::float8, q.retry_backoff,
+        extract(epoch FROM q.retry_delay_max)::float8, q.retry_jitter, attempt, random()));
+$$;
+
+-- _fail: the core of every failed delivery (nack and lease expiry). For the given leased
+-- messages of one queue: record the error; dead-letter those whose deliveries used up the
+-- policy (read_ct > max_retries); schedule the others for their next delivery after the
+-- backoff delay (or after retry_after, when the consumer named one). Rows must be locked by
+-- the caller or are locked here. Returns one row per message it acted on.
+CREATE FUNCTION pgflow._fail(q pgflow.queue, ids bigint[], err text, retry_after interval,
+                             p_now timestamptz, dead_reason text)
+RETURNS SETOF pgflow.nack_result
+LANGUAGE sql VOLATILE AS $$
+    WITH target AS (
+        SELECT m.msg_id, m.read_ct, m.errors
+          FROM pgflow.message m
+         WHERE m.queue_id = q.queue_id AND m.msg_id = ANY (ids) AND m.state = 'l'
+           FOR UPDATE
+    ), noted AS (
+        SELECT t.msg_id, t.read_ct, t.read_ct > q.max_retries AS dead,
+               -- Keep the first error and the last 19.
+               (SELECT CASE WHEN jsonb_array_length(e) > 20
+                            THEN jsonb_build_array(e -> 0) || jsonb_path_query_array(e, '$[last - 18 to last]')
+                            ELSE e END
+                  FROM (SELECT coalesce(t.errors, '[]'::jsonb)
+                               || jsonb_build_array(jsonb_build_object(
+                                      'at', p_now, 'attempt', t.read_ct, 'error', coalesce(err, '')))) AS x(e)
+               ) AS errors
+          FROM target t
+    ), died AS (
+        DELETE FROM pgflow.message m
+         USING noted n
+         WHERE m.queue_id = q.queue_id AND m.msg_id = n.msg_id AND n.dead
+        RETURNING m.*, n.errors AS all_errors
+    ), buried AS (
+        INSERT INTO pgflow.dead (queue_id, read_ct, msg_id, enqueued_at, died_at, priority, reason,
+                                 errors, message, headers)
+        SELECT d.queue_id, d.read_ct, d.msg_id, d.enqueued_at, p_now, d.priority,
+               dead_reason || ' after ' || d.read_ct || ' deliveries (max_retries ' || q.max_retries || ')',
+               d.all_errors, d.message, d.headers
+          FROM died d
+        RETURNING dead.msg_id
+    ), retried AS (
+        UPDATE pgflow.message m
+           SET state = 'd',
+               vt = p_now + coalesce(retry_after, pgflow._retry_interval(q, n.read_ct)),
+               errors = n.errors
+          FROM noted n
+         WHERE m.queue_id = q.queue_id AND m.msg_id = n.msg_id AND NOT n.dead
+        RETURNING m.msg_id, m.read_ct, m.vt
+    )
+    SELECT r.msg_id, 'retry', r.read_ct, r.vt FROM retried r
+    UNION ALL
+    SELECT d.msg_id, 'dead', d.read_ct, NULL::timestamptz FROM died d
+     WHERE d.msg_id IN (SELECT b.msg_id FROM buried b);
+$$;
+
+-- nack: the consumer reports that it failed to handle a leased message. The message is
+-- delivered again after the policy's backoff delay (or after retry_after, e.g. from a
+-- Retry-After), or goes to the dead-letter queue when its deliveries are used up. The error
+-- and the attempt count stay with the message.
+--
+-- read_ct, when given, is the read_ct the consumer received: if the message was delivered
+-- again since (its lease ran out and another consumer has it), the nack is refused with 55000
+-- instead of disturbing the new lease. A nack of a message that is not leased is 55000 too.
+-- Returns the outcome, or no row when the message is not in the queue.
+CREATE FUNCTION pgflow.nack(
+    queue_name  text,
+    msg_id      bigint,
+    error       text        DEFAULT NULL,
+    retry_after interval    DEFAULT NULL,
+    read_ct     integer     DEFAULT NULL,
+    now         timestamptz DEFAULT NULL
+)
+RETURNS SETOF pgflow.nack_result
+LANGUAGE plpgsql VOLATILE AS $$
+DECLARE
+    q pgflow.queue := pgflow._queue(queue_name);
+    v_now timestamptz := coalesce(nack.now, clock_timestamp());
+    m record;
+BEGIN
+    PERFORM pgflow._require(nack.msg_id, 'msg_id');
+    IF retry_after IS NOT NULL THEN
+        PERFORM pgflow._check_interval(retry_after, 'retry_after', true);
+    END IF;
+    SELECT s.state, s.read_ct INTO m
+      FROM pgflow.message s
+     WHERE s.queue_id = q.queue_id AND s.msg_id = nack.msg_id
+       FOR UPDATE;
+    IF NOT FOUND THEN
+        RETURN;
+    END IF;
+    IF m.state <> 'l' THEN
+        RAISE EXCEPTION 'message % of queue "%" is not in flight', nack.msg_id, queue_name
+            USING ERRCODE = 'object_not_in_prerequisite_state',
+                  HINT = 'Only a leased message (one returned by read) can be nacked.';
+    END IF;
+    IF nack.read_ct IS NOT NULL AND nack.read_ct <> m.read_ct THEN
+        RAISE EXCEPTION 'lease lost: message % of queue "%" was delivered again (read_ct %, yours %)',
+                nack.msg_id, queue_name, m.read_ct, nack.read_ct
+            USING ERRCODE = 'object_not_in_prerequisite_state';
+    END IF;
+    RETURN QUERY SELECT * FROM pgflow._fail(q, ARRAY[nack.msg_id], error, retry_after, v_now,
+                                            'max_retries exceeded');
+END $$;
+
+-- _expire_queue: expired leases of one queue, oldest first, at most lim: each is a failed
+-- delivery ("visibility timeout expired"). Rows another session holds are skipped, so two
+-- callers never process the same message. Returns how many it processed.
+CREATE FUNCTION pgflow._expire_queue(q pgflow.queue, p_now timestamptz, lim integer)
+RETURNS bigint
+LANGUAGE plpgsql VOLATILE AS $$
+DECLARE
+    ids bigint[];
+BEGIN
+    SELECT array_agg(e.msg_id) INTO ids
+      FROM (SELECT m.msg_id FROM pgflow.message m
+             WHERE m.queue_id = q.queue_id AND m.state = 'l' AND m.vt <= p_now
+             ORDER BY m.vt
+             LIMIT lim
+               FOR UPDATE SKIP LOCKED) e;
+    IF ids IS NULL THEN
+        RETURN 0;
+    END IF;
+    RETURN (SELECT count(*) FROM pgflow._fail(q, ids, 'visibility timeout expired', NULL, p_now,
+                                              'visibility timeout expired'));
+END $$;
+
+-- expire_leases (maintenance job): every queue's expired leases, at most batch per queue so a
+-- busy queue never starves the others. Returns how many messages it processed.
+CREATE FUNCTION pgflow.expire_leases(now timestamptz DEFAULT NULL, batch integer DEFAULT 1000)
+RETURNS bigint
+LANGUAGE plpgsql VOLATILE AS $$
+DECLARE
+    v_now timestamptz := coalesce(expire_leases.now, clock_timestamp());
+    q pgflow.queue;
+    n bigint := 0;
+BEGIN
+    PERFORM pgflow._check_int(batch, 'batch', 1);
+    FOR q IN SELECT * FROM pgflow.queue ORDER BY queue_id LOOP
+        n := n + pgflow._expire_queue(q, v_now, batch);
+    END LOOP;
+    RETURN n;
+END $$;
+
+-- prune_archive (maintenance job): archived messages older than each queue's
+-- archive_retention, at most batch per queue. Returns how many rows it deleted.
+CREATE FUNCTION pgflow.prune_archive(now timestamptz DEFAULT NULL, batch integer DEFAULT 10000)
+RETURNS bigint
+LANGUAGE plpgsql VOLATILE AS $$
+DECLARE
+    v_now timestamptz := coalesce(prune_archive.now, clock_timestamp());
+    q pgflow.queue;
+    k bigint;
+    n bigint := 0;
+BEGIN
+    PERFORM pgflow._check_int(batch, 'batch', 1);
+    FOR q IN SELECT * FROM pgflow.queue ORDER BY queue_id LOOP
+        DELETE FROM pgflow.archive a
+         WHERE a.queue_id = q.queue_id
+           AND a.msg_id IN (SELECT o.msg_id FROM pgflow.archive o
+                             WHERE o.queue_id = q.queue_id
+                               AND o.archived_at < v_now - q.archive_retention
+                             ORDER BY o.archived_at
+                             LIMIT batch
+                               FOR UPDATE SKIP LOCKED);
+        GET DIAGNOSTICS k = ROW_COUNT;
+        n := n + k;
+    END LOOP;
+    RETURN n;
+END $$;
+
+-- maintain: one round of every maintenance job; what the background worker runs each tick,
+-- and what pg_cron or a client can run when the worker is not loaded.
+CREATE FUNCTION pgflow.maintain(now timestamptz DEFAULT NULL)
+RETURNS TABLE (job text, processed bigint)
+LANGUAGE plpgsql VOLATILE AS $$
+DECLARE
+    v_now timestamptz := coalesce(maintain.now, clock_timestamp());
+BEGIN
+    job := 'expire_leases'; processed := pgflow.expire_leases(v_now); RETURN NEXT;
+    job := 'prune_archive'; processed := pgflow.prune_archive(v_now); RETURN NEXT;
+END $$;
+
+-------------------------------------------------------------------------------------------------
+-- The dead-letter queue
+-------------------------------------------------------------------------------------------------
+
+-- dlq_list: a queue's dead letters, oldest death first.
+CREATE FUNCTION pgflow.dlq_list(queue_name text, qty integer DEFAULT 100)
+RETURNS SETOF pgflow.dead_message
+LANGUAGE plpgsql STABLE AS $$
+DECLARE
+    q pgflow.queue := pgflow._queue(queue_name);
+BEGIN
+    PERFORM pgflow._check_int(qty, 'qty', 1);
+    RETURN QUERY
+    SELECT d.msg_id, d.read_ct, d.enqueued_at, d.died_at, d.reason,
+           d.errors -> 0 ->> 'error', d.errors -> -1 ->> 'error', d.errors, d.message, d.headers
+      FROM pgflow.dead d
+     WHERE d.queue_id = q.queue_id
+     ORDER BY d.died_at, d.msg_id
+     LIMIT qty;
+END $$;
+
+-- dlq_retry (a set): move dead letters back into their queue as new messages (new ids, read_ct
+-- 0, deliverable at once), in the caller's transaction. msg_ids NULL means all, died_before
+-- narrows to older deaths. Returns each dead letter's id and its new id. Two concurrent
+-- redrives of the same dead letter: the second waits for the first and then finds nothing.
+CREATE FUNCTION pgflow.dlq_retry(queue_name text, msg_ids bigint[] DEFAULT NULL,
+                                 died_before timestamptz DEFAULT NULL)
+RETURNS TABLE (dead_msg_id bigint, msg_id bigint)
+LANGUAGE plpgsql VOLATILE AS $$
+DECLARE
+    q pgflow.queue := pgflow._queue(queue_name);
+    v_now timestamptz := clock_timestamp();
+BEGIN
+    RETURN QUERY
+    WITH moved AS (
+        DELETE FROM pgflow.dead d
+         WHERE d.queue_id = q.queue_id
+           AND (msg_ids IS NULL OR d.msg_id = ANY (msg_ids))
+           AND (died_before IS NULL OR d.died_at < died_before)
+        RETURNING d.*
+    ), numbered AS (
+        SELECT nextval(q.msg_seq) AS new_id, mv.*
+          FROM (SELECT * FROM moved ORDER BY moved.msg_id) mv
+    ), inserted AS (
+        INSERT INTO pgflow.message (queue_id, msg_id, enqueued_at, vt, priority, state, message, headers)
+        SELECT q.queue_id, n.new_id, v_now, v_now, n.priority, 'r', n.message, n.headers
+          FROM numbered n
+        RETURNING message.msg_id
+    )
+    SELECT n.msg_id, n.new_id FROM numbered n
+     WHERE n.new_id IN (SELECT i.msg_id FROM inserted i)
+     ORDER BY n.msg_id;
+END $$;
+
+-- dlq_retry (one): the new id, or NULL when the message is not in the dead-letter queue.
+CREATE FUNCTION pgflow.dlq_retry(queue_name text, msg_id bigint)
+RETURNS bigint
+LANGUAGE plpgsql VOLATILE AS $$
+BEGIN
+    PERFORM pgflow._require(msg_id, 'msg_id');
+    RETURN (SELECT r.msg_id FROM pgflow.dlq_retry(queue_name, ARRAY[msg_id]) r);
+END $$;
+
+-- dlq_purge: delete a queue's dead letters, all or only those that died before older_than.
+-- Returns how many were deleted.
+CREATE FUNCTION pgflow.dlq_purge(queue_name text, older_than timestamptz DEFAULT NULL)
+RETURNS bigint
+LANGUAGE plpgsql VOLATILE AS $$
+DECLARE
+    q pgflow.queue := pgflow._queue(queue_name);
+    n bigint;
+BEGIN
+    DELETE FROM pgflow.dead d
+     WHERE d.queue_id = q.queue_id AND (older_than IS NULL OR d.died_at < older_than);
+    GET DIAGNOSTICS n = ROW_COUNT;
+    RETURN n;
+END $$;
+
+-- retry_schedule: the delays a queue's policy gives each retry, as a range (jitter only ever
+-- shortens a delay): what an operator checks after alter_queue.
+CREATE FUNCTION pgflow.retry_schedule(queue_name text)
+RETURNS TABLE (attempt integer, min_delay interval, max_delay interval)
+LANGUAGE plpgsql STABLE AS $$
+DECLARE
+    q pgflow.queue := pgflow._queue(queue_name);
+BEGIN
+    RETURN QUERY
+    SELECT n, make_interval(secs => pgflow._retry_delay(extract(epoch FROM q.retry_delay)::float8,
+                  q.retry_backoff, extract(epoch FROM q.retry_delay_max)::float8, q.retry_jitter, n, 1.0)),
+              make_interval(secs => pgflow._retry_delay(extract(epoch FROM q.retry_delay)::float8,
+                  q.retry_backoff, extract(epoch FROM q.retry_delay_max)::float8, q.retry_jitter, n, 0.0))
+      FROM generate_series(1, q.max_retries) AS n;
+END $$;
