@@ -42,7 +42,6 @@ apt_install() {
 
 # 1. Debian packages. server-dev-15 first: it pulls the matching postgresql-15.
 apt_install postgresql-15 postgresql-server-dev-15
-apt_install postgresql-contrib-15 2>/dev/null || true
 apt_install build-essential clang libclang-dev libssl-dev pkg-config sudo \
   bison flex zlib1g-dev dpkg-dev ca-certificates python3-venv
 
