@@ -1316,6 +1316,11 @@ fn w8(ctx: &Ctx, res: &mut Results) -> Res<()> {
     let n = ctx.plan.w8_queues;
     for sys in ctx.systems.clone() {
         let mut admin = ctx.admin()?;
+        // Start from clean tables: otherwise autovacuum cleaning up after the previous workload
+        // (pgflow's tables are shared and outlive its queues) shows up as idle WAL.
+        sys.recreate(&mut admin, QUEUE)?;
+        sys.reset(&mut admin)?;
+        sys.drop(&mut admin, QUEUE)?;
         for i in 0..n {
             let q = format!("idle_{i}");
             sys.recreate(&mut admin, &q)?;
