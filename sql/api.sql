@@ -4,6 +4,14 @@
 --
 -- Result columns follow pgmq's names (msg_id, read_ct, enqueued_at, vt, message, headers)
 -- so consumers written for pgmq read pgflow rows unchanged.
+--
+-- The verbs that find messages by id or claim them carry SET enable_seqscan = off. A queue
+-- table's statistics are stale by nature (it swings from empty to a backlog between two
+-- autoanalyze runs), and PL/pgSQL keeps a plan for the whole session: a plan made while the
+-- statistics said "a few rows" used a sequential scan to join claimed ids back to the table,
+-- and stayed in use as the table grew, so each read cost O(table) and a steady-state queue
+-- fell behind and never caught up (seen in bench W4). Every statement here has an exact index;
+-- the setting only removes the plan that is never right, and is restored when the call ends.
 
 -------------------------------------------------------------------------------------------------
 -- Result types (named, so argument names such as vt or queue_name can match column names).
@@ -414,7 +422,9 @@ END $$;
 -- two readers hold the same message while its lease runs.
 CREATE FUNCTION pgflow.read(queue_name text, vt interval DEFAULT NULL, qty integer DEFAULT 1)
 RETURNS SETOF pgflow.message_record
-LANGUAGE plpgsql VOLATILE AS $$
+LANGUAGE plpgsql VOLATILE
+SET enable_seqscan = off  -- see the header of this file
+AS $$
 DECLARE
     q pgflow.queue := pgflow._queue(queue_name);
     v_now timestamptz := clock_timestamp();
@@ -460,7 +470,9 @@ END $$;
 -- pop: read and delete at once (at-most-once delivery): up to qty messages in read's order.
 CREATE FUNCTION pgflow.pop(queue_name text, qty integer DEFAULT 1)
 RETURNS SETOF pgflow.message_record
-LANGUAGE plpgsql VOLATILE AS $$
+LANGUAGE plpgsql VOLATILE
+SET enable_seqscan = off  -- see the header of this file
+AS $$
 DECLARE
     q pgflow.queue := pgflow._queue(queue_name);
     v_now timestamptz := clock_timestamp();
@@ -503,7 +515,9 @@ END $$;
 -- archived; an id that is not in the queue (never sent, already archived or deleted) is skipped.
 CREATE FUNCTION pgflow.archive(queue_name text, msg_ids bigint[])
 RETURNS SETOF bigint
-LANGUAGE plpgsql VOLATILE AS $$
+LANGUAGE plpgsql VOLATILE
+SET enable_seqscan = off  -- see the header of this file
+AS $$
 DECLARE
     q pgflow.queue := pgflow._queue(queue_name);
     v_now timestamptz := clock_timestamp();
@@ -538,7 +552,9 @@ END $$;
 -- delete: remove messages without keeping them. Returns the ids that were deleted.
 CREATE FUNCTION pgflow.delete(queue_name text, msg_ids bigint[])
 RETURNS SETOF bigint
-LANGUAGE plpgsql VOLATILE AS $$
+LANGUAGE plpgsql VOLATILE
+SET enable_seqscan = off  -- see the header of this file
+AS $$
 DECLARE
     q pgflow.queue := pgflow._queue(queue_name);
 BEGIN
@@ -565,7 +581,9 @@ END $$;
 -- when it is not in the queue.
 CREATE FUNCTION pgflow.set_vt(queue_name text, msg_id bigint, vt interval)
 RETURNS SETOF pgflow.message_record
-LANGUAGE plpgsql VOLATILE AS $$
+LANGUAGE plpgsql VOLATILE
+SET enable_seqscan = off  -- see the header of this file
+AS $$
 DECLARE
     q pgflow.queue := pgflow._queue(queue_name);
     v_now timestamptz := clock_timestamp();

@@ -106,7 +106,9 @@ CREATE FUNCTION pgflow.nack(
     now         timestamptz DEFAULT NULL
 )
 RETURNS SETOF pgflow.nack_result
-LANGUAGE plpgsql VOLATILE AS $$
+LANGUAGE plpgsql VOLATILE
+SET enable_seqscan = off  -- see sql/api.sql's header
+AS $$
 DECLARE
     q pgflow.queue := pgflow._queue(queue_name);
     v_now timestamptz := coalesce(nack.now, clock_timestamp());
@@ -142,7 +144,9 @@ END $$;
 -- callers never process the same message. Returns how many it processed.
 CREATE FUNCTION pgflow._expire_queue(q pgflow.queue, p_now timestamptz, lim integer)
 RETURNS bigint
-LANGUAGE plpgsql VOLATILE AS $$
+LANGUAGE plpgsql VOLATILE
+SET enable_seqscan = off  -- see sql/api.sql's header
+AS $$
 DECLARE
     ids bigint[];
 BEGIN

@@ -732,4 +732,36 @@ mod tests {
                FROM pgflow.maintain(now => {in_two_days})"
         )));
     }
+
+    #[pg_test]
+    fn claims_never_fall_back_to_a_sequential_scan_as_the_table_grows() {
+        setup_queue("jobs");
+        // Statistics taken while the table is nearly empty, and plans cached with them...
+        Spi::run("SELECT pgflow.send_batch('jobs', array_fill('{}'::jsonb, ARRAY[5]))").unwrap();
+        Spi::run("ANALYZE pgflow.message").unwrap();
+        for _ in 0..8 {
+            Spi::run("SELECT pgflow.archive('jobs', array_agg(msg_id)) FROM pgflow.read('jobs', '30 s', 1)")
+                .unwrap();
+            Spi::run("SELECT pgflow.send('jobs', '{}')").unwrap();
+        }
+        // ...then the table grows far past them (bench W4 saw this between two autoanalyzes).
+        Spi::run("SELECT pgflow.send_batch('jobs', array_fill('{}'::jsonb, ARRAY[5000]))").unwrap();
+        let seq_scans = || {
+            one_i64("SELECT seq_scan FROM pg_stat_xact_user_tables WHERE relid = 'pgflow.message'::regclass")
+        };
+        let before = seq_scans();
+        for _ in 0..20 {
+            Spi::run(
+                "SELECT pgflow.archive('jobs', array_agg(msg_id)) FROM pgflow.read('jobs', '30 s', 10);
+                 SELECT pgflow.delete('jobs', array_agg(msg_id)) FROM pgflow.read('jobs', '30 s', 10);
+                 SELECT count(*) FROM pgflow.pop('jobs', 5);",
+            )
+            .unwrap();
+        }
+        assert_eq!(
+            seq_scans(),
+            before,
+            "a verb scanned the whole message table"
+        );
+    }
 }
