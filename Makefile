@@ -18,7 +18,7 @@ setup:
 	@bash scripts/setup.sh
 
 # pgflow vs pgmq vs PgQ on one throwaway cluster; the full run writes bench/results/ and the
-# README table (about 90 minutes). bench-quick takes a few minutes, for checking a change.
+# README table (about 80 minutes on 2 cores). bench-quick takes a few minutes, for checking a change.
 bench:
 	@MODE=full bash bench/run.sh
 

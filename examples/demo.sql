@@ -61,7 +61,30 @@ SELECT queue_name, queue_length, visible, in_flight, delayed, total_messages, to
 SELECT msg_id, read_ct, message->>'proposal_id' AS proposal, archived_at - enqueued_at < '1 min' AS within_a_minute
   FROM pgflow.archive;
 
-\echo '== 9. Bad input gets a clear error and a specific SQLSTATE (here 42704: unknown queue)'
+\echo '== 9. A consumer keeps failing on proposal 3: retries back off 1 s, 2 s, 4 s, then the DLQ'
+\echo '      (the demo skips each wait with set_vt(queue, id, 0''))'
+SELECT pgflow.alter_queue('proposals_for_consensus_queue', retry_jitter => 0) IS NOT NULL AS exact_schedule;
+SELECT attempt, max_delay AS waits FROM pgflow.retry_schedule('proposals_for_consensus_queue');
+SELECT msg_id AS m FROM pgflow.read('proposals_for_consensus_queue', '30 s', 1) \gset
+SELECT outcome, read_ct AS delivery, date_trunc('second', retry_at - now() + interval '0.5 s') AS retry_in
+  FROM pgflow.nack('proposals_for_consensus_queue', :m, 'consensus timeout 1');
+SELECT pgflow.set_vt('proposals_for_consensus_queue', :m, '0') AS skip_the_wait \gset
+SELECT msg_id AS m FROM pgflow.read('proposals_for_consensus_queue', '30 s', 1) \gset
+SELECT outcome, read_ct AS delivery, date_trunc('second', retry_at - now() + interval '0.5 s') AS retry_in
+  FROM pgflow.nack('proposals_for_consensus_queue', :m, 'consensus timeout 2');
+SELECT pgflow.set_vt('proposals_for_consensus_queue', :m, '0') AS skip_the_wait \gset
+SELECT msg_id AS m FROM pgflow.read('proposals_for_consensus_queue', '30 s', 1) \gset
+SELECT outcome, read_ct AS delivery, date_trunc('second', retry_at - now() + interval '0.5 s') AS retry_in
+  FROM pgflow.nack('proposals_for_consensus_queue', :m, 'consensus timeout 3');
+SELECT pgflow.set_vt('proposals_for_consensus_queue', :m, '0') AS skip_the_wait \gset
+SELECT msg_id AS m FROM pgflow.read('proposals_for_consensus_queue', '30 s', 1) \gset
+SELECT outcome, read_ct AS delivery, date_trunc('second', retry_at - now() + interval '0.5 s') AS retry_in
+  FROM pgflow.nack('proposals_for_consensus_queue', :m, 'consensus timeout 4');
+SELECT msg_id, read_ct, reason, last_error FROM pgflow.dlq_list('proposals_for_consensus_queue');
+\echo '   An operator redrives it: back in the queue with a new id'
+SELECT dead_msg_id, msg_id AS new_msg_id FROM pgflow.dlq_retry('proposals_for_consensus_queue');
+
+\echo '== 10. Bad input gets a clear error and a specific SQLSTATE (here 42704: unknown queue)'
 \set VERBOSITY verbose
 \set ON_ERROR_STOP off
 SELECT pgflow.send('no_such_queue', '{}');
