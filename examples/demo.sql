@@ -62,7 +62,7 @@ SELECT msg_id, read_ct, message->>'proposal_id' AS proposal, archived_at - enque
   FROM pgflow.archive;
 
 \echo '== 9. A consumer keeps failing on proposal 3: retries back off 1 s, 2 s, 4 s, then the DLQ'
-\echo '      (the demo skips each wait with set_vt(queue, id, 0''))'
+\echo '      (the demo skips each wait with set_vt(queue, id, ''0''))'
 SELECT pgflow.alter_queue('proposals_for_consensus_queue', retry_jitter => 0) IS NOT NULL AS exact_schedule;
 SELECT attempt, max_delay AS waits FROM pgflow.retry_schedule('proposals_for_consensus_queue');
 SELECT msg_id AS m FROM pgflow.read('proposals_for_consensus_queue', '30 s', 1) \gset
