@@ -26,13 +26,14 @@ CREATE TYPE pgflow.dead_message AS (
     headers     jsonb
 );
 
--- _retry_interval: the policy's delay before retry number `attempt`, with a fresh jitter draw.
-CREATE FUNCTION pgflow._retry_interval(q pgflow.queue, attempt integer)
+-- _retry_interval: the policy's delay before retry number `attempt`, for the jitter draw u in
+-- [0, 1) (callers pass random(); u = 0 gives the longest delay, u = 1 the shortest).
+CREATE FUNCTION pgflow._retry_interval(q pgflow.queue, attempt integer, u float8)
 RETURNS interval
-LANGUAGE sql VOLATILE AS $$
+LANGUAGE sql IMMUTABLE PARALLEL SAFE AS $$
     SELECT make_interval(secs => pgflow._retry_delay(
         extract(epoch FROM q.retry_delay)::float8, q.retry_backoff,
-        extract(epoch FROM q.retry_delay_max)::float8, q.retry_jitter, attempt, random()));
+        extract(epoch FROM q.retry_delay_max)::float8, q.retry_jitter, attempt, u));
 $$;
 
 -- _fail: the core of every failed delivery (nack and lease expiry). For the given leased
@@ -76,7 +77,7 @@ LANGUAGE sql VOLATILE AS $$
     ), retried AS (
         UPDATE pgflow.message m
            SET state = 'd',
-               vt = p_now + coalesce(retry_after, pgflow._retry_interval(q, n.read_ct)),
+               vt = p_now + coalesce(retry_after, pgflow._retry_interval(q, n.read_ct, random())),
                errors = n.errors
           FROM noted n
          WHERE m.queue_id = q.queue_id AND m.msg_id = n.msg_id AND NOT n.dead
@@ -306,9 +307,6 @@ DECLARE
     q pgflow.queue := pgflow._queue(queue_name);
 BEGIN
     RETURN QUERY
-    SELECT n, make_interval(secs => pgflow._retry_delay(extract(epoch FROM q.retry_delay)::float8,
-                  q.retry_backoff, extract(epoch FROM q.retry_delay_max)::float8, q.retry_jitter, n, 1.0)),
-              make_interval(secs => pgflow._retry_delay(extract(epoch FROM q.retry_delay)::float8,
-                  q.retry_backoff, extract(epoch FROM q.retry_delay_max)::float8, q.retry_jitter, n, 0.0))
+    SELECT n, pgflow._retry_interval(q, n, 1.0), pgflow._retry_interval(q, n, 0.0)
       FROM generate_series(1, q.max_retries) AS n;
 END $$;

@@ -567,6 +567,11 @@ mod tests {
                 "22023",
             ),
             ("SELECT pgflow.expire_leases(batch => 0)", "22023"),
+            ("SELECT pgflow.expire_leases(batch => NULL)", "22004"),
+            (
+                "SELECT pgflow.create_queue('q2', retry_backoff => NULL)",
+                "22004",
+            ),
             ("SELECT pgflow.prune_archive(batch => -1)", "22023"),
             ("SELECT pgflow.dlq_list('jobs', 0)", "22023"),
             ("SELECT pgflow.dlq_list('nope')", "42704"),
