@@ -168,14 +168,21 @@ END $$;
 -- busy queue never starves the others. Returns how many messages it processed.
 CREATE FUNCTION pgflow.expire_leases(now timestamptz DEFAULT NULL, batch integer DEFAULT 1000)
 RETURNS bigint
-LANGUAGE plpgsql VOLATILE AS $$
+LANGUAGE plpgsql VOLATILE
+SET enable_seqscan = off  -- see sql/api.sql's header
+AS $$
 DECLARE
     v_now timestamptz := coalesce(expire_leases.now, clock_timestamp());
     q pgflow.queue;
     n bigint := 0;
 BEGIN
     PERFORM pgflow._check_int(batch, 'batch', 1);
-    FOR q IN SELECT * FROM pgflow.queue ORDER BY queue_id LOOP
+    -- Only queues with an expired lease: one probe of the small leased index per queue, in one
+    -- statement, so an idle round over many queues stays cheap (bench W8).
+    FOR q IN SELECT * FROM pgflow.queue qq
+              WHERE EXISTS (SELECT 1 FROM pgflow.message m
+                             WHERE m.queue_id = qq.queue_id AND m.state = 'l' AND m.vt <= v_now)
+              ORDER BY qq.queue_id LOOP
         n := n + pgflow._expire_queue(q, v_now, batch);
     END LOOP;
     RETURN n;
@@ -185,7 +192,9 @@ END $$;
 -- archive_retention, at most batch per queue. Returns how many rows it deleted.
 CREATE FUNCTION pgflow.prune_archive(now timestamptz DEFAULT NULL, batch integer DEFAULT 10000)
 RETURNS bigint
-LANGUAGE plpgsql VOLATILE AS $$
+LANGUAGE plpgsql VOLATILE
+SET enable_seqscan = off  -- see sql/api.sql's header
+AS $$
 DECLARE
     v_now timestamptz := coalesce(prune_archive.now, clock_timestamp());
     q pgflow.queue;
@@ -193,7 +202,11 @@ DECLARE
     n bigint := 0;
 BEGIN
     PERFORM pgflow._check_int(batch, 'batch', 1);
-    FOR q IN SELECT * FROM pgflow.queue ORDER BY queue_id LOOP
+    FOR q IN SELECT * FROM pgflow.queue qq
+              WHERE EXISTS (SELECT 1 FROM pgflow.archive o
+                             WHERE o.queue_id = qq.queue_id
+                               AND o.archived_at < v_now - qq.archive_retention)
+              ORDER BY qq.queue_id LOOP
         DELETE FROM pgflow.archive a
          WHERE a.queue_id = q.queue_id
            AND a.msg_id IN (SELECT o.msg_id FROM pgflow.archive o
@@ -208,16 +221,55 @@ BEGIN
     RETURN n;
 END $$;
 
--- maintain: one round of every maintenance job; what the background worker runs each tick,
--- and what pg_cron or a client can run when the worker is not loaded.
-CREATE FUNCTION pgflow.maintain(now timestamptz DEFAULT NULL)
+-- promote_delayed (maintenance job): delayed and retried messages whose time has come become
+-- ready, at most batch per queue, oldest due first. Reads do not depend on it (they take due
+-- messages themselves); it keeps the ready index the one place a consumer looks, and metrics'
+-- delayed count exact.
+CREATE FUNCTION pgflow.promote_delayed(now timestamptz DEFAULT NULL, batch integer DEFAULT 1000)
+RETURNS bigint
+LANGUAGE plpgsql VOLATILE
+SET enable_seqscan = off  -- see sql/api.sql's header
+AS $$
+DECLARE
+    v_now timestamptz := coalesce(promote_delayed.now, clock_timestamp());
+    q pgflow.queue;
+    k bigint;
+    n bigint := 0;
+BEGIN
+    PERFORM pgflow._check_int(batch, 'batch', 1);
+    FOR q IN SELECT * FROM pgflow.queue qq
+              WHERE EXISTS (SELECT 1 FROM pgflow.message m
+                             WHERE m.queue_id = qq.queue_id AND m.state = 'd' AND m.vt <= v_now)
+              ORDER BY qq.queue_id LOOP
+        UPDATE pgflow.message m
+           SET state = 'r'
+         WHERE m.queue_id = q.queue_id
+           AND m.msg_id IN (SELECT d.msg_id FROM pgflow.message d
+                             WHERE d.queue_id = q.queue_id AND d.state = 'd' AND d.vt <= v_now
+                             ORDER BY d.vt
+                             LIMIT batch
+                               FOR UPDATE SKIP LOCKED);
+        GET DIAGNOSTICS k = ROW_COUNT;
+        n := n + k;
+    END LOOP;
+    RETURN n;
+END $$;
+
+-- maintain: one round of every maintenance job, each a bounded batch per queue; what the
+-- background worker runs each tick (with pgflow.batch_size and pgflow.prune_batch_size), and
+-- what pg_cron or a client can run when the worker is not loaded.
+CREATE FUNCTION pgflow.maintain(now timestamptz DEFAULT NULL, batch integer DEFAULT 1000,
+                                prune_batch integer DEFAULT 10000)
 RETURNS TABLE (job text, processed bigint)
 LANGUAGE plpgsql VOLATILE AS $$
 DECLARE
     v_now timestamptz := coalesce(maintain.now, clock_timestamp());
 BEGIN
-    job := 'expire_leases'; processed := pgflow.expire_leases(v_now); RETURN NEXT;
-    job := 'prune_archive'; processed := pgflow.prune_archive(v_now); RETURN NEXT;
+    PERFORM pgflow._check_int(batch, 'batch', 1);
+    PERFORM pgflow._check_int(prune_batch, 'prune_batch', 1);
+    job := 'expire_leases';   processed := pgflow.expire_leases(v_now, batch);         RETURN NEXT;
+    job := 'promote_delayed'; processed := pgflow.promote_delayed(v_now, batch);       RETURN NEXT;
+    job := 'prune_archive';   processed := pgflow.prune_archive(v_now, prune_batch);   RETURN NEXT;
 END $$;
 
 -------------------------------------------------------------------------------------------------
@@ -310,3 +362,9 @@ BEGIN
     SELECT n, pgflow._retry_interval(q, n, 1.0), pgflow._retry_interval(q, n, 0.0)
       FROM generate_series(1, q.max_retries) AS n;
 END $$;
+
+-------------------------------------------------------------------------------------------------
+-- Last: ask the launcher for this database's worker once CREATE EXTENSION commits (a no-op
+-- when pgflow is not in shared_preload_libraries).
+-------------------------------------------------------------------------------------------------
+SELECT pgflow._worker_wake();

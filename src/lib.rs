@@ -8,12 +8,16 @@
 //! - `src/queue/`: queue semantics that need no Postgres (name rules, the retry formula),
 //!   tested with plain `#[test]`s;
 //! - `src/api/`: the thin `#[pg_extern]` shims the SQL layer calls;
+//! - `src/worker/`: the launcher and the per-database maintenance workers;
+//! - `src/guc.rs`: every setting;
 //! - `src/error.rs`: every error a user can cause, each with its SQLSTATE.
 use pgrx::prelude::*;
 
 pub mod api;
 pub mod error;
+pub mod guc;
 pub mod queue;
+pub mod worker;
 
 ::pgrx::pg_module_magic!(name, version);
 
@@ -22,10 +26,16 @@ extension_sql_file!("../sql/schema.sql", name = "schema", bootstrap);
 extension_sql_file!("../sql/api.sql", name = "api", requires = ["schema"]);
 extension_sql_file!("../sql/failure.sql", name = "failure", finalize);
 
-/// Library load. The SQL API needs nothing from here and works without preloading; the
-/// background workers of later layers register only when loaded by `shared_preload_libraries`.
+/// Library load. The settings exist in every process; shared memory, the launcher and the
+/// utility hook only when loaded by `shared_preload_libraries`. The SQL API needs neither and
+/// works without preloading (run `pgflow.maintain()` from pg_cron or a client then).
 #[pg_guard]
-pub extern "C-unwind" fn _PG_init() {}
+pub extern "C-unwind" fn _PG_init() {
+    guc::init();
+    if unsafe { pg_sys::process_shared_preload_libraries_in_progress } {
+        worker::init();
+    }
+}
 
 #[cfg(any(test, feature = "pg_test"))]
 mod tests;

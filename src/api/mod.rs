@@ -38,3 +38,5 @@ fn _retry_delay(
     }
     .delay_secs(attempt, u)
 }
+
+pub mod worker;

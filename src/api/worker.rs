@@ -1,0 +1,99 @@
+//! The SQL face of the background workers: their status, and the notice `CREATE EXTENSION` sends.
+use pgrx::pg_sys::panic::ErrorReport;
+use pgrx::prelude::*;
+use pgrx::PgSqlErrorCode;
+
+use crate::worker::{self, SlotState, REGISTRY};
+
+fn ts(t: i64) -> Option<TimestampWithTimeZone> {
+    (t != 0).then(|| TimestampWithTimeZone::try_from(t).ok()).flatten()
+}
+
+/// One row per database the launcher knows: its worker's state and what it has done since the
+/// server started. Raises 55000 when pgflow is not in shared_preload_libraries (no workers).
+#[pg_extern(volatile, parallel_restricted)]
+#[allow(clippy::type_complexity)]
+fn worker_status() -> Result<
+    TableIterator<
+        'static,
+        (
+            name!(datname, String),
+            name!(state, String),
+            name!(pid, Option<i32>),
+            name!(started_at, Option<TimestampWithTimeZone>),
+            name!(last_tick_at, Option<TimestampWithTimeZone>),
+            name!(ticks, i64),
+            name!(expired, i64),
+            name!(promoted, i64),
+            name!(pruned, i64),
+            name!(restarts, i32),
+            name!(detail, Option<String>),
+        ),
+    >,
+    ErrorReport,
+> {
+    if !worker::preloaded() {
+        return Err(ErrorReport::new(
+            PgSqlErrorCode::ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE,
+            "pgflow's background workers are not running",
+            "pgflow",
+        )
+        .set_hint("Add pgflow to shared_preload_libraries and restart the server."));
+    }
+    let now = worker::now();
+    let reg = REGISTRY.share();
+    let mut rows: Vec<_> = reg
+        .slots
+        .iter()
+        .filter(|s| s.state != SlotState::Free)
+        .map(|s| {
+            let detail = match (s.state, s.idle_reason, s.held) {
+                (_, _, true) => Some("held by a database-level command".to_owned()),
+                (SlotState::Idle, 1, _) => Some("extension not created in this database".to_owned()),
+                (SlotState::Idle, 2, _) => Some("pgflow.enabled is off for this database".to_owned()),
+                (SlotState::Held, _, _) => Some("stopped by pgflow.enabled or pgflow.databases".to_owned()),
+                (SlotState::Wanted, _, _) if s.not_before > now => {
+                    Some(format!("restarting after {} unplanned exits", s.restarts))
+                }
+                _ => None,
+            };
+            (
+                s.name(),
+                s.state.label().to_owned(),
+                (s.pid > 0).then_some(s.pid),
+                ts(s.started_at),
+                ts(s.last_tick_at),
+                s.ticks,
+                s.expired,
+                s.promoted,
+                s.pruned,
+                s.restarts,
+                detail,
+            )
+        })
+        .collect();
+    drop(reg);
+    rows.sort_by(|a, b| a.0.cmp(&b.0));
+    Ok(TableIterator::new(rows))
+}
+
+/// Asks the launcher for a worker in this database once the current transaction commits.
+/// The extension script calls it, so `CREATE EXTENSION` starts the worker; a no-op when pgflow
+/// is not preloaded.
+#[pg_extern(volatile, parallel_unsafe)]
+fn _worker_wake() {
+    if !worker::preloaded() {
+        return;
+    }
+    let dboid = unsafe { pg_sys::MyDatabaseId }.to_u32();
+    let name = unsafe {
+        let p = pg_sys::get_database_name(pg_sys::MyDatabaseId);
+        if p.is_null() {
+            return;
+        }
+        std::ffi::CStr::from_ptr(p).to_string_lossy().into_owned()
+    };
+    pgrx::register_xact_callback(pgrx::PgXactCallbackEvent::Commit, move || {
+        worker::request_worker(dboid, &name)
+    });
+}

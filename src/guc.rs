@@ -1,0 +1,89 @@
+//! Every setting pgflow reads, each a named, documented `GucSetting` (the README lists them all).
+//!
+//! All are reloadable: `ALTER SYSTEM SET ...; SELECT pg_reload_conf();` (SIGHUP). The launcher
+//! re-reads them and starts or stops workers; each worker re-reads them before its next tick.
+use std::ffi::CStr;
+
+use pgrx::{GucContext, GucFlags, GucRegistry, GucSetting};
+
+/// `pgflow.enabled` (default on): the off switch. Off in `postgresql.conf` stops every worker;
+/// off for one database (`ALTER DATABASE d SET pgflow.enabled = off`) keeps that database's
+/// worker from running from its next start. The SQL API works either way.
+pub static ENABLED: GucSetting<bool> = GucSetting::<bool>::new(true);
+
+/// `pgflow.databases` (default empty: all): a comma-separated list of the databases that get a
+/// worker. A database must also have the extension created to get one.
+pub static DATABASES: GucSetting<Option<std::ffi::CString>> =
+    GucSetting::<Option<std::ffi::CString>>::new(None);
+
+/// `pgflow.tick` (default 1 s): how long a worker sleeps between two rounds of maintenance.
+/// A lease, delay or retry comes due at most this late; a read never waits for the tick
+/// (it applies an expired lease itself and sees due messages at once).
+pub static TICK_MS: GucSetting<i32> = GucSetting::<i32>::new(1000);
+
+/// `pgflow.batch_size` (default 1000): at most this many messages per queue per job per round
+/// (expire_leases, promote_delayed), so one busy queue never starves the others or holds long
+/// locks. A round that fills a batch is followed at once by another, up to ten per tick.
+pub static BATCH_SIZE: GucSetting<i32> = GucSetting::<i32>::new(1000);
+
+/// `pgflow.prune_batch_size` (default 10000): at most this many archived messages deleted per
+/// queue per round by prune_archive.
+pub static PRUNE_BATCH_SIZE: GucSetting<i32> = GucSetting::<i32>::new(10_000);
+
+/// Registers the settings; called from `_PG_init` in every process that loads the library.
+pub fn init() {
+    GucRegistry::define_bool_guc(
+        c"pgflow.enabled",
+        c"Runs pgflow's background workers.",
+        c"Off in postgresql.conf stops all workers; per database (ALTER DATABASE ... SET) it \
+          keeps that database's worker from running from its next start.",
+        &ENABLED,
+        GucContext::Suset,
+        GucFlags::default(),
+    );
+    GucRegistry::define_string_guc(
+        c"pgflow.databases",
+        c"Databases that get a pgflow worker (comma-separated; empty means all).",
+        c"A database must also have the extension created to get a worker.",
+        &DATABASES,
+        GucContext::Sighup,
+        GucFlags::default(),
+    );
+    GucRegistry::define_int_guc(
+        c"pgflow.tick",
+        c"Time between two maintenance rounds of a pgflow worker.",
+        c"Leases, delays and retries come due at most this late.",
+        &TICK_MS,
+        10,
+        3_600_000,
+        GucContext::Sighup,
+        GucFlags::UNIT_MS,
+    );
+    GucRegistry::define_int_guc(
+        c"pgflow.batch_size",
+        c"Messages per queue per maintenance job and round.",
+        c"Bounds the locks and time one round holds; a full batch is followed at once by another.",
+        &BATCH_SIZE,
+        1,
+        1_000_000,
+        GucContext::Sighup,
+        GucFlags::default(),
+    );
+    GucRegistry::define_int_guc(
+        c"pgflow.prune_batch_size",
+        c"Archived messages deleted per queue per round.",
+        c"Bounds the work of prune_archive in one round.",
+        &PRUNE_BATCH_SIZE,
+        1,
+        10_000_000,
+        GucContext::Sighup,
+        GucFlags::default(),
+    );
+}
+
+/// Whether `datname` passes the `pgflow.databases` filter.
+pub fn database_allowed(datname: &str) -> bool {
+    let list = DATABASES.get();
+    let list = list.as_deref().map(CStr::to_string_lossy);
+    crate::worker::policy::allows(list.as_deref(), datname)
+}

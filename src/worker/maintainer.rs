@@ -1,0 +1,182 @@
+//! A database's worker ("pgflow worker" in pg_stat_activity, with its database).
+//!
+//! Each tick it runs `pgflow.maintain()` in its own transaction: expire leases (retry with
+//! backoff, or dead-letter), make due delayed and retried messages ready, prune archives past
+//! their retention. Every job does bounded batches per queue; a round that fills a batch is
+//! followed at once by another (at most `MAX_ROUNDS` per tick). An error ends the process (the
+//! transaction rolls back); the launcher restarts it with backoff, and no other database's
+//! worker is affected. SIGTERM cancels a running round at its next interrupt check.
+use pgrx::prelude::*;
+
+use super::{handle_interrupts, micros, now, policy, setup_signals, wait, SlotState, REGISTRY};
+use crate::guc;
+
+const MAX_ROUNDS: usize = 10;
+
+/// Why a worker stops by itself.
+#[derive(Clone, Copy)]
+enum Idle {
+    NoExtension = 1,
+    Disabled = 2,
+}
+
+/// Takes the slot the launcher prepared; false when there is none to take (stopped meanwhile,
+/// or another process already has it).
+fn attach(dboid: u32) -> bool {
+    let mut reg = REGISTRY.exclusive();
+    let Some(slot) = reg.find(dboid) else { return false };
+    match slot.state {
+        SlotState::Starting if slot.pid == 0 => {
+            slot.pid = unsafe { pg_sys::MyProcPid };
+            slot.started_at = now();
+            slot.notified = false;
+            slot.set_state(SlotState::Running);
+            true
+        }
+        SlotState::Stopping if slot.pid == 0 => {
+            slot.set_state(SlotState::Held);
+            false
+        }
+        _ => false,
+    }
+}
+
+/// Runs on every exit, planned or not: frees the slot and decides what the launcher does next.
+unsafe extern "C-unwind" fn on_exit(_code: i32, arg: pg_sys::Datum) {
+    let dboid = arg.value() as u32;
+    let me = unsafe { pg_sys::MyProcPid };
+    let (waiter, launcher) = {
+        let mut reg = REGISTRY.exclusive();
+        let launcher = reg.launcher_pid;
+        let Some(slot) = reg.find(dboid) else { return };
+        if slot.pid != me {
+            return;
+        }
+        slot.pid = 0;
+        match slot.state {
+            SlotState::Stopping => slot.set_state(SlotState::Held),
+            SlotState::Idle | SlotState::Wanted => {} // planned: idle, or start over (go_idle)
+            _ => {
+                // Unplanned: an error, pg_terminate_backend, a failed connection.
+                let ran = now() - slot.started_at;
+                slot.failures = if ran >= micros(policy::HEALTHY_RUN) { 1 } else { slot.failures + 1 };
+                slot.restarts += 1;
+                slot.not_before = now() + micros(policy::restart_delay(slot.failures as u32));
+                slot.set_state(SlotState::Wanted);
+            }
+        }
+        (std::mem::take(&mut slot.waiter_pid), launcher)
+    };
+    super::wake(waiter);
+    super::wake(launcher);
+}
+
+fn go_idle(dboid: u32, why: Idle) {
+    let mut reg = REGISTRY.exclusive();
+    if let Some(slot) = reg.find(dboid) {
+        if matches!(why, Idle::NoExtension) && slot.notified {
+            // The extension was created after this worker's check began: start over.
+            slot.notified = false;
+            slot.not_before = 0;
+            slot.set_state(SlotState::Wanted);
+            return;
+        }
+        slot.idle_reason = why as u8;
+        slot.set_state(SlotState::Idle);
+    }
+}
+
+fn extension_exists() -> bool {
+    unsafe { pg_sys::get_extension_oid(c"pgflow".as_ptr(), true) != pg_sys::InvalidOid }
+}
+
+/// One round of maintenance in its own transaction; None when the extension is gone.
+fn round(batch: i32, prune_batch: i32) -> Option<(i64, i64, i64)> {
+    let sql = "SELECT coalesce(sum(processed) FILTER (WHERE job = 'expire_leases'), 0)::int8, \
+                      coalesce(sum(processed) FILTER (WHERE job = 'promote_delayed'), 0)::int8, \
+                      coalesce(sum(processed) FILTER (WHERE job = 'prune_archive'), 0)::int8 \
+                 FROM pgflow.maintain(NULL, $1, $2)";
+    unsafe {
+        pg_sys::SetCurrentStatementStartTimestamp();
+        pg_sys::StartTransactionCommand();
+        pg_sys::PushActiveSnapshot(pg_sys::GetTransactionSnapshot());
+        pg_sys::pgstat_report_activity(pg_sys::BackendState::STATE_RUNNING, c"pgflow.maintain()".as_ptr());
+    }
+    let result = if extension_exists() {
+        // An ERROR here propagates and ends the process; Postgres rolls the transaction back.
+        // `select`, not pgrx's `get_*_with_args`: those force a transaction id (and a commit
+        // record) even when the round changes nothing, which an idle server should not pay.
+        let counts = Spi::connect(|client| {
+            let row = client.select(sql, Some(1), &[batch.into(), prune_batch.into()])?.first();
+            Ok::<_, pgrx::spi::SpiError>((
+                row.get::<i64>(1)?.unwrap_or(0),
+                row.get::<i64>(2)?.unwrap_or(0),
+                row.get::<i64>(3)?.unwrap_or(0),
+            ))
+        })
+        .unwrap_or_else(|e| pgrx::error!("pgflow.maintain() failed: {e}"));
+        Some(counts)
+    } else {
+        None
+    };
+    unsafe {
+        pg_sys::PopActiveSnapshot();
+        pg_sys::CommitTransactionCommand();
+        pg_sys::pgstat_report_stat(false);
+        pg_sys::pgstat_report_activity(pg_sys::BackendState::STATE_IDLE, std::ptr::null());
+    }
+    result
+}
+
+#[pg_guard]
+#[unsafe(no_mangle)]
+pub extern "C-unwind" fn pgflow_worker_main(arg: pg_sys::Datum) {
+    let dboid = arg.value() as u32;
+    setup_signals();
+    if !attach(dboid) {
+        return;
+    }
+    unsafe {
+        pg_sys::before_shmem_exit(Some(on_exit), arg);
+        pg_sys::BackgroundWorkerInitializeConnectionByOid(
+            pg_sys::Oid::from(dboid),
+            pg_sys::InvalidOid,
+            0,
+        );
+    }
+    // Per-database settings (ALTER DATABASE ... SET pgflow.enabled = off) apply from here.
+    if !guc::ENABLED.get() {
+        go_idle(dboid, Idle::Disabled);
+        return;
+    }
+    loop {
+        // A reload re-reads the settings below; per-database settings apply at the next start.
+        handle_interrupts();
+        let batch = guc::BATCH_SIZE.get();
+        let prune_batch = guc::PRUNE_BATCH_SIZE.get();
+        for _ in 0..MAX_ROUNDS {
+            let Some((expired, promoted, pruned)) = round(batch, prune_batch) else {
+                go_idle(dboid, Idle::NoExtension);
+                return;
+            };
+            {
+                let mut reg = REGISTRY.exclusive();
+                if let Some(slot) = reg.find(dboid) {
+                    slot.ticks += 1;
+                    slot.last_tick_at = now();
+                    slot.expired += expired;
+                    slot.promoted += promoted;
+                    slot.pruned += pruned;
+                }
+            }
+            let full = expired >= i64::from(batch)
+                || promoted >= i64::from(batch)
+                || pruned >= i64::from(prune_batch);
+            if !full {
+                break;
+            }
+            handle_interrupts();
+        }
+        wait(i64::from(guc::TICK_MS.get()));
+    }
+}

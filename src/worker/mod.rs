@@ -1,0 +1,311 @@
+//! Background workers: one launcher per cluster, one maintenance worker per database that has
+//! the extension.
+//!
+//! - `launcher.rs`: the static worker the postmaster starts after recovery. It lists the
+//!   databases (a catalog scan, connected to none), keeps one slot per database in shared
+//!   memory, and starts, stops and restarts the database workers.
+//! - `maintainer.rs`: a database's worker. Each tick it runs `pgflow.maintain()`, which does
+//!   bounded batches and returns counts (the same function pg_cron or a client can call).
+//! - `hook.rs`: a ProcessUtility hook. `DROP DATABASE`, `CREATE DATABASE ... TEMPLATE`,
+//!   `ALTER DATABASE ... RENAME` and `... SET TABLESPACE` refuse to run while another session
+//!   is connected to the database, so the hook stops that database's worker first and holds it
+//!   until the command's transaction ends.
+//! - `policy.rs`: the database filter and the restart backoff, as plain functions.
+//!
+//! The slot table is the one source of truth, so a restarted launcher neither loses workers nor
+//! starts duplicates. A slot moves through these states:
+//!
+//! ```text
+//!  (new database) -> wanted -> starting -> running --(no extension / disabled here)--> idle
+//!                      ^  |                 |   \--(error, crash, terminate)--> wanted (backoff)
+//!                      |  v                 v
+//!                      held <--------- stopping   (pgflow.enabled off, pgflow.databases,
+//!                                                   or a utility command holding the database)
+//! ```
+//! `idle` is left by a notice from `CREATE EXTENSION` (after its commit) or a launcher restart.
+use std::ffi::CStr;
+
+use pgrx::prelude::*;
+use pgrx::{pg_shmem_init, PGRXSharedMemory, PgLwLock};
+
+pub mod hook;
+pub mod launcher;
+pub mod maintainer;
+pub mod policy;
+
+/// Databases that can have a worker at once; a database beyond this gets none (the launcher
+/// logs a WARNING). Each slot takes about 160 bytes of shared memory.
+pub const MAX_DATABASES: usize = 256;
+
+/// How often the launcher looks for new databases when nothing wakes it sooner.
+pub const LAUNCHER_NAPTIME_MS: i64 = 10_000;
+
+#[derive(Copy, Clone, Debug, PartialEq, Eq)]
+#[repr(u8)]
+pub enum SlotState {
+    Free,
+    /// Should run; the launcher starts it once `not_before` has passed.
+    Wanted,
+    /// Registered with the postmaster, not yet attached.
+    Starting,
+    Running,
+    /// Asked to stop; moves to `Held` when it has exited.
+    Stopping,
+    /// Stopped by configuration or a utility command; the launcher starts it again when allowed.
+    Held,
+    /// Exited by itself: the extension is not created there, or `pgflow.enabled` is off for that
+    /// database.
+    Idle,
+}
+
+impl SlotState {
+    pub fn label(self) -> &'static str {
+        match self {
+            SlotState::Free => "free",
+            SlotState::Wanted => "wanted",
+            SlotState::Starting => "starting",
+            SlotState::Running => "running",
+            SlotState::Stopping => "stopping",
+            SlotState::Held => "held",
+            SlotState::Idle => "idle",
+        }
+    }
+}
+
+#[derive(Copy, Clone, Debug)]
+#[repr(C)]
+pub struct Slot {
+    pub dboid: u32,
+    pub datname: [u8; 64],
+    pub state: SlotState,
+    /// A utility command (DROP DATABASE, ...) holds this database: no worker until it ends.
+    pub held: bool,
+    /// Why an idle slot is idle: 1 no extension, 2 disabled for the database.
+    pub idle_reason: u8,
+    /// A CREATE EXTENSION committed since the worker attached: it must not go idle on a check
+    /// that may have run before that commit.
+    pub notified: bool,
+    pub pid: i32,
+    /// A backend waiting for this worker to exit (the utility hook), woken by its exit.
+    pub waiter_pid: i32,
+    pub not_before: i64,
+    pub state_since: i64,
+    pub started_at: i64,
+    pub last_tick_at: i64,
+    pub ticks: i64,
+    pub expired: i64,
+    pub promoted: i64,
+    pub pruned: i64,
+    pub restarts: i32,
+    pub failures: i32,
+}
+
+impl Slot {
+    const EMPTY: Slot = Slot {
+        dboid: 0,
+        datname: [0; 64],
+        state: SlotState::Free,
+        held: false,
+        idle_reason: 0,
+        notified: false,
+        pid: 0,
+        waiter_pid: 0,
+        not_before: 0,
+        state_since: 0,
+        started_at: 0,
+        last_tick_at: 0,
+        ticks: 0,
+        expired: 0,
+        promoted: 0,
+        pruned: 0,
+        restarts: 0,
+        failures: 0,
+    };
+
+    pub fn name(&self) -> String {
+        let end = self.datname.iter().position(|&b| b == 0).unwrap_or(self.datname.len());
+        String::from_utf8_lossy(&self.datname[..end]).into_owned()
+    }
+
+    pub fn set_name(&mut self, name: &str) {
+        self.datname = [0; 64];
+        // datname is a NameData (63 bytes and a NUL), so it always fits.
+        let n = name.len().min(63);
+        self.datname[..n].copy_from_slice(&name.as_bytes()[..n]);
+    }
+
+    pub fn set_state(&mut self, state: SlotState) {
+        self.state = state;
+        self.state_since = now();
+    }
+}
+
+#[derive(Copy, Clone)]
+pub struct Registry {
+    pub launcher_pid: i32,
+    pub slots: [Slot; MAX_DATABASES],
+}
+
+impl Default for Registry {
+    fn default() -> Self {
+        Registry {
+            launcher_pid: 0,
+            slots: [Slot::EMPTY; MAX_DATABASES],
+        }
+    }
+}
+
+// SAFETY: plain-old-data, no pointers; every access goes through the LWLock.
+unsafe impl PGRXSharedMemory for Registry {}
+
+impl Registry {
+    pub fn find(&mut self, dboid: u32) -> Option<&mut Slot> {
+        self.slots
+            .iter_mut()
+            .find(|s| s.state != SlotState::Free && s.dboid == dboid)
+    }
+
+    /// The slot for `dboid`, created (state `Wanted`) if missing; None when the table is full.
+    pub fn find_or_add(&mut self, dboid: u32, name: &str) -> Option<&mut Slot> {
+        let idx = match self
+            .slots
+            .iter()
+            .position(|s| s.state != SlotState::Free && s.dboid == dboid)
+        {
+            Some(i) => i,
+            None => {
+                let i = self.slots.iter().position(|s| s.state == SlotState::Free)?;
+                let s = &mut self.slots[i];
+                *s = Slot::EMPTY;
+                s.dboid = dboid;
+                s.set_name(name);
+                s.set_state(SlotState::Wanted);
+                i
+            }
+        };
+        Some(&mut self.slots[idx])
+    }
+}
+
+pub static REGISTRY: PgLwLock<Registry> = unsafe { PgLwLock::new(c"pgflow_workers") };
+
+/// Set in `_PG_init` when loaded by `shared_preload_libraries`: only then does the registry
+/// exist in shared memory.
+static mut PRELOADED: bool = false;
+
+pub fn preloaded() -> bool {
+    // SAFETY: written once in _PG_init, before any other code of this library runs.
+    unsafe { PRELOADED }
+}
+
+/// Called from `_PG_init` when the library is being preloaded: shared memory, the launcher, and
+/// the utility hook.
+pub fn init() {
+    pg_shmem_init!(REGISTRY);
+    unsafe {
+        PRELOADED = true;
+    }
+    launcher::register();
+    hook::install();
+}
+
+pub fn now() -> i64 {
+    unsafe { pg_sys::GetCurrentTimestamp() }
+}
+
+pub fn micros(d: std::time::Duration) -> i64 {
+    i64::try_from(d.as_micros()).unwrap_or(i64::MAX)
+}
+
+/// Wakes a process that waits on its latch (SIGUSR1 sets the latch of any backend or worker).
+pub fn wake(pid: i32) {
+    if pid > 0 {
+        unsafe {
+            libc::kill(pid, libc::SIGUSR1);
+        }
+    }
+}
+
+/// Tells the launcher that this database wants a worker (after `CREATE EXTENSION` commits).
+pub fn request_worker(dboid: u32, name: &str) {
+    if !preloaded() {
+        return;
+    }
+    let launcher = {
+        let mut reg = REGISTRY.exclusive();
+        if let Some(slot) = reg.find_or_add(dboid, name) {
+            slot.notified = true;
+            if matches!(slot.state, SlotState::Idle | SlotState::Wanted) {
+                slot.set_state(SlotState::Wanted);
+                slot.not_before = 0;
+                slot.failures = 0;
+            }
+        }
+        reg.launcher_pid
+    };
+    wake(launcher);
+}
+
+/// The C string of a database name from a NameData.
+pub fn name_of(data: &pg_sys::NameData) -> String {
+    unsafe { CStr::from_ptr(data.data.as_ptr()) }
+        .to_string_lossy()
+        .into_owned()
+}
+
+/// Installs `handler` for `signal`, across the pqsignal rename of PG 18.
+pub unsafe fn set_signal(signal: i32, handler: unsafe extern "C-unwind" fn(i32)) {
+    #[cfg(any(feature = "pg15", feature = "pg17"))]
+    pg_sys::pqsignal(signal, Some(handler));
+    #[cfg(feature = "pg18")]
+    pg_sys::pqsignal_be(signal, Some(handler));
+}
+
+// The C signal handlers themselves (pg_sys's wrappers of these are not async-signal-safe).
+unsafe extern "C-unwind" {
+    #[link_name = "die"]
+    fn pg_die(signal: i32);
+    #[link_name = "SignalHandlerForConfigReload"]
+    fn pg_reload(signal: i32);
+}
+
+/// The signal setup both workers share: SIGTERM ends the process through Postgres's `die`
+/// (so a running statement is cancelled at its next interrupt check, not only between ticks),
+/// SIGHUP asks for a configuration reload.
+pub fn setup_signals() {
+    unsafe {
+        set_signal(libc::SIGTERM, pg_die);
+        set_signal(libc::SIGHUP, pg_reload);
+        pg_sys::BackgroundWorkerUnblockSignals();
+    }
+}
+
+/// Processes a pending cancel/terminate (exits on SIGTERM) and a pending reload; true when the
+/// configuration was reloaded.
+pub fn handle_interrupts() -> bool {
+    unsafe {
+        if pg_sys::InterruptPending != 0 {
+            pg_sys::ProcessInterrupts();
+        }
+        if pg_sys::ConfigReloadPending != 0 {
+            pg_sys::ConfigReloadPending = 0;
+            pg_sys::ProcessConfigFile(pg_sys::GucContext::PGC_SIGHUP);
+            return true;
+        }
+    }
+    false
+}
+
+/// Sleeps on the process latch for at most `timeout_ms`; exits with the postmaster.
+pub fn wait(timeout_ms: i64) {
+    let timeout = timeout_ms.clamp(1, i64::from(i32::MAX));
+    unsafe {
+        pg_sys::WaitLatch(
+            pg_sys::MyLatch,
+            (pg_sys::WL_LATCH_SET | pg_sys::WL_TIMEOUT | pg_sys::WL_EXIT_ON_PM_DEATH) as i32,
+            timeout as _,
+            pg_sys::PG_WAIT_EXTENSION,
+        );
+        pg_sys::ResetLatch(pg_sys::MyLatch);
+    }
+}
