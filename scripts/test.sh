@@ -2,7 +2,8 @@
 # The whole test suite, on every supported Postgres version (README command 2: `make test`).
 #
 # Per version: plain #[test]s and #[pg_test]s (cargo pgrx test), then against a throwaway
-# cluster with pgflow preloaded: pg_regress golden tests, isolation specs, and the client
+# cluster with pgflow preloaded: pg_regress golden tests, isolation specs, the worker lifecycle
+# (hot standby, crash) on clusters of its own, and the client
 # tests over real connections; then the benchmark in smoke mode. PG_VERSIONS="15" narrows
 # the run.
 set -euo pipefail
@@ -40,8 +41,12 @@ regress_layers() {
   isolation_tests=$(cd "$ROOT/tests/isolation/specs" && ls ./*.spec | sed 's|^\./||; s|\.spec$||' | sort)
 
   # --use-existing makes pg_regress skip creating the database (and --load-extension).
+  # The golden files pin states at chosen `now`s; the worker, running on the real clock, would
+  # race them, so it is off in these two databases (the client tests run with it).
   for db in pgflow_regress pgflow_isolation; do
     as_postgres "$bindir/createdb" -h 127.0.0.1 -p "$port" -U postgres "$db"
+    as_postgres "$bindir/psql" -X -q -h 127.0.0.1 -p "$port" -U postgres -d "$db" \
+      -c "ALTER DATABASE $db SET pgflow.enabled = off"
     as_postgres "$bindir/psql" -X -q -h 127.0.0.1 -p "$port" -U postgres -d "$db" -c 'CREATE EXTENSION pgflow'
   done
   run_layer "pg$ver: pg_regress" \
@@ -55,6 +60,9 @@ regress_layers() {
       --bindir="$bindir" --inputdir="$ROOT/tests/isolation" --outputdir="$out/isolation" \
       --dbname=pgflow_isolation $isolation_tests \
     || { cat "$out/isolation/regression.diffs" 2>/dev/null | head -200 >&2; }
+
+  run_layer "pg$ver: worker lifecycle (hot standby, crash)" \
+    bash "$ROOT/tests/cluster/worker_lifecycle.sh" "$ver"
 
   run_layer "pg$ver: client tests" \
     env PGFLOW_TEST_DSN="host=127.0.0.1 port=$port user=postgres dbname=postgres" \

@@ -31,3 +31,40 @@ pub fn fresh_queue(client: &mut Client, name: &str) {
         .execute("SELECT pgflow.create_queue($1)", &[&name])
         .unwrap();
 }
+
+/// The test server's DSN with another database name.
+pub fn dsn_for(dbname: &str) -> String {
+    let dsn = std::env::var("PGFLOW_TEST_DSN").expect("PGFLOW_TEST_DSN is not set");
+    let kept: Vec<&str> = dsn
+        .split_whitespace()
+        .filter(|kv| !kv.starts_with("dbname="))
+        .collect();
+    format!("{} dbname={dbname}", kept.join(" "))
+}
+
+/// A connection to `dbname` (no extension created).
+pub fn connect_to(dbname: &str) -> Client {
+    let dsn = dsn_for(dbname);
+    let mut client =
+        Client::connect(&dsn, NoTls).unwrap_or_else(|e| panic!("cannot connect to {dsn}: {e}"));
+    client
+        .batch_execute("SET client_min_messages = warning")
+        .unwrap();
+    client
+}
+
+/// Polls `sql` (one boolean) until it is true or `secs` pass; true if it became true. For
+/// waiting on another process (a background worker) whose progress no latch of ours can see.
+pub fn eventually(client: &mut Client, sql: &str, secs: u64) -> bool {
+    let end = std::time::Instant::now() + std::time::Duration::from_secs(secs);
+    loop {
+        let ok: Option<bool> = client.query_one(sql, &[]).unwrap().get(0);
+        if ok == Some(true) {
+            return true;
+        }
+        if std::time::Instant::now() >= end {
+            return false;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+}

@@ -1,0 +1,72 @@
+#!/usr/bin/env bash
+# Worker lifecycle at the cluster level, which no in-server test can reach:
+#  1. on a hot standby the launcher waits; after promotion it starts and the database gets its
+#     worker;
+#  2. a worker killed with SIGKILL (a crash) makes the postmaster reinitialize, and the launcher
+#     and the worker come back by themselves.
+# Usage: worker_lifecycle.sh VERSION. Each wait is a bounded poll on the server's own state.
+set -euo pipefail
+. "$(dirname "$0")/../../scripts/lib.sh"
+
+ver=$1
+bindir=$("$(pg_config_for "$ver")" --bindir)
+primary=/tmp/pgflow-life-primary-$ver
+standby=/tmp/pgflow-life-standby-$ver
+pport=$(free_port); sport=$(free_port)
+trap 'cluster_stop "$ver" "$standby"; cluster_stop "$ver" "$primary"' EXIT
+
+psql_at() { local port=$1; shift; as_postgres "$bindir/psql" -X -At -h 127.0.0.1 -p "$port" -U postgres "$@"; }
+
+# poll PORT DB SQL: until SQL returns t, at most 30 s.
+poll() {
+  local port=$1 db=$2 sql=$3 i
+  for i in $(seq 1 1500); do
+    [ "$(psql_at "$port" -d "$db" -c "SELECT pg_stat_clear_snapshot(); $sql" 2>/dev/null | tail -1)" = t ] && return 0
+    sleep 0.02
+  done
+  echo "timed out waiting for: $sql" >&2
+  return 1
+}
+
+fail() { echo "FAIL: $*" >&2; exit 1; }
+
+workers="SELECT count(*) FROM pg_stat_activity WHERE backend_type LIKE 'pgflow%'"
+
+cluster_start "$ver" "$primary" "$pport" "wal_level = replica" "max_wal_senders = 4"
+psql_at "$pport" -d postgres -q -c "CREATE DATABASE life" 
+psql_at "$pport" -d life -q -c "CREATE EXTENSION pgflow"
+poll "$pport" life "SELECT EXISTS (SELECT 1 FROM pg_stat_activity
+                     WHERE backend_type = 'pgflow worker' AND datname = 'life')"
+echo "ok: primary has a worker for database life"
+
+# 1. A hot standby of it.
+as_postgres rm -rf "$standby"
+as_postgres "$bindir/pg_basebackup" -h 127.0.0.1 -p "$pport" -U postgres -D "$standby" -R -X stream -c fast \
+  2> >(grep -v "skipping special file" >&2)
+{
+  echo "port = $sport"
+  echo "unix_socket_directories = '$standby'"
+  echo "hot_standby = on"
+} | as_postgres tee -a "$standby/postgresql.conf" >/dev/null
+as_postgres "$bindir/pg_ctl" -D "$standby" -l "$standby/server.log" -w -t 60 start >/dev/null
+[ "$(psql_at "$sport" -d life -c 'SELECT pg_is_in_recovery()')" = t ] || fail "standby not in recovery"
+# A change replayed after startup proves the standby has been up and streaming a while.
+psql_at "$pport" -d life -q -c "SELECT pgflow.create_queue('replayed')" >/dev/null
+poll "$sport" life "SELECT EXISTS (SELECT 1 FROM pgflow.queue WHERE queue_name = 'replayed')"
+[ "$(psql_at "$sport" -d life -c "$workers")" = 0 ] || fail "a pgflow process runs on the hot standby"
+echo "ok: no pgflow process on the hot standby"
+as_postgres "$bindir/pg_ctl" -D "$standby" -w promote >/dev/null
+poll "$sport" life "SELECT EXISTS (SELECT 1 FROM pg_stat_activity
+                     WHERE backend_type = 'pgflow worker' AND datname = 'life')"
+echo "ok: after promotion the former standby runs the launcher and the worker"
+cluster_stop "$ver" "$standby"
+
+# 2. A crash: SIGKILL the worker; the postmaster restarts everything; the worker comes back.
+pid=$(psql_at "$pport" -d life -c "SELECT pid FROM pg_stat_activity WHERE backend_type = 'pgflow worker' AND datname = 'life'")
+[ -n "$pid" ] || fail "no worker pid"
+kill -9 "$pid"
+poll "$pport" life "SELECT EXISTS (SELECT 1 FROM pg_stat_activity
+                     WHERE backend_type = 'pgflow worker' AND datname = 'life' AND pid <> $pid)"
+grep -q "terminated by signal 9" "$primary/server.log" || fail "the kill was not seen as a crash"
+echo "ok: after a crash the worker is back"
+echo "worker lifecycle: all passed"
