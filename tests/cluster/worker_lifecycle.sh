@@ -3,7 +3,8 @@
 #  1. on a hot standby the launcher waits; after promotion it starts and the database gets its
 #     worker;
 #  2. a worker killed with SIGKILL (a crash) makes the postmaster reinitialize, and the launcher
-#     and the worker come back by themselves.
+#     and the worker come back by themselves;
+#  3. when the postmaster dies, the launcher and the worker exit.
 # Usage: worker_lifecycle.sh VERSION. Each wait is a bounded poll on the server's own state.
 set -euo pipefail
 . "$(dirname "$0")/../../scripts/lib.sh"
@@ -69,4 +70,20 @@ poll "$pport" life "SELECT EXISTS (SELECT 1 FROM pg_stat_activity
                      WHERE backend_type = 'pgflow worker' AND datname = 'life' AND pid <> $pid)"
 grep -q "terminated by signal 9" "$primary/server.log" || fail "the kill was not seen as a crash"
 echo "ok: after a crash the worker is back"
+
+# 3. Postmaster death: the launcher and the worker exit by themselves (WL_EXIT_ON_PM_DEATH).
+pids=$(psql_at "$pport" -d life -c "SELECT string_agg(pid::text, ' ') FROM pg_stat_activity WHERE backend_type LIKE 'pgflow%'")
+[ "$(wc -w <<<"$pids")" = 2 ] || fail "expected a launcher and a worker, got: $pids"
+postmaster=$(head -1 "$primary/postmaster.pid")
+kill -9 "$postmaster"
+for i in $(seq 1 1500); do
+  alive=0
+  for p in $pids; do kill -0 "$p" 2>/dev/null && alive=1; done
+  [ $alive = 0 ] && break
+  sleep 0.02
+done
+[ $alive = 0 ] || fail "pgflow processes outlived the postmaster: $pids"
+echo "ok: the launcher and the worker exit when the postmaster dies"
+# The cluster is gone; nothing for the EXIT trap to stop.
+as_postgres rm -f "$primary/postmaster.pid"
 echo "worker lifecycle: all passed"
