@@ -37,7 +37,10 @@ CREATE TYPE pgflow.queue_info AS (
     retry_delay_max    interval,
     retry_jitter       float8,
     archive_retention  interval,
-    created_at         timestamptz
+    created_at         timestamptz,
+    default_priority   smallint,
+    dedup_window       interval,
+    notify             boolean
 );
 
 -- Queue statistics, as metrics and metrics_all return them.
@@ -53,19 +56,21 @@ CREATE TYPE pgflow.queue_metrics AS (
     total_archived     bigint,            -- messages ever archived (likewise)
     archive_length     bigint,            -- messages now in the archive (within retention)
     dlq_length         bigint,            -- messages now in the dead-letter queue
-    scrape_time        timestamptz
+    scrape_time        timestamptz,
+    waiting            bigint             -- grouped messages waiting behind an earlier one
 );
 
 -- A waiting message, as list_pending shows it.
 CREATE TYPE pgflow.pending_message AS (
     msg_id      bigint,
-    state       text,         -- 'ready', 'delayed' or 'in_flight'
+    state       text,         -- 'ready', 'delayed', 'in_flight' or 'waiting' (behind its group)
     read_ct     integer,
     enqueued_at timestamptz,
     vt          timestamptz,
     priority    smallint,
     message     jsonb,
-    headers     jsonb
+    headers     jsonb,
+    group_key   text
 );
 
 -------------------------------------------------------------------------------------------------
@@ -147,6 +152,66 @@ BEGIN
 END $$;
 
 -- _check_payload: the message must be a JSON object, headers an object or NULL.
+-- _check_priority: 22023 unless the value fits a smallint (NULL passes: "use the default").
+CREATE FUNCTION pgflow._check_priority(value integer, arg text)
+RETURNS void
+LANGUAGE plpgsql IMMUTABLE AS $$
+BEGIN
+    IF value < -32768 OR value > 32767 THEN
+        RAISE EXCEPTION '% must be between -32768 and 32767, got %', arg, value
+            USING ERRCODE = 'invalid_parameter_value';
+    END IF;
+END $$;
+
+-- _group_state: the state a new message of group key takes: 'g' when the group has a live
+-- message (it waits behind it), else first_state. Takes the group's transaction-level advisory
+-- lock, which the group-advance trigger takes too, so a send and the removal of the group's
+-- head never miss each other: whichever comes second sees what the first committed (READ
+-- COMMITTED: each statement takes a new snapshot after the lock).
+CREATE FUNCTION pgflow._group_state(p_queue_id integer, key text, first_state "char")
+RETURNS "char"
+LANGUAGE plpgsql VOLATILE AS $$
+BEGIN
+    IF key IS NULL THEN
+        RETURN first_state;
+    END IF;
+    PERFORM pg_advisory_xact_lock(p_queue_id, hashtext(key));
+    IF EXISTS (SELECT 1 FROM pgflow.message m WHERE m.queue_id = p_queue_id AND m.group_key = key) THEN
+        RETURN 'g';
+    END IF;
+    RETURN first_state;
+END $$;
+
+-- _group_advance (trigger): when a grouped message leaves the table (archive, delete, pop,
+-- dead-lettered, purge), the group's next message, if it waits, becomes deliverable.
+CREATE FUNCTION pgflow._group_advance()
+RETURNS trigger
+LANGUAGE plpgsql VOLATILE AS $$
+DECLARE
+    nxt record;
+BEGIN
+    PERFORM pg_advisory_xact_lock(OLD.queue_id, hashtext(OLD.group_key));
+    SELECT m.msg_id, m.state, m.vt INTO nxt
+      FROM pgflow.message m
+     WHERE m.queue_id = OLD.queue_id AND m.group_key = OLD.group_key
+     ORDER BY m.msg_id
+     LIMIT 1;
+    IF FOUND AND nxt.state = 'g' THEN
+        UPDATE pgflow.message m
+           SET state = CASE WHEN m.vt > clock_timestamp() THEN 'd' ELSE 'r' END
+         WHERE m.queue_id = OLD.queue_id AND m.msg_id = nxt.msg_id;
+        PERFORM pgflow._wake_on_commit(OLD.queue_id);
+        PERFORM pgflow._notify(u.queue_id, u.queue_name)
+           FROM pgflow.queue u WHERE u.queue_id = OLD.queue_id AND u.notify;
+    END IF;
+    RETURN NULL;
+END $$;
+
+CREATE TRIGGER message_group_advance
+    AFTER DELETE ON pgflow.message
+    FOR EACH ROW WHEN (OLD.group_key IS NOT NULL)
+    EXECUTE FUNCTION pgflow._group_advance();
+
 CREATE FUNCTION pgflow._check_payload(message jsonb, headers jsonb)
 RETURNS void
 LANGUAGE plpgsql IMMUTABLE PARALLEL SAFE AS $$
@@ -179,7 +244,10 @@ CREATE FUNCTION pgflow.create_queue(
     if_not_exists      boolean  DEFAULT false,
     retry_backoff      float8   DEFAULT 2,
     retry_delay_max    interval DEFAULT '1 hour',
-    retry_jitter       float8   DEFAULT 0.1
+    retry_jitter       float8   DEFAULT 0.1,
+    default_priority   integer  DEFAULT 0,
+    dedup_window       interval DEFAULT '5 minutes',
+    notify             boolean  DEFAULT false
 )
 RETURNS boolean
 LANGUAGE plpgsql VOLATILE AS $$
@@ -195,6 +263,9 @@ BEGIN
     PERFORM pgflow._check_interval(archive_retention, 'archive_retention', false);
     PERFORM pgflow._require(if_not_exists, 'if_not_exists');
     PERFORM pgflow._check_retry_policy(retry_backoff, retry_delay_max, retry_jitter);
+    PERFORM pgflow._check_priority(default_priority, 'default_priority');
+    PERFORM pgflow._check_interval(dedup_window, 'dedup_window', false);
+    PERFORM pgflow._require(notify, 'notify');
 
     IF EXISTS (SELECT 1 FROM pgflow.queue q WHERE q.queue_name = create_queue.queue_name) THEN
         IF if_not_exists THEN
@@ -214,10 +285,12 @@ BEGIN
 
     INSERT INTO pgflow.queue (queue_id, queue_name, visibility_timeout, max_retries, retry_delay,
                               retry_backoff, retry_delay_max, retry_jitter,
-                              archive_retention, msg_seq, archived_seq)
+                              archive_retention, msg_seq, archived_seq, default_priority,
+                              dedup_window, notify)
     VALUES (v_id, queue_name, visibility_timeout, max_retries, retry_delay,
             retry_backoff, retry_delay_max, retry_jitter,
-            archive_retention, v_msg_seq::regclass, v_archived_seq::regclass)
+            archive_retention, v_msg_seq::regclass, v_archived_seq::regclass, default_priority,
+            dedup_window, notify)
     ON CONFLICT ON CONSTRAINT queue_queue_name_key DO NOTHING;
 
     IF NOT FOUND THEN
@@ -236,7 +309,8 @@ CREATE FUNCTION pgflow.list_queues()
 RETURNS SETOF pgflow.queue_info
 LANGUAGE sql STABLE PARALLEL SAFE AS $$
     SELECT q.queue_name, q.visibility_timeout, q.max_retries, q.retry_delay, q.retry_backoff,
-           q.retry_delay_max, q.retry_jitter, q.archive_retention, q.created_at
+           q.retry_delay_max, q.retry_jitter, q.archive_retention, q.created_at,
+           q.default_priority, q.dedup_window, q.notify
       FROM pgflow.queue q
      ORDER BY q.queue_name;
 $$;
@@ -251,7 +325,10 @@ CREATE FUNCTION pgflow.alter_queue(
     archive_retention  interval DEFAULT NULL,
     retry_backoff      float8   DEFAULT NULL,
     retry_delay_max    interval DEFAULT NULL,
-    retry_jitter       float8   DEFAULT NULL
+    retry_jitter       float8   DEFAULT NULL,
+    default_priority   integer  DEFAULT NULL,
+    dedup_window       interval DEFAULT NULL,
+    notify             boolean  DEFAULT NULL
 )
 RETURNS SETOF pgflow.queue_info
 LANGUAGE plpgsql VOLATILE AS $$
@@ -270,6 +347,12 @@ BEGIN
     IF alter_queue.archive_retention IS NOT NULL THEN
         PERFORM pgflow._check_interval(alter_queue.archive_retention, 'archive_retention', false);
     END IF;
+    IF alter_queue.default_priority IS NOT NULL THEN
+        PERFORM pgflow._check_priority(alter_queue.default_priority, 'default_priority');
+    END IF;
+    IF alter_queue.dedup_window IS NOT NULL THEN
+        PERFORM pgflow._check_interval(alter_queue.dedup_window, 'dedup_window', false);
+    END IF;
     PERFORM pgflow._check_retry_policy(coalesce(alter_queue.retry_backoff, q.retry_backoff),
                                        coalesce(alter_queue.retry_delay_max, q.retry_delay_max),
                                        coalesce(alter_queue.retry_jitter, q.retry_jitter));
@@ -282,10 +365,14 @@ BEGIN
            archive_retention  = coalesce(alter_queue.archive_retention, u.archive_retention),
            retry_backoff      = coalesce(alter_queue.retry_backoff, u.retry_backoff),
            retry_delay_max    = coalesce(alter_queue.retry_delay_max, u.retry_delay_max),
-           retry_jitter       = coalesce(alter_queue.retry_jitter, u.retry_jitter)
+           retry_jitter       = coalesce(alter_queue.retry_jitter, u.retry_jitter),
+           default_priority   = coalesce(alter_queue.default_priority, u.default_priority),
+           dedup_window       = coalesce(alter_queue.dedup_window, u.dedup_window),
+           notify             = coalesce(alter_queue.notify, u.notify)
      WHERE u.queue_id = q.queue_id
     RETURNING u.queue_name, u.visibility_timeout, u.max_retries, u.retry_delay, u.retry_backoff,
-              u.retry_delay_max, u.retry_jitter, u.archive_retention, u.created_at;
+              u.retry_delay_max, u.retry_jitter, u.archive_retention, u.created_at,
+              u.default_priority, u.dedup_window, u.notify;
 END $$;
 
 -- drop_queue: the queue, its live messages, its archive, its dead letters and its sequences. An unknown queue
@@ -308,7 +395,10 @@ BEGIN
     DELETE FROM pgflow.message m WHERE m.queue_id = q.queue_id;
     DELETE FROM pgflow.archive a WHERE a.queue_id = q.queue_id;
     DELETE FROM pgflow.dead d WHERE d.queue_id = q.queue_id;
+    DELETE FROM pgflow.dedup k WHERE k.queue_id = q.queue_id;
+    DELETE FROM pgflow.binding b WHERE b.queue_id = q.queue_id;
     DELETE FROM pgflow.queue u WHERE u.queue_id = q.queue_id;
+    PERFORM pgflow._notify_forget(q.queue_id);
     -- regclass values print as qualified, quoted names: safe to splice.
     EXECUTE 'DROP SEQUENCE ' || q.msg_seq::text || ', ' || q.archived_seq::text;
     RETURN true;
@@ -337,8 +427,12 @@ END $$;
 CREATE FUNCTION pgflow.send(
     queue_name text,
     message    jsonb,
-    headers    jsonb    DEFAULT NULL,
-    delay      interval DEFAULT '0'
+    headers    jsonb       DEFAULT NULL,
+    delay      interval    DEFAULT '0',
+    priority   integer     DEFAULT NULL,   -- NULL: the queue's default_priority
+    group_key  text        DEFAULT NULL,   -- ordering key: one message of a group at a time
+    dedup_key  text        DEFAULT NULL,   -- a repeat within the queue's dedup_window is a no-op
+    deliver_at timestamptz DEFAULT NULL    -- instead of delay: deliverable from this time on
 )
 RETURNS bigint
 LANGUAGE plpgsql VOLATILE AS $$
@@ -346,13 +440,42 @@ DECLARE
     q pgflow.queue := pgflow._queue(queue_name);
     v_now timestamptz := clock_timestamp();
     v_id bigint;
+    v_vt timestamptz;
+    v_first bigint;
 BEGIN
     PERFORM pgflow._check_payload(message, headers);
     PERFORM pgflow._check_interval(delay, 'delay', true);
-    INSERT INTO pgflow.message (queue_id, msg_id, enqueued_at, vt, state, message, headers)
-    VALUES (q.queue_id, nextval(q.msg_seq), v_now, v_now + delay,
-            CASE WHEN delay > interval '0' THEN 'd' ELSE 'r' END, send.message, send.headers)
-    RETURNING msg_id INTO v_id;
+    PERFORM pgflow._check_priority(priority, 'priority');
+    IF deliver_at IS NOT NULL AND delay <> interval '0' THEN
+        RAISE EXCEPTION 'give delay or deliver_at, not both' USING ERRCODE = 'invalid_parameter_value';
+    END IF;
+    v_vt := greatest(v_now, coalesce(deliver_at, v_now + delay));
+    v_id := nextval(q.msg_seq);
+    IF dedup_key IS NOT NULL THEN
+        -- A concurrent send with the same key waits here for the first one's transaction: if it
+        -- commits, this send returns its id; if it rolls back, this send goes ahead.
+        INSERT INTO pgflow.dedup AS k (queue_id, dedup_key, msg_id, expires_at)
+        VALUES (q.queue_id, send.dedup_key, v_id, v_now + q.dedup_window)
+        ON CONFLICT ON CONSTRAINT dedup_pkey DO UPDATE
+           SET msg_id = EXCLUDED.msg_id, expires_at = EXCLUDED.expires_at
+         WHERE k.expires_at <= v_now
+        RETURNING k.msg_id INTO v_first;
+        IF NOT FOUND THEN
+            SELECT k.msg_id INTO v_first FROM pgflow.dedup k
+             WHERE k.queue_id = q.queue_id AND k.dedup_key = send.dedup_key;
+            RETURN v_first;
+        END IF;
+    END IF;
+    INSERT INTO pgflow.message (queue_id, msg_id, enqueued_at, vt, priority, state, message,
+                                headers, group_key)
+    VALUES (q.queue_id, v_id, v_now, v_vt, coalesce(priority, q.default_priority),
+            pgflow._group_state(q.queue_id, send.group_key,
+                                CASE WHEN v_vt > v_now THEN 'd' ELSE 'r' END::"char"),
+            send.message, send.headers, send.group_key);
+    PERFORM pgflow._wake_on_commit(q.queue_id);
+    IF q.notify THEN
+        PERFORM pgflow._notify(q.queue_id, q.queue_name);
+    END IF;
     RETURN v_id;
 END $$;
 
@@ -362,7 +485,8 @@ CREATE FUNCTION pgflow.send_batch(
     queue_name text,
     messages   jsonb[],
     headers    jsonb[]  DEFAULT NULL,
-    delay      interval DEFAULT '0'
+    delay      interval DEFAULT '0',
+    priority   integer  DEFAULT NULL   -- for every message; NULL: the queue's default_priority
 )
 RETURNS SETOF bigint
 LANGUAGE plpgsql VOLATILE AS $$
@@ -373,6 +497,7 @@ DECLARE
 BEGIN
     PERFORM pgflow._require(messages, 'messages');
     PERFORM pgflow._check_interval(delay, 'delay', true);
+    PERFORM pgflow._check_priority(priority, 'priority');
     IF headers IS NOT NULL AND cardinality(headers) <> cardinality(messages) THEN
         RAISE EXCEPTION 'headers has % elements but messages has %',
             cardinality(headers), cardinality(messages)
@@ -393,6 +518,10 @@ BEGIN
                                  ELSE 'invalid_parameter_value' END;
     END IF;
 
+    PERFORM pgflow._wake_on_commit(q.queue_id);
+    IF q.notify THEN
+        PERFORM pgflow._notify(q.queue_id, q.queue_name);
+    END IF;
     -- Ids are drawn in input order (ORDER BY ord before nextval), then returned in that order.
     RETURN QUERY
     WITH input AS (
@@ -403,8 +532,9 @@ BEGIN
     ), numbered AS (
         SELECT nextval(q.msg_seq) AS id, i.* FROM input i
     ), inserted AS (
-        INSERT INTO pgflow.message (queue_id, msg_id, enqueued_at, vt, state, message, headers)
-        SELECT q.queue_id, n.id, v_now, v_now + delay,
+        INSERT INTO pgflow.message (queue_id, msg_id, enqueued_at, vt, priority, state, message,
+                                    headers)
+        SELECT q.queue_id, n.id, v_now, v_now + delay, coalesce(priority, q.default_priority),
                CASE WHEN delay > interval '0' THEN 'd' ELSE 'r' END, n.msg, n.hdr
           FROM numbered n
         RETURNING msg_id
@@ -416,11 +546,41 @@ END $$;
 -- Consuming
 -------------------------------------------------------------------------------------------------
 
--- read: lease up to qty deliverable messages for vt (default: the queue's visibility_timeout).
--- Delayed and retried messages that came due go first (by due time), then the ready backlog
--- by priority and id. Concurrent readers skip each other's rows (FOR UPDATE SKIP LOCKED), so no
--- two readers hold the same message while its lease runs.
-CREATE FUNCTION pgflow.read(queue_name text, vt interval DEFAULT NULL, qty integer DEFAULT 1)
+-- _promote_queue: at most lim delayed messages of a queue that came due become ready, oldest
+-- due first; rows another session holds are skipped. Returns how many. Used by read, pop and
+-- the promote_delayed job.
+CREATE FUNCTION pgflow._promote_queue(p_queue_id integer, p_now timestamptz, lim integer)
+RETURNS bigint
+LANGUAGE plpgsql VOLATILE
+SET enable_seqscan = off  -- see the header of this file
+AS $$
+DECLARE
+    n bigint;
+BEGIN
+    UPDATE pgflow.message m
+       SET state = 'r'
+     WHERE m.queue_id = p_queue_id
+       AND m.msg_id IN (SELECT d.msg_id FROM pgflow.message d
+                         WHERE d.queue_id = p_queue_id AND d.state = 'd' AND d.vt <= p_now
+                         ORDER BY d.vt
+                         LIMIT lim
+                           FOR UPDATE SKIP LOCKED);
+    GET DIAGNOSTICS n = ROW_COUNT;
+    RETURN n;
+END $$;
+
+-- read: lease up to qty deliverable messages for vt (default: the queue's visibility_timeout),
+-- by priority (higher first), then id (send order). Delayed and retried messages that came due
+-- join the ready backlog first. Concurrent readers skip each other's rows (FOR UPDATE SKIP
+-- LOCKED), so no two readers hold the same message while its lease runs.
+--
+-- wait (long-poll): when nothing is deliverable, sleep until a send to this queue commits, the
+-- next delayed or retried message comes due, a lease runs out, or wait has passed, then look
+-- again; return as soon as something was leased (or nothing, at the end of wait). The sleep is
+-- on this backend's latch (src/wakeup.rs), not a loop of queries; statement_timeout and
+-- pg_cancel_backend interrupt it. Needs READ COMMITTED (each look takes a new snapshot).
+CREATE FUNCTION pgflow.read(queue_name text, vt interval DEFAULT NULL, qty integer DEFAULT 1,
+                            wait interval DEFAULT NULL)
 RETURNS SETOF pgflow.message_record
 LANGUAGE plpgsql VOLATILE
 SET enable_seqscan = off  -- see the header of this file
@@ -429,42 +589,73 @@ DECLARE
     q pgflow.queue := pgflow._queue(queue_name);
     v_now timestamptz := clock_timestamp();
     v_vt interval := coalesce(read.vt, q.visibility_timeout);
+    v_deadline timestamptz;
+    v_woken boolean;
+    v_next timestamptz;
+    n bigint;
 BEGIN
     PERFORM pgflow._check_interval(v_vt, 'vt', false);
     PERFORM pgflow._check_int(qty, 'qty', 1);
-    -- An expired lease is a failed delivery: apply the retry policy (retry later or
-    -- dead-letter) before claiming, so the queue behaves the same with or without the worker.
-    -- The probe is one descent of the timer index when nothing has expired.
-    IF EXISTS (SELECT 1 FROM pgflow.message m
-                WHERE m.queue_id = q.queue_id AND m.state = 'l' AND m.vt <= v_now) THEN
-        PERFORM pgflow._expire_queue(q, v_now, 100);
+    IF wait IS NOT NULL AND wait > interval '0' THEN
+        PERFORM pgflow._check_interval(wait, 'wait', true);
+        IF current_setting('transaction_isolation') <> 'read committed' THEN
+            RAISE EXCEPTION 'read with wait needs READ COMMITTED, not %',
+                            current_setting('transaction_isolation')
+                USING ERRCODE = 'feature_not_supported',
+                      HINT = 'A snapshot that never changes would never see a new message.';
+        END IF;
+        v_deadline := v_now + wait;
+        -- Register before the first look, so a send that commits after it wakes us.
+        v_woken := pgflow._wait_begin(q.queue_id);
+    ELSIF wait IS NOT NULL THEN
+        PERFORM pgflow._check_interval(wait, 'wait', true);
     END IF;
-    RETURN QUERY
-    WITH due AS (
-        SELECT m.msg_id FROM pgflow.message m
-         WHERE m.queue_id = q.queue_id AND m.state = 'd' AND m.vt <= v_now
-         ORDER BY m.vt
-         LIMIT qty
-           FOR UPDATE SKIP LOCKED
-    ), ready AS (
-        SELECT m.msg_id FROM pgflow.message m
-         WHERE m.queue_id = q.queue_id AND m.state = 'r'
-         ORDER BY m.priority DESC, m.msg_id
-         LIMIT qty
-           FOR UPDATE SKIP LOCKED
-    ), picked AS (
-        -- CTEs are read lazily: the ready scan runs (and locks) only for what due lacks.
-        (SELECT d.msg_id FROM due d UNION ALL SELECT r.msg_id FROM ready r) LIMIT qty
-    ), leased AS (
-        UPDATE pgflow.message m
-           SET state = 'l', vt = v_now + v_vt, read_ct = m.read_ct + 1
-          FROM picked p
-         WHERE m.queue_id = q.queue_id AND m.msg_id = p.msg_id
-        RETURNING m.msg_id, m.read_ct, m.enqueued_at, m.vt, m.message, m.headers, m.priority
-    )
-    SELECT l.msg_id, l.read_ct, l.enqueued_at, l.vt, l.message, l.headers
-      FROM leased l
-     ORDER BY l.priority DESC, l.msg_id;
+    LOOP
+        -- An expired lease is a failed delivery: apply the retry policy (retry later or
+        -- dead-letter) before claiming, so the queue behaves the same with or without the
+        -- worker. The probe is one descent of the timer index when nothing has expired.
+        IF EXISTS (SELECT 1 FROM pgflow.message m
+                    WHERE m.queue_id = q.queue_id AND m.state = 'l' AND m.vt <= v_now) THEN
+            PERFORM pgflow._expire_queue(q, v_now, 100);
+        END IF;
+        -- Delayed and retried messages that came due join the ready backlog first, so
+        -- priority and id order hold across all of them (one probe when none is due).
+        IF EXISTS (SELECT 1 FROM pgflow.message m
+                    WHERE m.queue_id = q.queue_id AND m.state = 'd' AND m.vt <= v_now) THEN
+            PERFORM pgflow._promote_queue(q.queue_id, v_now, greatest(qty, 100));
+        END IF;
+        RETURN QUERY
+        WITH picked AS (
+            SELECT m.msg_id FROM pgflow.message m
+             WHERE m.queue_id = q.queue_id AND m.state = 'r'
+             ORDER BY m.priority DESC, m.msg_id
+             LIMIT qty
+               FOR UPDATE SKIP LOCKED
+        ), leased AS (
+            UPDATE pgflow.message m
+               SET state = 'l', vt = v_now + v_vt, read_ct = m.read_ct + 1
+              FROM picked p
+             WHERE m.queue_id = q.queue_id AND m.msg_id = p.msg_id
+            RETURNING m.msg_id, m.read_ct, m.enqueued_at, m.vt, m.message, m.headers, m.priority
+        )
+        SELECT l.msg_id, l.read_ct, l.enqueued_at, l.vt, l.message, l.headers
+          FROM leased l
+         ORDER BY l.priority DESC, l.msg_id;
+        GET DIAGNOSTICS n = ROW_COUNT;
+        EXIT WHEN n > 0 OR v_deadline IS NULL OR v_now >= v_deadline;
+        -- Sleep at most until the next delayed message or lease comes due.
+        SELECT min(x.vt) INTO v_next
+          FROM (SELECT min(m.vt) AS vt FROM pgflow.message m
+                 WHERE m.queue_id = q.queue_id AND m.state = 'd'
+                UNION ALL
+                SELECT min(m.vt) FROM pgflow.message m
+                 WHERE m.queue_id = q.queue_id AND m.state = 'l') x;
+        PERFORM pgflow._wait_sleep(least(v_deadline, v_next), v_woken);
+        v_now := clock_timestamp();
+    END LOOP;
+    IF v_deadline IS NOT NULL THEN
+        PERFORM pgflow._wait_end();
+    END IF;
 END $$;
 
 -- pop: read and delete at once (at-most-once delivery): up to qty messages in read's order.
@@ -485,21 +676,19 @@ BEGIN
                 WHERE m.queue_id = q.queue_id AND m.state = 'l' AND m.vt <= v_now) THEN
         PERFORM pgflow._expire_queue(q, v_now, 100);
     END IF;
+    -- Delayed and retried messages that came due join the ready backlog first, so priority
+    -- and id order hold across all of them (one probe of the delayed index when none is due).
+    IF EXISTS (SELECT 1 FROM pgflow.message m
+                WHERE m.queue_id = q.queue_id AND m.state = 'd' AND m.vt <= v_now) THEN
+        PERFORM pgflow._promote_queue(q.queue_id, v_now, greatest(qty, 100));
+    END IF;
     RETURN QUERY
-    WITH due AS (
-        SELECT m.msg_id FROM pgflow.message m
-         WHERE m.queue_id = q.queue_id AND m.state = 'd' AND m.vt <= v_now
-         ORDER BY m.vt
-         LIMIT qty
-           FOR UPDATE SKIP LOCKED
-    ), ready AS (
+    WITH picked AS (
         SELECT m.msg_id FROM pgflow.message m
          WHERE m.queue_id = q.queue_id AND m.state = 'r'
          ORDER BY m.priority DESC, m.msg_id
          LIMIT qty
            FOR UPDATE SKIP LOCKED
-    ), picked AS (
-        (SELECT d.msg_id FROM due d UNION ALL SELECT r.msg_id FROM ready r) LIMIT qty
     ), popped AS (
         DELETE FROM pgflow.message m
          USING picked p
@@ -530,9 +719,9 @@ BEGIN
         RETURNING m.*
     ), archived AS (
         INSERT INTO pgflow.archive (queue_id, read_ct, msg_id, enqueued_at, archived_at,
-                                    priority, message, headers)
+                                    priority, message, headers, group_key)
         SELECT mv.queue_id, mv.read_ct, mv.msg_id, mv.enqueued_at, v_now,
-               mv.priority, mv.message, mv.headers
+               mv.priority, mv.message, mv.headers, mv.group_key
           FROM moved mv
         RETURNING archive.msg_id
     )
@@ -595,11 +784,19 @@ BEGIN
        SET vt = v_now + set_vt.vt,
            -- vt 0 hands the message back at once, without counting a failure (SQS's
            -- ChangeMessageVisibility 0); a positive vt renews a lease or schedules delivery.
-           state = CASE WHEN set_vt.vt = interval '0' THEN 'r'
+           -- A message waiting behind its group keeps waiting; vt applies once it is its turn.
+           state = CASE WHEN m.state = 'g' THEN 'g'
+                        WHEN set_vt.vt = interval '0' THEN 'r'
                         WHEN m.state = 'l' THEN 'l'
                         ELSE 'd' END
      WHERE m.queue_id = q.queue_id AND m.msg_id = set_vt.msg_id
     RETURNING m.msg_id, m.read_ct, m.enqueued_at, m.vt, m.message, m.headers;
+    IF set_vt.vt = interval '0' THEN
+        PERFORM pgflow._wake_on_commit(q.queue_id);
+        IF q.notify THEN
+            PERFORM pgflow._notify(q.queue_id, q.queue_name);
+        END IF;
+    END IF;
 END $$;
 
 -------------------------------------------------------------------------------------------------
@@ -622,7 +819,8 @@ LANGUAGE sql STABLE AS $$
            coalesce(pg_catalog.pg_sequence_last_value(q.archived_seq), 0),
            (SELECT count(*) FROM pgflow.archive a WHERE a.queue_id = q.queue_id),
            (SELECT count(*) FROM pgflow.dead d WHERE d.queue_id = q.queue_id),
-           p_now
+           p_now,
+           coalesce(s.waiting, 0)
       FROM pgflow.queue q
       LEFT JOIN LATERAL (
         SELECT count(*) AS length,
@@ -630,6 +828,7 @@ LANGUAGE sql STABLE AS $$
                -- A lease that ran out stays in flight until the retry policy has run on it.
                count(*) FILTER (WHERE m.state = 'l') AS in_flight,
                count(*) FILTER (WHERE m.state = 'd' AND m.vt > p_now) AS delayed,
+               count(*) FILTER (WHERE m.state = 'g') AS waiting,
                min(m.enqueued_at) AS oldest,
                max(m.enqueued_at) AS newest
           FROM pgflow.message m
@@ -669,12 +868,13 @@ BEGIN
     SELECT m.msg_id,
            CASE WHEN m.state = 'r' OR (m.state = 'd' AND m.vt <= v_now) THEN 'ready'
                 WHEN m.state = 'd' THEN 'delayed'
+                WHEN m.state = 'g' THEN 'waiting'
                 ELSE 'in_flight' END,
-           m.read_ct, m.enqueued_at, m.vt, m.priority, m.message, m.headers
+           m.read_ct, m.enqueued_at, m.vt, m.priority, m.message, m.headers, m.group_key
       FROM pgflow.message m
      WHERE m.queue_id = q.queue_id
-     ORDER BY NOT (m.state = 'r' OR (m.state = 'd' AND m.vt <= v_now)),  -- deliverable first
-              CASE WHEN m.state <> 'r' THEN m.vt END,       -- due ones, as read takes them
+     -- Deliverable first, in read's order (due messages join the ready ones), then the rest.
+     ORDER BY NOT (m.state = 'r' OR (m.state = 'd' AND m.vt <= v_now)),
               m.priority DESC, m.msg_id
      LIMIT qty;
 END $$;

@@ -68,10 +68,10 @@ LANGUAGE sql VOLATILE AS $$
         RETURNING m.*, n.errors AS all_errors
     ), buried AS (
         INSERT INTO pgflow.dead (queue_id, read_ct, msg_id, enqueued_at, died_at, priority, reason,
-                                 errors, message, headers)
+                                 errors, message, headers, group_key)
         SELECT d.queue_id, d.read_ct, d.msg_id, d.enqueued_at, p_now, d.priority,
                dead_reason || ' after ' || d.read_ct || ' deliveries (max_retries ' || q.max_retries || ')',
-               d.all_errors, d.message, d.headers
+               d.all_errors, d.message, d.headers, d.group_key
           FROM died d
         RETURNING dead.msg_id
     ), retried AS (
@@ -241,14 +241,37 @@ BEGIN
               WHERE EXISTS (SELECT 1 FROM pgflow.message m
                              WHERE m.queue_id = qq.queue_id AND m.state = 'd' AND m.vt <= v_now)
               ORDER BY qq.queue_id LOOP
-        UPDATE pgflow.message m
-           SET state = 'r'
-         WHERE m.queue_id = q.queue_id
-           AND m.msg_id IN (SELECT d.msg_id FROM pgflow.message d
-                             WHERE d.queue_id = q.queue_id AND d.state = 'd' AND d.vt <= v_now
-                             ORDER BY d.vt
-                             LIMIT batch
-                               FOR UPDATE SKIP LOCKED);
+        n := n + pgflow._promote_queue(q.queue_id, v_now, batch);
+    END LOOP;
+    RETURN n;
+END $$;
+
+-- prune_dedup (maintenance job): deduplication keys past their window, at most batch per
+-- queue. Expired keys no longer deduplicate even before they are deleted (send checks
+-- expires_at); this only keeps the table small.
+CREATE FUNCTION pgflow.prune_dedup(now timestamptz DEFAULT NULL, batch integer DEFAULT 10000)
+RETURNS bigint
+LANGUAGE plpgsql VOLATILE
+SET enable_seqscan = off  -- see sql/api.sql's header
+AS $$
+DECLARE
+    v_now timestamptz := coalesce(prune_dedup.now, clock_timestamp());
+    q record;
+    k bigint;
+    n bigint := 0;
+BEGIN
+    PERFORM pgflow._check_int(batch, 'batch', 1);
+    FOR q IN SELECT qq.queue_id FROM pgflow.queue qq
+              WHERE EXISTS (SELECT 1 FROM pgflow.dedup o
+                             WHERE o.queue_id = qq.queue_id AND o.expires_at <= v_now)
+              ORDER BY qq.queue_id LOOP
+        DELETE FROM pgflow.dedup d
+         WHERE d.queue_id = q.queue_id
+           AND d.dedup_key IN (SELECT o.dedup_key FROM pgflow.dedup o
+                                WHERE o.queue_id = q.queue_id AND o.expires_at <= v_now
+                                ORDER BY o.expires_at
+                                LIMIT batch
+                                  FOR UPDATE SKIP LOCKED);
         GET DIAGNOSTICS k = ROW_COUNT;
         n := n + k;
     END LOOP;
@@ -270,6 +293,7 @@ BEGIN
     job := 'expire_leases';   processed := pgflow.expire_leases(v_now, batch);         RETURN NEXT;
     job := 'promote_delayed'; processed := pgflow.promote_delayed(v_now, batch);       RETURN NEXT;
     job := 'prune_archive';   processed := pgflow.prune_archive(v_now, prune_batch);   RETURN NEXT;
+    job := 'prune_dedup';     processed := pgflow.prune_dedup(v_now, prune_batch);     RETURN NEXT;
 END $$;
 
 -------------------------------------------------------------------------------------------------
@@ -304,26 +328,33 @@ LANGUAGE plpgsql VOLATILE AS $$
 DECLARE
     q pgflow.queue := pgflow._queue(queue_name);
     v_now timestamptz := clock_timestamp();
+    d record;
 BEGIN
-    RETURN QUERY
-    WITH moved AS (
-        DELETE FROM pgflow.dead d
-         WHERE d.queue_id = q.queue_id
-           AND (msg_ids IS NULL OR d.msg_id = ANY (msg_ids))
-           AND (died_before IS NULL OR d.died_at < died_before)
-        RETURNING d.*
-    ), numbered AS (
-        SELECT nextval(q.msg_seq) AS new_id, mv.*
-          FROM (SELECT * FROM moved ORDER BY moved.msg_id) mv
-    ), inserted AS (
-        INSERT INTO pgflow.message (queue_id, msg_id, enqueued_at, vt, priority, state, message, headers)
-        SELECT q.queue_id, n.new_id, v_now, v_now, n.priority, 'r', n.message, n.headers
-          FROM numbered n
-        RETURNING message.msg_id
-    )
-    SELECT n.msg_id, n.new_id FROM numbered n
-     WHERE n.new_id IN (SELECT i.msg_id FROM inserted i)
-     ORDER BY n.msg_id;
+    -- One insert per dead letter, in id order: a grouped one goes back behind its group's live
+    -- messages, and each sees the one redriven before it.
+    FOR d IN
+        WITH moved AS (
+            DELETE FROM pgflow.dead x
+             WHERE x.queue_id = q.queue_id
+               AND (msg_ids IS NULL OR x.msg_id = ANY (msg_ids))
+               AND (died_before IS NULL OR x.died_at < died_before)
+            RETURNING x.*
+        )
+        SELECT * FROM moved ORDER BY moved.msg_id
+    LOOP
+        dead_msg_id := d.msg_id;
+        msg_id := nextval(q.msg_seq);
+        INSERT INTO pgflow.message (queue_id, msg_id, enqueued_at, vt, priority, state, message,
+                                    headers, group_key)
+        VALUES (q.queue_id, dlq_retry.msg_id, v_now, v_now, d.priority,
+                pgflow._group_state(q.queue_id, d.group_key, 'r'::"char"), d.message, d.headers,
+                d.group_key);
+        PERFORM pgflow._wake_on_commit(q.queue_id);
+        IF q.notify THEN
+            PERFORM pgflow._notify(q.queue_id, q.queue_name);
+        END IF;
+        RETURN NEXT;
+    END LOOP;
 END $$;
 
 -- dlq_retry (one): the new id, or NULL when the message is not in the dead-letter queue.

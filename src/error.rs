@@ -15,19 +15,26 @@ pub enum PgflowError {
     NullArgument(&'static str),
     /// A queue name that breaks the naming rules (22023).
     InvalidQueueName { name: String, reason: NameError },
+    /// A topic or topic pattern that breaks the syntax (22023).
+    InvalidTopic { what: &'static str, value: String, reason: String },
 }
 
 impl PgflowError {
     pub fn sqlstate(&self) -> PgSqlErrorCode {
         match self {
             PgflowError::NullArgument(_) => PgSqlErrorCode::ERRCODE_NULL_VALUE_NOT_ALLOWED,
-            PgflowError::InvalidQueueName { .. } => PgSqlErrorCode::ERRCODE_INVALID_PARAMETER_VALUE,
+            PgflowError::InvalidQueueName { .. } | PgflowError::InvalidTopic { .. } => {
+                PgSqlErrorCode::ERRCODE_INVALID_PARAMETER_VALUE
+            }
         }
     }
 
     fn hint(&self) -> Option<&'static str> {
         match self {
             PgflowError::InvalidQueueName { .. } => Some(crate::queue::name::RULE),
+            PgflowError::InvalidTopic { .. } => {
+                Some("Words are 1-64 of A-Z a-z 0-9 _ - separated by dots; in a pattern, * is one word and # zero or more.")
+            }
             PgflowError::NullArgument(_) => None,
         }
     }
@@ -40,6 +47,9 @@ impl fmt::Display for PgflowError {
             PgflowError::InvalidQueueName { name, reason } => {
                 // Quote with {:?} so control characters in a hostile name stay visible.
                 write!(f, "invalid queue name {name:?}: {reason}")
+            }
+            PgflowError::InvalidTopic { what, value, reason } => {
+                write!(f, "invalid {what} {value:?}: {what} {reason}")
             }
         }
     }

@@ -30,6 +30,12 @@ pub static BATCH_SIZE: GucSetting<i32> = GucSetting::<i32>::new(1000);
 /// queue per round by prune_archive.
 pub static PRUNE_BATCH_SIZE: GucSetting<i32> = GucSetting::<i32>::new(10_000);
 
+/// `pgflow.notify_interval` (default 100 ms): a queue created with `notify => true` sends at
+/// most one NOTIFY per interval (the first send of a window notifies at its commit; later sends
+/// in the window get one trailing notification from the worker when it ends). 0 notifies on
+/// every send.
+pub static NOTIFY_INTERVAL_MS: GucSetting<i32> = GucSetting::<i32>::new(100);
+
 /// Registers the settings; called from `_PG_init` in every process that loads the library.
 pub fn init() {
     GucRegistry::define_bool_guc(
@@ -55,6 +61,16 @@ pub fn init() {
         c"Leases, delays and retries come due at most this late.",
         &TICK_MS,
         10,
+        3_600_000,
+        GucContext::Sighup,
+        GucFlags::UNIT_MS,
+    );
+    GucRegistry::define_int_guc(
+        c"pgflow.notify_interval",
+        c"Least time between two NOTIFYs of one queue (0: every send notifies).",
+        c"Throttles NOTIFY so a burst of sends does not serialize every commit on NOTIFY's lock.",
+        &NOTIFY_INTERVAL_MS,
+        0,
         3_600_000,
         GucContext::Sighup,
         GucFlags::UNIT_MS,

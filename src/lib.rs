@@ -17,6 +17,7 @@ pub mod api;
 pub mod error;
 pub mod guc;
 pub mod queue;
+pub mod wakeup;
 pub mod worker;
 
 ::pgrx::pg_module_magic!(name, version);
@@ -24,6 +25,11 @@ pub mod worker;
 // Tables first, then the SQL API and the Rust functions it calls, failure handling last.
 extension_sql_file!("../sql/schema.sql", name = "schema", bootstrap);
 extension_sql_file!("../sql/api.sql", name = "api", requires = ["schema"]);
+extension_sql_file!(
+    "../sql/topics.sql",
+    name = "topics",
+    requires = ["api", api::_check_topic, api::_check_topic_pattern, api::_topic_matches]
+);
 extension_sql_file!("../sql/failure.sql", name = "failure", finalize);
 
 /// Library load. The settings exist in every process; shared memory, the launcher and the
@@ -34,6 +40,8 @@ pub extern "C-unwind" fn _PG_init() {
     guc::init();
     if unsafe { pg_sys::process_shared_preload_libraries_in_progress } {
         worker::init();
+        wakeup::init();
+        wakeup::init_notify();
     }
 }
 

@@ -733,7 +733,7 @@ mod tests {
             1
         );
         assert!(one_bool(&format!(
-            "SELECT array_agg(job || '=' || processed ORDER BY job) = '{{expire_leases=0,promote_delayed=0,prune_archive=0}}'
+            "SELECT array_agg(job || '=' || processed ORDER BY job) = '{{expire_leases=0,promote_delayed=0,prune_archive=0,prune_dedup=0}}'
                FROM pgflow.maintain(now => {in_two_days})"
         )));
     }
@@ -868,7 +868,7 @@ mod tests {
             )
             .unwrap()
             .unwrap(),
-            "expire_leases=0,promote_delayed=0,prune_archive=0"
+            "expire_leases=0,promote_delayed=0,prune_archive=0,prune_dedup=0"
         );
         assert_eq!(sqlstate("SELECT * FROM pgflow.maintain(batch => 0)"), "22023");
         assert_eq!(sqlstate("SELECT * FROM pgflow.maintain(prune_batch => NULL)"), "22004");

@@ -40,3 +40,25 @@ fn _retry_delay(
 }
 
 pub mod worker;
+
+/// Raises 22023 (with the reason) for a topic `publish` cannot route, 22004 for NULL.
+#[pg_extern(immutable, parallel_safe)]
+fn _check_topic(topic: Option<&str>) -> Result<(), ErrorReport> {
+    let topic = topic.ok_or(PgflowError::NullArgument("topic"))?;
+    crate::queue::topic::validate_topic(topic)
+        .map_err(|e| PgflowError::InvalidTopic { what: "topic", value: topic.to_owned(), reason: e.to_string() }.into())
+}
+
+/// Raises 22023 (with the reason) for a pattern `bind` cannot use, 22004 for NULL.
+#[pg_extern(immutable, parallel_safe)]
+fn _check_topic_pattern(pattern: Option<&str>) -> Result<(), ErrorReport> {
+    let pattern = pattern.ok_or(PgflowError::NullArgument("pattern"))?;
+    crate::queue::topic::validate_pattern(pattern)
+        .map_err(|e| PgflowError::InvalidTopic { what: "pattern", value: pattern.to_owned(), reason: e.to_string() }.into())
+}
+
+/// Whether a topic matches a bound pattern (`*` one word, `#` zero or more).
+#[pg_extern(immutable, strict, parallel_safe)]
+fn _topic_matches(pattern: &str, topic: &str) -> bool {
+    crate::queue::topic::matches(pattern, topic)
+}

@@ -1,3 +1,4 @@
 //! Queue semantics that need no Postgres: plain Rust, tested with plain `#[test]`s.
 pub mod name;
 pub mod retry;
+pub mod topic;

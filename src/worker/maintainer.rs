@@ -149,34 +149,44 @@ pub extern "C-unwind" fn pgflow_worker_main(arg: pg_sys::Datum) {
         go_idle(dboid, Idle::Disabled);
         return;
     }
+    let mut next_round = 0i64;
     loop {
         // A reload re-reads the settings below; per-database settings apply at the next start.
         handle_interrupts();
-        let batch = guc::BATCH_SIZE.get();
-        let prune_batch = guc::PRUNE_BATCH_SIZE.get();
-        for _ in 0..MAX_ROUNDS {
-            let Some((expired, promoted, pruned)) = round(batch, prune_batch) else {
-                go_idle(dboid, Idle::NoExtension);
-                return;
-            };
-            {
-                let mut reg = REGISTRY.exclusive();
-                if let Some(slot) = reg.find(dboid) {
-                    slot.ticks += 1;
-                    slot.last_tick_at = now();
-                    slot.expired += expired;
-                    slot.promoted += promoted;
-                    slot.pruned += pruned;
+        let tick = i64::from(guc::TICK_MS.get()) * 1000;
+        if now() >= next_round {
+            let batch = guc::BATCH_SIZE.get();
+            let prune_batch = guc::PRUNE_BATCH_SIZE.get();
+            for _ in 0..MAX_ROUNDS {
+                let Some((expired, promoted, pruned)) = round(batch, prune_batch) else {
+                    go_idle(dboid, Idle::NoExtension);
+                    return;
+                };
+                {
+                    let mut reg = REGISTRY.exclusive();
+                    if let Some(slot) = reg.find(dboid) {
+                        slot.ticks += 1;
+                        slot.last_tick_at = now();
+                        slot.expired += expired;
+                        slot.promoted += promoted;
+                        slot.pruned += pruned;
+                    }
                 }
+                let full = expired >= i64::from(batch)
+                    || promoted >= i64::from(batch)
+                    || pruned >= i64::from(prune_batch);
+                if !full {
+                    break;
+                }
+                handle_interrupts();
             }
-            let full = expired >= i64::from(batch)
-                || promoted >= i64::from(batch)
-                || pruned >= i64::from(prune_batch);
-            if !full {
-                break;
-            }
-            handle_interrupts();
+            next_round = now() + tick;
         }
-        wait(i64::from(guc::TICK_MS.get()));
+        // Trailing NOTIFYs of throttled queues (src/wakeup.rs); a sender's commit wakes us.
+        let mut wake_at = next_round;
+        if let Some(at) = crate::wakeup::flush_notifies(dboid) {
+            wake_at = wake_at.min(at);
+        }
+        wait((wake_at - now()) / 1000 + 1);
     }
 }

@@ -246,6 +246,18 @@ pub fn request_worker(dboid: u32, name: &str) {
     wake(launcher);
 }
 
+/// Wakes the worker of database `dboid`, if it runs (it then flushes pending notifications).
+pub fn wake_database_worker(dboid: u32) {
+    if !preloaded() {
+        return;
+    }
+    let pid = {
+        let mut reg = REGISTRY.exclusive();
+        reg.find(dboid).map(|s| s.pid).unwrap_or(0)
+    };
+    wake(pid);
+}
+
 /// The C string of a database name from a NameData.
 pub fn name_of(data: &pg_sys::NameData) -> String {
     unsafe { CStr::from_ptr(data.data.as_ptr()) }
