@@ -155,10 +155,14 @@ fn the_worker_follows_the_extension_and_survives_database_commands() {
     );
 
     // DROP EXTENSION: the worker notices and stops; CREATE EXTENSION brings it back.
+    c.batch_execute("SELECT pgflow.create_queue('before_drop')").unwrap();
     c.batch_execute("DROP EXTENSION pgflow").unwrap();
     assert!(eventually(&mut admin, &state_is(db, "idle"), DEADLINE), "still running without the extension");
     assert!(backend_of(&mut admin, pid).is_none(), "the old worker is gone");
     c.batch_execute("CREATE EXTENSION pgflow").unwrap();
+    // The re-created extension works from a clean slate (no leftover per-queue sequences).
+    c.batch_execute("SELECT pgflow.create_queue('after_drop'); SELECT pgflow.send('after_drop', '{}')")
+        .expect("a queue in the re-created extension");
     assert!(eventually(&mut admin, &state_is(db, "running"), DEADLINE), "no worker after CREATE EXTENSION");
     drop(c);
 
