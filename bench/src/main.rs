@@ -419,12 +419,31 @@ impl Consumer {
                     }
                     ids
                 }
+                Sys::Pgflow => {
+                    // Long-poll: the backend sleeps on its latch until a send commits.
+                    let ids: Vec<i64> = self
+                        .client
+                        .query(
+                            "SELECT msg_id FROM pgflow.read($1, '30 s', $2, wait => '1 s')",
+                            &[&QUEUE, &self.qty],
+                        )?
+                        .iter()
+                        .map(|r| r.get(0))
+                        .collect();
+                    if !ids.is_empty() {
+                        self.client.execute(
+                            "SELECT pgflow.archive($1, $2::bigint[])",
+                            &[&QUEUE, &ids],
+                        )?;
+                    }
+                    ids
+                }
                 _ => self.round()?,
             };
             if !ids.is_empty() || stop.load(Ordering::Relaxed) {
                 return Ok(ids);
             }
-            if self.sys != Sys::Pgmq {
+            if self.sys == Sys::Pgq {
                 thread::sleep(Duration::from_millis(10));
             }
         }
@@ -1144,7 +1163,7 @@ fn w5(ctx: &Ctx, res: &mut Results) -> Res<()> {
             lat.sort_by(|a, b| a.partial_cmp(b).unwrap());
             let pct = |p: f64| lat[((lat.len() - 1) as f64 * p).round() as usize];
             let note = match sys {
-                Sys::Pgflow => Some("plain read polled every 10 ms (long-poll read not built yet)"),
+                Sys::Pgflow => Some("read(wait => 1 s): sleeps on its latch, woken by the send's commit"),
                 Sys::Pgmq => Some("read_with_poll, polling every 10 ms"),
                 Sys::Pgq => Some("ticker every 10 ms, next_batch polled every 10 ms"),
             };
