@@ -40,7 +40,8 @@ CREATE TYPE pgflow.queue_info AS (
     created_at         timestamptz,
     default_priority   smallint,
     dedup_window       interval,
-    notify             boolean
+    notify             boolean,
+    contract_version   text          -- the default contract version; NULL: no contract
 );
 
 -- Queue statistics, as metrics and metrics_all return them.
@@ -247,7 +248,8 @@ CREATE FUNCTION pgflow.create_queue(
     retry_jitter       float8   DEFAULT 0.1,
     default_priority   integer  DEFAULT 0,
     dedup_window       interval DEFAULT '5 minutes',
-    notify             boolean  DEFAULT false
+    notify             boolean  DEFAULT false,
+    contract           jsonb    DEFAULT NULL    -- a JSON Schema: becomes contract version '1'
 )
 RETURNS boolean
 LANGUAGE plpgsql VOLATILE AS $$
@@ -266,6 +268,9 @@ BEGIN
     PERFORM pgflow._check_priority(default_priority, 'default_priority');
     PERFORM pgflow._check_interval(dedup_window, 'dedup_window', false);
     PERFORM pgflow._require(notify, 'notify');
+    IF contract IS NOT NULL THEN
+        PERFORM pgflow._check_contract_schema(contract);
+    END IF;
 
     IF EXISTS (SELECT 1 FROM pgflow.queue q WHERE q.queue_name = create_queue.queue_name) THEN
         IF if_not_exists THEN
@@ -301,6 +306,9 @@ BEGIN
         END IF;
         RAISE EXCEPTION 'queue "%" already exists', queue_name USING ERRCODE = 'duplicate_object';
     END IF;
+    IF contract IS NOT NULL THEN
+        PERFORM pgflow.set_contract(queue_name, contract);
+    END IF;
     RETURN true;
 END $$;
 
@@ -310,7 +318,7 @@ RETURNS SETOF pgflow.queue_info
 LANGUAGE sql STABLE PARALLEL SAFE AS $$
     SELECT q.queue_name, q.visibility_timeout, q.max_retries, q.retry_delay, q.retry_backoff,
            q.retry_delay_max, q.retry_jitter, q.archive_retention, q.created_at,
-           q.default_priority, q.dedup_window, q.notify
+           q.default_priority, q.dedup_window, q.notify, q.contract_version
       FROM pgflow.queue q
      ORDER BY q.queue_name;
 $$;
@@ -328,7 +336,8 @@ CREATE FUNCTION pgflow.alter_queue(
     retry_jitter       float8   DEFAULT NULL,
     default_priority   integer  DEFAULT NULL,
     dedup_window       interval DEFAULT NULL,
-    notify             boolean  DEFAULT NULL
+    notify             boolean  DEFAULT NULL,
+    contract           jsonb    DEFAULT NULL    -- replaces the default contract version (or makes '1')
 )
 RETURNS SETOF pgflow.queue_info
 LANGUAGE plpgsql VOLATILE AS $$
@@ -353,6 +362,10 @@ BEGIN
     IF alter_queue.dedup_window IS NOT NULL THEN
         PERFORM pgflow._check_interval(alter_queue.dedup_window, 'dedup_window', false);
     END IF;
+    IF alter_queue.contract IS NOT NULL THEN
+        PERFORM pgflow.set_contract(alter_queue.queue_name, alter_queue.contract,
+                                    coalesce(q.contract_version, '1'));
+    END IF;
     PERFORM pgflow._check_retry_policy(coalesce(alter_queue.retry_backoff, q.retry_backoff),
                                        coalesce(alter_queue.retry_delay_max, q.retry_delay_max),
                                        coalesce(alter_queue.retry_jitter, q.retry_jitter));
@@ -372,7 +385,7 @@ BEGIN
      WHERE u.queue_id = q.queue_id
     RETURNING u.queue_name, u.visibility_timeout, u.max_retries, u.retry_delay, u.retry_backoff,
               u.retry_delay_max, u.retry_jitter, u.archive_retention, u.created_at,
-              u.default_priority, u.dedup_window, u.notify;
+              u.default_priority, u.dedup_window, u.notify, u.contract_version;
 END $$;
 
 -- drop_queue: the queue, its live messages, its archive, its dead letters and its sequences. An unknown queue
@@ -397,6 +410,7 @@ BEGIN
     DELETE FROM pgflow.dead d WHERE d.queue_id = q.queue_id;
     DELETE FROM pgflow.dedup k WHERE k.queue_id = q.queue_id;
     DELETE FROM pgflow.binding b WHERE b.queue_id = q.queue_id;
+    DELETE FROM pgflow.contract c WHERE c.queue_id = q.queue_id;
     DELETE FROM pgflow.queue u WHERE u.queue_id = q.queue_id;
     PERFORM pgflow._notify_forget(q.queue_id);
     -- regclass values print as qualified, quoted names: safe to splice.
@@ -446,6 +460,9 @@ BEGIN
     PERFORM pgflow._check_payload(message, headers);
     PERFORM pgflow._check_interval(delay, 'delay', true);
     PERFORM pgflow._check_priority(priority, 'priority');
+    IF q.contract_version IS NOT NULL THEN
+        PERFORM pgflow._check_contract(q, message, headers);
+    END IF;
     IF deliver_at IS NOT NULL AND delay <> interval '0' THEN
         RAISE EXCEPTION 'give delay or deliver_at, not both' USING ERRCODE = 'invalid_parameter_value';
     END IF;
@@ -518,6 +535,11 @@ BEGIN
                                  ELSE 'invalid_parameter_value' END;
     END IF;
 
+    IF q.contract_version IS NOT NULL THEN
+        FOR i IN 1 .. cardinality(messages) LOOP
+            PERFORM pgflow._check_contract(q, messages[i], headers[i], i);
+        END LOOP;
+    END IF;
     PERFORM pgflow._wake_on_commit(q.queue_id);
     IF q.notify THEN
         PERFORM pgflow._notify(q.queue_id, q.queue_name);

@@ -43,6 +43,9 @@ CREATE TABLE pgflow.queue (
     dedup_window       interval    NOT NULL DEFAULT '5 minutes' CHECK (dedup_window > interval '0'),
     -- Announce sends on channel 'pgflow' (payload: the queue name), throttled.
     notify             boolean     NOT NULL DEFAULT false,
+    -- The contract version a message is checked against when it names none (NULL: the queue
+    -- has no contract; see pgflow.contract).
+    contract_version   text,
     -- Per-queue sequences, named after queue_id (never after queue_name). msg_seq issues message
     -- ids (FIFO order within the queue); archived_seq counts archived messages. Their last
     -- values are the "total sent" and "total archived" metrics, so no hot counter row exists.
@@ -140,6 +143,15 @@ CREATE TABLE pgflow.dedup (
 );
 CREATE INDEX dedup_expires_at ON pgflow.dedup (queue_id, expires_at);
 
+-- Message contracts: JSON Schemas (the subset in src/queue/contract.rs), per queue and version.
+CREATE TABLE pgflow.contract (
+    queue_id   integer     NOT NULL,
+    version    text        NOT NULL,
+    schema     jsonb       NOT NULL,
+    created_at timestamptz NOT NULL DEFAULT now(),
+    PRIMARY KEY (queue_id, version)
+);
+
 -- Topic bindings: publish(topic, ...) sends to every queue bound with a matching pattern.
 CREATE TABLE pgflow.binding (
     pattern    text        NOT NULL,
@@ -155,4 +167,5 @@ SELECT pg_catalog.pg_extension_config_dump('pgflow.archive', '');
 SELECT pg_catalog.pg_extension_config_dump('pgflow.dead', '');
 SELECT pg_catalog.pg_extension_config_dump('pgflow.dedup', '');
 SELECT pg_catalog.pg_extension_config_dump('pgflow.binding', '');
+SELECT pg_catalog.pg_extension_config_dump('pgflow.contract', '');
 SELECT pg_catalog.pg_extension_config_dump('pgflow.queue_queue_id_seq', '');

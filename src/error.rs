@@ -17,15 +17,20 @@ pub enum PgflowError {
     InvalidQueueName { name: String, reason: NameError },
     /// A topic or topic pattern that breaks the syntax (22023).
     InvalidTopic { what: &'static str, value: String, reason: String },
+    /// A contract outside the supported JSON Schema subset (22023).
+    InvalidContract { reason: String },
+    /// A payload that breaks its queue's contract (23514).
+    ContractViolation { label: String, violation: String },
 }
 
 impl PgflowError {
     pub fn sqlstate(&self) -> PgSqlErrorCode {
         match self {
             PgflowError::NullArgument(_) => PgSqlErrorCode::ERRCODE_NULL_VALUE_NOT_ALLOWED,
-            PgflowError::InvalidQueueName { .. } | PgflowError::InvalidTopic { .. } => {
-                PgSqlErrorCode::ERRCODE_INVALID_PARAMETER_VALUE
-            }
+            PgflowError::InvalidQueueName { .. }
+            | PgflowError::InvalidTopic { .. }
+            | PgflowError::InvalidContract { .. } => PgSqlErrorCode::ERRCODE_INVALID_PARAMETER_VALUE,
+            PgflowError::ContractViolation { .. } => PgSqlErrorCode::ERRCODE_CHECK_VIOLATION,
         }
     }
 
@@ -35,7 +40,12 @@ impl PgflowError {
             PgflowError::InvalidTopic { .. } => {
                 Some("Words are 1-64 of A-Z a-z 0-9 _ - separated by dots; in a pattern, * is one word and # zero or more.")
             }
-            PgflowError::NullArgument(_) => None,
+            PgflowError::InvalidContract { .. } => Some(
+                "Supported: type, properties, required, additionalProperties, items, minItems, maxItems, \
+                 minLength, maxLength, format (date-time, uuid), minimum, maximum, exclusiveMinimum, \
+                 exclusiveMaximum, enum, const; annotations are ignored.",
+            ),
+            PgflowError::NullArgument(_) | PgflowError::ContractViolation { .. } => None,
         }
     }
 }
@@ -50,6 +60,10 @@ impl fmt::Display for PgflowError {
             }
             PgflowError::InvalidTopic { what, value, reason } => {
                 write!(f, "invalid {what} {value:?}: {what} {reason}")
+            }
+            PgflowError::InvalidContract { reason } => write!(f, "invalid contract: {reason}"),
+            PgflowError::ContractViolation { label, violation } => {
+                write!(f, "message does not match contract {label}: {violation}")
             }
         }
     }

@@ -26,6 +26,11 @@ pub mod worker;
 extension_sql_file!("../sql/schema.sql", name = "schema", bootstrap);
 extension_sql_file!("../sql/api.sql", name = "api", requires = ["schema"]);
 extension_sql_file!(
+    "../sql/contracts.sql",
+    name = "contracts",
+    requires = ["api", api::_check_contract_schema, api::_validate_contract]
+);
+extension_sql_file!(
     "../sql/topics.sql",
     name = "topics",
     requires = ["api", api::_check_topic, api::_check_topic_pattern, api::_topic_matches]

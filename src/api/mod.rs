@@ -62,3 +62,21 @@ fn _check_topic_pattern(pattern: Option<&str>) -> Result<(), ErrorReport> {
 fn _topic_matches(pattern: &str, topic: &str) -> bool {
     crate::queue::topic::matches(pattern, topic)
 }
+
+/// Raises 22023 (naming the place and the problem) for a contract that uses JSON Schema
+/// beyond the supported subset (`queue::contract`), 22004 for NULL.
+#[pg_extern(immutable, parallel_safe)]
+fn _check_contract_schema(schema: Option<pgrx::JsonB>) -> Result<(), ErrorReport> {
+    let schema = schema.ok_or(PgflowError::NullArgument("contract"))?;
+    crate::queue::contract::check_schema(&schema.0)
+        .map_err(|reason| PgflowError::InvalidContract { reason }.into())
+}
+
+/// Raises 23514 when `message` breaks the contract `schema` (registered as `label`), naming
+/// the failing field and rule.
+#[pg_extern(immutable, strict, parallel_safe)]
+fn _validate_contract(schema: pgrx::JsonB, message: pgrx::JsonB, label: &str) -> Result<(), ErrorReport> {
+    crate::queue::contract::validate(&schema.0, &message.0).map_err(|v| {
+        PgflowError::ContractViolation { label: label.to_owned(), violation: v.to_string() }.into()
+    })
+}

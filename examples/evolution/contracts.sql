@@ -1,0 +1,145 @@
+-- Message contracts of the evolution system (../shared/seeds/000_*: the seven message types),
+-- registered as version '1' of each queue's contract. Run after topology.sql (or on any
+-- database where these queues exist). Each field the seeds show is typed; producers may add
+-- fields (additionalProperties is left open), but may not send a known field with the wrong
+-- type, range or format.
+
+SELECT pgflow.set_contract('proposals_for_consensus_queue', $json$
+{
+  "title": "proposal_for_consensus",
+  "type": "object",
+  "required": ["type", "proposal_id", "instance_id", "agent_type", "code_change",
+               "impact_score", "risk_score", "timestamp"],
+  "properties": {
+    "type":          {"const": "proposal_for_consensus"},
+    "proposal_id":   {"type": "string", "format": "uuid"},
+    "instance_id":   {"type": "string", "minLength": 1},
+    "agent_type":    {"type": "string", "minLength": 1},
+    "code_change":   {"type": "object", "required": ["file", "change"],
+                      "properties": {"file": {"type": "string"}, "change": {"type": "string"}}},
+    "impact_score":  {"type": "number", "minimum": 0, "maximum": 10},
+    "risk_score":    {"type": "number", "minimum": 0, "maximum": 10},
+    "safety_profile": {"type": "object",
+                       "properties": {"success_rate": {"type": "number", "minimum": 0, "maximum": 1},
+                                      "cost_factor": {"type": "number", "minimum": 0}}},
+    "timestamp":     {"type": "string", "format": "date-time"},
+    "retry_count":   {"type": "integer", "minimum": 0},
+    "max_retries":   {"type": "integer", "minimum": 0}
+  }
+}
+$json$);
+
+SELECT pgflow.set_contract('consensus_results_queue', $json$
+{
+  "title": "consensus_result",
+  "type": "object",
+  "required": ["type", "proposal_id", "instance_id", "status", "votes", "confidence", "timestamp"],
+  "properties": {
+    "type":        {"const": "consensus_result"},
+    "proposal_id": {"type": "string", "format": "uuid"},
+    "instance_id": {"type": "string", "minLength": 1},
+    "status":      {"enum": ["approved", "rejected"]},
+    "votes":       {"type": "object", "additionalProperties": {"enum": ["approve", "reject", "abstain"]}},
+    "confidence":  {"type": "number", "minimum": 0, "maximum": 1},
+    "decision_rationale": {"type": "string"},
+    "timestamp":   {"type": "string", "format": "date-time"}
+  }
+}
+$json$);
+
+SELECT pgflow.set_contract('metrics_to_guardian_queue', $json$
+{
+  "title": "execution_metrics",
+  "type": "object",
+  "required": ["type", "proposal_id", "instance_id", "metrics_before", "metrics_after", "status",
+               "timestamp"],
+  "properties": {
+    "type":           {"const": "execution_metrics"},
+    "proposal_id":    {"type": "string", "format": "uuid"},
+    "instance_id":    {"type": "string", "minLength": 1},
+    "agent_type":     {"type": "string"},
+    "metrics_before": {"type": "object", "required": ["error_count"],
+                       "properties": {"cpu_usage": {"type": "number", "minimum": 0},
+                                      "memory": {"type": "number", "minimum": 0},
+                                      "error_count": {"type": "integer", "minimum": 0}}},
+    "metrics_after":  {"type": "object", "required": ["error_count"],
+                       "properties": {"cpu_usage": {"type": "number", "minimum": 0},
+                                      "memory": {"type": "number", "minimum": 0},
+                                      "error_count": {"type": "integer", "minimum": 0}}},
+    "status":         {"enum": ["executing", "completed", "failed", "rolled_back"]},
+    "timestamp":      {"type": "string", "format": "date-time"}
+  }
+}
+$json$);
+
+SELECT pgflow.set_contract('patterns_for_aggregator_queue', $json$
+{
+  "title": "pattern_discovered",
+  "type": "object",
+  "required": ["type", "instance_id", "pattern_type", "code_pattern", "success_rate", "timestamp"],
+  "properties": {
+    "type":         {"const": "pattern_discovered"},
+    "instance_id":  {"type": "string", "minLength": 1},
+    "pattern_type": {"enum": ["refactoring", "optimization", "bug_fix"]},
+    "code_pattern": {"type": "object", "required": ["before", "after"],
+                     "properties": {"before": {"type": "string"}, "after": {"type": "string"},
+                                    "description": {"type": "string"}}},
+    "success_rate": {"type": "number", "minimum": 0, "maximum": 1},
+    "agent_type":   {"type": "string"},
+    "timestamp":    {"type": "string", "format": "date-time"}
+  }
+}
+$json$);
+
+SELECT pgflow.set_contract('rollback_triggers_queue', $json$
+{
+  "title": "rollback_trigger",
+  "type": "object",
+  "required": ["type", "proposal_id", "instance_id", "reason", "timestamp"],
+  "properties": {
+    "type":        {"const": "rollback_trigger"},
+    "proposal_id": {"type": "string", "format": "uuid"},
+    "instance_id": {"type": "string", "minLength": 1},
+    "reason":      {"type": "string", "minLength": 1},
+    "threshold":   {"type": "object", "properties": {"error_rate": {"type": "number", "minimum": 0},
+                                                     "actual": {"type": "number", "minimum": 0}}},
+    "timestamp":   {"type": "string", "format": "date-time"}
+  }
+}
+$json$);
+
+SELECT pgflow.set_contract('guardian_safety_profiles_queue', $json$
+{
+  "title": "safety_profile_update",
+  "type": "object",
+  "required": ["type", "agent_type", "safety_profile", "source", "timestamp"],
+  "properties": {
+    "type":           {"const": "safety_profile_update"},
+    "instance_id":    {"type": "string"},
+    "agent_type":     {"type": "string", "minLength": 1},
+    "safety_profile": {"type": "object",
+                       "required": ["success_rate", "error_threshold"],
+                       "properties": {"success_rate": {"type": "number", "minimum": 0, "maximum": 1},
+                                      "error_threshold": {"type": "number", "minimum": 0, "maximum": 1},
+                                      "latency_threshold": {"type": "integer", "minimum": 0},
+                                      "cost_threshold": {"type": "number", "minimum": 0}}},
+    "source":         {"type": "string"},
+    "timestamp":      {"type": "string", "format": "date-time"}
+  }
+}
+$json$);
+
+SELECT pgflow.set_contract('learning_loop_completed_queue', $json$
+{
+  "title": "learning_loop_completed",
+  "type": "object",
+  "required": ["type", "patterns_processed", "rules_generated", "thresholds_updated", "timestamp"],
+  "properties": {
+    "type":               {"const": "learning_loop_completed"},
+    "patterns_processed": {"type": "integer", "minimum": 0},
+    "rules_generated":    {"type": "integer", "minimum": 0},
+    "thresholds_updated": {"type": "integer", "minimum": 0},
+    "timestamp":          {"type": "string", "format": "date-time"}
+  }
+}
+$json$);
