@@ -1,6 +1,8 @@
 #!/usr/bin/env bash
 # README command 1 (`make demo`): build pgflow, start a throwaway Postgres (15 by default;
-# PG=17 or PG=18 for the others) with pgflow preloaded, and run a short scenario through psql.
+# PG=17 or PG=18 for the others) with pgflow preloaded, and run the evolution system's scenario
+# (examples/evolution/: every hop, the DLQ and a redrive, a broadcast, 4 parallel Genesis
+# workers) through psql.
 # The cluster stays up afterwards; `make demo-stop` stops it.
 set -euo pipefail
 . "$(dirname "$0")/lib.sh"
@@ -25,13 +27,14 @@ say "starting a throwaway Postgres $ver cluster in $dir on port $port"
 cluster_start "$ver" "$dir" "$port"
 as_postgres "$bindir/createdb" -h 127.0.0.1 -p "$port" -U postgres pgflow_demo
 
-say "running examples/demo.sql"
-"$bindir/psql" -X -q -h 127.0.0.1 -p "$port" -U postgres -d pgflow_demo \
-  -v ON_ERROR_STOP=1 -f "$ROOT/examples/demo.sql"
+say "running the evolution system scenario (examples/evolution/)"
+bash "$ROOT/scripts/evolution.sh" "$bindir" "$port" pgflow_demo
 
 cat <<EOT
 
 The demo cluster is still running (Postgres $ver, data in $dir).
   connect:  $bindir/psql -h 127.0.0.1 -p $port -U postgres pgflow_demo
   stop:     make demo-stop
+  more:     psql ... -f examples/demo.sql            (a tour of the API, with real 1/2/4 s backoff)
+            psql ... -f examples/psql/queues.sql     (operator views; also dlq, redrive, purge)
 EOT

@@ -1,5 +1,5 @@
--- Message contracts of the evolution system (../shared/seeds/000_*: the seven message types),
--- registered as version '1' of each queue's contract. Run after topology.sql (or on any
+-- Message contracts of the evolution system (../shared/seeds/000_*: the seven message types;
+-- 004_*: Genesis's requests and results), registered as version '1' of each queue's contract. Run after topology.sql (or on any
 -- database where these queues exist). Each field the seeds show is typed; producers may add
 -- fields (additionalProperties is left open), but may not send a known field with the wrong
 -- type, range or format.
@@ -140,6 +140,71 @@ SELECT pgflow.set_contract('learning_loop_completed_queue', $json$
     "rules_generated":    {"type": "integer", "minimum": 0},
     "thresholds_updated": {"type": "integer", "minimum": 0},
     "timestamp":          {"type": "string", "format": "date-time"}
+  }
+}
+$json$);
+
+-- Genesis (../shared/seeds/004_*): the three request types and the job runner's result.
+SELECT pgflow.set_contract('genesis_rule_updates', $json$
+{
+  "title": "genesis_rule_update",
+  "type": "object",
+  "required": ["type", "namespace", "rule", "confidence"],
+  "properties": {
+    "type":       {"const": "genesis_rule_update"},
+    "namespace":  {"type": "string", "minLength": 1},
+    "rule":       {"type": "object"},
+    "confidence": {"type": "number", "minimum": 0, "maximum": 1},
+    "timestamp":  {"type": "string", "format": "date-time"}
+  }
+}
+$json$);
+
+SELECT pgflow.set_contract('genesis_llm_config_updates', $json$
+{
+  "title": "genesis_llm_config_update",
+  "type": "object",
+  "required": ["type", "provider", "complexity", "models"],
+  "properties": {
+    "type":       {"const": "genesis_llm_config_update"},
+    "provider":   {"type": "string", "minLength": 1},
+    "complexity": {"enum": ["simple", "medium", "complex"]},
+    "models":     {"type": "array", "items": {"type": "string"}, "minItems": 1},
+    "timestamp":  {"type": "string", "format": "date-time"}
+  }
+}
+$json$);
+
+SELECT pgflow.set_contract('code_execution_requests', $json$
+{
+  "title": "code_execution_request",
+  "type": "object",
+  "required": ["type", "id", "code", "language", "analysis_type"],
+  "properties": {
+    "type":          {"const": "code_execution_request"},
+    "id":            {"type": "string", "minLength": 1},
+    "code":          {"type": "string"},
+    "language":      {"type": "string", "minLength": 1},
+    "analysis_type": {"enum": ["quality", "security", "linting", "testing"]}
+  }
+}
+$json$);
+
+SELECT pgflow.set_contract('code_execution_results', $json$
+{
+  "title": "code_execution_result",
+  "type": "object",
+  "required": ["type", "id", "status", "metrics", "timestamp"],
+  "properties": {
+    "type":    {"const": "code_execution_result"},
+    "id":      {"type": "string", "minLength": 1},
+    "status":  {"enum": ["succeeded", "failed"]},
+    "output":  {"type": "string"},
+    "metrics": {"type": "object", "required": ["execution_ms", "quality_score", "issues_count"],
+                "properties": {"execution_ms": {"type": "number", "minimum": 0},
+                               "quality_score": {"type": "number", "minimum": 0, "maximum": 10},
+                               "issues_count": {"type": "integer", "minimum": 0}}},
+    "timestamp": {"type": "string", "format": "date-time"}
   }
 }
 $json$);

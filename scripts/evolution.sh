@@ -1,0 +1,24 @@
+#!/usr/bin/env bash
+# The evolution scenario (examples/evolution/) against a running server with pgflow:
+# topology and contracts, every hop of scenario.sql, 4 Genesis workers in parallel, and the
+# report with its checks. Used by the demo (README command 1) and by the test suite.
+# Usage: evolution.sh BINDIR PORT DBNAME   (the database must exist; the extension is created)
+set -euo pipefail
+ROOT=$(cd "$(dirname "$0")/.." && pwd)
+bindir=$1 port=$2 db=$3
+ex=$ROOT/examples/evolution
+psql_() { "$bindir/psql" -X -h 127.0.0.1 -p "$port" -U postgres -d "$db" -v ON_ERROR_STOP=1 "$@"; }
+
+psql_ -q -c 'CREATE EXTENSION IF NOT EXISTS pgflow' >/dev/null
+psql_ -q -f "$ex/topology.sql" >/dev/null
+psql_ -q -f "$ex/contracts.sql" >/dev/null
+psql_ -f "$ex/scenario.sql"
+
+pids=()
+for w in 1 2 3 4; do
+  psql_ -q -v worker="$w" -f "$ex/genesis_worker.sql" &
+  pids+=($!)
+done
+for p in "${pids[@]}"; do wait "$p"; done
+
+psql_ -f "$ex/report.sql"
