@@ -64,12 +64,13 @@ regress_layers() {
   run_layer "pg$ver: worker lifecycle (hot standby, crash)" \
     bash "$ROOT/tests/cluster/worker_lifecycle.sh" "$ver"
 
-  run_layer "pg$ver: evolution scenario and operator scripts" bash -c "
+  run_layer "pg$ver: evolution scenario, Genesis runner, operator scripts" bash -c "
     set -e
     '$bindir/createdb' -h 127.0.0.1 -p $port -U postgres pgflow_evolution
     bash '$ROOT/scripts/evolution.sh' '$bindir' $port pgflow_evolution >'$out/evolution.log' 2>&1 \\
       || { tail -40 '$out/evolution.log' >&2; exit 1; }
     grep -q 'every hop checked' '$out/evolution.log'
+    bash '$ROOT/tests/cluster/genesis_runner.sh' '$bindir' $port pgflow_evolution
     for f in queues dlq; do
       '$bindir/psql' -X -q -h 127.0.0.1 -p $port -U postgres -d pgflow_evolution \\
         -v ON_ERROR_STOP=1 -f '$ROOT/examples/psql/'\$f.sql >/dev/null
@@ -79,6 +80,10 @@ regress_layers() {
   run_layer "pg$ver: client tests" \
     env PGFLOW_TEST_DSN="host=127.0.0.1 port=$port user=postgres dbname=postgres" \
       cargo test -q -p pgflow-client-tests
+
+  run_layer "pg$ver: Rust client crate" \
+    env PGFLOW_TEST_DSN="host=127.0.0.1 port=$port user=postgres dbname=postgres" \
+      cargo test -q -p pgflow-client
 
   if [ ${#failed[@]} -gt 0 ] && [ -f "$dir/server.log" ]; then
     grep -E 'PANIC|TRAP|terminated by signal' "$dir/server.log" >&2 || true

@@ -1,0 +1,198 @@
+//! The consumer runtime: N handlers in parallel, each on its own connection.
+//!
+//! Per message: the handler runs under a timeout while a heartbeat extends the lease every
+//! lease/3 (so a slow handler keeps its message and nobody else gets it); success archives,
+//! an error or the timeout nacks (the queue's retry policy decides: retry later or DLQ), with
+//! the received read_ct so a handler that lost its lease cannot disturb the new holder.
+//!
+//! Shutdown (the future passed to `run` completes, e.g. on SIGTERM): no new reads; messages
+//! in flight finish (or time out and are nacked) and are archived, then `run` returns. A
+//! message is never dropped on the floor: it is archived, nacked, or its lease runs out and it
+//! is delivered again.
+use std::future::Future;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use serde_json::Value;
+
+use crate::{Client, Message, Result};
+
+/// What a handler returns: Ok to archive, Err(reason) to nack.
+pub type Outcome = std::result::Result<(), String>;
+
+/// Counters of a run.
+#[derive(Debug, Default)]
+pub struct Stats {
+    pub archived: AtomicU64,
+    pub nacked: AtomicU64,
+    pub timed_out: AtomicU64,
+    pub lease_extensions: AtomicU64,
+}
+
+impl Stats {
+    fn line(&self, since: Instant) -> String {
+        let a = self.archived.load(Ordering::Relaxed);
+        let secs = since.elapsed().as_secs_f64().max(1e-9);
+        format!(
+            "pgflow consumer: {a} archived ({:.0}/s), {} nacked ({} timed out), {} lease extensions",
+            a as f64 / secs,
+            self.nacked.load(Ordering::Relaxed),
+            self.timed_out.load(Ordering::Relaxed),
+            self.lease_extensions.load(Ordering::Relaxed)
+        )
+    }
+}
+
+/// A consumer of one queue.
+#[derive(Debug, Clone)]
+pub struct Consumer {
+    pub dsn: String,
+    pub queue: String,
+    /// Handlers running at once (one connection each).
+    pub handlers: usize,
+    /// The lease each read takes; the heartbeat renews it.
+    pub lease: Duration,
+    /// How long a handler may run before its message is nacked as timed out.
+    pub timeout: Duration,
+    /// How long an empty read waits in the server before looking again.
+    pub wait: Duration,
+    /// Print a progress line this often (None: never).
+    pub progress: Option<Duration>,
+}
+
+impl Consumer {
+    pub fn new(dsn: &str, queue: &str) -> Consumer {
+        Consumer {
+            dsn: dsn.to_owned(),
+            queue: queue.to_owned(),
+            handlers: 4,
+            lease: Duration::from_secs(30),
+            timeout: Duration::from_secs(60),
+            wait: Duration::from_secs(1),
+            progress: None,
+        }
+    }
+
+    /// Runs until `shutdown` completes, then drains what is in flight and returns the counts.
+    pub async fn run<F, Fut, S>(self, handler: F, shutdown: S) -> Result<Arc<Stats>>
+    where
+        F: Fn(Message<Value>) -> Fut + Clone + Send + Sync + 'static,
+        Fut: Future<Output = Outcome> + Send + 'static,
+        S: Future<Output = ()> + Send,
+    {
+        let stats = Arc::new(Stats::default());
+        let stop = Arc::new(AtomicBool::new(false));
+        let started = Instant::now();
+        let mut tasks = Vec::new();
+        for _ in 0..self.handlers.max(1) {
+            let client = Client::connect(&self.dsn).await?;
+            let (me, handler, stats, stop) =
+                (self.clone(), handler.clone(), Arc::clone(&stats), Arc::clone(&stop));
+            tasks.push(tokio::spawn(async move { me.worker(client, handler, stats, stop).await }));
+        }
+        let progress = self.progress.map(|every| {
+            let (stats, stop) = (Arc::clone(&stats), Arc::clone(&stop));
+            tokio::spawn(async move {
+                while !stop.load(Ordering::Relaxed) {
+                    tokio::time::sleep(every).await;
+                    eprintln!("{}", stats.line(started));
+                }
+            })
+        });
+        shutdown.await;
+        stop.store(true, Ordering::SeqCst);
+        let mut first_err = None;
+        for t in tasks {
+            match t.await {
+                Ok(Ok(())) => {}
+                Ok(Err(e)) => first_err = first_err.or(Some(e)),
+                Err(_) => {}
+            }
+        }
+        if let Some(p) = progress {
+            p.abort();
+        }
+        if self.progress.is_some() {
+            eprintln!("{} (stopped)", stats.line(started));
+        }
+        match first_err {
+            Some(e) => Err(e),
+            None => Ok(stats),
+        }
+    }
+
+    async fn worker<F, Fut>(
+        &self,
+        client: Client,
+        handler: F,
+        stats: Arc<Stats>,
+        stop: Arc<AtomicBool>,
+    ) -> Result<()>
+    where
+        F: Fn(Message<Value>) -> Fut,
+        Fut: Future<Output = Outcome> + Send + 'static,
+    {
+        while !stop.load(Ordering::SeqCst) {
+            let msgs = client
+                .read::<Value>(&self.queue, self.lease, 1, Some(self.wait))
+                .await?;
+            for m in msgs {
+                self.handle(&client, &handler, m, &stats).await?;
+            }
+        }
+        Ok(())
+    }
+
+    async fn handle<F, Fut>(
+        &self,
+        client: &Client,
+        handler: &F,
+        m: Message<Value>,
+        stats: &Stats,
+    ) -> Result<()>
+    where
+        F: Fn(Message<Value>) -> Fut,
+        Fut: Future<Output = Outcome> + Send + 'static,
+    {
+        let (id, read_ct) = (m.id, m.read_ct);
+        let mut work = Box::pin(tokio::time::timeout(self.timeout, handler(m)));
+        let beat = self.lease / 3;
+        let outcome = loop {
+            tokio::select! {
+                r = &mut work => break r,
+                _ = tokio::time::sleep(beat) => {
+                    // Heartbeat: the handler still works, keep the message ours.
+                    client.set_vt(&self.queue, id, self.lease).await?;
+                    stats.lease_extensions.fetch_add(1, Ordering::Relaxed);
+                }
+            }
+        };
+        match outcome {
+            Ok(Ok(())) => {
+                client.archive(&self.queue, id).await?;
+                stats.archived.fetch_add(1, Ordering::Relaxed);
+            }
+            Ok(Err(reason)) => {
+                self.nack(client, id, &reason, read_ct).await?;
+                stats.nacked.fetch_add(1, Ordering::Relaxed);
+            }
+            Err(_) => {
+                let reason = format!("handler timed out after {:?}", self.timeout);
+                self.nack(client, id, &reason, read_ct).await?;
+                stats.nacked.fetch_add(1, Ordering::Relaxed);
+                stats.timed_out.fetch_add(1, Ordering::Relaxed);
+            }
+        }
+        Ok(())
+    }
+
+    async fn nack(&self, client: &Client, id: i64, reason: &str, read_ct: i32) -> Result<()> {
+        match client.nack(&self.queue, id, reason, Some(read_ct)).await {
+            Ok(_) => Ok(()),
+            // 55000: the lease was lost meanwhile (another consumer has it); nothing to do.
+            Err(e) if e.sqlstate() == Some("55000") => Ok(()),
+            Err(e) => Err(e),
+        }
+    }
+}

@@ -1,0 +1,222 @@
+//! An async client for pgflow, over tokio-postgres: typed `send`, `read`, `archive`, `nack`,
+//! `set_vt`, and a consumer runtime ([`Consumer`]) that runs N handlers in parallel, keeps each
+//! message's lease alive while its handler works, archives on success, nacks on error or
+//! timeout, and shuts down gracefully.
+//!
+//! Every call is one SQL function call; nothing here holds state the database does not.
+use std::time::Duration;
+
+use serde::de::DeserializeOwned;
+use serde::Serialize;
+use serde_json::Value;
+use tokio_postgres::{Client as PgClient, NoTls};
+
+mod consumer;
+pub use consumer::{Consumer, Outcome, Stats};
+
+/// Errors: the database's (with its SQLSTATE), or a payload that does not (de)serialize.
+#[derive(Debug)]
+pub enum Error {
+    Db(tokio_postgres::Error),
+    Payload(serde_json::Error),
+}
+
+impl std::fmt::Display for Error {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Error::Db(e) => match e.as_db_error() {
+                Some(d) => write!(f, "{} ({})", d.message(), d.code().code()),
+                None => write!(f, "{e}"),
+            },
+            Error::Payload(e) => write!(f, "payload: {e}"),
+        }
+    }
+}
+
+impl std::error::Error for Error {}
+
+impl From<tokio_postgres::Error> for Error {
+    fn from(e: tokio_postgres::Error) -> Self {
+        Error::Db(e)
+    }
+}
+
+impl From<serde_json::Error> for Error {
+    fn from(e: serde_json::Error) -> Self {
+        Error::Payload(e)
+    }
+}
+
+impl Error {
+    /// The SQLSTATE, when the database raised the error.
+    pub fn sqlstate(&self) -> Option<&str> {
+        match self {
+            Error::Db(e) => e.code().map(|c| c.code()),
+            Error::Payload(_) => None,
+        }
+    }
+}
+
+pub type Result<T> = std::result::Result<T, Error>;
+
+/// A delivered message.
+#[derive(Debug, Clone)]
+pub struct Message<T> {
+    pub id: i64,
+    /// Deliveries so far, this one included (pass it to `nack` to guard against a lost lease).
+    pub read_ct: i32,
+    pub payload: T,
+    pub headers: Option<Value>,
+}
+
+/// Options of `send` beyond the payload; `Default` sends plainly.
+#[derive(Debug, Clone, Default)]
+pub struct SendOptions {
+    pub headers: Option<Value>,
+    pub delay: Option<Duration>,
+    pub priority: Option<i32>,
+    pub group_key: Option<String>,
+    pub dedup_key: Option<String>,
+}
+
+/// What a `nack` did.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum NackOutcome {
+    /// Delivered again later (after the backoff).
+    Retry,
+    /// Moved to the dead-letter queue.
+    Dead,
+    /// The message was not in the queue any more.
+    Gone,
+}
+
+/// An interval literal for a duration, to bind as text and cast to interval.
+pub(crate) fn interval(d: Duration) -> String {
+    format!("{} microseconds", d.as_micros())
+}
+
+/// One connection to a database with pgflow.
+pub struct Client {
+    pg: PgClient,
+}
+
+impl Client {
+    /// Connects (the connection task runs on the current tokio runtime).
+    pub async fn connect(dsn: &str) -> Result<Client> {
+        let (pg, conn) = tokio_postgres::connect(dsn, NoTls).await?;
+        tokio::spawn(async move {
+            let _ = conn.await;
+        });
+        Ok(Client { pg })
+    }
+
+    /// The underlying connection, for anything else (transactions, other SQL).
+    pub fn pg(&self) -> &PgClient {
+        &self.pg
+    }
+
+    /// Sends one message; returns its id (the first one's id for a deduplicated repeat).
+    pub async fn send<T: Serialize>(&self, queue: &str, payload: &T) -> Result<i64> {
+        self.send_with(queue, payload, &SendOptions::default()).await
+    }
+
+    pub async fn send_with<T: Serialize>(
+        &self,
+        queue: &str,
+        payload: &T,
+        opts: &SendOptions,
+    ) -> Result<i64> {
+        let payload = serde_json::to_value(payload)?;
+        let delay = interval(opts.delay.unwrap_or_default());
+        let row = self
+            .pg
+            .query_one(
+                "SELECT pgflow.send($1, $2, $3, $4::text::interval, $5, $6, $7)",
+                &[
+                    &queue,
+                    &payload,
+                    &opts.headers,
+                    &delay,
+                    &opts.priority,
+                    &opts.group_key,
+                    &opts.dedup_key,
+                ],
+            )
+            .await?;
+        Ok(row.get(0))
+    }
+
+    /// Leases up to `qty` messages for `vt`; with `wait`, sleeps (in the server) until one
+    /// arrives or `wait` passes.
+    pub async fn read<T: DeserializeOwned>(
+        &self,
+        queue: &str,
+        vt: Duration,
+        qty: i32,
+        wait: Option<Duration>,
+    ) -> Result<Vec<Message<T>>> {
+        let wait = wait.map(interval);
+        let rows = self
+            .pg
+            .query(
+                "SELECT msg_id, read_ct, message, headers
+                   FROM pgflow.read($1, $2::text::interval, $3, $4::text::interval)",
+                &[&queue, &interval(vt), &qty, &wait],
+            )
+            .await?;
+        rows.iter()
+            .map(|r| {
+                Ok(Message {
+                    id: r.get(0),
+                    read_ct: r.get(1),
+                    payload: serde_json::from_value(r.get::<_, Value>(2))?,
+                    headers: r.get(3),
+                })
+            })
+            .collect()
+    }
+
+    /// Archives a message (true when it was in the queue).
+    pub async fn archive(&self, queue: &str, id: i64) -> Result<bool> {
+        Ok(self
+            .pg
+            .query_one("SELECT pgflow.archive($1, $2::bigint)", &[&queue, &id])
+            .await?
+            .get(0))
+    }
+
+    /// Reports a failed delivery. With `read_ct` (the one received), a consumer whose lease
+    /// was lost gets 55000 instead of disturbing the new holder.
+    pub async fn nack(
+        &self,
+        queue: &str,
+        id: i64,
+        error: &str,
+        read_ct: Option<i32>,
+    ) -> Result<NackOutcome> {
+        let row = self
+            .pg
+            .query_opt(
+                "SELECT outcome FROM pgflow.nack($1, $2, $3, read_ct => $4)",
+                &[&queue, &id, &error, &read_ct],
+            )
+            .await?;
+        Ok(match row.map(|r| r.get::<_, String>(0)) {
+            Some(o) if o == "dead" => NackOutcome::Dead,
+            Some(_) => NackOutcome::Retry,
+            None => NackOutcome::Gone,
+        })
+    }
+
+    /// Sets a message's visibility to now + `vt` (extends a lease; zero hands it back).
+    pub async fn set_vt(&self, queue: &str, id: i64, vt: Duration) -> Result<bool> {
+        Ok(!self
+            .pg
+            .query(
+                "SELECT msg_id FROM pgflow.set_vt($1, $2, $3::text::interval)",
+                &[&queue, &id, &interval(vt)],
+            )
+            .await?
+            .is_empty())
+    }
+}

@@ -1,0 +1,227 @@
+//! The Rust client against a real server (PGFLOW_TEST_DSN, set by scripts/test.sh): typed
+//! calls, and the consumer runtime's guarantees: every message archived exactly once, failures
+//! retried, slow handlers keep their lease, timeouts nacked, shutdown drains what is in flight.
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use pgflow_client::{Client, Consumer, Message, NackOutcome, SendOptions};
+use serde::{Deserialize, Serialize};
+use serde_json::Value;
+use tokio::sync::Notify;
+
+fn dsn() -> String {
+    std::env::var("PGFLOW_TEST_DSN").expect("PGFLOW_TEST_DSN is not set: run through scripts/test.sh")
+}
+
+async fn fresh(queue: &str, extra: &str) -> Client {
+    let c = Client::connect(&dsn()).await.unwrap();
+    c.pg()
+        .batch_execute("SET client_min_messages = warning; CREATE EXTENSION IF NOT EXISTS pgflow")
+        .await
+        .ok();
+    c.pg()
+        .execute("SELECT pgflow.drop_queue($1, if_exists => true)", &[&queue])
+        .await
+        .unwrap();
+    c.pg()
+        .execute(&format!("SELECT pgflow.create_queue($1{extra})"), &[&queue])
+        .await
+        .unwrap();
+    c
+}
+
+#[derive(Debug, Serialize, Deserialize, PartialEq)]
+struct Job {
+    id: String,
+    n: i32,
+}
+
+async fn archived_ns(c: &Client, queue: &str) -> Vec<(i32, i32)> {
+    c.pg()
+        .query(
+            "SELECT (message->>'n')::int, read_ct FROM pgflow.archive a JOIN pgflow.queue q USING (queue_id)
+              WHERE q.queue_name = $1 ORDER BY 1",
+            &[&queue],
+        )
+        .await
+        .unwrap()
+        .iter()
+        .map(|r| (r.get(0), r.get(1)))
+        .collect()
+}
+
+#[tokio::test]
+async fn typed_calls_round_trip_and_errors_carry_sqlstates() {
+    let q = "rs_typed";
+    let c = fresh(q, ", retry_delay => '0', retry_jitter => 0").await;
+    let job = Job { id: "job_1".into(), n: 7 };
+    let id = c
+        .send_with(q, &job, &SendOptions { priority: Some(5), ..Default::default() })
+        .await
+        .unwrap();
+    let got: Vec<Message<Job>> = c.read(q, Duration::from_secs(30), 10, None).await.unwrap();
+    assert_eq!(got.len(), 1);
+    assert_eq!((got[0].id, got[0].read_ct, &got[0].payload), (id, 1, &job));
+    assert_eq!(c.nack(q, id, "boom", Some(1)).await.unwrap(), NackOutcome::Retry);
+    let again: Vec<Message<Job>> = c.read(q, Duration::from_secs(30), 1, Some(Duration::from_secs(5))).await.unwrap();
+    assert_eq!(again[0].read_ct, 2);
+    // A stale nack (read_ct 1) is refused: the lease it names is gone.
+    let e = c.nack(q, id, "late", Some(1)).await.unwrap_err();
+    assert_eq!(e.sqlstate(), Some("55000"));
+    assert!(c.set_vt(q, id, Duration::from_secs(60)).await.unwrap());
+    assert!(c.archive(q, id).await.unwrap());
+    assert!(!c.archive(q, id).await.unwrap());
+    let e = c.send(q, &serde_json::json!([1])).await.unwrap_err();
+    assert_eq!(e.sqlstate(), Some("22023"), "an array is not a message");
+    let e = c.send("rs_no_such_queue", &job).await.unwrap_err();
+    assert_eq!(e.sqlstate(), Some("42704"));
+    // The payload must deserialize into the type asked for.
+    c.send(q, &serde_json::json!({"id": 1})).await.unwrap();
+    assert!(matches!(
+        c.read::<Job>(q, Duration::from_secs(30), 1, None).await,
+        Err(pgflow_client::Error::Payload(_))
+    ));
+}
+
+#[tokio::test]
+async fn the_runtime_archives_each_message_once_retries_failures_and_keeps_slow_leases() {
+    let q = "rs_runtime";
+    const N: i32 = 100;
+    let c = fresh(q, ", retry_delay => '0', retry_jitter => 0").await;
+    for n in 0..N {
+        c.send(q, &Job { id: format!("job_{n}"), n }).await.unwrap();
+    }
+    let done = Arc::new(AtomicUsize::new(0));
+    let all_done = Arc::new(Notify::new());
+    let handler = {
+        let (done, all_done) = (Arc::clone(&done), Arc::clone(&all_done));
+        move |m: Message<Value>| {
+            let (done, all_done) = (Arc::clone(&done), Arc::clone(&all_done));
+            async move {
+                let n = m.payload["n"].as_i64().unwrap();
+                if n % 10 == 3 && m.read_ct == 1 {
+                    return Err(format!("job {n}: transient failure"));
+                }
+                if n == 5 {
+                    // Slower than the lease: the heartbeat must keep it ours.
+                    tokio::time::sleep(Duration::from_millis(1500)).await;
+                }
+                if done.fetch_add(1, Ordering::SeqCst) + 1 == N as usize {
+                    all_done.notify_one();
+                }
+                Ok(())
+            }
+        }
+    };
+    let consumer = Consumer {
+        handlers: 4,
+        lease: Duration::from_millis(600),
+        timeout: Duration::from_secs(30),
+        wait: Duration::from_millis(200),
+        ..Consumer::new(&dsn(), q)
+    };
+    let stats = consumer
+        .run(handler, async move { all_done.notified().await })
+        .await
+        .unwrap();
+    assert_eq!(stats.archived.load(Ordering::SeqCst), N as u64);
+    assert_eq!(stats.nacked.load(Ordering::SeqCst), 10);
+    assert!(stats.lease_extensions.load(Ordering::SeqCst) >= 1);
+    let archived = archived_ns(&c, q).await;
+    assert_eq!(archived.len(), N as usize, "each message archived once");
+    let by_n: HashMap<i32, i32> = archived.into_iter().collect();
+    assert_eq!(by_n.len(), N as usize);
+    assert_eq!(by_n[&5], 1, "the slow job was never redelivered: its lease was kept");
+    assert_eq!(by_n[&13], 2, "a failed job is delivered again");
+    let left: i64 = c
+        .pg()
+        .query_one("SELECT queue_length + dlq_length FROM pgflow.metrics($1)", &[&q])
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(left, 0);
+}
+
+#[tokio::test]
+async fn a_handler_that_times_out_is_nacked_and_its_message_retried() {
+    let q = "rs_timeout";
+    let c = fresh(q, ", retry_delay => '0', retry_jitter => 0").await;
+    c.send(q, &Job { id: "slow".into(), n: 1 }).await.unwrap();
+    let done = Arc::new(Notify::new());
+    let handler = {
+        let done = Arc::clone(&done);
+        move |m: Message<Value>| {
+            let done = Arc::clone(&done);
+            async move {
+                if m.read_ct == 1 {
+                    tokio::time::sleep(Duration::from_secs(5)).await; // past the timeout
+                }
+                done.notify_one();
+                Ok(())
+            }
+        }
+    };
+    let consumer = Consumer {
+        handlers: 1,
+        lease: Duration::from_secs(30),
+        timeout: Duration::from_millis(300),
+        wait: Duration::from_millis(200),
+        ..Consumer::new(&dsn(), q)
+    };
+    let stats = consumer.run(handler, async move { done.notified().await }).await.unwrap();
+    assert_eq!(stats.timed_out.load(Ordering::SeqCst), 1);
+    assert_eq!(stats.archived.load(Ordering::SeqCst), 1);
+    let row = c
+        .pg()
+        .query_one(
+            "SELECT a.read_ct, a.message FROM pgflow.archive a JOIN pgflow.queue q USING (queue_id)
+              WHERE q.queue_name = $1",
+            &[&q],
+        )
+        .await
+        .unwrap();
+    assert_eq!(row.get::<_, i32>(0), 2, "delivered again after the timeout");
+}
+
+#[tokio::test]
+async fn shutdown_lets_in_flight_messages_finish_and_loses_none() {
+    let q = "rs_shutdown";
+    const N: i32 = 20;
+    let c = fresh(q, "").await;
+    for n in 0..N {
+        c.send(q, &Job { id: format!("j{n}"), n }).await.unwrap();
+    }
+    let started = Arc::new(Notify::new());
+    let handler = {
+        let started = Arc::clone(&started);
+        move |_m: Message<Value>| {
+            let started = Arc::clone(&started);
+            async move {
+                started.notify_one();
+                tokio::time::sleep(Duration::from_millis(300)).await; // work in flight
+                Ok(())
+            }
+        }
+    };
+    let consumer = Consumer {
+        handlers: 4,
+        wait: Duration::from_millis(200),
+        ..Consumer::new(&dsn(), q)
+    };
+    // SIGTERM stands in as "the first job has started".
+    let stats = consumer.run(handler, async move { started.notified().await }).await.unwrap();
+    let archived = stats.archived.load(Ordering::SeqCst);
+    assert!(archived >= 1, "the job in flight finished");
+    let m = c
+        .pg()
+        .query_one("SELECT visible, in_flight, total_archived FROM pgflow.metrics($1)", &[&q])
+        .await
+        .unwrap();
+    let (visible, in_flight, total_archived): (i64, i64, i64) = (m.get(0), m.get(1), m.get(2));
+    assert_eq!(in_flight, 0, "nothing left leased");
+    assert_eq!(total_archived as u64, archived);
+    assert_eq!(visible + total_archived, N as i64, "nothing lost");
+    assert_eq!(archived_ns(&c, q).await.len() as u64, archived, "nothing archived twice");
+}
