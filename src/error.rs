@@ -16,7 +16,11 @@ pub enum PgflowError {
     /// A queue name that breaks the naming rules (22023).
     InvalidQueueName { name: String, reason: NameError },
     /// A topic or topic pattern that breaks the syntax (22023).
-    InvalidTopic { what: &'static str, value: String, reason: String },
+    InvalidTopic {
+        what: &'static str,
+        value: String,
+        reason: String,
+    },
     /// A contract outside the supported JSON Schema subset (22023).
     InvalidContract { reason: String },
     /// A payload that breaks its queue's contract (23514).
@@ -29,7 +33,9 @@ impl PgflowError {
             PgflowError::NullArgument(_) => PgSqlErrorCode::ERRCODE_NULL_VALUE_NOT_ALLOWED,
             PgflowError::InvalidQueueName { .. }
             | PgflowError::InvalidTopic { .. }
-            | PgflowError::InvalidContract { .. } => PgSqlErrorCode::ERRCODE_INVALID_PARAMETER_VALUE,
+            | PgflowError::InvalidContract { .. } => {
+                PgSqlErrorCode::ERRCODE_INVALID_PARAMETER_VALUE
+            }
             PgflowError::ContractViolation { .. } => PgSqlErrorCode::ERRCODE_CHECK_VIOLATION,
         }
     }
@@ -58,7 +64,11 @@ impl fmt::Display for PgflowError {
                 // Quote with {:?} so control characters in a hostile name stay visible.
                 write!(f, "invalid queue name {name:?}: {reason}")
             }
-            PgflowError::InvalidTopic { what, value, reason } => {
+            PgflowError::InvalidTopic {
+                what,
+                value,
+                reason,
+            } => {
                 write!(f, "invalid {what} {value:?}: {what} {reason}")
             }
             PgflowError::InvalidContract { reason } => write!(f, "invalid contract: {reason}"),

@@ -33,7 +33,12 @@ extension_sql_file!(
 extension_sql_file!(
     "../sql/topics.sql",
     name = "topics",
-    requires = ["api", api::_check_topic, api::_check_topic_pattern, api::_topic_matches]
+    requires = [
+        "api",
+        api::_check_topic,
+        api::_check_topic_pattern,
+        api::_topic_matches
+    ]
 );
 extension_sql_file!("../sql/failure.sql", name = "failure", finalize);
 

@@ -827,9 +827,8 @@ mod tests {
     #[pg_test]
     fn the_worker_ticks_and_counts_its_rounds() {
         assert!(eventually(MY_WORKER_RUNS));
-        let ticks = one_i64(
-            "SELECT ticks FROM pgflow.worker_status() WHERE datname = current_database()",
-        );
+        let ticks =
+            one_i64("SELECT ticks FROM pgflow.worker_status() WHERE datname = current_database()");
         assert!(eventually(&format!(
             "SELECT ticks > {ticks} AND last_tick_at IS NOT NULL AND started_at <= last_tick_at
                FROM pgflow.worker_status() WHERE datname = current_database()"
@@ -870,9 +869,18 @@ mod tests {
             .unwrap(),
             "expire_leases=0,promote_delayed=0,prune_archive=0,prune_dedup=0"
         );
-        assert_eq!(sqlstate("SELECT * FROM pgflow.maintain(batch => 0)"), "22023");
-        assert_eq!(sqlstate("SELECT * FROM pgflow.maintain(prune_batch => NULL)"), "22004");
-        assert_eq!(sqlstate("SELECT pgflow.promote_delayed(batch => -1)"), "22023");
+        assert_eq!(
+            sqlstate("SELECT * FROM pgflow.maintain(batch => 0)"),
+            "22023"
+        );
+        assert_eq!(
+            sqlstate("SELECT * FROM pgflow.maintain(prune_batch => NULL)"),
+            "22004"
+        );
+        assert_eq!(
+            sqlstate("SELECT pgflow.promote_delayed(batch => -1)"),
+            "22023"
+        );
     }
 
     #[pg_test]
@@ -885,7 +893,11 @@ mod tests {
         .unwrap();
         let at = "clock_timestamp() + interval '1 minute'";
         assert_eq!(one_i64(&format!("SELECT pgflow.promote_delayed({at})")), 1);
-        assert_eq!(one_i64(&format!("SELECT pgflow.promote_delayed({at})")), 0, "idempotent");
+        assert_eq!(
+            one_i64(&format!("SELECT pgflow.promote_delayed({at})")),
+            0,
+            "idempotent"
+        );
         assert_eq!(
             Spi::get_one::<String>(
                 "SELECT string_agg((message->>'n') || ':' || state::text, ',' ORDER BY msg_id)

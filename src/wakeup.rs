@@ -41,7 +41,9 @@ pub struct Waiters {
 
 impl Default for Waiters {
     fn default() -> Self {
-        Waiters { slots: [Waiter::default(); MAX_WAITERS] }
+        Waiters {
+            slots: [Waiter::default(); MAX_WAITERS],
+        }
     }
 }
 
@@ -218,7 +220,13 @@ struct NotifySlot {
 
 impl Default for NotifySlot {
     fn default() -> Self {
-        NotifySlot { dboid: 0, queue_id: 0, last: 0, pending: false, name: [0; 96] }
+        NotifySlot {
+            dboid: 0,
+            queue_id: 0,
+            last: 0,
+            pending: false,
+            name: [0; 96],
+        }
     }
 }
 
@@ -229,7 +237,9 @@ pub struct NotifyTable {
 
 impl Default for NotifyTable {
     fn default() -> Self {
-        NotifyTable { slots: [NotifySlot::default(); MAX_NOTIFY_QUEUES] }
+        NotifyTable {
+            slots: [NotifySlot::default(); MAX_NOTIFY_QUEUES],
+        }
     }
 }
 
@@ -286,7 +296,11 @@ fn _notify(queue_id: i32, queue_name: &str) {
             Some(i) => {
                 let s = &mut t.slots[i];
                 if s.dboid == 0 {
-                    *s = NotifySlot { dboid: db, queue_id, ..NotifySlot::default() };
+                    *s = NotifySlot {
+                        dboid: db,
+                        queue_id,
+                        ..NotifySlot::default()
+                    };
                     let n = queue_name.len().min(95);
                     s.name[..n].copy_from_slice(&queue_name.as_bytes()[..n]);
                 }
@@ -375,7 +389,11 @@ fn _notify_forget(queue_id: i32) {
     }
     let db = unsafe { pg_sys::MyDatabaseId }.to_u32();
     let mut t = NOTIFY.exclusive();
-    for s in t.slots.iter_mut().filter(|s| s.dboid == db && s.queue_id == queue_id) {
+    for s in t
+        .slots
+        .iter_mut()
+        .filter(|s| s.dboid == db && s.queue_id == queue_id)
+    {
         *s = NotifySlot::default();
     }
 }

@@ -431,10 +431,8 @@ impl Consumer {
                         .map(|r| r.get(0))
                         .collect();
                     if !ids.is_empty() {
-                        self.client.execute(
-                            "SELECT pgflow.archive($1, $2::bigint[])",
-                            &[&QUEUE, &ids],
-                        )?;
+                        self.client
+                            .execute("SELECT pgflow.archive($1, $2::bigint[])", &[&QUEUE, &ids])?;
                     }
                     ids
                 }
@@ -1163,7 +1161,9 @@ fn w5(ctx: &Ctx, res: &mut Results) -> Res<()> {
             lat.sort_by(|a, b| a.partial_cmp(b).unwrap());
             let pct = |p: f64| lat[((lat.len() - 1) as f64 * p).round() as usize];
             let note = match sys {
-                Sys::Pgflow => Some("read(wait => 1 s): sleeps on its latch, woken by the send's commit"),
+                Sys::Pgflow => {
+                    Some("read(wait => 1 s): sleeps on its latch, woken by the send's commit")
+                }
                 Sys::Pgmq => Some("read_with_poll, polling every 10 ms"),
                 Sys::Pgq => Some("ticker every 10 ms, next_batch polled every 10 ms"),
             };
@@ -1386,9 +1386,7 @@ fn w8(ctx: &Ctx, res: &mut Results) -> Res<()> {
         }
         let variant = format!("{n} empty queues");
         let note = match sys {
-            Sys::Pgflow => {
-                Some("the background worker runs maintain() every second (pgflow.tick)")
-            }
+            Sys::Pgflow => Some("the background worker runs maintain() every second (pgflow.tick)"),
             Sys::Pgq => Some("default queue settings, pgq.ticker() every second as pgqd does"),
             Sys::Pgmq => None,
         };

@@ -45,16 +45,28 @@ pub mod worker;
 #[pg_extern(immutable, parallel_safe)]
 fn _check_topic(topic: Option<&str>) -> Result<(), ErrorReport> {
     let topic = topic.ok_or(PgflowError::NullArgument("topic"))?;
-    crate::queue::topic::validate_topic(topic)
-        .map_err(|e| PgflowError::InvalidTopic { what: "topic", value: topic.to_owned(), reason: e.to_string() }.into())
+    crate::queue::topic::validate_topic(topic).map_err(|e| {
+        PgflowError::InvalidTopic {
+            what: "topic",
+            value: topic.to_owned(),
+            reason: e.to_string(),
+        }
+        .into()
+    })
 }
 
 /// Raises 22023 (with the reason) for a pattern `bind` cannot use, 22004 for NULL.
 #[pg_extern(immutable, parallel_safe)]
 fn _check_topic_pattern(pattern: Option<&str>) -> Result<(), ErrorReport> {
     let pattern = pattern.ok_or(PgflowError::NullArgument("pattern"))?;
-    crate::queue::topic::validate_pattern(pattern)
-        .map_err(|e| PgflowError::InvalidTopic { what: "pattern", value: pattern.to_owned(), reason: e.to_string() }.into())
+    crate::queue::topic::validate_pattern(pattern).map_err(|e| {
+        PgflowError::InvalidTopic {
+            what: "pattern",
+            value: pattern.to_owned(),
+            reason: e.to_string(),
+        }
+        .into()
+    })
 }
 
 /// Whether a topic matches a bound pattern (`*` one word, `#` zero or more).
@@ -75,8 +87,16 @@ fn _check_contract_schema(schema: Option<pgrx::JsonB>) -> Result<(), ErrorReport
 /// Raises 23514 when `message` breaks the contract `schema` (registered as `label`), naming
 /// the failing field and rule.
 #[pg_extern(immutable, strict, parallel_safe)]
-fn _validate_contract(schema: pgrx::JsonB, message: pgrx::JsonB, label: &str) -> Result<(), ErrorReport> {
+fn _validate_contract(
+    schema: pgrx::JsonB,
+    message: pgrx::JsonB,
+    label: &str,
+) -> Result<(), ErrorReport> {
     crate::queue::contract::validate(&schema.0, &message.0).map_err(|v| {
-        PgflowError::ContractViolation { label: label.to_owned(), violation: v.to_string() }.into()
+        PgflowError::ContractViolation {
+            label: label.to_owned(),
+            violation: v.to_string(),
+        }
+        .into()
     })
 }

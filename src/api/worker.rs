@@ -6,7 +6,9 @@ use pgrx::PgSqlErrorCode;
 use crate::worker::{self, SlotState, REGISTRY};
 
 fn ts(t: i64) -> Option<TimestampWithTimeZone> {
-    (t != 0).then(|| TimestampWithTimeZone::try_from(t).ok()).flatten()
+    (t != 0)
+        .then(|| TimestampWithTimeZone::try_from(t).ok())
+        .flatten()
 }
 
 /// One row per database the launcher knows: its worker's state and what it has done since the
@@ -49,9 +51,15 @@ fn worker_status() -> Result<
         .map(|s| {
             let detail = match (s.state, s.idle_reason, s.held) {
                 (_, _, true) => Some("held by a database-level command".to_owned()),
-                (SlotState::Idle, 1, _) => Some("extension not created in this database".to_owned()),
-                (SlotState::Idle, 2, _) => Some("pgflow.enabled is off for this database".to_owned()),
-                (SlotState::Held, _, _) => Some("stopped by pgflow.enabled or pgflow.databases".to_owned()),
+                (SlotState::Idle, 1, _) => {
+                    Some("extension not created in this database".to_owned())
+                }
+                (SlotState::Idle, 2, _) => {
+                    Some("pgflow.enabled is off for this database".to_owned())
+                }
+                (SlotState::Held, _, _) => {
+                    Some("stopped by pgflow.enabled or pgflow.databases".to_owned())
+                }
                 (SlotState::Wanted, _, _) if s.not_before > now => {
                     Some(format!("restarting after {} unplanned exits", s.restarts))
                 }

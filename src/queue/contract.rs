@@ -19,13 +19,36 @@ use std::fmt;
 
 use serde_json::Value;
 
-const ANNOTATIONS: &[&str] = &["$schema", "$id", "title", "description", "examples", "default", "$comment"];
-const KEYWORDS: &[&str] = &[
-    "type", "properties", "required", "additionalProperties", "items", "minItems", "maxItems",
-    "minLength", "maxLength", "format", "minimum", "maximum", "exclusiveMinimum",
-    "exclusiveMaximum", "enum", "const",
+const ANNOTATIONS: &[&str] = &[
+    "$schema",
+    "$id",
+    "title",
+    "description",
+    "examples",
+    "default",
+    "$comment",
 ];
-const TYPES: &[&str] = &["object", "array", "string", "number", "integer", "boolean", "null"];
+const KEYWORDS: &[&str] = &[
+    "type",
+    "properties",
+    "required",
+    "additionalProperties",
+    "items",
+    "minItems",
+    "maxItems",
+    "minLength",
+    "maxLength",
+    "format",
+    "minimum",
+    "maximum",
+    "exclusiveMinimum",
+    "exclusiveMaximum",
+    "enum",
+    "const",
+];
+const TYPES: &[&str] = &[
+    "object", "array", "string", "number", "integer", "boolean", "null",
+];
 
 /// A payload that breaks its contract: where, and which rule.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -64,17 +87,34 @@ fn check_at(schema: &Value, path: &str) -> Result<(), String> {
             continue;
         }
         if !KEYWORDS.contains(&k.as_str()) {
-            return Err(bad(path, format!("unsupported keyword \"{k}\" (supported: {})", KEYWORDS.join(", "))));
+            return Err(bad(
+                path,
+                format!(
+                    "unsupported keyword \"{k}\" (supported: {})",
+                    KEYWORDS.join(", ")
+                ),
+            ));
         }
         match k.as_str() {
             "type" => {
                 let ok = match v {
                     Value::String(t) => TYPES.contains(&t.as_str()),
-                    Value::Array(ts) => !ts.is_empty() && ts.iter().all(|t| t.as_str().is_some_and(|t| TYPES.contains(&t))),
+                    Value::Array(ts) => {
+                        !ts.is_empty()
+                            && ts
+                                .iter()
+                                .all(|t| t.as_str().is_some_and(|t| TYPES.contains(&t)))
+                    }
                     _ => false,
                 };
                 if !ok {
-                    return Err(bad(path, format!("\"type\" must be one of {} or an array of them", TYPES.join(", "))));
+                    return Err(bad(
+                        path,
+                        format!(
+                            "\"type\" must be one of {} or an array of them",
+                            TYPES.join(", ")
+                        ),
+                    ));
                 }
             }
             "properties" => {
@@ -161,9 +201,13 @@ fn is_date_time(s: &str) -> bool {
 fn json_eq(a: &Value, b: &Value) -> bool {
     match (a, b) {
         (Value::Number(x), Value::Number(y)) => x.as_f64() == y.as_f64(),
-        (Value::Array(x), Value::Array(y)) => x.len() == y.len() && x.iter().zip(y).all(|(a, b)| json_eq(a, b)),
+        (Value::Array(x), Value::Array(y)) => {
+            x.len() == y.len() && x.iter().zip(y).all(|(a, b)| json_eq(a, b))
+        }
         (Value::Object(x), Value::Object(y)) => {
-            x.len() == y.len() && x.iter().all(|(k, v)| y.get(k).is_some_and(|w| json_eq(v, w)))
+            x.len() == y.len()
+                && x.iter()
+                    .all(|(k, v)| y.get(k).is_some_and(|w| json_eq(v, w)))
         }
         _ => a == b,
     }
@@ -184,7 +228,10 @@ pub fn validate(schema: &Value, value: &Value) -> Result<(), Violation> {
 }
 
 fn fail(path: &str, rule: String) -> Result<(), Violation> {
-    Err(Violation { path: path.to_owned(), rule })
+    Err(Violation {
+        path: path.to_owned(),
+        rule,
+    })
 }
 
 fn validate_at(schema: &Value, value: &Value, path: &str) -> Result<(), Violation> {
@@ -201,13 +248,27 @@ fn validate_at(schema: &Value, value: &Value, path: &str) -> Result<(), Violatio
             _ => vec![],
         };
         if !types.iter().any(|t| has_type(value, t)) {
-            return fail(path, format!("must be of type {}, got {}", types.join(" or "), type_name(value)));
+            return fail(
+                path,
+                format!(
+                    "must be of type {}, got {}",
+                    types.join(" or "),
+                    type_name(value)
+                ),
+            );
         }
     }
     if let Some(e) = obj.get("enum").and_then(Value::as_array) {
         if !e.iter().any(|c| json_eq(c, value)) {
             let allowed: Vec<String> = e.iter().map(short).collect();
-            return fail(path, format!("must be one of {}, got {}", allowed.join(", "), short(value)));
+            return fail(
+                path,
+                format!(
+                    "must be one of {}, got {}",
+                    allowed.join(", "),
+                    short(value)
+                ),
+            );
         }
     }
     if let Some(c) = obj.get("const") {
@@ -231,7 +292,10 @@ fn validate_at(schema: &Value, value: &Value, path: &str) -> Result<(), Violatio
                     Some(s) => validate_at(s, v, &sub)?,
                     None => match obj.get("additionalProperties") {
                         Some(Value::Bool(false)) => {
-                            return fail(&sub, "is not allowed (additionalProperties is false)".into())
+                            return fail(
+                                &sub,
+                                "is not allowed (additionalProperties is false)".into(),
+                            )
                         }
                         Some(s) => validate_at(s, v, &sub)?,
                         None => {}
@@ -242,12 +306,18 @@ fn validate_at(schema: &Value, value: &Value, path: &str) -> Result<(), Violatio
         Value::Array(items) => {
             if let Some(n) = obj.get("minItems").and_then(Value::as_u64) {
                 if (items.len() as u64) < n {
-                    return fail(path, format!("must have at least {n} items, has {}", items.len()));
+                    return fail(
+                        path,
+                        format!("must have at least {n} items, has {}", items.len()),
+                    );
                 }
             }
             if let Some(n) = obj.get("maxItems").and_then(Value::as_u64) {
                 if items.len() as u64 > n {
-                    return fail(path, format!("must have at most {n} items, has {}", items.len()));
+                    return fail(
+                        path,
+                        format!("must have at most {n} items, has {}", items.len()),
+                    );
                 }
             }
             if let Some(s) = obj.get("items") {
@@ -260,18 +330,29 @@ fn validate_at(schema: &Value, value: &Value, path: &str) -> Result<(), Violatio
             let len = s.chars().count() as u64;
             if let Some(n) = obj.get("minLength").and_then(Value::as_u64) {
                 if len < n {
-                    return fail(path, format!("must be at least {n} characters long, is {len}"));
+                    return fail(
+                        path,
+                        format!("must be at least {n} characters long, is {len}"),
+                    );
                 }
             }
             if let Some(n) = obj.get("maxLength").and_then(Value::as_u64) {
                 if len > n {
-                    return fail(path, format!("must be at most {n} characters long, is {len}"));
+                    return fail(
+                        path,
+                        format!("must be at most {n} characters long, is {len}"),
+                    );
                 }
             }
             match obj.get("format").and_then(Value::as_str) {
-                Some("uuid") if !is_uuid(s) => return fail(path, format!("must be a uuid, got {}", short(value))),
+                Some("uuid") if !is_uuid(s) => {
+                    return fail(path, format!("must be a uuid, got {}", short(value)))
+                }
                 Some("date-time") if !is_date_time(s) => {
-                    return fail(path, format!("must be an RFC 3339 date-time, got {}", short(value)))
+                    return fail(
+                        path,
+                        format!("must be an RFC 3339 date-time, got {}", short(value)),
+                    )
                 }
                 _ => {}
             }
@@ -361,57 +442,88 @@ mod tests {
 
     #[test]
     fn each_rule_names_the_field_and_the_rule() {
-        assert_eq!(violation(|m| { m.remove("instance_id"); }), "at $.instance_id: is required");
         assert_eq!(
-            violation(|m| { m.insert("impact_score".into(), json!(12)); }),
+            violation(|m| {
+                m.remove("instance_id");
+            }),
+            "at $.instance_id: is required"
+        );
+        assert_eq!(
+            violation(|m| {
+                m.insert("impact_score".into(), json!(12));
+            }),
             "at $.impact_score: must be at most 10, got 12"
         );
         assert_eq!(
-            violation(|m| { m.insert("impact_score".into(), json!("high")); }),
+            violation(|m| {
+                m.insert("impact_score".into(), json!("high"));
+            }),
             "at $.impact_score: must be of type number, got string"
         );
         assert_eq!(
-            violation(|m| { m.insert("risk_score".into(), json!(0)); }),
+            violation(|m| {
+                m.insert("risk_score".into(), json!(0));
+            }),
             "at $.risk_score: must be greater than 0, got 0"
         );
         assert_eq!(
-            violation(|m| { m.insert("retry_count".into(), json!(1.5)); }),
+            violation(|m| {
+                m.insert("retry_count".into(), json!(1.5));
+            }),
             "at $.retry_count: must be of type integer, got number"
         );
         assert_eq!(
-            violation(|m| { m.insert("agent_type".into(), json!("Other")); }),
+            violation(|m| {
+                m.insert("agent_type".into(), json!("Other"));
+            }),
             "at $.agent_type: must be one of \"BugFixerAgent\", \"RefactorAgent\", got \"Other\""
         );
         assert_eq!(
-            violation(|m| { m.insert("type".into(), json!("consensus_result")); }),
+            violation(|m| {
+                m.insert("type".into(), json!("consensus_result"));
+            }),
             "at $.type: must be \"proposal_for_consensus\", got \"consensus_result\""
         );
         assert_eq!(
-            violation(|m| { m.insert("proposal_id".into(), json!("123")); }),
+            violation(|m| {
+                m.insert("proposal_id".into(), json!("123"));
+            }),
             "at $.proposal_id: must be a uuid, got \"123\""
         );
         assert_eq!(
-            violation(|m| { m.insert("timestamp".into(), json!("yesterday")); }),
+            violation(|m| {
+                m.insert("timestamp".into(), json!("yesterday"));
+            }),
             "at $.timestamp: must be an RFC 3339 date-time, got \"yesterday\""
         );
         assert_eq!(
-            violation(|m| { m.insert("instance_id".into(), json!("")); }),
+            violation(|m| {
+                m.insert("instance_id".into(), json!(""));
+            }),
             "at $.instance_id: must be at least 1 characters long, is 0"
         );
         assert_eq!(
-            violation(|m| { m.insert("tags".into(), json!(["a", 2])); }),
+            violation(|m| {
+                m.insert("tags".into(), json!(["a", 2]));
+            }),
             "at $.tags[1]: must be of type string, got integer"
         );
         assert_eq!(
-            violation(|m| { m.insert("tags".into(), json!(["a", "b", "c"])); }),
+            violation(|m| {
+                m.insert("tags".into(), json!(["a", "b", "c"]));
+            }),
             "at $.tags: must have at most 2 items, has 3"
         );
         assert_eq!(
-            violation(|m| { m.insert("code_change".into(), json!({"change": "x"})); }),
+            violation(|m| {
+                m.insert("code_change".into(), json!({"change": "x"}));
+            }),
             "at $.code_change.file: is required"
         );
         assert_eq!(
-            violation(|m| { m.insert("surprise".into(), json!(1)); }),
+            violation(|m| {
+                m.insert("surprise".into(), json!(1));
+            }),
             "at $.surprise: is not allowed (additionalProperties is false)"
         );
     }
@@ -420,7 +532,10 @@ mod tests {
     fn integers_and_numbers_follow_json_schema() {
         let s = json!({"type": "integer"});
         assert!(validate(&s, &json!(3)).is_ok());
-        assert!(validate(&s, &json!(3.0)).is_ok(), "3.0 is an integer in JSON Schema");
+        assert!(
+            validate(&s, &json!(3.0)).is_ok(),
+            "3.0 is an integer in JSON Schema"
+        );
         assert!(validate(&s, &json!(3.5)).is_err());
         assert!(validate(&json!({"type": "number"}), &json!(3)).is_ok());
         assert!(validate(&json!({"enum": [1]}), &json!(1.0)).is_ok());
@@ -431,7 +546,10 @@ mod tests {
     #[test]
     fn schemas_with_unsupported_or_malformed_rules_are_refused() {
         let e = check_schema(&json!({"properties": {"a": {"pattern": "^x"}}})).unwrap_err();
-        assert!(e.starts_with("at $.properties.a: unsupported keyword \"pattern\""), "{e}");
+        assert!(
+            e.starts_with("at $.properties.a: unsupported keyword \"pattern\""),
+            "{e}"
+        );
         assert!(check_schema(&json!({"type": "text"})).is_err());
         assert!(check_schema(&json!({"type": []})).is_err());
         assert!(check_schema(&json!({"required": "a"})).is_err());

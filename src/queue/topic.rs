@@ -22,7 +22,9 @@ impl fmt::Display for TopicError {
         match self {
             TopicError::Empty => write!(f, "must not be empty"),
             TopicError::TooLong(n) => write!(f, "is {n} bytes long; the limit is {MAX_LEN}"),
-            TopicError::EmptyWord(i) => write!(f, "word {} is empty (two dots, or a dot at an end)", i + 1),
+            TopicError::EmptyWord(i) => {
+                write!(f, "word {} is empty (two dots, or a dot at an end)", i + 1)
+            }
             TopicError::BadWord(i, w) => write!(
                 f,
                 "word {} ({w:?}) must be 1 to 64 of A-Z a-z 0-9 _ -{}",
@@ -46,7 +48,8 @@ fn check(s: &str, pattern: bool) -> Result<(), TopicError> {
         }
         let wildcard = pattern && (w == "*" || w == "#");
         let plain = w.len() <= 64
-            && w.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-');
+            && w.bytes()
+                .all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-');
         if !wildcard && !plain {
             return Err(TopicError::BadWord(i, w.to_owned()));
         }
@@ -123,14 +126,32 @@ mod tests {
         assert_eq!(validate_topic(""), Err(TopicError::Empty));
         assert_eq!(validate_topic("a..b"), Err(TopicError::EmptyWord(1)));
         assert_eq!(validate_topic(".a"), Err(TopicError::EmptyWord(0)));
-        assert_eq!(validate_topic("a.*"), Err(TopicError::BadWord(1, "*".into())));
-        assert_eq!(validate_topic("a b"), Err(TopicError::BadWord(0, "a b".into())));
+        assert_eq!(
+            validate_topic("a.*"),
+            Err(TopicError::BadWord(1, "*".into()))
+        );
+        assert_eq!(
+            validate_topic("a b"),
+            Err(TopicError::BadWord(0, "a b".into()))
+        );
         assert!(validate_topic(&"a.".repeat(127).trim_end_matches('.').to_owned()).is_ok());
-        assert_eq!(validate_topic(&"a".repeat(256)), Err(TopicError::TooLong(256)));
+        assert_eq!(
+            validate_topic(&"a".repeat(256)),
+            Err(TopicError::TooLong(256))
+        );
         assert!(validate_pattern("a.*.#").is_ok());
-        assert_eq!(validate_pattern("a.b*"), Err(TopicError::BadWord(1, "b*".into())));
-        assert_eq!(validate_pattern("a.##"), Err(TopicError::BadWord(1, "##".into())));
-        assert!(validate_topic(&"x".repeat(65)).is_err(), "a word is at most 64 bytes");
+        assert_eq!(
+            validate_pattern("a.b*"),
+            Err(TopicError::BadWord(1, "b*".into()))
+        );
+        assert_eq!(
+            validate_pattern("a.##"),
+            Err(TopicError::BadWord(1, "##".into()))
+        );
+        assert!(
+            validate_topic(&"x".repeat(65)).is_err(),
+            "a word is at most 64 bytes"
+        );
         assert!(TopicError::EmptyWord(1).to_string().contains("word 2"));
     }
 }

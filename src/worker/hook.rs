@@ -47,17 +47,21 @@ unsafe fn database_needed_alone(node: *mut pg_sys::Node) -> Option<String> {
     if node.is_null() {
         return None;
     }
-    let cstr = |p: *const std::ffi::c_char| unsafe { CStr::from_ptr(p) }.to_string_lossy().into_owned();
+    let cstr =
+        |p: *const std::ffi::c_char| unsafe { CStr::from_ptr(p) }.to_string_lossy().into_owned();
     unsafe {
         match (*node).type_ {
-            pg_sys::NodeTag::T_DropdbStmt => Some(cstr((*(node as *mut pg_sys::DropdbStmt)).dbname)),
+            pg_sys::NodeTag::T_DropdbStmt => {
+                Some(cstr((*(node as *mut pg_sys::DropdbStmt)).dbname))
+            }
             pg_sys::NodeTag::T_CreatedbStmt => {
                 defelem_value((*(node as *mut pg_sys::CreatedbStmt)).options, c"template")
             }
             pg_sys::NodeTag::T_RenameStmt => {
                 let stmt = node as *mut pg_sys::RenameStmt;
-                ((*stmt).renameType == pg_sys::ObjectType::OBJECT_DATABASE && !(*stmt).subname.is_null())
-                    .then(|| cstr((*stmt).subname))
+                ((*stmt).renameType == pg_sys::ObjectType::OBJECT_DATABASE
+                    && !(*stmt).subname.is_null())
+                .then(|| cstr((*stmt).subname))
             }
             pg_sys::NodeTag::T_AlterDatabaseStmt => {
                 let stmt = node as *mut pg_sys::AlterDatabaseStmt;
@@ -81,7 +85,9 @@ fn release(dboid: u32) {
 
 /// Holds `dbname`'s worker: stops it and waits until it has exited.
 fn hold(dbname: &str) {
-    let Ok(cname) = std::ffi::CString::new(dbname) else { return };
+    let Ok(cname) = std::ffi::CString::new(dbname) else {
+        return;
+    };
     let oid = unsafe { pg_sys::get_database_oid(cname.as_ptr(), true) };
     if oid == pg_sys::InvalidOid {
         return;
@@ -113,7 +119,8 @@ fn hold(dbname: &str) {
                 None => true,
                 Some(slot) => {
                     slot.waiter_pid = me;
-                    slot.pid == 0 && !matches!(slot.state, SlotState::Starting | SlotState::Stopping)
+                    slot.pid == 0
+                        && !matches!(slot.state, SlotState::Starting | SlotState::Stopping)
                 }
             }
         };
@@ -156,10 +163,26 @@ unsafe extern "C-unwind" fn process_utility(
     unsafe {
         match PREV_PROCESS_UTILITY {
             Some(prev) => pg_sys::submodules::ffi::pg_guard_ffi_boundary(|| {
-                prev(pstmt, query_string, read_only_tree, context, params, query_env, dest, qc)
+                prev(
+                    pstmt,
+                    query_string,
+                    read_only_tree,
+                    context,
+                    params,
+                    query_env,
+                    dest,
+                    qc,
+                )
             }),
             None => pg_sys::standard_ProcessUtility(
-                pstmt, query_string, read_only_tree, context, params, query_env, dest, qc,
+                pstmt,
+                query_string,
+                read_only_tree,
+                context,
+                params,
+                query_env,
+                dest,
+                qc,
             ),
         }
     }

@@ -24,7 +24,9 @@ enum Idle {
 /// or another process already has it).
 fn attach(dboid: u32) -> bool {
     let mut reg = REGISTRY.exclusive();
-    let Some(slot) = reg.find(dboid) else { return false };
+    let Some(slot) = reg.find(dboid) else {
+        return false;
+    };
     match slot.state {
         SlotState::Starting if slot.pid == 0 => {
             slot.pid = unsafe { pg_sys::MyProcPid };
@@ -59,7 +61,11 @@ unsafe extern "C-unwind" fn on_exit(_code: i32, arg: pg_sys::Datum) {
             _ => {
                 // Unplanned: an error, pg_terminate_backend, a failed connection.
                 let ran = now() - slot.started_at;
-                slot.failures = if ran >= micros(policy::HEALTHY_RUN) { 1 } else { slot.failures + 1 };
+                slot.failures = if ran >= micros(policy::HEALTHY_RUN) {
+                    1
+                } else {
+                    slot.failures + 1
+                };
                 slot.restarts += 1;
                 slot.not_before = now() + micros(policy::restart_delay(slot.failures as u32));
                 slot.set_state(SlotState::Wanted);
@@ -100,14 +106,19 @@ fn round(batch: i32, prune_batch: i32) -> Option<(i64, i64, i64)> {
         pg_sys::SetCurrentStatementStartTimestamp();
         pg_sys::StartTransactionCommand();
         pg_sys::PushActiveSnapshot(pg_sys::GetTransactionSnapshot());
-        pg_sys::pgstat_report_activity(pg_sys::BackendState::STATE_RUNNING, c"pgflow.maintain()".as_ptr());
+        pg_sys::pgstat_report_activity(
+            pg_sys::BackendState::STATE_RUNNING,
+            c"pgflow.maintain()".as_ptr(),
+        );
     }
     let result = if extension_exists() {
         // An ERROR here propagates and ends the process; Postgres rolls the transaction back.
         // `select`, not pgrx's `get_*_with_args`: those force a transaction id (and a commit
         // record) even when the round changes nothing, which an idle server should not pay.
         let counts = Spi::connect(|client| {
-            let row = client.select(sql, Some(1), &[batch.into(), prune_batch.into()])?.first();
+            let row = client
+                .select(sql, Some(1), &[batch.into(), prune_batch.into()])?
+                .first();
             Ok::<_, pgrx::spi::SpiError>((
                 row.get::<i64>(1)?.unwrap_or(0),
                 row.get::<i64>(2)?.unwrap_or(0),

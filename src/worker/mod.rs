@@ -123,7 +123,11 @@ impl Slot {
     };
 
     pub fn name(&self) -> String {
-        let end = self.datname.iter().position(|&b| b == 0).unwrap_or(self.datname.len());
+        let end = self
+            .datname
+            .iter()
+            .position(|&b| b == 0)
+            .unwrap_or(self.datname.len());
         String::from_utf8_lossy(&self.datname[..end]).into_owned()
     }
 

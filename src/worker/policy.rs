@@ -7,7 +7,11 @@ use std::time::Duration;
 /// passes every database.
 pub fn allows(list: Option<&str>, datname: &str) -> bool {
     let Some(list) = list else { return true };
-    let mut names = list.split(',').map(str::trim).filter(|n| !n.is_empty()).peekable();
+    let mut names = list
+        .split(',')
+        .map(str::trim)
+        .filter(|n| !n.is_empty())
+        .peekable();
     if names.peek().is_none() {
         return true;
     }
@@ -43,7 +47,10 @@ mod tests {
         assert!(allows(list, "app"));
         assert!(allows(list, "jobs"));
         assert!(allows(list, "Evolution"));
-        assert!(!allows(list, "evolution"), "names are case-sensitive, as datname is");
+        assert!(
+            !allows(list, "evolution"),
+            "names are case-sensitive, as datname is"
+        );
         assert!(!allows(list, "ap"), "no prefix match");
         assert!(!allows(list, "postgres"));
     }

@@ -87,9 +87,15 @@ impl Consumer {
         let mut tasks = Vec::new();
         for _ in 0..self.handlers.max(1) {
             let client = Client::connect(&self.dsn).await?;
-            let (me, handler, stats, stop) =
-                (self.clone(), handler.clone(), Arc::clone(&stats), Arc::clone(&stop));
-            tasks.push(tokio::spawn(async move { me.worker(client, handler, stats, stop).await }));
+            let (me, handler, stats, stop) = (
+                self.clone(),
+                handler.clone(),
+                Arc::clone(&stats),
+                Arc::clone(&stop),
+            );
+            tasks.push(tokio::spawn(async move {
+                me.worker(client, handler, stats, stop).await
+            }));
         }
         let progress = self.progress.map(|every| {
             let (stats, stop) = (Arc::clone(&stats), Arc::clone(&stop));

@@ -117,7 +117,8 @@ impl Client {
 
     /// Sends one message; returns its id (the first one's id for a deduplicated repeat).
     pub async fn send<T: Serialize>(&self, queue: &str, payload: &T) -> Result<i64> {
-        self.send_with(queue, payload, &SendOptions::default()).await
+        self.send_with(queue, payload, &SendOptions::default())
+            .await
     }
 
     pub async fn send_with<T: Serialize>(

@@ -12,7 +12,8 @@ use serde_json::Value;
 use tokio::sync::Notify;
 
 fn dsn() -> String {
-    std::env::var("PGFLOW_TEST_DSN").expect("PGFLOW_TEST_DSN is not set: run through scripts/test.sh")
+    std::env::var("PGFLOW_TEST_DSN")
+        .expect("PGFLOW_TEST_DSN is not set: run through scripts/test.sh")
 }
 
 async fn fresh(queue: &str, extra: &str) -> Client {
@@ -56,16 +57,32 @@ async fn archived_ns(c: &Client, queue: &str) -> Vec<(i32, i32)> {
 async fn typed_calls_round_trip_and_errors_carry_sqlstates() {
     let q = "rs_typed";
     let c = fresh(q, ", retry_delay => '0', retry_jitter => 0").await;
-    let job = Job { id: "job_1".into(), n: 7 };
+    let job = Job {
+        id: "job_1".into(),
+        n: 7,
+    };
     let id = c
-        .send_with(q, &job, &SendOptions { priority: Some(5), ..Default::default() })
+        .send_with(
+            q,
+            &job,
+            &SendOptions {
+                priority: Some(5),
+                ..Default::default()
+            },
+        )
         .await
         .unwrap();
     let got: Vec<Message<Job>> = c.read(q, Duration::from_secs(30), 10, None).await.unwrap();
     assert_eq!(got.len(), 1);
     assert_eq!((got[0].id, got[0].read_ct, &got[0].payload), (id, 1, &job));
-    assert_eq!(c.nack(q, id, "boom", Some(1)).await.unwrap(), NackOutcome::Retry);
-    let again: Vec<Message<Job>> = c.read(q, Duration::from_secs(30), 1, Some(Duration::from_secs(5))).await.unwrap();
+    assert_eq!(
+        c.nack(q, id, "boom", Some(1)).await.unwrap(),
+        NackOutcome::Retry
+    );
+    let again: Vec<Message<Job>> = c
+        .read(q, Duration::from_secs(30), 1, Some(Duration::from_secs(5)))
+        .await
+        .unwrap();
     assert_eq!(again[0].read_ct, 2);
     // A stale nack (read_ct 1) is refused: the lease it names is gone.
     let e = c.nack(q, id, "late", Some(1)).await.unwrap_err();
@@ -91,7 +108,15 @@ async fn the_runtime_archives_each_message_once_retries_failures_and_keeps_slow_
     const N: i32 = 100;
     let c = fresh(q, ", retry_delay => '0', retry_jitter => 0").await;
     for n in 0..N {
-        c.send(q, &Job { id: format!("job_{n}"), n }).await.unwrap();
+        c.send(
+            q,
+            &Job {
+                id: format!("job_{n}"),
+                n,
+            },
+        )
+        .await
+        .unwrap();
     }
     let done = Arc::new(AtomicUsize::new(0));
     let all_done = Arc::new(Notify::new());
@@ -133,11 +158,17 @@ async fn the_runtime_archives_each_message_once_retries_failures_and_keeps_slow_
     assert_eq!(archived.len(), N as usize, "each message archived once");
     let by_n: HashMap<i32, i32> = archived.into_iter().collect();
     assert_eq!(by_n.len(), N as usize);
-    assert_eq!(by_n[&5], 1, "the slow job was never redelivered: its lease was kept");
+    assert_eq!(
+        by_n[&5], 1,
+        "the slow job was never redelivered: its lease was kept"
+    );
     assert_eq!(by_n[&13], 2, "a failed job is delivered again");
     let left: i64 = c
         .pg()
-        .query_one("SELECT queue_length + dlq_length FROM pgflow.metrics($1)", &[&q])
+        .query_one(
+            "SELECT queue_length + dlq_length FROM pgflow.metrics($1)",
+            &[&q],
+        )
         .await
         .unwrap()
         .get(0);
@@ -148,7 +179,15 @@ async fn the_runtime_archives_each_message_once_retries_failures_and_keeps_slow_
 async fn a_handler_that_times_out_is_nacked_and_its_message_retried() {
     let q = "rs_timeout";
     let c = fresh(q, ", retry_delay => '0', retry_jitter => 0").await;
-    c.send(q, &Job { id: "slow".into(), n: 1 }).await.unwrap();
+    c.send(
+        q,
+        &Job {
+            id: "slow".into(),
+            n: 1,
+        },
+    )
+    .await
+    .unwrap();
     let done = Arc::new(Notify::new());
     let handler = {
         let done = Arc::clone(&done);
@@ -170,7 +209,10 @@ async fn a_handler_that_times_out_is_nacked_and_its_message_retried() {
         wait: Duration::from_millis(200),
         ..Consumer::new(&dsn(), q)
     };
-    let stats = consumer.run(handler, async move { done.notified().await }).await.unwrap();
+    let stats = consumer
+        .run(handler, async move { done.notified().await })
+        .await
+        .unwrap();
     assert_eq!(stats.timed_out.load(Ordering::SeqCst), 1);
     assert_eq!(stats.archived.load(Ordering::SeqCst), 1);
     let row = c
@@ -191,7 +233,15 @@ async fn shutdown_lets_in_flight_messages_finish_and_loses_none() {
     const N: i32 = 20;
     let c = fresh(q, "").await;
     for n in 0..N {
-        c.send(q, &Job { id: format!("j{n}"), n }).await.unwrap();
+        c.send(
+            q,
+            &Job {
+                id: format!("j{n}"),
+                n,
+            },
+        )
+        .await
+        .unwrap();
     }
     let started = Arc::new(Notify::new());
     let handler = {
@@ -211,17 +261,27 @@ async fn shutdown_lets_in_flight_messages_finish_and_loses_none() {
         ..Consumer::new(&dsn(), q)
     };
     // SIGTERM stands in as "the first job has started".
-    let stats = consumer.run(handler, async move { started.notified().await }).await.unwrap();
+    let stats = consumer
+        .run(handler, async move { started.notified().await })
+        .await
+        .unwrap();
     let archived = stats.archived.load(Ordering::SeqCst);
     assert!(archived >= 1, "the job in flight finished");
     let m = c
         .pg()
-        .query_one("SELECT visible, in_flight, total_archived FROM pgflow.metrics($1)", &[&q])
+        .query_one(
+            "SELECT visible, in_flight, total_archived FROM pgflow.metrics($1)",
+            &[&q],
+        )
         .await
         .unwrap();
     let (visible, in_flight, total_archived): (i64, i64, i64) = (m.get(0), m.get(1), m.get(2));
     assert_eq!(in_flight, 0, "nothing left leased");
     assert_eq!(total_archived as u64, archived);
     assert_eq!(visible + total_archived, N as i64, "nothing lost");
-    assert_eq!(archived_ns(&c, q).await.len() as u64, archived, "nothing archived twice");
+    assert_eq!(
+        archived_ns(&c, q).await.len() as u64,
+        archived,
+        "nothing archived twice"
+    );
 }

@@ -48,8 +48,15 @@ fn many_consumers_keep_each_group_in_order_and_never_run_two_of_a_group_at_once(
                     let mut groups: Vec<i32> = rows.iter().map(|r| r.get(1)).collect();
                     groups.sort_unstable();
                     groups.dedup();
-                    assert_eq!(groups.len(), rows.len(), "two messages of one group in one read");
-                    seen.extend(rows.iter().map(|r| (r.get::<_, i32>(1), r.get::<_, i32>(2))));
+                    assert_eq!(
+                        groups.len(),
+                        rows.len(),
+                        "two messages of one group in one read"
+                    );
+                    seen.extend(
+                        rows.iter()
+                            .map(|r| (r.get::<_, i32>(1), r.get::<_, i32>(2))),
+                    );
                     let n = c
                         .query("SELECT pgflow.archive($1, $2::bigint[])", &[&queue, &ids])
                         .unwrap()
@@ -64,7 +71,11 @@ fn many_consumers_keep_each_group_in_order_and_never_run_two_of_a_group_at_once(
     for h in consumers {
         total += h.join().unwrap().len();
     }
-    assert_eq!(total, (GROUPS * PER_GROUP) as usize, "each message handled once");
+    assert_eq!(
+        total,
+        (GROUPS * PER_GROUP) as usize,
+        "each message handled once"
+    );
 
     // The archive order of each group is its send order: the next one could only be read once
     // the previous one's archive had committed.
@@ -110,25 +121,40 @@ fn a_waiting_read_returns_the_message_once_its_send_commits_and_not_before() {
     let (tx, rx) = mpsc::channel();
     let h = thread::spawn(move || {
         let rows = reader
-            .query("SELECT msg_id FROM pgflow.read($1, '30 s', 1, wait => '60 s')", &[&queue])
+            .query(
+                "SELECT msg_id FROM pgflow.read($1, '30 s', 1, wait => '60 s')",
+                &[&queue],
+            )
             .unwrap();
-        tx.send(rows.iter().map(|r| r.get::<_, i64>(0)).collect::<Vec<_>>()).unwrap();
+        tx.send(rows.iter().map(|r| r.get::<_, i64>(0)).collect::<Vec<_>>())
+            .unwrap();
     });
     // The reader is asleep in its wait.
     let waiting = is_waiting(&mut admin, reader_pid);
-    assert!(eventually(&mut admin, &waiting, 30), "the reader never started waiting");
+    assert!(
+        eventually(&mut admin, &waiting, 30),
+        "the reader never started waiting"
+    );
 
     let mut producer = connect();
     let mut t = producer.transaction().unwrap();
     let id: i64 = t
-        .query_one("SELECT pgflow.send($1, '{\"hop\": \"rollback_trigger\"}')", &[&queue])
+        .query_one(
+            "SELECT pgflow.send($1, '{\"hop\": \"rollback_trigger\"}')",
+            &[&queue],
+        )
         .unwrap()
         .get(0);
     // Sent but not committed: the reader is still asleep and has returned nothing.
     assert!(eventually(&mut admin, &waiting, 30));
-    assert!(rx.try_recv().is_err(), "the reader returned before the commit");
+    assert!(
+        rx.try_recv().is_err(),
+        "the reader returned before the commit"
+    );
     t.commit().unwrap();
-    let got = rx.recv_timeout(Duration::from_secs(60)).expect("the commit did not wake the reader");
+    let got = rx
+        .recv_timeout(Duration::from_secs(60))
+        .expect("the commit did not wake the reader");
     assert_eq!(got, vec![id]);
     h.join().unwrap();
 }
@@ -163,7 +189,10 @@ fn a_waiting_read_wakes_when_a_delayed_message_comes_due() {
     let (id, due): (i64, std::time::SystemTime) = (row.get(0), row.get(1));
     let (got, claimed_at) = h.join().unwrap().expect("the waiting read failed");
     assert_eq!(got, id);
-    assert!(claimed_at >= due - Duration::from_millis(1), "claimed before it was due");
+    assert!(
+        claimed_at >= due - Duration::from_millis(1),
+        "claimed before it was due"
+    );
 }
 
 #[test]
@@ -175,19 +204,29 @@ fn a_waiting_read_is_cancelled_by_pg_cancel_backend_and_statement_timeout() {
     let reader_pid = pid(&mut reader);
     let h = thread::spawn(move || {
         let e = reader
-            .query("SELECT * FROM pgflow.read($1, '30 s', 1, wait => '1 hour')", &[&queue])
+            .query(
+                "SELECT * FROM pgflow.read($1, '30 s', 1, wait => '1 hour')",
+                &[&queue],
+            )
             .expect_err("a cancelled read");
         let code = e.code().cloned();
         // The session is usable afterwards, and statement_timeout interrupts a wait too.
-        reader.batch_execute("SET statement_timeout = '200ms'").unwrap();
+        reader
+            .batch_execute("SET statement_timeout = '200ms'")
+            .unwrap();
         let e2 = reader
-            .query("SELECT * FROM pgflow.read($1, '30 s', 1, wait => '1 hour')", &[&queue])
+            .query(
+                "SELECT * FROM pgflow.read($1, '30 s', 1, wait => '1 hour')",
+                &[&queue],
+            )
             .expect_err("a timed-out read");
         (code, e2.code().cloned())
     });
     let waiting = is_waiting(&mut admin, reader_pid);
     assert!(eventually(&mut admin, &waiting, 30));
-    admin.execute("SELECT pg_cancel_backend($1)", &[&reader_pid]).unwrap();
+    admin
+        .execute("SELECT pg_cancel_backend($1)", &[&reader_pid])
+        .unwrap();
     let (c1, c2) = h.join().unwrap();
     assert_eq!(c1, Some(postgres::error::SqlState::QUERY_CANCELED));
     assert_eq!(c2, Some(postgres::error::SqlState::QUERY_CANCELED));
@@ -214,7 +253,10 @@ fn concurrent_producers_with_one_dedup_key_enqueue_one_message() {
         })
         .collect();
     let ids: Vec<i64> = producers.into_iter().map(|h| h.join().unwrap()).collect();
-    assert!(ids.iter().all(|&id| id == ids[0]), "every producer got the first id: {ids:?}");
+    assert!(
+        ids.iter().all(|&id| id == ids[0]),
+        "every producer got the first id: {ids:?}"
+    );
     let n: i64 = admin
         .query_one("SELECT queue_length FROM pgflow.metrics($1)", &[&queue])
         .unwrap()
@@ -248,7 +290,10 @@ fn notify_is_throttled_and_the_last_send_is_always_announced() {
     let t0 = Instant::now();
     for i in 0..N as i32 {
         producer
-            .execute("SELECT pgflow.send($1, jsonb_build_object('i', $2::int))", &[&queue, &i])
+            .execute(
+                "SELECT pgflow.send($1, jsonb_build_object('i', $2::int))",
+                &[&queue, &i],
+            )
             .unwrap();
     }
     let burst = t0.elapsed();
@@ -259,7 +304,10 @@ fn notify_is_throttled_and_the_last_send_is_always_announced() {
     let mut notifications = 0usize;
     let deadline = Instant::now() + Duration::from_secs(30);
     while received < N {
-        assert!(Instant::now() < deadline, "no notification for the last sends");
+        assert!(
+            Instant::now() < deadline,
+            "no notification for the last sends"
+        );
         let mut mine = 0;
         {
             let mut notes = listener.notifications();

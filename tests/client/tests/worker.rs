@@ -22,7 +22,9 @@ fn fresh_database(admin: &mut Client, name: &str) {
     admin
         .batch_execute(&format!("DROP DATABASE IF EXISTS {name} WITH (FORCE)"))
         .unwrap();
-    admin.batch_execute(&format!("CREATE DATABASE {name}")).unwrap();
+    admin
+        .batch_execute(&format!("CREATE DATABASE {name}"))
+        .unwrap();
 }
 
 fn state_is(db: &str, state: &str) -> String {
@@ -33,13 +35,18 @@ fn state_is(db: &str, state: &str) -> String {
 
 fn worker_pid(admin: &mut Client, db: &str) -> Option<i32> {
     admin
-        .query_opt("SELECT pid FROM pgflow.worker_status() WHERE datname = $1", &[&db])
+        .query_opt(
+            "SELECT pid FROM pgflow.worker_status() WHERE datname = $1",
+            &[&db],
+        )
         .unwrap()
         .and_then(|r| r.get(0))
 }
 
 fn backend_of(admin: &mut Client, pid: i32) -> Option<(String, Option<String>)> {
-    admin.batch_execute("SELECT pg_stat_clear_snapshot()").unwrap();
+    admin
+        .batch_execute("SELECT pg_stat_clear_snapshot()")
+        .unwrap();
     admin
         .query_opt(
             "SELECT backend_type, datname::text FROM pg_stat_activity WHERE pid = $1",
@@ -57,7 +64,10 @@ fn the_worker_expires_leases_retries_with_backoff_dead_letters_and_prunes() {
     fresh_database(&mut admin, db);
     let mut c = connect_to(db);
     c.batch_execute("CREATE EXTENSION pgflow").unwrap();
-    assert!(eventually(&mut admin, &state_is(db, "running"), DEADLINE), "worker never started");
+    assert!(
+        eventually(&mut admin, &state_is(db, "running"), DEADLINE),
+        "worker never started"
+    );
 
     c.batch_execute(
         "SELECT pgflow.create_queue('jobs', max_retries => 1, retry_delay => '300 ms',
@@ -83,10 +93,17 @@ fn the_worker_expires_leases_retries_with_backoff_dead_letters_and_prunes() {
           WHERE msg_id = {id} AND read_ct = 1 AND state IN ('d', 'r')
             AND errors -> 0 ->> 'error' = 'visibility timeout expired')"
     );
-    assert!(eventually(&mut c, &retried, DEADLINE), "the lease never expired");
+    assert!(
+        eventually(&mut c, &retried, DEADLINE),
+        "the lease never expired"
+    );
     // ...then the worker makes it ready ('r') when the backoff has passed.
-    let ready = format!("SELECT EXISTS (SELECT 1 FROM pgflow.message WHERE msg_id = {id} AND state = 'r')");
-    assert!(eventually(&mut c, &ready, DEADLINE), "the retry never came due");
+    let ready =
+        format!("SELECT EXISTS (SELECT 1 FROM pgflow.message WHERE msg_id = {id} AND state = 'r')");
+    assert!(
+        eventually(&mut c, &ready, DEADLINE),
+        "the retry never came due"
+    );
     let vt_after_enqueue: bool = c
         .query_one(
             "SELECT vt >= enqueued_at + interval '300 ms' FROM pgflow.message WHERE msg_id = $1",
@@ -103,14 +120,21 @@ fn the_worker_expires_leases_retries_with_backoff_dead_letters_and_prunes() {
         .get(0);
     assert_eq!(got, id);
     assert!(
-        eventually(&mut c, "SELECT dlq_length = 1 FROM pgflow.metrics('jobs')", DEADLINE),
+        eventually(
+            &mut c,
+            "SELECT dlq_length = 1 FROM pgflow.metrics('jobs')",
+            DEADLINE
+        ),
         "never dead-lettered"
     );
     let reason: String = c
         .query_one("SELECT reason FROM pgflow.dlq_list('jobs')", &[])
         .unwrap()
         .get(0);
-    assert!(reason.starts_with("visibility timeout expired after 2 deliveries"), "{reason}");
+    assert!(
+        reason.starts_with("visibility timeout expired after 2 deliveries"),
+        "{reason}"
+    );
 
     // The archive is pruned past its retention.
     c.batch_execute(
@@ -119,7 +143,11 @@ fn the_worker_expires_leases_retries_with_backoff_dead_letters_and_prunes() {
     )
     .unwrap();
     assert!(
-        eventually(&mut c, "SELECT archive_length = 0 AND total_archived = 1 FROM pgflow.metrics('audit')", DEADLINE),
+        eventually(
+            &mut c,
+            "SELECT archive_length = 0 AND total_archived = 1 FROM pgflow.metrics('audit')",
+            DEADLINE
+        ),
         "the archive was never pruned"
     );
 
@@ -130,7 +158,11 @@ fn the_worker_expires_leases_retries_with_backoff_dead_letters_and_prunes() {
         )
         .unwrap();
     let (expired, promoted, pruned): (i64, i64, i64) = (row.get(0), row.get(1), row.get(2));
-    assert_eq!((expired, promoted, pruned), (2, 1, 1), "the worker counted its own work");
+    assert_eq!(
+        (expired, promoted, pruned),
+        (2, 1, 1),
+        "the worker counted its own work"
+    );
     drop(c);
     admin.batch_execute(&format!("DROP DATABASE {db}")).unwrap();
 }
@@ -141,7 +173,9 @@ fn the_worker_follows_the_extension_and_survives_database_commands() {
     let mut admin = connect();
     let (db, renamed, copy) = ("pgflow_w_life", "pgflow_w_life2", "pgflow_w_copy");
     for d in [db, renamed, copy] {
-        admin.batch_execute(&format!("DROP DATABASE IF EXISTS {d} WITH (FORCE)")).unwrap();
+        admin
+            .batch_execute(&format!("DROP DATABASE IF EXISTS {d} WITH (FORCE)"))
+            .unwrap();
     }
     fresh_database(&mut admin, db);
     let mut c = connect_to(db);
@@ -155,28 +189,49 @@ fn the_worker_follows_the_extension_and_survives_database_commands() {
     );
 
     // DROP EXTENSION: the worker notices and stops; CREATE EXTENSION brings it back.
-    c.batch_execute("SELECT pgflow.create_queue('before_drop')").unwrap();
+    c.batch_execute("SELECT pgflow.create_queue('before_drop')")
+        .unwrap();
     c.batch_execute("DROP EXTENSION pgflow").unwrap();
-    assert!(eventually(&mut admin, &state_is(db, "idle"), DEADLINE), "still running without the extension");
-    assert!(backend_of(&mut admin, pid).is_none(), "the old worker is gone");
+    assert!(
+        eventually(&mut admin, &state_is(db, "idle"), DEADLINE),
+        "still running without the extension"
+    );
+    assert!(
+        backend_of(&mut admin, pid).is_none(),
+        "the old worker is gone"
+    );
     c.batch_execute("CREATE EXTENSION pgflow").unwrap();
     // The re-created extension works from a clean slate (no leftover per-queue sequences).
-    c.batch_execute("SELECT pgflow.create_queue('after_drop'); SELECT pgflow.send('after_drop', '{}')")
-        .expect("a queue in the re-created extension");
-    assert!(eventually(&mut admin, &state_is(db, "running"), DEADLINE), "no worker after CREATE EXTENSION");
+    c.batch_execute(
+        "SELECT pgflow.create_queue('after_drop'); SELECT pgflow.send('after_drop', '{}')",
+    )
+    .expect("a queue in the re-created extension");
+    assert!(
+        eventually(&mut admin, &state_is(db, "running"), DEADLINE),
+        "no worker after CREATE EXTENSION"
+    );
     drop(c);
 
     // Commands that need the database to themselves succeed although a worker is connected.
     admin
         .batch_execute(&format!("ALTER DATABASE {db} RENAME TO {renamed}"))
         .expect("RENAME with a worker connected");
-    assert!(eventually(&mut admin, &state_is(renamed, "running"), DEADLINE), "no worker after RENAME");
+    assert!(
+        eventually(&mut admin, &state_is(renamed, "running"), DEADLINE),
+        "no worker after RENAME"
+    );
     admin
         .batch_execute(&format!("CREATE DATABASE {copy} TEMPLATE {renamed}"))
         .expect("CREATE DATABASE ... TEMPLATE with a worker connected");
-    assert!(eventually(&mut admin, &state_is(renamed, "running"), DEADLINE), "no worker back after the copy");
+    assert!(
+        eventually(&mut admin, &state_is(renamed, "running"), DEADLINE),
+        "no worker back after the copy"
+    );
     // The copy has the extension too; the launcher finds it at its next scan.
-    assert!(eventually(&mut admin, &state_is(copy, "running"), DEADLINE), "the copy got no worker");
+    assert!(
+        eventually(&mut admin, &state_is(copy, "running"), DEADLINE),
+        "the copy got no worker"
+    );
 
     // A DROP DATABASE that fails (a client is still connected) leaves the worker running again.
     let blocker = connect_to(renamed);
@@ -184,7 +239,10 @@ fn the_worker_follows_the_extension_and_survives_database_commands() {
         .batch_execute(&format!("DROP DATABASE {renamed}"))
         .expect_err("DROP DATABASE with a client connected");
     assert_eq!(err.code(), Some(&postgres::error::SqlState::OBJECT_IN_USE));
-    assert!(eventually(&mut admin, &state_is(renamed, "running"), DEADLINE), "no worker after a failed DROP");
+    assert!(
+        eventually(&mut admin, &state_is(renamed, "running"), DEADLINE),
+        "no worker after a failed DROP"
+    );
     drop(blocker);
 
     // A plain DROP DATABASE (no FORCE) succeeds and the slot goes.
@@ -192,7 +250,9 @@ fn the_worker_follows_the_extension_and_survives_database_commands() {
         admin
             .batch_execute(&format!("DROP DATABASE {d}"))
             .unwrap_or_else(|e| panic!("DROP DATABASE {d} with a worker connected: {e}"));
-        let gone = format!("SELECT NOT EXISTS (SELECT 1 FROM pgflow.worker_status() WHERE datname = '{d}')");
+        let gone = format!(
+            "SELECT NOT EXISTS (SELECT 1 FROM pgflow.worker_status() WHERE datname = '{d}')"
+        );
         assert!(eventually(&mut admin, &gone, DEADLINE), "{d} still listed");
     }
 }
@@ -204,7 +264,9 @@ fn settings_stop_and_start_workers_on_reload() {
     let (a, b) = ("pgflow_w_set_a", "pgflow_w_set_b");
     for d in [a, b] {
         fresh_database(&mut admin, d);
-        connect_to(d).batch_execute("CREATE EXTENSION pgflow").unwrap();
+        connect_to(d)
+            .batch_execute("CREATE EXTENSION pgflow")
+            .unwrap();
         assert!(eventually(&mut admin, &state_is(d, "running"), DEADLINE));
     }
     let reload = |admin: &mut Client, setting: &str| {
@@ -213,16 +275,28 @@ fn settings_stop_and_start_workers_on_reload() {
     };
 
     // The database filter: only b keeps a worker.
-    reload(&mut admin, &format!("ALTER SYSTEM SET pgflow.databases = '{b}'"));
-    assert!(eventually(&mut admin, &state_is(a, "held"), DEADLINE), "a not stopped by the filter");
+    reload(
+        &mut admin,
+        &format!("ALTER SYSTEM SET pgflow.databases = '{b}'"),
+    );
+    assert!(
+        eventually(&mut admin, &state_is(a, "held"), DEADLINE),
+        "a not stopped by the filter"
+    );
     assert!(eventually(&mut admin, &state_is(b, "running"), DEADLINE));
     // The off switch stops every worker.
     reload(&mut admin, "ALTER SYSTEM SET pgflow.enabled = off");
-    assert!(eventually(&mut admin, &state_is(b, "held"), DEADLINE), "b not stopped by the off switch");
+    assert!(
+        eventually(&mut admin, &state_is(b, "held"), DEADLINE),
+        "b not stopped by the off switch"
+    );
     reload(&mut admin, "ALTER SYSTEM RESET pgflow.enabled");
     reload(&mut admin, "ALTER SYSTEM RESET pgflow.databases");
     for d in [a, b] {
-        assert!(eventually(&mut admin, &state_is(d, "running"), DEADLINE), "{d} not restarted");
+        assert!(
+            eventually(&mut admin, &state_is(d, "running"), DEADLINE),
+            "{d} not restarted"
+        );
     }
 
     // Off for one database: its worker stops at its next start and stays stopped.
@@ -230,10 +304,18 @@ fn settings_stop_and_start_workers_on_reload() {
         .batch_execute(&format!("ALTER DATABASE {a} SET pgflow.enabled = off"))
         .unwrap();
     let pid = worker_pid(&mut admin, a).unwrap();
-    admin.execute("SELECT pg_terminate_backend($1)", &[&pid]).unwrap();
-    assert!(eventually(&mut admin, &state_is(a, "idle"), DEADLINE), "a still runs while disabled");
+    admin
+        .execute("SELECT pg_terminate_backend($1)", &[&pid])
+        .unwrap();
+    assert!(
+        eventually(&mut admin, &state_is(a, "idle"), DEADLINE),
+        "a still runs while disabled"
+    );
     let detail: String = admin
-        .query_one("SELECT detail FROM pgflow.worker_status() WHERE datname = $1", &[&a])
+        .query_one(
+            "SELECT detail FROM pgflow.worker_status() WHERE datname = $1",
+            &[&a],
+        )
         .unwrap()
         .get(0);
     assert_eq!(detail, "pgflow.enabled is off for this database");
@@ -242,7 +324,10 @@ fn settings_stop_and_start_workers_on_reload() {
         .batch_execute(&format!("ALTER DATABASE {a} RESET pgflow.enabled"))
         .unwrap();
     reload(&mut admin, "SELECT 1");
-    assert!(eventually(&mut admin, &state_is(a, "running"), DEADLINE), "a not back after RESET + reload");
+    assert!(
+        eventually(&mut admin, &state_is(a, "running"), DEADLINE),
+        "a not back after RESET + reload"
+    );
 
     for d in [a, b] {
         admin.batch_execute(&format!("DROP DATABASE {d}")).unwrap();
@@ -256,7 +341,9 @@ fn a_failing_worker_never_stops_another_database_s_worker() {
     let (bad, good) = ("pgflow_w_bad", "pgflow_w_good");
     for d in [bad, good] {
         fresh_database(&mut admin, d);
-        connect_to(d).batch_execute("CREATE EXTENSION pgflow").unwrap();
+        connect_to(d)
+            .batch_execute("CREATE EXTENSION pgflow")
+            .unwrap();
         assert!(eventually(&mut admin, &state_is(d, "running"), DEADLINE));
     }
     // Break one job in one database: every round there now fails.
@@ -270,16 +357,24 @@ fn a_failing_worker_never_stops_another_database_s_worker() {
         .unwrap();
     let ticks = |admin: &mut Client, d: &str| -> i64 {
         admin
-            .query_one("SELECT ticks FROM pgflow.worker_status() WHERE datname = $1", &[&d])
+            .query_one(
+                "SELECT ticks FROM pgflow.worker_status() WHERE datname = $1",
+                &[&d],
+            )
             .unwrap()
             .get(0)
     };
     let good_before = ticks(&mut admin, good);
-    let restarted = format!(
-        "SELECT restarts >= 2 FROM pgflow.worker_status() WHERE datname = '{bad}'"
+    let restarted =
+        format!("SELECT restarts >= 2 FROM pgflow.worker_status() WHERE datname = '{bad}'");
+    assert!(
+        eventually(&mut admin, &restarted, DEADLINE),
+        "the failing worker was not restarted"
     );
-    assert!(eventually(&mut admin, &restarted, DEADLINE), "the failing worker was not restarted");
-    assert!(ticks(&mut admin, good) > good_before, "the healthy worker stopped ticking");
+    assert!(
+        ticks(&mut admin, good) > good_before,
+        "the healthy worker stopped ticking"
+    );
     assert!(eventually(&mut admin, &state_is(good, "running"), DEADLINE));
 
     for d in [bad, good] {
