@@ -201,9 +201,8 @@ BEGIN
         UPDATE pgflow.message m
            SET state = CASE WHEN m.vt > clock_timestamp() THEN 'd' ELSE 'r' END
          WHERE m.queue_id = OLD.queue_id AND m.msg_id = nxt.msg_id;
-        PERFORM pgflow._wake_on_commit(OLD.queue_id);
-        PERFORM pgflow._notify(u.queue_id, u.queue_name)
-           FROM pgflow.queue u WHERE u.queue_id = OLD.queue_id AND u.notify;
+        PERFORM pgflow._announce(u.queue_id, u.queue_name, u.notify)
+           FROM pgflow.queue u WHERE u.queue_id = OLD.queue_id;
     END IF;
     RETURN NULL;
 END $$;
@@ -489,10 +488,7 @@ BEGIN
             pgflow._group_state(q.queue_id, send.group_key,
                                 CASE WHEN v_vt > v_now THEN 'd' ELSE 'r' END::"char"),
             send.message, send.headers, send.group_key);
-    PERFORM pgflow._wake_on_commit(q.queue_id);
-    IF q.notify THEN
-        PERFORM pgflow._notify(q.queue_id, q.queue_name);
-    END IF;
+    PERFORM pgflow._announce(q.queue_id, q.queue_name, q.notify);
     RETURN v_id;
 END $$;
 
@@ -540,10 +536,7 @@ BEGIN
             PERFORM pgflow._check_contract(q, messages[i], headers[i], i);
         END LOOP;
     END IF;
-    PERFORM pgflow._wake_on_commit(q.queue_id);
-    IF q.notify THEN
-        PERFORM pgflow._notify(q.queue_id, q.queue_name);
-    END IF;
+    PERFORM pgflow._announce(q.queue_id, q.queue_name, q.notify);
     -- Ids are drawn in input order (ORDER BY ord before nextval), then returned in that order.
     RETURN QUERY
     WITH input AS (
@@ -814,10 +807,7 @@ BEGIN
      WHERE m.queue_id = q.queue_id AND m.msg_id = set_vt.msg_id
     RETURNING m.msg_id, m.read_ct, m.enqueued_at, m.vt, m.message, m.headers;
     IF set_vt.vt = interval '0' THEN
-        PERFORM pgflow._wake_on_commit(q.queue_id);
-        IF q.notify THEN
-            PERFORM pgflow._notify(q.queue_id, q.queue_name);
-        END IF;
+        PERFORM pgflow._announce(q.queue_id, q.queue_name, q.notify);
     END IF;
 END $$;
 

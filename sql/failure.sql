@@ -233,7 +233,6 @@ AS $$
 DECLARE
     v_now timestamptz := coalesce(promote_delayed.now, clock_timestamp());
     q pgflow.queue;
-    k bigint;
     n bigint := 0;
 BEGIN
     PERFORM pgflow._check_int(batch, 'batch', 1);
@@ -349,10 +348,7 @@ BEGIN
         VALUES (q.queue_id, dlq_retry.msg_id, v_now, v_now, d.priority,
                 pgflow._group_state(q.queue_id, d.group_key, 'r'::"char"), d.message, d.headers,
                 d.group_key);
-        PERFORM pgflow._wake_on_commit(q.queue_id);
-        IF q.notify THEN
-            PERFORM pgflow._notify(q.queue_id, q.queue_name);
-        END IF;
+        PERFORM pgflow._announce(q.queue_id, q.queue_name, q.notify);
         RETURN NEXT;
     END LOOP;
 END $$;

@@ -153,10 +153,19 @@ fn _wait_sleep(until: TimestampWithTimeZone, woken: bool) {
     pgrx::pg_sys::check_for_interrupts!();
 }
 
-/// Notes that this transaction made messages of `queue_id` deliverable; its commit wakes the
-/// queue's waiting readers. Cheap: a lookup in a backend-local list.
+/// Announces that this transaction made messages of a queue deliverable (a send, `set_vt` 0, a
+/// redrive, a group advance): its commit wakes the queue's waiting readers and, for a
+/// notify-enabled queue, LISTEN clients (throttled). The one call every such path makes.
 #[pg_extern(volatile, strict, parallel_unsafe)]
-fn _wake_on_commit(queue_id: i32) {
+fn _announce(queue_id: i32, queue_name: &str, notify: bool) {
+    wake_on_commit(queue_id);
+    if notify {
+        notify_send(queue_id, queue_name);
+    }
+}
+
+/// Remembers `queue_id` for the commit's wake-up. Cheap: a lookup in a backend-local list.
+fn wake_on_commit(queue_id: i32) {
     if !preloaded() {
         return;
     }
@@ -274,9 +283,8 @@ thread_local! {
     static THROTTLED: RefCell<(Vec<i32>, bool)> = const { RefCell::new((Vec::new(), false)) };
 }
 
-/// Announces a send to a notify-enabled queue (see above).
-#[pg_extern(volatile, strict, parallel_unsafe)]
-fn _notify(queue_id: i32, queue_name: &str) {
+/// A send to a notify-enabled queue: NOTIFY now, or leave it to the trailing one (see above).
+fn notify_send(queue_id: i32, queue_name: &str) {
     let interval = i64::from(crate::guc::NOTIFY_INTERVAL_MS.get()) * 1000;
     if !preloaded() || interval == 0 {
         notify_now(queue_name);

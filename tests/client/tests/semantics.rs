@@ -104,7 +104,7 @@ fn pid(c: &mut postgres::Client) -> i32 {
 
 /// A query: is backend `pid` asleep in pgflow's wait (an Extension wait event, mid-statement)?
 /// Each poll runs in its own transaction, so pg_stat_activity is read afresh.
-fn is_waiting(_admin: &mut postgres::Client, pid: i32) -> String {
+fn is_waiting(pid: i32) -> String {
     format!(
         "SELECT EXISTS (SELECT 1 FROM pg_stat_activity
                          WHERE pid = {pid} AND state = 'active' AND wait_event_type = 'Extension')"
@@ -130,7 +130,7 @@ fn a_waiting_read_returns_the_message_once_its_send_commits_and_not_before() {
             .unwrap();
     });
     // The reader is asleep in its wait.
-    let waiting = is_waiting(&mut admin, reader_pid);
+    let waiting = is_waiting(reader_pid);
     assert!(
         eventually(&mut admin, &waiting, 30),
         "the reader never started waiting"
@@ -175,7 +175,7 @@ fn a_waiting_read_wakes_when_a_delayed_message_comes_due() {
             )
             .map(|r| (r.get::<_, i64>(0), r.get::<_, std::time::SystemTime>(1)))
     });
-    let waiting = is_waiting(&mut admin, reader_pid);
+    let waiting = is_waiting(reader_pid);
     assert!(eventually(&mut admin, &waiting, 30));
     // Sent with a delay: the commit wakes the reader, which finds nothing due yet and sleeps
     // until the message's due time, then takes it.
@@ -222,7 +222,7 @@ fn a_waiting_read_is_cancelled_by_pg_cancel_backend_and_statement_timeout() {
             .expect_err("a timed-out read");
         (code, e2.code().cloned())
     });
-    let waiting = is_waiting(&mut admin, reader_pid);
+    let waiting = is_waiting(reader_pid);
     assert!(eventually(&mut admin, &waiting, 30));
     admin
         .execute("SELECT pg_cancel_backend($1)", &[&reader_pid])
