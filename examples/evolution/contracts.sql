@@ -208,3 +208,39 @@ SELECT pgflow.set_contract('code_execution_results', $json$
   }
 }
 $json$);
+
+-- What Genesis publishes after applying a rule update or an LLM-config update (seed 004 lists
+-- their fields: "status, namespace, confidence, timestamp" and "status, provider, complexity,
+-- models_count").
+SELECT pgflow.set_contract('genesis_rule_updates_results', $json$
+{
+  "title": "genesis_rule_update_result",
+  "type": "object",
+  "required": ["type", "status", "namespace", "confidence", "timestamp"],
+  "properties": {
+    "type":       {"const": "genesis_rule_update_result"},
+    "status":     {"enum": ["applied", "rejected", "failed"]},
+    "namespace":  {"type": "string", "minLength": 1},
+    "confidence": {"type": "number", "minimum": 0, "maximum": 1},
+    "error":      {"type": "string"},
+    "timestamp":  {"type": "string", "format": "date-time"}
+  }
+}
+$json$);
+
+SELECT pgflow.set_contract('genesis_llm_config_updates_results', $json$
+{
+  "title": "genesis_llm_config_update_result",
+  "type": "object",
+  "required": ["type", "status", "provider", "complexity", "models_count", "timestamp"],
+  "properties": {
+    "type":         {"const": "genesis_llm_config_update_result"},
+    "status":       {"enum": ["applied", "rejected", "failed"]},
+    "provider":     {"type": "string", "minLength": 1},
+    "complexity":   {"enum": ["simple", "medium", "complex"]},
+    "models_count": {"type": "integer", "minimum": 0},
+    "error":        {"type": "string"},
+    "timestamp":    {"type": "string", "format": "date-time"}
+  }
+}
+$json$);

@@ -31,7 +31,8 @@ BEGIN
         bad := bad || ' dead letters left;';
     END IF;
     IF (SELECT sum(queue_length) FROM pgflow.metrics_all()
-         WHERE queue_name NOT IN ('code_execution_results', 'genesis_rule_updates_results')) <> 0 THEN
+         WHERE queue_name NOT IN ('code_execution_results', 'genesis_rule_updates_results',
+                                  'genesis_llm_config_updates_results')) <> 0 THEN
         bad := bad || ' messages left in request queues;';
     END IF;
     IF (SELECT total_archived FROM pgflow.metrics('patterns_for_aggregator_queue')) <> 1 THEN
@@ -40,6 +41,11 @@ BEGIN
     IF (SELECT count(*) FROM pgflow.archive a JOIN pgflow.queue q USING (queue_id)
          WHERE q.queue_name LIKE 'safety_profiles_singularity_%') <> 3 THEN
         bad := bad || ' the safety profile did not reach all 3 instances;';
+    END IF;
+    IF (SELECT count(*) FROM pgflow.message m JOIN pgflow.queue q USING (queue_id)
+         WHERE q.queue_name IN ('genesis_rule_updates_results', 'genesis_llm_config_updates_results')
+           AND m.message->>'status' = 'applied') <> 2 THEN
+        bad := bad || ' Genesis did not publish one result per rule and LLM-config update;';
     END IF;
     IF bad <> '' THEN
         RAISE EXCEPTION 'evolution scenario check failed:%', bad;

@@ -148,6 +148,10 @@ SELECT pgflow.send('learning_loop_completed_queue', jsonb_build_object(
 SELECT count(*) AS rule_updates FROM pgflow.publish('genesis.rule_update', jsonb_build_object(
          'type', 'genesis_rule_update', 'namespace', 'refactoring', 'confidence', 0.9,
          'rule', '{"prefer": "guards"}'::jsonb)) \gset
+SELECT pgflow.send('genesis_llm_config_updates', jsonb_build_object(
+         'type', 'genesis_llm_config_update', 'provider', 'anthropic', 'complexity', 'complex',
+         'models', '["claude-opus", "claude-sonnet"]'::jsonb,
+         'timestamp', '2026-11-22T10:00:07Z')) IS NOT NULL AS llm_update \gset
 COMMIT;
 -- Each instance reads its copy.
 SELECT q AS instance_queue, m.message->'safety_profile'->>'success_rate' AS success_rate
@@ -158,15 +162,27 @@ SELECT sum((SELECT count(*) FROM pgflow.archive(q, ARRAY(SELECT msg_id FROM pgfl
        AS profiles_archived
   FROM unnest(ARRAY['safety_profiles_singularity_1', 'safety_profiles_singularity_2',
                     'safety_profiles_singularity_3']) q \gset
--- Genesis applies the rule and the loop report (results published, requests archived).
+-- Genesis applies the rule, the LLM config and the loop report: each result published and
+-- its request archived in one transaction.
 BEGIN;
-SELECT msg_id AS rule_id, message->>'namespace' AS ns FROM pgflow.read('genesis_rule_updates', '30 s', 1) \gset
+SELECT msg_id AS rule_id, message->>'namespace' AS ns, message->>'confidence' AS confidence
+  FROM pgflow.read('genesis_rule_updates', '30 s', 1) \gset
 SELECT pgflow.send('genesis_rule_updates_results', jsonb_build_object(
-         'status', 'applied', 'namespace', :'ns', 'confidence', 0.9)) IS NOT NULL AS published \gset
+         'type', 'genesis_rule_update_result', 'status', 'applied', 'namespace', :'ns',
+         'confidence', :confidence::numeric, 'timestamp', '2026-11-22T10:00:08Z')) IS NOT NULL AS published \gset
+SELECT msg_id AS llm_id, message->>'provider' AS provider, message->>'complexity' AS complexity,
+       jsonb_array_length(message->'models') AS models_count
+  FROM pgflow.read('genesis_llm_config_updates', '30 s', 1) \gset
+SELECT pgflow.send('genesis_llm_config_updates_results', jsonb_build_object(
+         'type', 'genesis_llm_config_update_result', 'status', 'applied', 'provider', :'provider',
+         'complexity', :'complexity', 'models_count', :models_count,
+         'timestamp', '2026-11-22T10:00:08Z')) IS NOT NULL AS published \gset
 SELECT pgflow.archive('genesis_rule_updates', :rule_id::bigint) AS a1,
+       pgflow.archive('genesis_llm_config_updates', :llm_id::bigint) AS a3,
        pgflow.archive('learning_loop_completed_queue',
                       (SELECT msg_id FROM pgflow.read('learning_loop_completed_queue', '30 s', 1))) AS a2 \gset
 COMMIT;
+\echo '   Genesis applied rule namespace' :ns 'and the' :provider 'LLM config with' :models_count 'models; results published'
 
 \echo '== 7. Genesis gets 12 code-analysis requests; 4 workers run them in parallel (30 s lease each)'
 SELECT count(pgflow.send('code_execution_requests', jsonb_build_object(

@@ -54,6 +54,12 @@ SELECT pgflow.send('guardian_safety_profiles_queue', '{
 SELECT pgflow.send('learning_loop_completed_queue', '{
   "type": "learning_loop_completed", "patterns_processed": 5, "rules_generated": 2,
   "thresholds_updated": 3, "timestamp": "2026-11-22T10:00:06Z"}') > 0 AS ok;
+SELECT pgflow.send('genesis_rule_updates_results', '{
+  "type": "genesis_rule_update_result", "status": "applied", "namespace": "refactoring",
+  "confidence": 0.9, "timestamp": "2026-11-22T10:00:08Z"}') > 0 AS ok;
+SELECT pgflow.send('genesis_llm_config_updates_results', '{
+  "type": "genesis_llm_config_update_result", "status": "applied", "provider": "anthropic",
+  "complexity": "complex", "models_count": 2, "timestamp": "2026-11-22T10:00:08Z"}') > 0 AS ok;
 
 -- Breaches: refused with 23514, the field and the rule named, nothing stored.
 SELECT pg_temp.err($$SELECT pgflow.send('consensus_results_queue', '{"type": "consensus_result",
@@ -76,6 +82,11 @@ SELECT pg_temp.err($$SELECT pgflow.send('metrics_to_guardian_queue', '{"type": "
   "metrics_before": {"error_count": 2}, "metrics_after": {"error_count": -1}, "status": "executing",
   "timestamp": "2026-11-22T10:00:02Z"}')$$);
 SELECT pg_temp.err($$SELECT pgflow.send('patterns_for_aggregator_queue', '{"type": "rollback_trigger"}')$$);
+SELECT pg_temp.err($$SELECT pgflow.send('genesis_rule_updates_results', '{"type": "genesis_rule_update_result",
+  "status": "done", "namespace": "refactoring", "confidence": 0.9, "timestamp": "2026-11-22T10:00:08Z"}')$$);
+SELECT pg_temp.err($$SELECT pgflow.send('genesis_llm_config_updates_results', '{
+  "type": "genesis_llm_config_update_result", "status": "applied", "provider": "anthropic",
+  "complexity": "complex", "models_count": 1.5, "timestamp": "2026-11-22T10:00:08Z"}')$$);
 -- send_batch names the element.
 SELECT pg_temp.err($$SELECT pgflow.send_batch('learning_loop_completed_queue', ARRAY['{"type": "learning_loop_completed",
   "patterns_processed": 1, "rules_generated": 0, "thresholds_updated": 0, "timestamp": "2026-11-22T10:00:06Z"}',
