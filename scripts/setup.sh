@@ -5,7 +5,7 @@
 # (Debian, crates.io, PyPI):
 #   - Debian: postgresql-15 + postgresql-server-dev-15 (first: it also upgrades postgresql-15),
 #     clang/libclang-dev for bindgen, libssl-dev/pkg-config for cargo-pgrx, sudo for --runas,
-#     and the tools to build Postgres 17 from source.
+#     the tools to build Postgres 17 from source, and elixir + erlang-p1-pgsql for the Elixir client.
 #   - cargo-pgrx 0.18.1 (--locked) from crates.io.
 #   - Postgres 17, built from the pristine upstream tarball inside Debian trixie's source
 #     package postgresql-17 (a deb-src line for trixie is added; no trixie binaries are used).
@@ -44,6 +44,10 @@ apt_install() {
 apt_install postgresql-15 postgresql-server-dev-15
 apt_install build-essential clang libclang-dev libssl-dev pkg-config sudo \
   bison flex zlib1g-dev dpkg-dev ca-certificates python3-venv
+
+# The Elixir client (clients/elixir): Elixir 1.14, the Erlang PostgreSQL driver p1_pgsql and
+# the JSON codec jiffy.
+apt_install elixir erlang-p1-pgsql erlang-jiffy
 
 # Benchmark peers (bench/): PgQ 3.5 from Debian (packaged for Postgres 15 only) and its ticker.
 apt_install postgresql-15-pgq3 pgqd

@@ -3,8 +3,8 @@
 #
 # Per version: plain #[test]s and #[pg_test]s (cargo pgrx test), then against a throwaway
 # cluster with pgflow preloaded: pg_regress golden tests, isolation specs, the worker lifecycle
-# (hot standby, crash) on clusters of its own, and the client
-# tests over real connections; then the benchmark in smoke mode. PG_VERSIONS="15" narrows
+# (hot standby, crash) on clusters of its own, the evolution scenario, and the client
+# tests over real connections (Rust and Elixir); then the benchmark in smoke mode. PG_VERSIONS="15" narrows
 # the run.
 set -euo pipefail
 . "$(dirname "$0")/lib.sh"
@@ -20,6 +20,9 @@ run_layer() {  # run_layer NAME COMMAND...
   say "$name"
   if "$@"; then passed=$((passed + 1)); else failed+=("$name"); fi
 }
+
+# pg_regress leaves regression.diffs only when a test failed.
+show_diffs() { if [ -s "$1" ]; then head -200 "$1" >&2; fi; }
 
 regress_layers() {
   local ver=$1
@@ -52,14 +55,14 @@ regress_layers() {
   run_layer "pg$ver: pg_regress" \
     "$regress" --use-existing --host=127.0.0.1 --port="$port" --user=postgres \
       --bindir="$bindir" --inputdir="$ROOT/tests/pg_regress" --outputdir="$out/regress" \
-      --dbname=pgflow_regress $regress_tests \
-    || { cat "$out/regress/regression.diffs" 2>/dev/null | head -200 >&2; }
+      --dbname=pgflow_regress $regress_tests
+  show_diffs "$out/regress/regression.diffs"
 
   run_layer "pg$ver: isolation" \
     "$isolation" --use-existing --host=127.0.0.1 --port="$port" --user=postgres \
       --bindir="$bindir" --inputdir="$ROOT/tests/isolation" --outputdir="$out/isolation" \
-      --dbname=pgflow_isolation $isolation_tests \
-    || { cat "$out/isolation/regression.diffs" 2>/dev/null | head -200 >&2; }
+      --dbname=pgflow_isolation $isolation_tests
+  show_diffs "$out/isolation/regression.diffs"
 
   run_layer "pg$ver: worker lifecycle (hot standby, crash)" \
     bash "$ROOT/tests/cluster/worker_lifecycle.sh" "$ver"
@@ -84,6 +87,9 @@ regress_layers() {
   run_layer "pg$ver: Rust client crate" \
     env PGFLOW_TEST_DSN="host=127.0.0.1 port=$port user=postgres dbname=postgres" \
       cargo test -q -p pgflow-client
+
+  run_layer "pg$ver: Elixir client" \
+    bash "$ROOT/tests/cluster/elixir_client.sh" "$bindir" "$port" "$dir"
 
   if [ ${#failed[@]} -gt 0 ] && [ -f "$dir/server.log" ]; then
     grep -E 'PANIC|TRAP|terminated by signal' "$dir/server.log" >&2 || true

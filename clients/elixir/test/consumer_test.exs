@@ -1,0 +1,165 @@
+defmodule Pgflow.ConsumerTest do
+  use ExUnit.Case, async: false
+  import Pgflow.TestHelper
+  alias Pgflow.Consumer
+
+  setup do
+    conn = conn!()
+    on_exit(fn -> Process.alive?(conn) && Pgflow.close(conn) end)
+    {:ok, conn: conn}
+  end
+
+  defp send_n(c, q, n) do
+    for i <- 1..n do
+      {:ok, id} = Pgflow.send(c, q, %{"i" => i})
+      id
+    end
+  end
+
+  test "4 handlers drain 100 messages; failures are retried; each is archived exactly once",
+       %{conn: c} do
+    q = fresh_queue!(c, "ex_drain", ", retry_delay => '10 ms', retry_jitter => 0")
+    ids = send_n(c, q, 100)
+
+    # Every tenth message fails on its first delivery.
+    handler = fn m ->
+      if rem(m.payload["i"], 10) == 0 and m.read_ct == 1, do: {:error, :flaky}, else: :ok
+    end
+
+    {:ok, consumer} =
+      Consumer.start(
+        connect: dsn(),
+        queue: q,
+        handler: handler,
+        concurrency: 4,
+        wait: 500,
+        stop_when_idle: true
+      )
+
+    stats = Consumer.await(consumer)
+    assert stats == %{archived: 100, nacked: 10, dead: 0, lost: 0}
+    assert archived_counts(c, q) == Map.new(ids, &{&1, 1})
+    assert {:ok, %{"queue_length" => 0, "dlq_length" => 0}} = Pgflow.metrics(c, q)
+  end
+
+  test "a slow handler keeps its lease through heartbeats", %{conn: c} do
+    q = fresh_queue!(c, "ex_slow")
+    [id] = send_n(c, q, 1)
+    parent = self()
+
+    # The handler outlives three leases; while it works, another reader must see nothing.
+    handler = fn _m ->
+      for _ <- 1..3 do
+        Process.sleep(300)
+        send(parent, {:peek, Pgflow.read(c, q)})
+      end
+
+      :ok
+    end
+
+    {:ok, consumer} =
+      Consumer.start(
+        connect: dsn(),
+        queue: q,
+        handler: handler,
+        concurrency: 1,
+        lease: 250,
+        heartbeat: 80,
+        timeout: 5_000,
+        wait: 200,
+        stop_when_idle: true
+      )
+
+    assert Consumer.await(consumer) == %{archived: 1, nacked: 0, dead: 0, lost: 0}
+    for _ <- 1..3, do: assert_received({:peek, {:ok, []}})
+
+    assert one!(c, "SELECT read_ct::text FROM pgflow.archive WHERE msg_id = $1
+                     AND queue_id = (SELECT queue_id FROM pgflow.queue WHERE queue_name = $2)", [
+             id,
+             q
+           ]) == "1"
+  end
+
+  test "a handler past its timeout is killed and nacked; the retry succeeds", %{conn: c} do
+    q = fresh_queue!(c, "ex_timeout", ", retry_delay => '10 ms', retry_jitter => 0")
+    [id] = send_n(c, q, 1)
+    parent = self()
+
+    handler = fn m ->
+      if m.read_ct == 1 do
+        send(parent, {:stuck, self()})
+        # Blocks until killed by the consumer.
+        receive do: (:never -> :ok)
+      else
+        :ok
+      end
+    end
+
+    {:ok, consumer} =
+      Consumer.start(
+        connect: dsn(),
+        queue: q,
+        handler: handler,
+        concurrency: 1,
+        lease: 5_000,
+        timeout: 200,
+        wait: 500,
+        stop_when_idle: true
+      )
+
+    assert_receive {:stuck, stuck}, 5_000
+    ref = Process.monitor(stuck)
+    assert_receive {:DOWN, ^ref, :process, ^stuck, :killed}, 5_000
+    assert Consumer.await(consumer) == %{archived: 1, nacked: 1, dead: 0, lost: 0}
+    assert archived_counts(c, q) == %{id => 1}
+  end
+
+  test "a crashing handler is nacked until the message is dead-lettered", %{conn: c} do
+    q =
+      fresh_queue!(c, "ex_crash", ", max_retries => 2, retry_delay => '10 ms', retry_jitter => 0")
+
+    [_id] = send_n(c, q, 1)
+
+    {:ok, consumer} =
+      Consumer.start(
+        connect: dsn(),
+        queue: q,
+        handler: fn _ -> raise "bad input" end,
+        concurrency: 2,
+        wait: 500,
+        stop_when_idle: true
+      )
+
+    assert Consumer.await(consumer) == %{archived: 0, nacked: 2, dead: 1, lost: 0}
+    assert one!(c, "SELECT read_ct::text FROM pgflow.dlq_list($1)", [q]) == "3"
+    assert one!(c, "SELECT last_error FROM pgflow.dlq_list($1)", [q]) =~ "bad input"
+  end
+
+  test "stop finishes the messages in hand: none lost, none leased, none twice", %{conn: c} do
+    q = fresh_queue!(c, "ex_stop")
+    ids = send_n(c, q, 40)
+    parent = self()
+
+    handler = fn m ->
+      send(parent, {:started, m.id})
+      Process.sleep(20)
+      :ok
+    end
+
+    {:ok, consumer} =
+      Consumer.start(connect: dsn(), queue: q, handler: handler, concurrency: 4, wait: 200)
+
+    # Stop while handlers are busy.
+    for _ <- 1..6, do: assert_receive({:started, _}, 5_000)
+    stats = Consumer.stop(consumer)
+    assert stats.nacked == 0 and stats.lost == 0
+    assert stats.archived >= 6 and stats.archived < 40
+
+    archived = archived_counts(c, q)
+    assert map_size(archived) == stats.archived
+    assert Enum.all?(Map.values(archived), &(&1 == 1))
+
+    assert {:ok, %{"in_flight" => 0, "visible" => visible}} = Pgflow.metrics(c, q)
+    assert visible + stats.archived == length(ids)
+  end
+end

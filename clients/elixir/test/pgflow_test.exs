@@ -1,0 +1,143 @@
+defmodule PgflowTest do
+  use ExUnit.Case, async: false
+  import Pgflow.TestHelper
+
+  setup do
+    conn = conn!()
+    on_exit(fn -> Process.alive?(conn) && Pgflow.close(conn) end)
+    {:ok, conn: conn}
+  end
+
+  test "send, read, archive and metrics round-trip a payload, headers and UTF-8", %{conn: c} do
+    q = fresh_queue!(c, "ex_basic")
+    payload = %{"text" => "héllo → wörld ✓", "n" => 42, "list" => [1, 2.5, nil, true]}
+    assert {:ok, id} = Pgflow.send(c, q, payload, headers: %{"trace" => "t-1"})
+    assert {:ok, [m]} = Pgflow.read(c, q, vt: 30_000)
+    assert m.id == id
+    assert m.read_ct == 1
+    assert m.payload == payload
+    assert m.headers == %{"trace" => "t-1"}
+    assert {:ok, %{"in_flight" => 1, "queue_length" => 1}} = Pgflow.metrics(c, q)
+    # Leased: nobody else sees it.
+    assert {:ok, []} = Pgflow.read(c, q)
+    assert {:ok, true} = Pgflow.archive(c, q, id)
+    assert {:ok, false} = Pgflow.archive(c, q, id)
+    assert {:ok, %{"queue_length" => 0, "total_archived" => 1}} = Pgflow.metrics(c, q)
+  end
+
+  test "priority and delay are honoured", %{conn: c} do
+    q = fresh_queue!(c, "ex_order")
+    {:ok, low} = Pgflow.send(c, q, %{"p" => "low"})
+    {:ok, _later} = Pgflow.send(c, q, %{"p" => "later"}, delay: 60_000, priority: 100)
+    {:ok, high} = Pgflow.send(c, q, %{"p" => "high"}, priority: 10)
+    assert {:ok, [a, b]} = Pgflow.read(c, q, qty: 10)
+    assert [a.id, b.id] == [high, low]
+    assert {:ok, %{"delayed" => 1}} = Pgflow.metrics(c, q)
+  end
+
+  test "errors carry their SQLSTATE and the connection stays usable", %{conn: c} do
+    q = fresh_queue!(c, "ex_errors")
+    assert {:error, %Pgflow.Error{code: "42704", message: msg}} = Pgflow.send(c, "ex_nope", %{})
+    assert msg =~ "ex_nope"
+    assert {:error, %Pgflow.Error{code: "22023"}} = Pgflow.read(c, q, qty: 0)
+    assert {:error, %Pgflow.Error{code: "22023"}} = Pgflow.send(c, q, %{}, priority: 40_000)
+    assert {:error, %Pgflow.Error{code: "42601"}} = Pgflow.query(c, "SELEC 1")
+    # Still a working connection, and nothing was stored by the failed calls.
+    assert {:ok, _} = Pgflow.send(c, q, %{"ok" => true})
+    assert {:ok, %{"queue_length" => 1}} = Pgflow.metrics(c, q)
+    assert_raise ArgumentError, ~r/at most 4000 ms/, fn -> Pgflow.read(c, q, wait: 10_000) end
+  end
+
+  test "a transaction commits together or not at all", %{conn: c} do
+    q = fresh_queue!(c, "ex_tx")
+
+    assert {:error, %Pgflow.Error{code: "42704"}} =
+             Pgflow.transaction(c, fn ->
+               {:ok, _} = Pgflow.send(c, q, %{"n" => 1})
+               Pgflow.send(c, "ex_nope", %{"n" => 2})
+             end)
+
+    assert_raise RuntimeError, fn ->
+      Pgflow.transaction(c, fn ->
+        {:ok, _} = Pgflow.send(c, q, %{"n" => 3})
+        raise "handler bug"
+      end)
+    end
+
+    assert {:ok, %{"queue_length" => 0}} = Pgflow.metrics(c, q)
+
+    assert {:ok, [_, _]} =
+             Pgflow.transaction(c, fn ->
+               {:ok, a} = Pgflow.send(c, q, %{"n" => 4})
+               {:ok, b} = Pgflow.send(c, q, %{"n" => 5})
+               {:ok, [a, b]}
+             end)
+
+    assert {:ok, %{"queue_length" => 2}} = Pgflow.metrics(c, q)
+  end
+
+  test "nack retries with backoff, refuses a stale read_ct, then dead-letters", %{conn: c} do
+    q = fresh_queue!(c, "ex_nack", ", max_retries => 1, retry_delay => '1 hour'")
+    {:ok, id} = Pgflow.send(c, q, %{"job" => 1})
+    {:ok, [m1]} = Pgflow.read(c, q)
+    assert {:ok, :retry} = Pgflow.nack(c, q, id, error: "boom", read_ct: m1.read_ct)
+    # The backoff holds it: not visible now; retry_after 0 on a second nack is refused
+    # because the lease this read_ct belonged to is gone.
+    assert {:ok, []} = Pgflow.read(c, q)
+    assert {:error, %Pgflow.Error{code: "55000"}} = Pgflow.nack(c, q, id, read_ct: m1.read_ct)
+    # Make it due now, read it again (read_ct 2 > max_retries 1): the next nack kills it.
+    assert {:ok, true} = Pgflow.set_vt(c, q, id, 0)
+    {:ok, [m2]} = Pgflow.read(c, q)
+    assert m2.read_ct == 2
+    assert {:ok, :dead} = Pgflow.nack(c, q, id, error: "boom again", read_ct: 2)
+    assert {:ok, :gone} = Pgflow.nack(c, q, id)
+    assert {:ok, %{"queue_length" => 0, "dlq_length" => 1}} = Pgflow.metrics(c, q)
+
+    assert one!(c, "SELECT last_error FROM pgflow.dlq_list($1)", [q]) == "boom again"
+  end
+
+  test "a long-poll read sleeps in the server and wakes on the sender's commit", %{conn: c} do
+    q = fresh_queue!(c, "ex_wait")
+    parent = self()
+
+    spawn_link(fn ->
+      rc = conn!()
+      pid = one!(rc, "SELECT pg_backend_pid()::text")
+      send(parent, {:pid, pid})
+      send(parent, {:read, Pgflow.read(rc, q, wait: 3_000)})
+      Pgflow.close(rc)
+    end)
+
+    assert_receive {:pid, pid}, 5_000
+    # Wait (bounded) until the reader is asleep on its latch, then send in a transaction.
+    assert Enum.any?(1..500, fn _ ->
+             ev = one!(c, "SELECT pg_stat_clear_snapshot()::text || coalesce(wait_event, '')
+                           FROM pg_stat_activity WHERE pid = $1::int", [pid])
+
+             ev == "Extension" or (Process.sleep(5) && false)
+           end)
+
+    {:ok, [id]} =
+      Pgflow.transaction(c, fn ->
+        {:ok, id} = Pgflow.send(c, q, %{"wake" => true})
+        # Not committed yet: the reader must still be waiting.
+        refute_received {:read, _}
+        {:ok, [id]}
+      end)
+
+    assert_receive {:read, {:ok, [m]}}, 5_000
+    assert m.id == id
+  end
+
+  test "password login with SCRAM-SHA-256, and a wrong password is refused" do
+    assert {:ok, c} = Pgflow.connect(dsn())
+    assert one!(c, "SELECT current_user::text") == "pgflow_elixir"
+
+    assert one!(c, "SELECT left(rolpassword, 13) FROM pg_authid WHERE rolname = current_user") ==
+             "SCRAM-SHA-256"
+
+    Pgflow.close(c)
+    bad = String.replace(dsn(), ~r/password=\S+/, "password=wrong")
+    assert {:error, %Pgflow.Error{code: "08001"}} = Pgflow.connect(bad)
+  end
+end
