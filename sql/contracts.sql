@@ -23,7 +23,9 @@ BEGIN
     END IF;
     INSERT INTO pgflow.contract AS c (queue_id, version, schema)
     VALUES (q.queue_id, set_contract.version, contract)
-    ON CONFLICT ON CONSTRAINT contract_pkey DO UPDATE SET schema = EXCLUDED.schema, created_at = now();
+    ON CONFLICT ON CONSTRAINT contract_pkey
+    DO UPDATE SET schema = EXCLUDED.schema, created_at = now(),
+                  revision = nextval('pgflow.contract_revision');
     IF make_default OR q.contract_version IS NULL THEN
         UPDATE pgflow.queue u SET contract_version = set_contract.version WHERE u.queue_id = q.queue_id;
     END IF;
@@ -65,16 +67,18 @@ BEGIN
 END $$;
 
 -- _check_contract: the payload against the version its headers name (or the default).
--- pos, when given, prefixes the error with the element (send_batch).
+-- pos, when given, names the element in errors (send_batch).
 CREATE FUNCTION pgflow._check_contract(q pgflow.queue, message jsonb, headers jsonb,
                                        pos integer DEFAULT NULL)
 RETURNS void
 LANGUAGE plpgsql STABLE AS $$
 DECLARE
     v_version text := coalesce(headers ->> 'schema_version', q.contract_version);
-    v_schema jsonb;
+    v_revision bigint;
 BEGIN
-    SELECT c.schema INTO v_schema FROM pgflow.contract c
+    -- The revision only: _validate_contract keeps parsed schemas per backend and reads the
+    -- schema itself when its copy is missing or stale.
+    SELECT c.revision INTO v_revision FROM pgflow.contract c
      WHERE c.queue_id = q.queue_id AND c.version = v_version;
     IF NOT FOUND THEN
         RAISE EXCEPTION '%queue "%" has no contract version "%" (it has: %)',
@@ -84,7 +88,5 @@ BEGIN
               WHERE c.queue_id = q.queue_id)
             USING ERRCODE = 'invalid_parameter_value';
     END IF;
-    PERFORM pgflow._validate_contract(v_schema, message,
-        format('%s version %s', q.queue_name, v_version)
-        || CASE WHEN pos IS NULL THEN '' ELSE ' (messages[' || pos || '])' END);
+    PERFORM pgflow._validate_contract(q.queue_id, q.queue_name, v_version, v_revision, message, pos);
 END $$;

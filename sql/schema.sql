@@ -144,11 +144,15 @@ CREATE TABLE pgflow.dedup (
 CREATE INDEX dedup_expires_at ON pgflow.dedup (queue_id, expires_at);
 
 -- Message contracts: JSON Schemas (the subset in src/queue/contract.rs), per queue and version.
+-- revision changes on every set_contract (also within one transaction); backends key their
+-- cache of parsed schemas on it.
+CREATE SEQUENCE pgflow.contract_revision;
 CREATE TABLE pgflow.contract (
     queue_id   integer     NOT NULL,
     version    text        NOT NULL,
     schema     jsonb       NOT NULL,
     created_at timestamptz NOT NULL DEFAULT now(),
+    revision   bigint      NOT NULL DEFAULT nextval('pgflow.contract_revision'),
     PRIMARY KEY (queue_id, version)
 );
 
@@ -168,4 +172,5 @@ SELECT pg_catalog.pg_extension_config_dump('pgflow.dead', '');
 SELECT pg_catalog.pg_extension_config_dump('pgflow.dedup', '');
 SELECT pg_catalog.pg_extension_config_dump('pgflow.binding', '');
 SELECT pg_catalog.pg_extension_config_dump('pgflow.contract', '');
+SELECT pg_catalog.pg_extension_config_dump('pgflow.contract_revision', '');
 SELECT pg_catalog.pg_extension_config_dump('pgflow.queue_queue_id_seq', '');

@@ -18,8 +18,8 @@ use std::time::{Duration, Instant};
 use postgres::{Client, NoTls};
 use serde::Serialize;
 
-/// About 200 bytes, shaped like the seeds' proposal_for_consensus message.
-const PAYLOAD: &str = r#"{"type":"proposal_for_consensus","proposal_id":"123e4567-e89b-12d3-a456-426614174000","instance_id":"singularity_1","agent_type":"BugFixerAgent","code_change":{"file":"lib/cache.ex","change":"bound table"},"impact_score":8.0,"risk_score":1.0}"#;
+/// About 250 bytes: a seeds' proposal_for_consensus message, valid under its contract (W9).
+const PAYLOAD: &str = r#"{"type":"proposal_for_consensus","proposal_id":"123e4567-e89b-12d3-a456-426614174000","instance_id":"singularity_1","agent_type":"BugFixerAgent","code_change":{"file":"lib/cache.ex","change":"bound table"},"impact_score":8.0,"risk_score":1.0,"timestamp":"2026-11-22T10:00:00Z"}"#;
 const QUEUE: &str = "bench";
 
 type Res<T> = Result<T, Box<dyn std::error::Error + Send + Sync>>;
@@ -733,6 +733,50 @@ impl Ctx {
     }
 }
 
+/// Runs a pgbench script for a fixed time; returns transactions per second.
+fn pgbench_tps(ctx: &Ctx, sys: Sys, script: &PathBuf, clients: u32, secs: u32) -> Res<f64> {
+    let out = Command::new(&ctx.pgbench)
+        .args(["-n", "-M", "prepared", "-f"])
+        .arg(script)
+        .args([
+            "-c",
+            &clients.to_string(),
+            "-j",
+            &clients.min(4).to_string(),
+        ])
+        .args(["-T", &secs.to_string()])
+        .args([
+            "-h",
+            &ctx.pg_host,
+            "-p",
+            &ctx.pg_port,
+            "-U",
+            &ctx.pg_user,
+            &ctx.pg_db,
+        ])
+        .output()?;
+    let text = String::from_utf8_lossy(&out.stdout);
+    if !out.status.success() {
+        return Err(format!(
+            "pgbench failed for {}: {}{}",
+            sys.name(),
+            text,
+            String::from_utf8_lossy(&out.stderr)
+        )
+        .into());
+    }
+    Ok(text
+        .lines()
+        .find(|l| l.starts_with("tps = "))
+        .and_then(|l| l.split_whitespace().nth(2))
+        .and_then(|x| x.parse().ok())
+        .ok_or("no tps line in pgbench output")?)
+}
+
+fn clients_variant(clients: u32) -> String {
+    format!("{clients} client{}", if clients > 1 { "s" } else { "" })
+}
+
 /// W1 and W2: pgbench -M prepared, fixed time, messages per second.
 fn w1_w2(ctx: &Ctx, res: &mut Results) -> Res<()> {
     let tmp = std::env::temp_dir().join(format!("pgflow-bench-{}", std::process::id()));
@@ -746,61 +790,102 @@ fn w1_w2(ctx: &Ctx, res: &mut Results) -> Res<()> {
                     sys.reset(&mut admin)?;
                     let script = tmp.join(format!("{}-{batch}.sql", sys.name()));
                     fs::write(&script, sys.pgbench_script(batch))?;
-                    let out = Command::new(&ctx.pgbench)
-                        .args(["-n", "-M", "prepared", "-f"])
-                        .arg(&script)
-                        .args([
-                            "-c",
-                            &clients.to_string(),
-                            "-j",
-                            &clients.min(4).to_string(),
-                        ])
-                        .args(["-T", &ctx.plan.w12_secs.to_string()])
-                        .args([
-                            "-h",
-                            &ctx.pg_host,
-                            "-p",
-                            &ctx.pg_port,
-                            "-U",
-                            &ctx.pg_user,
-                            &ctx.pg_db,
-                        ])
-                        .output()?;
-                    let text = String::from_utf8_lossy(&out.stdout);
-                    if !out.status.success() {
-                        return Err(format!(
-                            "pgbench failed for {}: {}{}",
-                            sys.name(),
-                            text,
-                            String::from_utf8_lossy(&out.stderr)
-                        )
-                        .into());
+                    let tps = pgbench_tps(ctx, sys, &script, clients, ctx.plan.w12_secs)?;
+                    let variant = clients_variant(clients);
+                    let rate = tps * batch as f64;
+                    res.add(w, &variant, "messages/s", "msg/s", true, sys, rate, None);
+                    eprintln!("  {w} {variant} {}: {rate:.0} msg/s", sys.name());
+                    sys.drop(&mut admin, QUEUE)?;
+                }
+            }
+        }
+    }
+    let _ = fs::remove_dir_all(&tmp);
+    Ok(())
+}
+
+/// The proposal_for_consensus contract of examples/evolution/contracts.sql (the file's first
+/// `$json$ ... $json$` body), which PAYLOAD satisfies.
+fn proposal_contract() -> Res<&'static str> {
+    const SQL: &str = include_str!("../../examples/evolution/contracts.sql");
+    SQL.split("$json$")
+        .nth(1)
+        .filter(|s| s.contains("\"proposal_for_consensus\""))
+        .ok_or_else(|| "no proposal_for_consensus contract in contracts.sql".into())
+}
+
+/// W9: what a message contract costs on send. W1's one-message send, once to a queue without a
+/// contract and once to a queue with the seeds' proposal contract (12 properties, nested
+/// objects, uuid and date-time formats). pgmq has no contracts; it runs the same script in both
+/// rows, so its two figures show the run-to-run noise.
+fn w9(ctx: &Ctx, res: &mut Results) -> Res<()> {
+    let tmp = std::env::temp_dir().join(format!("pgflow-bench-w9-{}", std::process::id()));
+    fs::create_dir_all(&tmp)?;
+    let contract = proposal_contract()?;
+    for &clients in &ctx.plan.w12_clients {
+        for rep in 0..ctx.plan.repeats {
+            for with_contract in [false, true] {
+                for sys in rotation(&ctx.systems, rep + usize::from(with_contract)) {
+                    if sys == Sys::Pgq {
+                        continue;
                     }
-                    let tps: f64 = text
-                        .lines()
-                        .find(|l| l.starts_with("tps = "))
-                        .and_then(|l| l.split_whitespace().nth(2))
-                        .and_then(|x| x.parse().ok())
-                        .ok_or("no tps line in pgbench output")?;
-                    let variant = format!("{clients} client{}", if clients > 1 { "s" } else { "" });
+                    let mut admin = ctx.admin()?;
+                    sys.recreate(&mut admin, QUEUE)?;
+                    sys.reset(&mut admin)?;
+                    if with_contract && sys == Sys::Pgflow {
+                        admin.execute(
+                            "SELECT pgflow.set_contract($1, $2::text::jsonb)",
+                            &[&QUEUE, &contract],
+                        )?;
+                    }
+                    let script = tmp.join(format!("{}-1.sql", sys.name()));
+                    fs::write(&script, sys.pgbench_script(1))?;
+                    let tps = pgbench_tps(ctx, sys, &script, clients, ctx.plan.w12_secs)?;
+                    let variant = format!(
+                        "{}, {}",
+                        clients_variant(clients),
+                        if with_contract {
+                            "proposal contract"
+                        } else {
+                            "no contract"
+                        }
+                    );
                     res.add(
-                        w,
+                        "W9 contract",
                         &variant,
                         "messages/s",
                         "msg/s",
                         true,
                         sys,
-                        tps * batch as f64,
+                        tps,
                         None,
                     );
-                    eprintln!(
-                        "  {w} {variant} {}: {:.0} msg/s",
-                        sys.name(),
-                        tps * batch as f64
-                    );
+                    eprintln!("  W9 {variant} {}: {tps:.0} msg/s", sys.name());
                     sys.drop(&mut admin, QUEUE)?;
                 }
             }
+        }
+        // The figure that matters: pgflow with the contract over pgflow without, same run.
+        let find = |with: bool| {
+            let v = format!(
+                "{}, {}",
+                clients_variant(clients),
+                if with {
+                    "proposal contract"
+                } else {
+                    "no contract"
+                }
+            );
+            res.series.iter().position(|s| {
+                s.workload == "W9 contract" && s.variant == v && s.system == Sys::Pgflow
+            })
+        };
+        if let (Some(without), Some(with)) = (find(false), find(true)) {
+            let r = median(&res.series[with].values) / median(&res.series[without].values);
+            res.series[with].note = Some(format!(
+                "validating keeps {r:.2}x of the no-contract send rate ({:.1}% cost)",
+                (1.0 - r) * 100.0
+            ));
         }
     }
     let _ = fs::remove_dir_all(&tmp);
@@ -1486,7 +1571,8 @@ fn main() -> Res<()> {
             o => Err(format!("unknown system {o}")),
         })
         .collect::<Result<_, _>>()?;
-    let workloads = arg(&args, "--workloads").unwrap_or_else(|| "W1,W2,W3,W4,W5,W6,W7,W8".into());
+    let workloads =
+        arg(&args, "--workloads").unwrap_or_else(|| "W1,W2,W3,W4,W5,W6,W7,W8,W9".into());
 
     // Connection parameters for pgbench, from the key=value DSN.
     let kv: HashMap<&str, &str> = dsn
@@ -1578,7 +1664,7 @@ fn main() -> Res<()> {
     };
 
     type Workload = fn(&Ctx, &mut Results) -> Res<()>;
-    let all: [(&str, &[&str], Workload); 6] = [
+    let all: [(&str, &[&str], Workload); 7] = [
         (
             "W1/W2: send throughput (pgbench -M prepared)",
             &["W1", "W2"],
@@ -1589,6 +1675,7 @@ fn main() -> Res<()> {
         ("W5: latency at a fixed rate", &["W5"], w5),
         ("W7: held snapshot", &["W7"], w7),
         ("W8: idle cost", &["W8"], w8),
+        ("W9: contract validation cost", &["W9"], w9),
     ];
     let mut failures = Vec::new();
     for (title, names, f) in all {

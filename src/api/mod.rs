@@ -1,7 +1,12 @@
 //! The `#[pg_extern]` shims the SQL layer calls. Each checks its arguments, calls one core
 //! function and returns; errors carry their SQLSTATE through `ErrorReport`.
+use std::cell::RefCell;
+use std::collections::HashMap;
+use std::rc::Rc;
+
 use pgrx::pg_sys::panic::ErrorReport;
 use pgrx::prelude::*;
+use pgrx::PgSqlErrorCode;
 
 use crate::error::PgflowError;
 use crate::queue::name;
@@ -84,19 +89,89 @@ fn _check_contract_schema(schema: Option<pgrx::JsonB>) -> Result<(), ErrorReport
         .map_err(|reason| PgflowError::InvalidContract { reason }.into())
 }
 
-/// Raises 23514 when `message` breaks the contract `schema` (registered as `label`), naming
-/// the failing field and rule.
-#[pg_extern(immutable, strict, parallel_safe)]
+/// Raises 23514 when `message` breaks version `version` (at `revision`) of queue `queue_id`'s
+/// contract, naming the queue, version, element (`pos`, for send_batch), field and rule.
+///
+/// The parsed schema is cached in the backend by (queue, version) and checked against the
+/// row's revision (a fresh sequence value on every `set_contract`), so only the first message
+/// after a change reads and parses the schema; reading and parsing it is most of the cost of
+/// validating (bench W9).
+#[pg_extern(stable, parallel_safe)]
 fn _validate_contract(
-    schema: pgrx::JsonB,
+    queue_id: i32,
+    queue_name: &str,
+    version: &str,
+    revision: i64,
     message: pgrx::JsonB,
-    label: &str,
+    pos: Option<i32>,
 ) -> Result<(), ErrorReport> {
-    crate::queue::contract::validate(&schema.0, &message.0).map_err(|v| {
+    let schema = contract_schema(queue_id, version, revision)?;
+    crate::queue::contract::validate(&schema, &message.0).map_err(|v| {
+        let element = pos.map(|p| format!(" (messages[{p}])")).unwrap_or_default();
         PgflowError::ContractViolation {
-            label: label.to_owned(),
+            label: format!("{queue_name} version {version}{element}"),
             violation: v.to_string(),
         }
         .into()
     })
+}
+
+type SchemaCache = HashMap<(i32, String), (i64, Rc<serde_json::Value>)>;
+
+thread_local! {
+    static SCHEMAS: RefCell<SchemaCache> = RefCell::new(HashMap::new());
+}
+/// Entries kept per backend before the cache starts over.
+const SCHEMA_CACHE_MAX: usize = 1024;
+
+fn contract_schema(
+    queue_id: i32,
+    version: &str,
+    revision: i64,
+) -> Result<Rc<serde_json::Value>, ErrorReport> {
+    let key = (queue_id, version.to_owned());
+    let hit = SCHEMAS.with(|c| {
+        c.borrow()
+            .get(&key)
+            .filter(|(rev, _)| *rev == revision)
+            .map(|(_, s)| Rc::clone(s))
+    });
+    if let Some(schema) = hit {
+        return Ok(schema);
+    }
+    // A read-only SPI query under the caller's snapshot, which found this revision.
+    let schema = Spi::connect(|client| {
+        client
+            .select(
+                "SELECT schema FROM pgflow.contract \
+                  WHERE queue_id = $1 AND version = $2 AND revision = $3",
+                Some(1),
+                &[queue_id.into(), version.into(), revision.into()],
+            )?
+            .first()
+            .get_one::<pgrx::JsonB>()
+    })
+    .map_err(|e| {
+        ErrorReport::new(
+            PgSqlErrorCode::ERRCODE_INTERNAL_ERROR,
+            format!("reading contract version {version} of queue {queue_id}: {e}"),
+            "pgflow._validate_contract",
+        )
+    })?
+    .ok_or_else(|| {
+        ErrorReport::new(
+            PgSqlErrorCode::ERRCODE_UNDEFINED_OBJECT,
+            format!("queue {queue_id} has no contract version {version} at revision {revision}"),
+            "pgflow._validate_contract",
+        )
+    })?;
+    let schema = Rc::new(schema.0);
+    SCHEMAS.with(|c| {
+        let mut c = c.borrow_mut();
+        if c.len() >= SCHEMA_CACHE_MAX {
+            c.clear();
+        }
+        c.insert(key, (revision, Rc::clone(&schema)));
+    });
+    Ok(schema)
 }

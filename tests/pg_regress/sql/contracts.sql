@@ -120,6 +120,15 @@ SELECT pg_temp.err($$SELECT pgflow.send('contracted', '{}')$$);
 SELECT count(*) FROM pgflow.alter_queue('contracted', contract => '{"type": "object"}');
 SELECT version, is_default, contract FROM pgflow.list_contracts('contracted');
 SELECT pgflow.send('contracted', '{}') > 0 AS replaced;
+-- Each backend caches parsed schemas; the cache follows every change, also inside a
+-- transaction, and a rollback brings the old contract back.
+BEGIN;
+SELECT pgflow.set_contract('contracted', '{"type": "object", "required": ["v2"]}');
+SELECT pg_temp.err($$SELECT pgflow.send('contracted', '{}')$$);
+SELECT pgflow.set_contract('contracted', '{"type": "object", "required": ["v3"]}');
+SELECT pg_temp.err($$SELECT pgflow.send('contracted', '{"v2": 1}')$$);
+ROLLBACK;
+SELECT pgflow.send('contracted', '{}') > 0 AS old_contract_again;
 -- publish checks each bound queue's contract: all or nothing.
 SELECT pgflow.bind('evolution.#', 'contracted'), pgflow.bind('evolution.#', 'rollback_triggers_queue');
 SELECT pg_temp.err($$SELECT pgflow.publish('evolution.rollback', '{"type": "rollback_trigger"}')$$);
