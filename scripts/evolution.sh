@@ -3,11 +3,14 @@
 # topology and contracts, every hop of scenario.sql, 4 Genesis workers in parallel, and the
 # report with its checks. Used by the demo (README command 1) and by the test suite.
 # Usage: evolution.sh BINDIR PORT DBNAME   (the database must exist; the extension is created)
+# PGFLOW_HOST (default 127.0.0.1) and PGFLOW_USER (default postgres) pick the server and role;
+# docker/docker-compose.yml uses them.
 set -euo pipefail
 ROOT=$(cd "$(dirname "$0")/.." && pwd)
 bindir=$1 port=$2 db=$3
 ex=$ROOT/examples/evolution
-psql_() { "$bindir/psql" -X -h 127.0.0.1 -p "$port" -U postgres -d "$db" -v ON_ERROR_STOP=1 "$@"; }
+host=${PGFLOW_HOST:-127.0.0.1} user=${PGFLOW_USER:-postgres}
+psql_() { "$bindir/psql" -X -h "$host" -p "$port" -U "$user" -d "$db" -v ON_ERROR_STOP=1 "$@"; }
 
 psql_ -q -c 'CREATE EXTENSION IF NOT EXISTS pgflow' >/dev/null
 psql_ -q -f "$ex/topology.sql" >/dev/null
