@@ -18,7 +18,7 @@ use std::time::{Duration, Instant};
 use postgres::{Client, NoTls};
 use serde::Serialize;
 
-/// About 250 bytes: a seeds' proposal_for_consensus message, valid under its contract (W9).
+/// 277 bytes: a seeds' proposal_for_consensus message, valid under its contract (W9).
 const PAYLOAD: &str = r#"{"type":"proposal_for_consensus","proposal_id":"123e4567-e89b-12d3-a456-426614174000","instance_id":"singularity_1","agent_type":"BugFixerAgent","code_change":{"file":"lib/cache.ex","change":"bound table"},"impact_score":8.0,"risk_score":1.0,"timestamp":"2026-11-22T10:00:00Z"}"#;
 const QUEUE: &str = "bench";
 
