@@ -195,6 +195,10 @@ defmodule Pgflow do
     end
   end
 
+  @doc "Ends any open transaction on the connection (a no-op otherwise)."
+  @spec rollback(conn()) :: :ok | {:error, Error.t()}
+  def rollback(conn), do: simple(conn, "ROLLBACK")
+
   @doc """
   Any SQL with `$n` parameters (strings, integers, maps as JSON, nil). Cast result columns to
   text; rows come back as lists of strings (nil for NULL).
@@ -220,6 +224,10 @@ defmodule Pgflow do
 
   defp run(conn, name, params) do
     case :pgsql.execute(conn, name, Enum.map(params, &param/1)) do
+      # A command without rows the driver has no case for (BEGIN, COMMIT, CREATE, ...).
+      {:ok, {:nyi, _tag}} ->
+        {:ok, []}
+
       {:ok, {_command, rows}} when is_list(rows) ->
         {:ok, Enum.map(rows, fn row -> Enum.map(row, &column/1) end)}
 

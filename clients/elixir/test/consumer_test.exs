@@ -135,6 +135,41 @@ defmodule Pgflow.ConsumerTest do
     assert one!(c, "SELECT last_error FROM pgflow.dlq_list($1)", [q]) =~ "bad input"
   end
 
+  test "a failed handler's open transaction is rolled back, not carried into the next message",
+       %{conn: c} do
+    q = fresh_queue!(c, "ex_handler_tx", ", retry_delay => '10 ms', retry_jitter => 0")
+    out = fresh_queue!(c, "ex_handler_out")
+    [_id] = send_n(c, q, 1)
+
+    # The first delivery opens a transaction, writes, and fails; the retry, on the same worker
+    # and handler connection, writes and succeeds.
+    handler = fn m, conn ->
+      {:ok, []} = Pgflow.query(conn, "BEGIN")
+      {:ok, _} = Pgflow.send(conn, out, %{"attempt" => m.read_ct})
+
+      if m.read_ct == 1 do
+        raise "failed after writing"
+      else
+        {:ok, []} = Pgflow.query(conn, "COMMIT")
+        :ok
+      end
+    end
+
+    {:ok, consumer} =
+      Consumer.start(
+        connect: dsn(),
+        queue: q,
+        handler: handler,
+        concurrency: 1,
+        wait: 500,
+        stop_when_idle: true
+      )
+
+    assert Consumer.await(consumer) == %{archived: 1, nacked: 1, dead: 0, lost: 0}
+    assert {:ok, [m]} = Pgflow.read(c, out, qty: 10)
+    assert m.payload == %{"attempt" => 2}
+  end
+
   test "stop finishes the messages in hand: none lost, none leased, none twice", %{conn: c} do
     q = fresh_queue!(c, "ex_stop")
     ids = send_n(c, q, 40)

@@ -12,6 +12,9 @@ defmodule Pgflow.Consumer do
       with backoff or dead-letters it. A 55000 (the lease was lost, someone else holds the
       message now) is counted as `lost` and otherwise ignored.
 
+  An arity-2 handler's connection is rolled back after a failure (an open transaction's
+  writes are undone); on success the handler must leave no transaction open.
+
   `stop/1` is graceful: each worker finishes the message in hand (archive or nack), then
   closes its connection; nothing is left leased and nothing is handled twice. With
   `stop_when_idle: true` the workers stop by themselves once a read comes back empty (for
@@ -157,15 +160,21 @@ defmodule Pgflow.Consumer do
     args = [m | handler_conn]
     {pid, mon} = spawn_monitor(fn -> exit(run_handler(cfg.handler, args)) end)
 
-    case supervise(conn, m, cfg, pid, mon, started) do
-      {:handled, :ok} -> finish(conn, m, cfg, :archive)
-      {:handled, {:ok, _}} -> finish(conn, m, cfg, :archive)
-      {:handled, {:error, reason}} -> finish(conn, m, cfg, {:nack, inspect(reason)})
-      {:handled, other} -> finish(conn, m, cfg, {:nack, "unexpected result #{inspect(other)}"})
-      :timeout -> finish(conn, m, cfg, {:nack, "timeout after #{cfg.timeout} ms"})
-      {:raised, why} -> finish(conn, m, cfg, {:nack, why})
-      {:crashed, reason} -> finish(conn, m, cfg, {:nack, "crashed: #{inspect(reason)}"})
-    end
+    verdict =
+      case supervise(conn, m, cfg, pid, mon, started) do
+        {:handled, :ok} -> :archive
+        {:handled, {:ok, _}} -> :archive
+        {:handled, {:error, reason}} -> {:nack, inspect(reason)}
+        {:handled, other} -> {:nack, "unexpected result #{inspect(other)}"}
+        :timeout -> {:nack, "timeout after #{cfg.timeout} ms"}
+        {:raised, why} -> {:nack, why}
+        {:crashed, reason} -> {:nack, "crashed: #{inspect(reason)}"}
+      end
+
+    # A handler that failed may have left a transaction open on its connection; end it, so
+    # its writes are undone and the next message does not run inside it.
+    with {:nack, _} <- verdict, [hconn] <- handler_conn, do: Pgflow.rollback(hconn)
+    finish(conn, m, cfg, verdict)
   end
 
   defp run_handler(handler, args) do
