@@ -397,45 +397,20 @@ impl Consumer {
         }
     }
 
-    /// A read that waits for work the way each system offers: pgmq's read_with_poll, PgQ's
-    /// next_batch after a tick, and for pgflow (no long-poll yet) a plain read every 10 ms, the
-    /// same interval pgmq polls at here.
+    /// A read that waits for work the way each system offers: pgmq's read_with_poll (polling
+    /// every 10 ms), pgflow's long-poll read (asleep on its latch until a send commits), PgQ's
+    /// next_batch after a tick, polled every 10 ms.
     fn wait_round(&mut self, stop: &AtomicBool) -> Res<Vec<i64>> {
         loop {
             let ids = match self.sys {
-                Sys::Pgmq => {
-                    let ids: Vec<i64> = self
-                        .client
-                        .query(
-                            "SELECT msg_id FROM pgmq.read_with_poll($1, 30, $2, 1, 10)",
-                            &[&QUEUE, &self.qty],
-                        )?
-                        .iter()
-                        .map(|r| r.get(0))
-                        .collect();
-                    if !ids.is_empty() {
-                        self.client
-                            .execute("SELECT pgmq.archive($1, $2::bigint[])", &[&QUEUE, &ids])?;
-                    }
-                    ids
-                }
-                Sys::Pgflow => {
-                    // Long-poll: the backend sleeps on its latch until a send commits.
-                    let ids: Vec<i64> = self
-                        .client
-                        .query(
-                            "SELECT msg_id FROM pgflow.read($1, '30 s', $2, wait => '1 s')",
-                            &[&QUEUE, &self.qty],
-                        )?
-                        .iter()
-                        .map(|r| r.get(0))
-                        .collect();
-                    if !ids.is_empty() {
-                        self.client
-                            .execute("SELECT pgflow.archive($1, $2::bigint[])", &[&QUEUE, &ids])?;
-                    }
-                    ids
-                }
+                Sys::Pgmq => self.read_and_archive(
+                    "SELECT msg_id FROM pgmq.read_with_poll($1, 30, $2, 1, 10)",
+                    "SELECT pgmq.archive($1, $2::bigint[])",
+                )?,
+                Sys::Pgflow => self.read_and_archive(
+                    "SELECT msg_id FROM pgflow.read($1, '30 s', $2, wait => '1 s')",
+                    "SELECT pgflow.archive($1, $2::bigint[])",
+                )?,
                 _ => self.round()?,
             };
             if !ids.is_empty() || stop.load(Ordering::Relaxed) {
@@ -445,6 +420,20 @@ impl Consumer {
                 thread::sleep(Duration::from_millis(10));
             }
         }
+    }
+
+    /// One waiting read ($1 queue, $2 qty) and, if it got anything, one archive of the ids.
+    fn read_and_archive(&mut self, read_sql: &str, archive_sql: &str) -> Res<Vec<i64>> {
+        let ids: Vec<i64> = self
+            .client
+            .query(read_sql, &[&QUEUE, &self.qty])?
+            .iter()
+            .map(|r| r.get(0))
+            .collect();
+        if !ids.is_empty() {
+            self.client.execute(archive_sql, &[&QUEUE, &ids])?;
+        }
+        Ok(ids)
     }
 }
 

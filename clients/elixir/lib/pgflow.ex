@@ -205,7 +205,9 @@ defmodule Pgflow do
   """
   @spec query(conn(), String.t(), list()) :: result([[String.t() | nil]])
   def query(conn, sql, params \\ []) do
-    name = ~c"pgflow_adhoc"
+    # A name of its own, so callers sharing the connection never collide between the prepare
+    # and the unprepare.
+    name = ~c"pgflow_adhoc_" ++ Integer.to_charlist(System.unique_integer([:positive]))
 
     case :pgsql.prepare(conn, name, to_charlist(sql)) do
       {:ok, _, _, _} ->

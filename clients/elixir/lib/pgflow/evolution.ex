@@ -32,31 +32,16 @@ defmodule Pgflow.Evolution do
   the proposal, in one transaction. Returns the proposal id, or nil when there is none.
   """
   def vote(conn) do
-    Pgflow.transaction(conn, fn ->
-      case Pgflow.read(conn, "proposals_for_consensus_queue", vt: 30_000) do
-        {:ok, [m]} ->
-          p = m.payload
-
-          with {:ok, _} <-
-                 Pgflow.send(conn, "consensus_results_queue", %{
-                   "type" => "consensus_result",
-                   "proposal_id" => p["proposal_id"],
-                   "instance_id" => p["instance_id"],
-                   "status" => "approved",
-                   "votes" => %{"singularity_2" => "approve", "singularity_3" => "approve"},
-                   "confidence" => 0.9,
-                   "timestamp" => now()
-                 }),
-               {:ok, true} <- Pgflow.archive(conn, "proposals_for_consensus_queue", m.id) do
-            {:ok, p["proposal_id"]}
-          end
-
-        {:ok, []} ->
-          {:ok, nil}
-
-        error ->
-          error
-      end
+    relay(conn, "proposals_for_consensus_queue", [vt: 30_000], "consensus_results_queue", fn p ->
+      %{
+        "type" => "consensus_result",
+        "proposal_id" => p["proposal_id"],
+        "instance_id" => p["instance_id"],
+        "status" => "approved",
+        "votes" => %{"singularity_2" => "approve", "singularity_3" => "approve"},
+        "confidence" => 0.9,
+        "timestamp" => now()
+      }
     end)
   end
 
@@ -65,23 +50,30 @@ defmodule Pgflow.Evolution do
   archiving the result in the same transaction. Returns the proposal id, or nil.
   """
   def execute_and_report(conn, errors_after) do
-    Pgflow.transaction(conn, fn ->
-      case Pgflow.read(conn, "consensus_results_queue", vt: 30_000, wait: 1_000) do
-        {:ok, [m]} ->
-          r = m.payload
+    read_opts = [vt: 30_000, wait: 1_000]
 
-          with {:ok, _} <-
-                 Pgflow.send(conn, "metrics_to_guardian_queue", %{
-                   "type" => "execution_metrics",
-                   "proposal_id" => r["proposal_id"],
-                   "instance_id" => r["instance_id"],
-                   "metrics_before" => %{"cpu_usage" => 40.0, "error_count" => 1},
-                   "metrics_after" => %{"cpu_usage" => 38.5, "error_count" => errors_after},
-                   "status" => "completed",
-                   "timestamp" => now()
-                 }),
-               {:ok, true} <- Pgflow.archive(conn, "consensus_results_queue", m.id) do
-            {:ok, r["proposal_id"]}
+    relay(conn, "consensus_results_queue", read_opts, "metrics_to_guardian_queue", fn r ->
+      %{
+        "type" => "execution_metrics",
+        "proposal_id" => r["proposal_id"],
+        "instance_id" => r["instance_id"],
+        "metrics_before" => %{"cpu_usage" => 40.0, "error_count" => 1},
+        "metrics_after" => %{"cpu_usage" => 38.5, "error_count" => errors_after},
+        "status" => "completed",
+        "timestamp" => now()
+      }
+    end)
+  end
+
+  # One hop, in one transaction: lease a message from `from`, send `build.(payload)` to `to`,
+  # archive the message. Returns the message's proposal id, or nil when `from` was empty.
+  defp relay(conn, from, read_opts, to, build) do
+    Pgflow.transaction(conn, fn ->
+      case Pgflow.read(conn, from, read_opts) do
+        {:ok, [m]} ->
+          with {:ok, _} <- Pgflow.send(conn, to, build.(m.payload)),
+               {:ok, true} <- Pgflow.archive(conn, from, m.id) do
+            {:ok, m.payload["proposal_id"]}
           end
 
         {:ok, []} ->
