@@ -1,9 +1,10 @@
 # pgflow: the two commands a new machine needs (each installs what is missing first).
 #   make demo   build pgflow, start a throwaway Postgres with it preloaded, run the demo scenario
-#   make test   the whole test suite on Postgres 15, 17 and 18
-# PG=17 make demo picks the demo's Postgres version; PG_VERSIONS="15" make test narrows the suite.
+#   make test   the whole test suite on Postgres 15, 16, 17 and 18
+# PG=17 make demo picks the demo's Postgres version. make test takes PG="15 17", LAYER=isolation
+# and TEST=name to run a part of the suite (CONTRIBUTING.md).
 
-.PHONY: demo demo-stop test setup bench bench-quick
+.PHONY: demo demo-stop test setup lint bench bench-quick
 
 demo:
 	@bash scripts/demo.sh
@@ -15,7 +16,12 @@ test:
 	@bash scripts/test.sh
 
 setup:
-	@bash scripts/setup.sh
+	@bash scripts/setup.sh test
+
+# cargo fmt --check and clippy with warnings denied, for every crate of the workspace and every
+# Postgres major (.ci/run runs it after the suite).
+lint:
+	@bash scripts/lint.sh
 
 # pgflow vs pgmq vs PgQ on one throwaway cluster; the full run writes bench/results/ and the
 # README table (about 80 minutes on 2 cores). bench-quick takes a few minutes, for checking a change.

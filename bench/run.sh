@@ -2,15 +2,14 @@
 # The benchmark (README: `make bench`): pgflow, pgmq and PgQ side by side on one throwaway
 # cluster with the same settings. MODE=full (the README table), quick (a few minutes, for
 # checking a change) or smoke (seconds; `make test` runs it so the benchmark never rots).
-# PG=15 by default; 17 and 18 run without PgQ, which Debian packages for Postgres 15 only.
+# PG=15 by default; 16, 17 and 18 run without PgQ, which Debian packages for Postgres 15 only.
 set -euo pipefail
 . "$(dirname "$0")/../scripts/lib.sh"
 
 mode=${MODE:-full}
 ver=${PG:-15}
 build=${BENCH_BUILD:-release}
-"$ROOT/scripts/setup.sh"
-. "$TOOLS/paths.env"
+"$ROOT/scripts/setup.sh" bench "$ver"
 cfg=$(pg_config_for "$ver"); bindir=$($cfg --bindir)
 
 say "bench: installing pgflow ($build) into Postgres $ver"

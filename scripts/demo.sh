@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # README command 1 (`make demo`): build pgflow, start a throwaway Postgres (15 by default;
-# PG=17 or PG=18 for the others) with pgflow preloaded, and run the evolution system's scenario
+# PG=16, 17 or 18 for the others) with pgflow preloaded, and run the evolution system's scenario
 # (examples/evolution/: every hop, the DLQ and a redrive, a broadcast, 4 parallel Genesis
 # workers) through psql.
 # The cluster stays up afterwards; `make demo-stop` stops it.
@@ -13,13 +13,13 @@ port=${PGFLOW_DEMO_PORT:-$((54300 + ver))}
 bindir=""
 
 if [ "${1:-}" = stop ]; then
-  for v in 15 17 18; do
+  for v in $PG_MAJORS; do
     [ -f "/tmp/pgflow-demo-$v/postmaster.pid" ] && { cluster_stop "$v" "/tmp/pgflow-demo-$v"; say "stopped the Postgres $v demo cluster"; }
   done
   exit 0
 fi
 
-"$ROOT/scripts/setup.sh"
+"$ROOT/scripts/setup.sh" demo "$ver"
 bindir=$("$(pg_config_for "$ver")" --bindir)
 say "building and installing pgflow (release) into Postgres $ver"
 install_pgflow "$ver" --release

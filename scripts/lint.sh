@@ -1,0 +1,16 @@
+#!/usr/bin/env bash
+# `make lint` (and .ci/run): rustfmt and clippy, warnings denied, over every crate of the
+# workspace (the extension, clients/rust, tests/client, bench) with all their targets. The
+# extension is linted for Postgres 15 (the default feature) and again for 18, the one major whose
+# code differs (pqsignal_be); 16 and 17 compile the same lines as 15.
+set -euo pipefail
+. "$(dirname "$0")/lib.sh"
+"$ROOT/scripts/setup.sh" build pg15 pg18
+cd "$ROOT"
+say "cargo fmt --check"
+cargo fmt --all -- --check
+say "cargo clippy (workspace, pg15)"
+cargo clippy -q --workspace --all-targets -- -D warnings
+say "cargo clippy (extension, pg18)"
+cargo clippy -q -p pgflow --all-targets --no-default-features --features pg18 -- -D warnings
+say "lint passed"
