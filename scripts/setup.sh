@@ -9,6 +9,7 @@
 #                           packages and the benchmark's peers (its smoke run is in the suite)
 #   setup.sh bench [MAJOR]  what `make bench` needs: one Postgres plus pgmq and PgQ
 #   setup.sh PART...        single parts: build, pg15, pg16, pg17, pg18, elixir, peers
+#   setup.sh abi-check MAJOR  compare an installed major's headers with its binaries again
 #
 # Where each Postgres comes from (no source packages: Debian no longer serves them):
 #   15  Debian 12's postgresql-15 and postgresql-server-dev-15.
@@ -204,6 +205,7 @@ parts=()
 case "$1" in
   demo) parts=(build "pg${2:-15}") ;;
   bench) parts=(build "pg${2:-15}" peers) ;;
+  abi-check) abi_check "${2:?abi-check needs a major version}"; exit 0 ;;
   test) parts=(build elixir peers); for v in $PG_MAJORS; do parts+=("pg$v"); done ;;
   *) parts=("$@") ;;
 esac

@@ -47,13 +47,22 @@ defmodule Pgflow.ConsumerTest do
     [id] = send_n(c, q, 1)
     parent = self()
 
-    # The handler outlives three leases; while it works, another reader must see nothing.
-    handler = fn _m ->
-      for _ <- 1..3 do
+    # The handler outlives at least two whole leases, measured by the server's clock from the
+    # end of the first lease (m.vt); while it works, another reader must see nothing. A 2 s
+    # lease renewed every 200 ms leaves 1.8 s for a late heartbeat, so only a broken renewal
+    # lets the lease run out.
+    handler = fn m ->
+      peek = fn peek, n ->
         Process.sleep(300)
         send(parent, {:peek, Pgflow.read(c, q)})
+
+        case Pgflow.query(c, "SELECT (clock_timestamp() > $1::timestamptz + interval '4 s')::text", [m.vt]) do
+          {:ok, [["true"]]} when n >= 3 -> n
+          _ -> peek.(peek, n + 1)
+        end
       end
 
+      send(parent, {:peeks, peek.(peek, 1)})
       :ok
     end
 
@@ -63,15 +72,16 @@ defmodule Pgflow.ConsumerTest do
         queue: q,
         handler: handler,
         concurrency: 1,
-        lease: 250,
-        heartbeat: 80,
-        timeout: 5_000,
+        lease: 2_000,
+        heartbeat: 200,
+        timeout: 30_000,
         wait: 200,
         stop_when_idle: true
       )
 
     assert Consumer.await(consumer) == %{archived: 1, nacked: 0, dead: 0, lost: 0}
-    for _ <- 1..3, do: assert_received({:peek, {:ok, []}})
+    assert_received {:peeks, peeks}
+    for _ <- 1..peeks, do: assert_received({:peek, {:ok, []}})
 
     assert one!(c, "SELECT read_ct::text FROM pgflow.archive WHERE msg_id = $1
                      AND queue_id = (SELECT queue_id FROM pgflow.queue WHERE queue_name = $2)", [
@@ -109,7 +119,10 @@ defmodule Pgflow.ConsumerTest do
 
     assert_receive {:stuck, stuck}, 5_000
     ref = Process.monitor(stuck)
-    assert_receive {:DOWN, ^ref, :process, ^stuck, :killed}, 5_000
+    # The handler can only end by being killed; if that happened before the monitor was set
+    # (this process ran late), the reason is :noproc.
+    assert_receive {:DOWN, ^ref, :process, ^stuck, reason} when reason in [:killed, :noproc],
+                   5_000
     assert Consumer.await(consumer) == %{archived: 1, nacked: 1, dead: 0, lost: 0}
     assert archived_counts(c, q) == %{id => 1}
   end
@@ -175,9 +188,11 @@ defmodule Pgflow.ConsumerTest do
     ids = send_n(c, q, 40)
     parent = self()
 
+    # 200 ms a message: draining all 40 takes 2 s, so a stop sent after 6 have started
+    # arrives well before the end even when this process runs late.
     handler = fn m ->
       send(parent, {:started, m.id})
-      Process.sleep(20)
+      Process.sleep(200)
       :ok
     end
 

@@ -104,18 +104,26 @@ defmodule PgflowTest do
       rc = conn!()
       pid = one!(rc, "SELECT pg_backend_pid()::text")
       send(parent, {:pid, pid})
-      send(parent, {:read, Pgflow.read(rc, q, wait: 3_000)})
+      send(parent, {:read, Pgflow.read(rc, q, wait: 4_000)})
       Pgflow.close(rc)
     end)
 
     assert_receive {:pid, pid}, 5_000
     # Wait (bounded) until the reader is asleep on its latch, then send in a transaction.
-    assert Enum.any?(1..500, fn _ ->
-             ev = one!(c, "SELECT pg_stat_clear_snapshot()::text || coalesce(wait_event, '')
-                           FROM pg_stat_activity WHERE pid = $1::int", [pid])
+    deadline = System.monotonic_time(:millisecond) + 30_000
 
-             ev == "Extension" or (Process.sleep(5) && false)
-           end)
+    asleep? = fn asleep?, _ ->
+      ev = one!(c, "SELECT pg_stat_clear_snapshot()::text || coalesce(wait_event, '')
+                    FROM pg_stat_activity WHERE pid = $1::int", [pid])
+
+      cond do
+        ev == "Extension" -> true
+        System.monotonic_time(:millisecond) > deadline -> false
+        true -> Process.sleep(5) && asleep?.(asleep?, nil)
+      end
+    end
+
+    assert asleep?.(asleep?, nil)
 
     {:ok, [id]} =
       Pgflow.transaction(c, fn ->

@@ -130,8 +130,31 @@ async fn the_runtime_archives_each_message_once_retries_failures_and_keeps_slow_
                     return Err(format!("job {n}: transient failure"));
                 }
                 if n == 5 {
-                    // Slower than the lease: the heartbeat must keep it ours.
-                    tokio::time::sleep(Duration::from_millis(1500)).await;
+                    // Slower than two whole leases by the server's clock: the heartbeat must
+                    // keep it ours. (A 3 s lease renewed every second leaves 2 s for a late
+                    // heartbeat, so only a broken renewal lets it run out.)
+                    let pg = Client::connect(&dsn()).await.unwrap();
+                    let start: std::time::SystemTime = pg
+                        .pg()
+                        .query_one("SELECT clock_timestamp()", &[])
+                        .await
+                        .unwrap()
+                        .get(0);
+                    loop {
+                        tokio::time::sleep(Duration::from_millis(300)).await;
+                        let past: bool = pg
+                            .pg()
+                            .query_one(
+                                "SELECT clock_timestamp() > $1::timestamptz + interval '6 s'",
+                                &[&start],
+                            )
+                            .await
+                            .unwrap()
+                            .get(0);
+                        if past {
+                            break;
+                        }
+                    }
                 }
                 if done.fetch_add(1, Ordering::SeqCst) + 1 == N as usize {
                     all_done.notify_one();
@@ -142,7 +165,7 @@ async fn the_runtime_archives_each_message_once_retries_failures_and_keeps_slow_
     };
     let consumer = Consumer {
         handlers: 4,
-        lease: Duration::from_millis(600),
+        lease: Duration::from_secs(3),
         timeout: Duration::from_secs(30),
         wait: Duration::from_millis(200),
         ..Consumer::new(&dsn(), q)
