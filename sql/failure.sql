@@ -1,8 +1,6 @@
--- Failure handling: nack, lease expiry as a failed delivery, the dead-letter queue and its
--- redrive, and the bounded maintenance jobs. Every job is a plain SQL function that does one
--- bounded batch, takes an optional `now` and returns a count, so the queue works without the
--- background worker (call pgflow.maintain() from pg_cron or a client) and every step can be
--- tested from psql without sleeping.
+-- Failure handling: nack, lease expiry as a failed delivery, the retry schedule, and the
+-- dead-letter queue with its redrive. The bounded maintenance jobs that apply these without a
+-- reader are in maintenance.sql.
 
 -- A nack's outcome, as nack returns it.
 CREATE TYPE pgflow.nack_result AS (
@@ -108,7 +106,7 @@ CREATE FUNCTION pgflow.nack(
 )
 RETURNS SETOF pgflow.nack_result
 LANGUAGE plpgsql VOLATILE
-SET enable_seqscan = off  -- see sql/api.sql's header
+SET enable_seqscan = off  -- see the header of sql/internal.sql
 AS $$
 DECLARE
     q pgflow.queue := pgflow._queue(queue_name);
@@ -146,7 +144,7 @@ END $$;
 CREATE FUNCTION pgflow._expire_queue(q pgflow.queue, p_now timestamptz, lim integer)
 RETURNS bigint
 LANGUAGE plpgsql VOLATILE
-SET enable_seqscan = off  -- see sql/api.sql's header
+SET enable_seqscan = off  -- see the header of sql/internal.sql
 AS $$
 DECLARE
     ids bigint[];
@@ -162,137 +160,6 @@ BEGIN
     END IF;
     RETURN (SELECT count(*) FROM pgflow._fail(q, ids, 'visibility timeout expired', NULL, p_now,
                                               'visibility timeout expired'));
-END $$;
-
--- expire_leases (maintenance job): every queue's expired leases, at most batch per queue so a
--- busy queue never starves the others. Returns how many messages it processed.
-CREATE FUNCTION pgflow.expire_leases(now timestamptz DEFAULT NULL, batch integer DEFAULT 1000)
-RETURNS bigint
-LANGUAGE plpgsql VOLATILE
-SET enable_seqscan = off  -- see sql/api.sql's header
-AS $$
-DECLARE
-    v_now timestamptz := coalesce(expire_leases.now, clock_timestamp());
-    q pgflow.queue;
-    n bigint := 0;
-BEGIN
-    PERFORM pgflow._check_int(batch, 'batch', 1);
-    -- Only queues with an expired lease: one probe of the small leased index per queue, in one
-    -- statement, so an idle round over many queues stays cheap (bench W8).
-    FOR q IN SELECT * FROM pgflow.queue qq
-              WHERE EXISTS (SELECT 1 FROM pgflow.message m
-                             WHERE m.queue_id = qq.queue_id AND m.state = 'l' AND m.vt <= v_now)
-              ORDER BY qq.queue_id LOOP
-        n := n + pgflow._expire_queue(q, v_now, batch);
-    END LOOP;
-    RETURN n;
-END $$;
-
--- prune_archive (maintenance job): archived messages older than each queue's
--- archive_retention, at most batch per queue. Returns how many rows it deleted.
-CREATE FUNCTION pgflow.prune_archive(now timestamptz DEFAULT NULL, batch integer DEFAULT 10000)
-RETURNS bigint
-LANGUAGE plpgsql VOLATILE
-SET enable_seqscan = off  -- see sql/api.sql's header
-AS $$
-DECLARE
-    v_now timestamptz := coalesce(prune_archive.now, clock_timestamp());
-    q pgflow.queue;
-    k bigint;
-    n bigint := 0;
-BEGIN
-    PERFORM pgflow._check_int(batch, 'batch', 1);
-    FOR q IN SELECT * FROM pgflow.queue qq
-              WHERE EXISTS (SELECT 1 FROM pgflow.archive o
-                             WHERE o.queue_id = qq.queue_id
-                               AND o.archived_at < v_now - qq.archive_retention)
-              ORDER BY qq.queue_id LOOP
-        DELETE FROM pgflow.archive a
-         WHERE a.queue_id = q.queue_id
-           AND a.msg_id IN (SELECT o.msg_id FROM pgflow.archive o
-                             WHERE o.queue_id = q.queue_id
-                               AND o.archived_at < v_now - q.archive_retention
-                             ORDER BY o.archived_at
-                             LIMIT batch
-                               FOR UPDATE SKIP LOCKED);
-        GET DIAGNOSTICS k = ROW_COUNT;
-        n := n + k;
-    END LOOP;
-    RETURN n;
-END $$;
-
--- promote_delayed (maintenance job): delayed and retried messages whose time has come become
--- ready, at most batch per queue, oldest due first. Reads do not depend on it (they take due
--- messages themselves); it keeps the ready index the one place a consumer looks, and metrics'
--- delayed count exact.
-CREATE FUNCTION pgflow.promote_delayed(now timestamptz DEFAULT NULL, batch integer DEFAULT 1000)
-RETURNS bigint
-LANGUAGE plpgsql VOLATILE
-SET enable_seqscan = off  -- see sql/api.sql's header
-AS $$
-DECLARE
-    v_now timestamptz := coalesce(promote_delayed.now, clock_timestamp());
-    q pgflow.queue;
-    n bigint := 0;
-BEGIN
-    PERFORM pgflow._check_int(batch, 'batch', 1);
-    FOR q IN SELECT * FROM pgflow.queue qq
-              WHERE EXISTS (SELECT 1 FROM pgflow.message m
-                             WHERE m.queue_id = qq.queue_id AND m.state = 'd' AND m.vt <= v_now)
-              ORDER BY qq.queue_id LOOP
-        n := n + pgflow._promote_queue(q.queue_id, v_now, batch);
-    END LOOP;
-    RETURN n;
-END $$;
-
--- prune_dedup (maintenance job): deduplication keys past their window, at most batch per
--- queue. Expired keys no longer deduplicate even before they are deleted (send checks
--- expires_at); this only keeps the table small.
-CREATE FUNCTION pgflow.prune_dedup(now timestamptz DEFAULT NULL, batch integer DEFAULT 10000)
-RETURNS bigint
-LANGUAGE plpgsql VOLATILE
-SET enable_seqscan = off  -- see sql/api.sql's header
-AS $$
-DECLARE
-    v_now timestamptz := coalesce(prune_dedup.now, clock_timestamp());
-    q record;
-    k bigint;
-    n bigint := 0;
-BEGIN
-    PERFORM pgflow._check_int(batch, 'batch', 1);
-    FOR q IN SELECT qq.queue_id FROM pgflow.queue qq
-              WHERE EXISTS (SELECT 1 FROM pgflow.dedup o
-                             WHERE o.queue_id = qq.queue_id AND o.expires_at <= v_now)
-              ORDER BY qq.queue_id LOOP
-        DELETE FROM pgflow.dedup d
-         WHERE d.queue_id = q.queue_id
-           AND d.dedup_key IN (SELECT o.dedup_key FROM pgflow.dedup o
-                                WHERE o.queue_id = q.queue_id AND o.expires_at <= v_now
-                                ORDER BY o.expires_at
-                                LIMIT batch
-                                  FOR UPDATE SKIP LOCKED);
-        GET DIAGNOSTICS k = ROW_COUNT;
-        n := n + k;
-    END LOOP;
-    RETURN n;
-END $$;
-
--- maintain: one round of every maintenance job, each a bounded batch per queue; what the
--- background worker runs each tick (with pgflow.batch_size and pgflow.prune_batch_size), and
--- what pg_cron or a client can run when the worker is not loaded.
-CREATE FUNCTION pgflow.maintain(now timestamptz DEFAULT NULL, batch integer DEFAULT 1000,
-                                prune_batch integer DEFAULT 10000)
-RETURNS TABLE (job text, processed bigint)
-LANGUAGE plpgsql VOLATILE AS $$
-DECLARE
-    v_now timestamptz := coalesce(maintain.now, clock_timestamp());
-BEGIN
-    PERFORM pgflow._check_int(batch, 'batch', 1);
-    PERFORM pgflow._check_int(prune_batch, 'prune_batch', 1);
-    job := 'expire_leases';   processed := pgflow.expire_leases(v_now, batch);         RETURN NEXT;
-    job := 'promote_delayed'; processed := pgflow.promote_delayed(v_now, batch);       RETURN NEXT;
-    job := 'prune_archive';   processed := pgflow.prune_archive(v_now, prune_batch);   RETURN NEXT;
-    job := 'prune_dedup';     processed := pgflow.prune_dedup(v_now, prune_batch);     RETURN NEXT;
 END $$;
 
 -------------------------------------------------------------------------------------------------
@@ -389,9 +256,3 @@ BEGIN
     SELECT n, pgflow._retry_interval(q, n, 1.0), pgflow._retry_interval(q, n, 0.0)
       FROM generate_series(1, q.max_retries) AS n;
 END $$;
-
--------------------------------------------------------------------------------------------------
--- Last: ask the launcher for this database's worker once CREATE EXTENSION commits (a no-op
--- when pgflow is not in shared_preload_libraries).
--------------------------------------------------------------------------------------------------
-SELECT pgflow._worker_wake();

@@ -1,7 +1,7 @@
 //! Every error a user can cause, each mapped to a specific SQLSTATE.
 //!
 //! The SQL layer raises its own errors with `RAISE ... USING ERRCODE`; the codes used there are
-//! listed in the README next to each function. This enum covers what Rust code reports.
+//! listed in docs/api.md next to each function. This enum covers what Rust code reports.
 use std::fmt;
 
 use pgrx::pg_sys::panic::ErrorReport;

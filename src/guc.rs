@@ -1,9 +1,7 @@
-//! Every setting pgflow reads, each a named, documented `GucSetting` (the README lists them all).
+//! Every setting pgflow reads, each a named, documented `GucSetting` (docs/operations.md lists them all).
 //!
 //! All are reloadable: `ALTER SYSTEM SET ...; SELECT pg_reload_conf();` (SIGHUP). The launcher
 //! re-reads them and starts or stops workers; each worker re-reads them before its next tick.
-use std::ffi::CStr;
-
 use pgrx::{GucContext, GucFlags, GucRegistry, GucSetting};
 
 /// `pgflow.enabled` (default on): the off switch. Off in `postgresql.conf` stops every worker;
@@ -95,11 +93,4 @@ pub fn init() {
         GucContext::Sighup,
         GucFlags::default(),
     );
-}
-
-/// Whether `datname` passes the `pgflow.databases` filter.
-pub fn database_allowed(datname: &str) -> bool {
-    let list = DATABASES.get();
-    let list = list.as_deref().map(CStr::to_string_lossy);
-    crate::worker::policy::allows(list.as_deref(), datname)
 }

@@ -1,46 +1,101 @@
 //! pgflow: durable message queues inside PostgreSQL.
 //!
-//! Layout:
-//! - `sql/schema.sql`: tables and indexes (the storage design is in `docs/design.md`);
-//! - `sql/api.sql`: the SQL verbs (`send`, `read`, `archive`, ...), plain PL/pgSQL with static,
-//!   plan-cached statements;
-//! - `sql/failure.sql`: nack, lease expiry, the dead-letter queue and the maintenance jobs;
-//! - `src/queue/`: queue semantics that need no Postgres (name rules, the retry formula),
-//!   tested with plain `#[test]`s;
-//! - `src/api/`: the thin `#[pg_extern]` shims the SQL layer calls;
-//! - `src/worker/`: the launcher and the per-database maintenance workers;
+//! Layout (CONTRIBUTING.md has the whole map):
+//! - `sql/`: the SQL verbs, plain PL/pgSQL with static, plan-cached statements, one file per
+//!   concern in call order: `schema`, `internal`, `admin`, `contracts`, `produce`, `failure`,
+//!   `consume`, `maintenance`, `observe`, `topics`, `finalize` (the storage design is in
+//!   `docs/design.md`);
+//! - `src/api/`: every `#[pg_extern]`, thin shims the SQL layer calls;
+//! - `src/queue/`: queue semantics that need no Postgres (name rules, the retry formula, topic
+//!   matching, the contract checker), tested with plain `#[test]`s;
+//! - `src/contract_cache.rs`: the per-backend cache of parsed contract schemas;
+//! - `src/ipc/`: shared memory and wake-ups by latch (long-poll waiters, the NOTIFY throttle);
+//! - `src/worker/`: the launcher, the per-database maintenance workers and the utility hook;
 //! - `src/guc.rs`: every setting;
 //! - `src/error.rs`: every error a user can cause, each with its SQLSTATE.
+// `#[pg_extern]` functions return `Result<T, ErrorReport>` so that every error carries its
+// SQLSTATE; pgrx's ErrorReport is large, and that is the type pgrx's error path expects.
+#![allow(clippy::result_large_err)]
+
 use pgrx::prelude::*;
 
 pub mod api;
+pub mod contract_cache;
 pub mod error;
 pub mod guc;
+pub mod ipc;
 pub mod queue;
-pub mod wakeup;
 pub mod worker;
 
 ::pgrx::pg_module_magic!(name, version);
 
-// Tables first, then the SQL API and the Rust functions it calls, failure handling last.
+// The SQL files in call order: each `requires` the files and the Rust functions its code
+// calls, so the generated script creates everything before its first use.
 extension_sql_file!("../sql/schema.sql", name = "schema", bootstrap);
-extension_sql_file!("../sql/api.sql", name = "api", requires = ["schema"]);
+extension_sql_file!(
+    "../sql/internal.sql",
+    name = "internal",
+    requires = ["schema", api::_check_queue_name, api::wait::_announce]
+);
+extension_sql_file!(
+    "../sql/admin.sql",
+    name = "admin",
+    requires = [
+        "internal",
+        api::_check_contract_schema,
+        api::wait::_notify_forget
+    ]
+);
 extension_sql_file!(
     "../sql/contracts.sql",
     name = "contracts",
-    requires = ["api", api::_check_contract_schema, api::_validate_contract]
+    requires = [
+        "internal",
+        api::_check_contract_schema,
+        api::_validate_contract
+    ]
+);
+extension_sql_file!(
+    "../sql/produce.sql",
+    name = "produce",
+    requires = ["contracts", api::wait::_announce]
+);
+extension_sql_file!(
+    "../sql/failure.sql",
+    name = "failure",
+    requires = ["internal", api::_retry_delay, api::wait::_announce]
+);
+extension_sql_file!(
+    "../sql/consume.sql",
+    name = "consume",
+    requires = [
+        "failure",
+        api::wait::_wait_begin,
+        api::wait::_wait_end,
+        api::wait::_wait_sleep
+    ]
+);
+extension_sql_file!(
+    "../sql/maintenance.sql",
+    name = "maintenance",
+    requires = ["consume"]
+);
+extension_sql_file!(
+    "../sql/observe.sql",
+    name = "observe",
+    requires = ["internal"]
 );
 extension_sql_file!(
     "../sql/topics.sql",
     name = "topics",
     requires = [
-        "api",
+        "produce",
         api::_check_topic,
         api::_check_topic_pattern,
         api::_topic_matches
     ]
 );
-extension_sql_file!("../sql/failure.sql", name = "failure", finalize);
+extension_sql_file!("../sql/finalize.sql", name = "finalize", finalize);
 
 /// Library load. The settings exist in every process; shared memory, the launcher and the
 /// utility hook only when loaded by `shared_preload_libraries`. The SQL API needs neither and
@@ -49,9 +104,8 @@ extension_sql_file!("../sql/failure.sql", name = "failure", finalize);
 pub extern "C-unwind" fn _PG_init() {
     guc::init();
     if unsafe { pg_sys::process_shared_preload_libraries_in_progress } {
+        ipc::init();
         worker::init();
-        wakeup::init();
-        wakeup::init_notify();
     }
 }
 

@@ -1,15 +1,13 @@
 //! The `#[pg_extern]` shims the SQL layer calls. Each checks its arguments, calls one core
 //! function and returns; errors carry their SQLSTATE through `ErrorReport`.
-use std::cell::RefCell;
-use std::collections::HashMap;
-use std::rc::Rc;
-
 use pgrx::pg_sys::panic::ErrorReport;
 use pgrx::prelude::*;
-use pgrx::PgSqlErrorCode;
 
 use crate::error::PgflowError;
 use crate::queue::name;
+
+pub mod wait;
+pub mod worker;
 
 /// Raises 22023 (with the broken rule) for an invalid queue name, 22004 for NULL.
 #[pg_extern(immutable, parallel_safe)]
@@ -43,8 +41,6 @@ fn _retry_delay(
     }
     .delay_secs(attempt, u)
 }
-
-pub mod worker;
 
 /// Raises 22023 (with the reason) for a topic `publish` cannot route, 22004 for NULL.
 #[pg_extern(immutable, parallel_safe)]
@@ -105,7 +101,7 @@ fn _validate_contract(
     message: pgrx::JsonB,
     pos: Option<i32>,
 ) -> Result<(), ErrorReport> {
-    let schema = contract_schema(queue_id, version, revision)?;
+    let schema = crate::contract_cache::schema(queue_id, version, revision)?;
     crate::queue::contract::validate(&schema, &message.0).map_err(|v| {
         let element = pos.map(|p| format!(" (messages[{p}])")).unwrap_or_default();
         PgflowError::ContractViolation {
@@ -114,64 +110,4 @@ fn _validate_contract(
         }
         .into()
     })
-}
-
-type SchemaCache = HashMap<(i32, String), (i64, Rc<serde_json::Value>)>;
-
-thread_local! {
-    static SCHEMAS: RefCell<SchemaCache> = RefCell::new(HashMap::new());
-}
-/// Entries kept per backend before the cache starts over.
-const SCHEMA_CACHE_MAX: usize = 1024;
-
-fn contract_schema(
-    queue_id: i32,
-    version: &str,
-    revision: i64,
-) -> Result<Rc<serde_json::Value>, ErrorReport> {
-    let key = (queue_id, version.to_owned());
-    let hit = SCHEMAS.with(|c| {
-        c.borrow()
-            .get(&key)
-            .filter(|(rev, _)| *rev == revision)
-            .map(|(_, s)| Rc::clone(s))
-    });
-    if let Some(schema) = hit {
-        return Ok(schema);
-    }
-    // A read-only SPI query under the caller's snapshot, which found this revision.
-    let schema = Spi::connect(|client| {
-        client
-            .select(
-                "SELECT schema FROM pgflow.contract \
-                  WHERE queue_id = $1 AND version = $2 AND revision = $3",
-                Some(1),
-                &[queue_id.into(), version.into(), revision.into()],
-            )?
-            .first()
-            .get_one::<pgrx::JsonB>()
-    })
-    .map_err(|e| {
-        ErrorReport::new(
-            PgSqlErrorCode::ERRCODE_INTERNAL_ERROR,
-            format!("reading contract version {version} of queue {queue_id}: {e}"),
-            "pgflow._validate_contract",
-        )
-    })?
-    .ok_or_else(|| {
-        ErrorReport::new(
-            PgSqlErrorCode::ERRCODE_UNDEFINED_OBJECT,
-            format!("queue {queue_id} has no contract version {version} at revision {revision}"),
-            "pgflow._validate_contract",
-        )
-    })?;
-    let schema = Rc::new(schema.0);
-    SCHEMAS.with(|c| {
-        let mut c = c.borrow_mut();
-        if c.len() >= SCHEMA_CACHE_MAX {
-            c.clear();
-        }
-        c.insert(key, (revision, Rc::clone(&schema)));
-    });
-    Ok(schema)
 }

@@ -3,7 +3,7 @@ use pgrx::pg_sys::panic::ErrorReport;
 use pgrx::prelude::*;
 use pgrx::PgSqlErrorCode;
 
-use crate::worker::{self, SlotState, REGISTRY};
+use crate::worker::{self, IdleReason, SlotState, REGISTRY};
 
 fn ts(t: i64) -> Option<TimestampWithTimeZone> {
     (t != 0)
@@ -34,7 +34,7 @@ fn worker_status() -> Result<
     >,
     ErrorReport,
 > {
-    if !worker::preloaded() {
+    if !crate::ipc::preloaded() {
         return Err(ErrorReport::new(
             PgSqlErrorCode::ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE,
             "pgflow's background workers are not running",
@@ -51,10 +51,10 @@ fn worker_status() -> Result<
         .map(|s| {
             let detail = match (s.state, s.idle_reason, s.held) {
                 (_, _, true) => Some("held by a database-level command".to_owned()),
-                (SlotState::Idle, 1, _) => {
+                (SlotState::Idle, IdleReason::NoExtension, _) => {
                     Some("extension not created in this database".to_owned())
                 }
-                (SlotState::Idle, 2, _) => {
+                (SlotState::Idle, IdleReason::Disabled, _) => {
                     Some("pgflow.enabled is off for this database".to_owned())
                 }
                 (SlotState::Held, _, _) => {
@@ -90,7 +90,7 @@ fn worker_status() -> Result<
 /// is not preloaded.
 #[pg_extern(volatile, parallel_unsafe)]
 fn _worker_wake() {
-    if !worker::preloaded() {
+    if !crate::ipc::preloaded() {
         return;
     }
     let dboid = unsafe { pg_sys::MyDatabaseId }.to_u32();

@@ -119,7 +119,7 @@ mod tests {
         for (n, u) in [(0, 0.5), (-3, 2.0), (3, f64::NAN), (2, -1.0)] {
             let d = p.delay_secs(n, u);
             assert!(
-                d.is_finite() && d >= 0.0 && d <= 5.0,
+                d.is_finite() && (0.0..=5.0).contains(&d),
                 "attempt {n} u {u}: {d}"
             );
         }

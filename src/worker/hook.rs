@@ -11,7 +11,7 @@ use std::ffi::CStr;
 use pgrx::prelude::*;
 use pgrx::{register_xact_callback, PgXactCallbackEvent};
 
-use super::{wake, SlotState, REGISTRY};
+use super::{SlotState, REGISTRY};
 
 static mut PREV_PROCESS_UTILITY: pg_sys::ProcessUtility_hook_type = None;
 
@@ -78,9 +78,9 @@ fn release(dboid: u32) {
         if let Some(slot) = reg.find(dboid) {
             slot.held = false;
         }
-        reg.launcher_pid
+        reg.launcher_latch
     };
-    wake(launcher);
+    crate::ipc::set_latch(launcher);
 }
 
 /// Holds `dbname`'s worker: stops it and waits until it has exited.
@@ -93,12 +93,12 @@ fn hold(dbname: &str) {
         return;
     }
     let dboid = oid.to_u32();
-    let me = unsafe { pg_sys::MyProcPid };
+    let me = crate::ipc::my_latch();
     let pid = {
         let mut reg = REGISTRY.exclusive();
         let Some(slot) = reg.find(dboid) else { return };
         slot.held = true;
-        slot.waiter_pid = me;
+        slot.waiter_latch = me;
         if matches!(slot.state, SlotState::Running | SlotState::Starting) {
             slot.set_state(SlotState::Stopping);
         }
@@ -118,7 +118,7 @@ fn hold(dbname: &str) {
             match reg.find(dboid) {
                 None => true,
                 Some(slot) => {
-                    slot.waiter_pid = me;
+                    slot.waiter_latch = me;
                     slot.pid == 0
                         && !matches!(slot.state, SlotState::Starting | SlotState::Stopping)
                 }
@@ -155,7 +155,7 @@ unsafe extern "C-unwind" fn process_utility(
     dest: *mut pg_sys::DestReceiver,
     qc: *mut pg_sys::QueryCompletion,
 ) {
-    if super::preloaded() {
+    if crate::ipc::preloaded() {
         if let Some(dbname) = unsafe { database_needed_alone((*pstmt).utilityStmt) } {
             hold(&dbname);
         }

@@ -15,7 +15,7 @@ use pgrx::bgworkers::{
 use pgrx::prelude::*;
 
 use super::{
-    handle_interrupts, micros, name_of, now, policy, setup_signals, wait, SlotState,
+    handle_interrupts, micros, name_of, now, policy, setup_signals, IdleReason, SlotState,
     LAUNCHER_NAPTIME_MS, MAX_DATABASES, REGISTRY,
 };
 use crate::guc;
@@ -121,7 +121,7 @@ fn reconcile(handles: &mut HashMap<u32, DynamicBackgroundWorker>) -> i64 {
                 *slot = super::Slot::EMPTY; // the database is gone
                 continue;
             }
-            let allowed = enabled && exists && !slot.held && guc::database_allowed(&slot.name());
+            let allowed = enabled && exists && !slot.held && super::database_allowed(&slot.name());
             match slot.state {
                 SlotState::Running | SlotState::Starting if !allowed => {
                     slot.set_state(SlotState::Stopping);
@@ -213,7 +213,7 @@ pub extern "C-unwind" fn pgflow_launcher_main(_arg: pg_sys::Datum) {
     }
     {
         let mut reg = REGISTRY.exclusive();
-        reg.launcher_pid = unsafe { pg_sys::MyProcPid };
+        reg.launcher_latch = crate::ipc::my_latch();
         // A previous launcher may have left slots that wait for a CREATE EXTENSION notice it
         // can no longer receive; look at every database again.
         for slot in reg.slots.iter_mut() {
@@ -231,13 +231,13 @@ pub extern "C-unwind" fn pgflow_launcher_main(_arg: pg_sys::Datum) {
             // (ALTER DATABASE ... RESET pgflow.enabled): look at them again.
             let mut reg = REGISTRY.exclusive();
             for slot in reg.slots.iter_mut() {
-                if slot.state == SlotState::Idle && slot.idle_reason == 2 {
+                if slot.state == SlotState::Idle && slot.idle_reason == IdleReason::Disabled {
                     slot.set_state(SlotState::Wanted);
                     slot.not_before = 0;
                 }
             }
         }
         let sleep_ms = reconcile(&mut handles);
-        wait(sleep_ms);
+        crate::ipc::sleep(sleep_ms);
     }
 }

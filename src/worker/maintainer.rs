@@ -8,17 +8,13 @@
 //! worker is affected. SIGTERM cancels a running round at its next interrupt check.
 use pgrx::prelude::*;
 
-use super::{handle_interrupts, micros, now, policy, setup_signals, wait, SlotState, REGISTRY};
+use super::{
+    handle_interrupts, micros, now, policy, setup_signals, IdleReason, SlotState, REGISTRY,
+};
 use crate::guc;
+use crate::ipc;
 
 const MAX_ROUNDS: usize = 10;
-
-/// Why a worker stops by itself.
-#[derive(Clone, Copy)]
-enum Idle {
-    NoExtension = 1,
-    Disabled = 2,
-}
 
 /// Takes the slot the launcher prepared; false when there is none to take (stopped meanwhile,
 /// or another process already has it).
@@ -30,6 +26,7 @@ fn attach(dboid: u32) -> bool {
     match slot.state {
         SlotState::Starting if slot.pid == 0 => {
             slot.pid = unsafe { pg_sys::MyProcPid };
+            ipc::worker_started(dboid);
             slot.started_at = now();
             slot.notified = false;
             slot.set_state(SlotState::Running);
@@ -49,12 +46,13 @@ unsafe extern "C-unwind" fn on_exit(_code: i32, arg: pg_sys::Datum) {
     let me = unsafe { pg_sys::MyProcPid };
     let (waiter, launcher) = {
         let mut reg = REGISTRY.exclusive();
-        let launcher = reg.launcher_pid;
+        let launcher = reg.launcher_latch;
         let Some(slot) = reg.find(dboid) else { return };
         if slot.pid != me {
             return;
         }
         slot.pid = 0;
+        ipc::worker_exited(dboid);
         match slot.state {
             SlotState::Stopping => slot.set_state(SlotState::Held),
             SlotState::Idle | SlotState::Wanted => {} // planned: idle, or start over (go_idle)
@@ -71,23 +69,23 @@ unsafe extern "C-unwind" fn on_exit(_code: i32, arg: pg_sys::Datum) {
                 slot.set_state(SlotState::Wanted);
             }
         }
-        (std::mem::take(&mut slot.waiter_pid), launcher)
+        (std::mem::take(&mut slot.waiter_latch), launcher)
     };
-    super::wake(waiter);
-    super::wake(launcher);
+    ipc::set_latch(waiter);
+    ipc::set_latch(launcher);
 }
 
-fn go_idle(dboid: u32, why: Idle) {
+fn go_idle(dboid: u32, why: IdleReason) {
     let mut reg = REGISTRY.exclusive();
     if let Some(slot) = reg.find(dboid) {
-        if matches!(why, Idle::NoExtension) && slot.notified {
+        if why == IdleReason::NoExtension && slot.notified {
             // The extension was created after this worker's check began: start over.
             slot.notified = false;
             slot.not_before = 0;
             slot.set_state(SlotState::Wanted);
             return;
         }
-        slot.idle_reason = why as u8;
+        slot.idle_reason = why;
         slot.set_state(SlotState::Idle);
     }
 }
@@ -157,7 +155,7 @@ pub extern "C-unwind" fn pgflow_worker_main(arg: pg_sys::Datum) {
     }
     // Per-database settings (ALTER DATABASE ... SET pgflow.enabled = off) apply from here.
     if !guc::ENABLED.get() {
-        go_idle(dboid, Idle::Disabled);
+        go_idle(dboid, IdleReason::Disabled);
         return;
     }
     let mut next_round = 0i64;
@@ -170,7 +168,7 @@ pub extern "C-unwind" fn pgflow_worker_main(arg: pg_sys::Datum) {
             let prune_batch = guc::PRUNE_BATCH_SIZE.get();
             for _ in 0..MAX_ROUNDS {
                 let Some((expired, promoted, pruned)) = round(batch, prune_batch) else {
-                    go_idle(dboid, Idle::NoExtension);
+                    go_idle(dboid, IdleReason::NoExtension);
                     return;
                 };
                 {
@@ -193,11 +191,11 @@ pub extern "C-unwind" fn pgflow_worker_main(arg: pg_sys::Datum) {
             }
             next_round = now() + tick;
         }
-        // Trailing NOTIFYs of throttled queues (src/wakeup.rs); a sender's commit wakes us.
+        // Trailing NOTIFYs of throttled queues (ipc::notify); a sender's commit wakes us.
         let mut wake_at = next_round;
-        if let Some(at) = crate::wakeup::flush_notifies(dboid) {
+        if let Some(at) = ipc::notify::flush(dboid) {
             wake_at = wake_at.min(at);
         }
-        wait((wake_at - now()) / 1000 + 1);
+        ipc::sleep((wake_at - now()) / 1000 + 1);
     }
 }

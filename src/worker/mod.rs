@@ -28,14 +28,16 @@ use std::ffi::CStr;
 use pgrx::prelude::*;
 use pgrx::{pg_shmem_init, PGRXSharedMemory, PgLwLock};
 
+use crate::ipc::{set_latch, LatchRef};
+
 pub mod hook;
 pub mod launcher;
 pub mod maintainer;
 pub mod policy;
 
 /// Databases that can have a worker at once; a database beyond this gets none (the launcher
-/// logs a WARNING). Each slot takes about 160 bytes of shared memory.
-pub const MAX_DATABASES: usize = 256;
+/// logs a WARNING). Each slot takes about 170 bytes of shared memory.
+pub const MAX_DATABASES: usize = crate::ipc::MAX_WORKERS;
 
 /// How often the launcher looks for new databases when nothing wakes it sooner.
 pub const LAUNCHER_NAPTIME_MS: i64 = 10_000;
@@ -72,6 +74,17 @@ impl SlotState {
     }
 }
 
+/// Why a worker stopped by itself (an `Idle` slot), as `worker_status` reports it.
+#[derive(Copy, Clone, Debug, PartialEq, Eq)]
+#[repr(u8)]
+pub enum IdleReason {
+    None,
+    /// The extension is not created in the database.
+    NoExtension,
+    /// `pgflow.enabled` is off for the database (ALTER DATABASE ... SET).
+    Disabled,
+}
+
 #[derive(Copy, Clone, Debug)]
 #[repr(C)]
 pub struct Slot {
@@ -80,14 +93,15 @@ pub struct Slot {
     pub state: SlotState,
     /// A utility command (DROP DATABASE, ...) holds this database: no worker until it ends.
     pub held: bool,
-    /// Why an idle slot is idle: 1 no extension, 2 disabled for the database.
-    pub idle_reason: u8,
+    /// Why an idle slot is idle.
+    pub idle_reason: IdleReason,
     /// A CREATE EXTENSION committed since the worker attached: it must not go idle on a check
     /// that may have run before that commit.
     pub notified: bool,
     pub pid: i32,
-    /// A backend waiting for this worker to exit (the utility hook), woken by its exit.
-    pub waiter_pid: i32,
+    /// The latch of a backend waiting for this worker to exit (the utility hook), set at its
+    /// exit.
+    pub waiter_latch: LatchRef,
     pub not_before: i64,
     pub state_since: i64,
     pub started_at: i64,
@@ -106,10 +120,10 @@ impl Slot {
         datname: [0; 64],
         state: SlotState::Free,
         held: false,
-        idle_reason: 0,
+        idle_reason: IdleReason::None,
         notified: false,
         pid: 0,
-        waiter_pid: 0,
+        waiter_latch: 0,
         not_before: 0,
         state_since: 0,
         started_at: 0,
@@ -146,14 +160,15 @@ impl Slot {
 
 #[derive(Copy, Clone)]
 pub struct Registry {
-    pub launcher_pid: i32,
+    /// The launcher's latch: set to make it reconcile now.
+    pub launcher_latch: LatchRef,
     pub slots: [Slot; MAX_DATABASES],
 }
 
 impl Default for Registry {
     fn default() -> Self {
         Registry {
-            launcher_pid: 0,
+            launcher_latch: 0,
             slots: [Slot::EMPTY; MAX_DATABASES],
         }
     }
@@ -193,22 +208,10 @@ impl Registry {
 
 pub static REGISTRY: PgLwLock<Registry> = unsafe { PgLwLock::new(c"pgflow_workers") };
 
-/// Set in `_PG_init` when loaded by `shared_preload_libraries`: only then does the registry
-/// exist in shared memory.
-static mut PRELOADED: bool = false;
-
-pub fn preloaded() -> bool {
-    // SAFETY: written once in _PG_init, before any other code of this library runs.
-    unsafe { PRELOADED }
-}
-
 /// Called from `_PG_init` when the library is being preloaded: shared memory, the launcher, and
 /// the utility hook.
 pub fn init() {
     pg_shmem_init!(REGISTRY);
-    unsafe {
-        PRELOADED = true;
-    }
     launcher::register();
     hook::install();
 }
@@ -221,18 +224,9 @@ pub fn micros(d: std::time::Duration) -> i64 {
     i64::try_from(d.as_micros()).unwrap_or(i64::MAX)
 }
 
-/// Wakes a process that waits on its latch (SIGUSR1 sets the latch of any backend or worker).
-pub fn wake(pid: i32) {
-    if pid > 0 {
-        unsafe {
-            libc::kill(pid, libc::SIGUSR1);
-        }
-    }
-}
-
 /// Tells the launcher that this database wants a worker (after `CREATE EXTENSION` commits).
 pub fn request_worker(dboid: u32, name: &str) {
-    if !preloaded() {
+    if !crate::ipc::preloaded() {
         return;
     }
     let launcher = {
@@ -245,21 +239,16 @@ pub fn request_worker(dboid: u32, name: &str) {
                 slot.failures = 0;
             }
         }
-        reg.launcher_pid
+        reg.launcher_latch
     };
-    wake(launcher);
+    set_latch(launcher);
 }
 
-/// Wakes the worker of database `dboid`, if it runs (it then flushes pending notifications).
-pub fn wake_database_worker(dboid: u32) {
-    if !preloaded() {
-        return;
-    }
-    let pid = {
-        let mut reg = REGISTRY.exclusive();
-        reg.find(dboid).map(|s| s.pid).unwrap_or(0)
-    };
-    wake(pid);
+/// Whether `datname` passes the `pgflow.databases` filter.
+pub fn database_allowed(datname: &str) -> bool {
+    let list = crate::guc::DATABASES.get();
+    let list = list.as_deref().map(CStr::to_string_lossy);
+    policy::allows(list.as_deref(), datname)
 }
 
 /// The C string of a database name from a NameData.
@@ -270,6 +259,10 @@ pub fn name_of(data: &pg_sys::NameData) -> String {
 }
 
 /// Installs `handler` for `signal`, across the pqsignal rename of PG 18.
+///
+/// # Safety
+/// `handler` runs in signal context: it must be async-signal-safe (Postgres's own handlers,
+/// such as `die`, are).
 pub unsafe fn set_signal(signal: i32, handler: unsafe extern "C-unwind" fn(i32)) {
     #[cfg(any(feature = "pg15", feature = "pg16", feature = "pg17"))]
     pg_sys::pqsignal(signal, Some(handler));
@@ -310,18 +303,4 @@ pub fn handle_interrupts() -> bool {
         }
     }
     false
-}
-
-/// Sleeps on the process latch for at most `timeout_ms`; exits with the postmaster.
-pub fn wait(timeout_ms: i64) {
-    let timeout = timeout_ms.clamp(1, i64::from(i32::MAX));
-    unsafe {
-        pg_sys::WaitLatch(
-            pg_sys::MyLatch,
-            (pg_sys::WL_LATCH_SET | pg_sys::WL_TIMEOUT | pg_sys::WL_EXIT_ON_PM_DEATH) as i32,
-            timeout as _,
-            pg_sys::PG_WAIT_EXTENSION,
-        );
-        pg_sys::ResetLatch(pg_sys::MyLatch);
-    }
 }

@@ -1,0 +1,250 @@
+-- Consuming: read (with long-poll), pop, archive, delete and set_vt. Expired leases and
+-- delayed messages that came due are handled on the read path too (see read), so a queue
+-- behaves the same with or without the background worker.
+
+-- _promote_queue: at most lim delayed messages of a queue that came due become ready, oldest
+-- due first; rows another session holds are skipped. Returns how many. Used by read, pop and
+-- the promote_delayed job.
+CREATE FUNCTION pgflow._promote_queue(p_queue_id integer, p_now timestamptz, lim integer)
+RETURNS bigint
+LANGUAGE plpgsql VOLATILE
+SET enable_seqscan = off  -- see the header of sql/internal.sql
+AS $$
+DECLARE
+    n bigint;
+BEGIN
+    UPDATE pgflow.message m
+       SET state = 'r'
+     WHERE m.queue_id = p_queue_id
+       AND m.msg_id IN (SELECT d.msg_id FROM pgflow.message d
+                         WHERE d.queue_id = p_queue_id AND d.state = 'd' AND d.vt <= p_now
+                         ORDER BY d.vt
+                         LIMIT lim
+                           FOR UPDATE SKIP LOCKED);
+    GET DIAGNOSTICS n = ROW_COUNT;
+    RETURN n;
+END $$;
+
+-- _before_claim: what read and pop do before they claim, so that a queue behaves the same
+-- with or without the worker. An expired lease is a failed delivery: the retry policy applies
+-- (retry later or dead-letter). Then delayed and retried messages that came due join the
+-- ready backlog, so priority and id order hold across all of them. When nothing is due, this
+-- costs one descent of each timer index.
+CREATE FUNCTION pgflow._before_claim(q pgflow.queue, p_now timestamptz, qty integer)
+RETURNS void
+LANGUAGE plpgsql VOLATILE
+SET enable_seqscan = off  -- see the header of sql/internal.sql
+AS $$
+BEGIN
+    IF EXISTS (SELECT 1 FROM pgflow.message m
+                WHERE m.queue_id = q.queue_id AND m.state = 'l' AND m.vt <= p_now) THEN
+        PERFORM pgflow._expire_queue(q, p_now, 100);
+    END IF;
+    IF EXISTS (SELECT 1 FROM pgflow.message m
+                WHERE m.queue_id = q.queue_id AND m.state = 'd' AND m.vt <= p_now) THEN
+        PERFORM pgflow._promote_queue(q.queue_id, p_now, greatest(qty, 100));
+    END IF;
+END $$;
+
+-- read: lease up to qty deliverable messages for vt (default: the queue's visibility_timeout),
+-- by priority (higher first), then id (send order). Delayed and retried messages that came due
+-- join the ready backlog first. Concurrent readers skip each other's rows (FOR UPDATE SKIP
+-- LOCKED), so no two readers hold the same message while its lease runs.
+--
+-- wait (long-poll): when nothing is deliverable, sleep until a send to this queue commits, the
+-- next delayed or retried message comes due, a lease runs out, or wait has passed, then look
+-- again; return as soon as something was leased (or nothing, at the end of wait). The sleep is
+-- on this backend's latch (src/ipc/waiters.rs), not a loop of queries; statement_timeout and
+-- pg_cancel_backend interrupt it. Needs READ COMMITTED (each look takes a new snapshot).
+CREATE FUNCTION pgflow.read(queue_name text, vt interval DEFAULT NULL, qty integer DEFAULT 1,
+                            wait interval DEFAULT NULL)
+RETURNS SETOF pgflow.message_record
+LANGUAGE plpgsql VOLATILE
+SET enable_seqscan = off  -- see the header of sql/internal.sql
+AS $$
+DECLARE
+    q pgflow.queue := pgflow._queue(queue_name);
+    v_now timestamptz := clock_timestamp();
+    v_vt interval := coalesce(read.vt, q.visibility_timeout);
+    v_deadline timestamptz;
+    v_woken boolean;
+    v_next timestamptz;
+    n bigint;
+BEGIN
+    PERFORM pgflow._check_interval(v_vt, 'vt', false);
+    PERFORM pgflow._check_int(qty, 'qty', 1);
+    IF wait IS NOT NULL AND wait > interval '0' THEN
+        PERFORM pgflow._check_interval(wait, 'wait', true);
+        IF current_setting('transaction_isolation') <> 'read committed' THEN
+            RAISE EXCEPTION 'read with wait needs READ COMMITTED, not %',
+                            current_setting('transaction_isolation')
+                USING ERRCODE = 'feature_not_supported',
+                      HINT = 'A snapshot that never changes would never see a new message.';
+        END IF;
+        v_deadline := v_now + wait;
+        -- Register before the first look, so a send that commits after it wakes us.
+        v_woken := pgflow._wait_begin(q.queue_id);
+    ELSIF wait IS NOT NULL THEN
+        PERFORM pgflow._check_interval(wait, 'wait', true);
+    END IF;
+    LOOP
+        PERFORM pgflow._before_claim(q, v_now, qty);
+        RETURN QUERY
+        WITH picked AS (
+            SELECT m.msg_id FROM pgflow.message m
+             WHERE m.queue_id = q.queue_id AND m.state = 'r'
+             ORDER BY m.priority DESC, m.msg_id
+             LIMIT qty
+               FOR UPDATE SKIP LOCKED
+        ), leased AS (
+            UPDATE pgflow.message m
+               SET state = 'l', vt = v_now + v_vt, read_ct = m.read_ct + 1
+              FROM picked p
+             WHERE m.queue_id = q.queue_id AND m.msg_id = p.msg_id
+            RETURNING m.msg_id, m.read_ct, m.enqueued_at, m.vt, m.message, m.headers, m.priority
+        )
+        SELECT l.msg_id, l.read_ct, l.enqueued_at, l.vt, l.message, l.headers
+          FROM leased l
+         ORDER BY l.priority DESC, l.msg_id;
+        GET DIAGNOSTICS n = ROW_COUNT;
+        EXIT WHEN n > 0 OR v_deadline IS NULL OR v_now >= v_deadline;
+        -- Sleep at most until the next delayed message or lease comes due.
+        SELECT min(x.vt) INTO v_next
+          FROM (SELECT min(m.vt) AS vt FROM pgflow.message m
+                 WHERE m.queue_id = q.queue_id AND m.state = 'd'
+                UNION ALL
+                SELECT min(m.vt) FROM pgflow.message m
+                 WHERE m.queue_id = q.queue_id AND m.state = 'l') x;
+        PERFORM pgflow._wait_sleep(least(v_deadline, v_next), v_woken);
+        v_now := clock_timestamp();
+    END LOOP;
+    IF v_deadline IS NOT NULL THEN
+        PERFORM pgflow._wait_end();
+    END IF;
+END $$;
+
+-- pop: read and delete at once (at-most-once delivery): up to qty messages in read's order.
+CREATE FUNCTION pgflow.pop(queue_name text, qty integer DEFAULT 1)
+RETURNS SETOF pgflow.message_record
+LANGUAGE plpgsql VOLATILE
+SET enable_seqscan = off  -- see the header of sql/internal.sql
+AS $$
+DECLARE
+    q pgflow.queue := pgflow._queue(queue_name);
+    v_now timestamptz := clock_timestamp();
+BEGIN
+    PERFORM pgflow._check_int(qty, 'qty', 1);
+    PERFORM pgflow._before_claim(q, v_now, qty);
+    RETURN QUERY
+    WITH picked AS (
+        SELECT m.msg_id FROM pgflow.message m
+         WHERE m.queue_id = q.queue_id AND m.state = 'r'
+         ORDER BY m.priority DESC, m.msg_id
+         LIMIT qty
+           FOR UPDATE SKIP LOCKED
+    ), popped AS (
+        DELETE FROM pgflow.message m
+         USING picked p
+         WHERE m.queue_id = q.queue_id AND m.msg_id = p.msg_id
+        RETURNING m.msg_id, m.read_ct, m.enqueued_at, m.vt, m.message, m.headers, m.priority
+    )
+    SELECT p.msg_id, p.read_ct + 1, p.enqueued_at, v_now, p.message, p.headers
+      FROM popped p
+     ORDER BY p.priority DESC, p.msg_id;
+END $$;
+
+-- archive: move messages into the queue's archive (the audit trail). Returns the ids that were
+-- archived; an id that is not in the queue (never sent, already archived or deleted) is skipped.
+CREATE FUNCTION pgflow.archive(queue_name text, msg_ids bigint[])
+RETURNS SETOF bigint
+LANGUAGE plpgsql VOLATILE
+SET enable_seqscan = off  -- see the header of sql/internal.sql
+AS $$
+DECLARE
+    q pgflow.queue := pgflow._queue(queue_name);
+    v_now timestamptz := clock_timestamp();
+BEGIN
+    PERFORM pgflow._require(msg_ids, 'msg_ids');
+    RETURN QUERY
+    WITH moved AS (
+        DELETE FROM pgflow.message m
+         WHERE m.queue_id = q.queue_id AND m.msg_id = ANY (msg_ids)
+        RETURNING m.*
+    ), archived AS (
+        INSERT INTO pgflow.archive (queue_id, read_ct, msg_id, enqueued_at, archived_at,
+                                    priority, message, headers, group_key)
+        SELECT mv.queue_id, mv.read_ct, mv.msg_id, mv.enqueued_at, v_now,
+               mv.priority, mv.message, mv.headers, mv.group_key
+          FROM moved mv
+        RETURNING archive.msg_id
+    )
+    -- nextval once per archived row keeps the archived total without a shared counter row.
+    SELECT a.msg_id FROM archived a WHERE nextval(q.archived_seq) > 0;
+END $$;
+
+-- archive (one id): true when the message was archived.
+CREATE FUNCTION pgflow.archive(queue_name text, msg_id bigint)
+RETURNS boolean
+LANGUAGE plpgsql VOLATILE AS $$
+BEGIN
+    PERFORM pgflow._require(msg_id, 'msg_id');
+    RETURN EXISTS (SELECT 1 FROM pgflow.archive(queue_name, ARRAY[msg_id]));
+END $$;
+
+-- delete: remove messages without keeping them. Returns the ids that were deleted.
+CREATE FUNCTION pgflow.delete(queue_name text, msg_ids bigint[])
+RETURNS SETOF bigint
+LANGUAGE plpgsql VOLATILE
+SET enable_seqscan = off  -- see the header of sql/internal.sql
+AS $$
+DECLARE
+    q pgflow.queue := pgflow._queue(queue_name);
+BEGIN
+    PERFORM pgflow._require(msg_ids, 'msg_ids');
+    RETURN QUERY
+    DELETE FROM pgflow.message m
+     WHERE m.queue_id = q.queue_id AND m.msg_id = ANY (msg_ids)
+    RETURNING m.msg_id;
+END $$;
+
+-- delete (one id): true when the message was deleted.
+CREATE FUNCTION pgflow.delete(queue_name text, msg_id bigint)
+RETURNS boolean
+LANGUAGE plpgsql VOLATILE AS $$
+BEGIN
+    PERFORM pgflow._require(msg_id, 'msg_id');
+    RETURN EXISTS (SELECT 1 FROM pgflow.delete(queue_name, ARRAY[msg_id]));
+END $$;
+
+-- set_vt: make a message invisible until now + vt. On a leased message it renews (or, with a
+-- short vt, shortens) the lease: a consumer's heartbeat; a lease that then runs out is a
+-- failed delivery. On a ready or delayed message it (re)schedules delivery. vt = 0 makes any
+-- message deliverable at once, and hands a lease back without counting a failure. Returns the message, or no row
+-- when it is not in the queue.
+CREATE FUNCTION pgflow.set_vt(queue_name text, msg_id bigint, vt interval)
+RETURNS SETOF pgflow.message_record
+LANGUAGE plpgsql VOLATILE
+SET enable_seqscan = off  -- see the header of sql/internal.sql
+AS $$
+DECLARE
+    q pgflow.queue := pgflow._queue(queue_name);
+    v_now timestamptz := clock_timestamp();
+BEGIN
+    PERFORM pgflow._require(set_vt.msg_id, 'msg_id');
+    PERFORM pgflow._check_interval(set_vt.vt, 'vt', true);
+    RETURN QUERY
+    UPDATE pgflow.message m
+       SET vt = v_now + set_vt.vt,
+           -- vt 0 hands the message back at once, without counting a failure (SQS's
+           -- ChangeMessageVisibility 0); a positive vt renews a lease or schedules delivery.
+           -- A message waiting behind its group keeps waiting; vt applies once it is its turn.
+           state = CASE WHEN m.state = 'g' THEN 'g'
+                        WHEN set_vt.vt = interval '0' THEN 'r'
+                        WHEN m.state = 'l' THEN 'l'
+                        ELSE 'd' END
+     WHERE m.queue_id = q.queue_id AND m.msg_id = set_vt.msg_id
+    RETURNING m.msg_id, m.read_ct, m.enqueued_at, m.vt, m.message, m.headers;
+    IF set_vt.vt = interval '0' THEN
+        PERFORM pgflow._announce(q.queue_id, q.queue_name, q.notify);
+    END IF;
+END $$;

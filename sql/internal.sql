@@ -1,0 +1,230 @@
+-- pgflow internals every later file uses: the result types of the verbs, _queue and the argument
+-- checks, the message-group trigger and the payload check. Every verb resolves its queue through
+-- pgflow._queue (one index probe, 42704 for an unknown queue), checks its arguments (22004 for a
+-- NULL, 22023 for a bad value) and runs static SQL, so PL/pgSQL caches each plan once per session.
+--
+-- Result columns follow pgmq's names (msg_id, read_ct, enqueued_at, vt, message, headers)
+-- so consumers written for pgmq read pgflow rows unchanged.
+--
+-- enable_seqscan: the verbs that find messages by id or claim them carry SET enable_seqscan =
+-- off. A queue table's statistics are stale by nature (it swings from empty to a backlog between
+-- two autoanalyze runs), and PL/pgSQL keeps a plan for the whole session: a plan made while the
+-- statistics said "a few rows" used a sequential scan to join claimed ids back to the table,
+-- and stayed in use as the table grew, so each read cost O(table) and a steady-state queue
+-- fell behind and never caught up (seen in bench W4). Every statement has an exact index; the
+-- setting only removes the plan that is never right, and is restored when the call ends.
+
+-------------------------------------------------------------------------------------------------
+-- Result types (named, so argument names such as vt or queue_name can match column names).
+-------------------------------------------------------------------------------------------------
+
+-- A delivered message, as read, pop and set_vt return it.
+CREATE TYPE pgflow.message_record AS (
+    msg_id      bigint,       -- id, unique within the queue, increasing in send order
+    read_ct     integer,      -- deliveries so far, this one included
+    enqueued_at timestamptz,  -- when it was sent
+    vt          timestamptz,  -- when it becomes visible again (the end of this lease)
+    message     jsonb,        -- the payload
+    headers     jsonb         -- the producer's headers, or NULL
+);
+
+-- A queue and its settings, as list_queues and alter_queue return them.
+CREATE TYPE pgflow.queue_info AS (
+    queue_name         text,
+    visibility_timeout interval,
+    max_retries        integer,
+    retry_delay        interval,
+    retry_backoff      float8,
+    retry_delay_max    interval,
+    retry_jitter       float8,
+    archive_retention  interval,
+    created_at         timestamptz,
+    default_priority   smallint,
+    dedup_window       interval,
+    notify             boolean,
+    contract_version   text          -- the default contract version; NULL: no contract
+);
+
+-- Queue statistics, as metrics and metrics_all return them.
+CREATE TYPE pgflow.queue_metrics AS (
+    queue_name         text,
+    queue_length       bigint,            -- live messages: visible + in_flight + delayed
+    visible            bigint,            -- deliverable now
+    in_flight          bigint,            -- leased (a lease that ran out counts until the policy ran on it)
+    delayed            bigint,            -- not deliverable yet (delayed send or set_vt)
+    oldest_msg_age_sec double precision,  -- age of the oldest live message, NULL when empty
+    newest_msg_age_sec double precision,  -- age of the newest live message, NULL when empty
+    total_messages     bigint,            -- messages ever sent (a rolled-back send counts too)
+    total_archived     bigint,            -- messages ever archived (likewise)
+    archive_length     bigint,            -- messages now in the archive (within retention)
+    dlq_length         bigint,            -- messages now in the dead-letter queue
+    scrape_time        timestamptz,
+    waiting            bigint             -- grouped messages waiting behind an earlier one
+);
+
+-- A waiting message, as list_pending shows it.
+CREATE TYPE pgflow.pending_message AS (
+    msg_id      bigint,
+    state       text,         -- 'ready', 'delayed', 'in_flight' or 'waiting' (behind its group)
+    read_ct     integer,
+    enqueued_at timestamptz,
+    vt          timestamptz,
+    priority    smallint,
+    message     jsonb,
+    headers     jsonb,
+    group_key   text
+);
+
+-------------------------------------------------------------------------------------------------
+-- Internal helpers
+-------------------------------------------------------------------------------------------------
+
+-- _queue: the queue row for a name, or 42704 (22023 when the name could never be valid,
+-- 22004 for NULL). The name check runs only on the miss path, so it costs the hot path nothing.
+CREATE FUNCTION pgflow._queue(queue_name text)
+RETURNS pgflow.queue
+LANGUAGE plpgsql STABLE PARALLEL SAFE AS $$
+DECLARE
+    q pgflow.queue;
+BEGIN
+    SELECT * INTO q FROM pgflow.queue WHERE queue.queue_name = _queue.queue_name;
+    IF NOT FOUND THEN
+        PERFORM pgflow._check_queue_name(queue_name);
+        RAISE EXCEPTION 'queue "%" does not exist', queue_name
+            USING ERRCODE = 'undefined_object',
+                  HINT = 'Create it with pgflow.create_queue(), or see pgflow.list_queues().';
+    END IF;
+    RETURN q;
+END $$;
+
+-- _require: 22004 when a required argument is NULL.
+CREATE FUNCTION pgflow._require(value anyelement, arg text)
+RETURNS void
+LANGUAGE plpgsql IMMUTABLE PARALLEL SAFE AS $$
+BEGIN
+    IF value IS NULL THEN
+        RAISE EXCEPTION '% must not be NULL', arg USING ERRCODE = 'null_value_not_allowed';
+    END IF;
+END $$;
+
+-- _positive_interval / _nonnegative_interval / _positive_int: 22023 with the argument's name.
+CREATE FUNCTION pgflow._check_interval(value interval, arg text, allow_zero boolean)
+RETURNS void
+LANGUAGE plpgsql IMMUTABLE PARALLEL SAFE AS $$
+BEGIN
+    IF value IS NULL THEN
+        RAISE EXCEPTION '% must not be NULL', arg USING ERRCODE = 'null_value_not_allowed';
+    ELSIF value < interval '0' OR (NOT allow_zero AND value = interval '0') THEN
+        RAISE EXCEPTION '% must be %, got %', arg,
+            CASE WHEN allow_zero THEN 'zero or positive' ELSE 'positive' END, value
+            USING ERRCODE = 'invalid_parameter_value';
+    END IF;
+END $$;
+
+CREATE FUNCTION pgflow._check_int(value bigint, arg text, min_value bigint)
+RETURNS void
+LANGUAGE plpgsql IMMUTABLE PARALLEL SAFE AS $$
+BEGIN
+    IF value IS NULL THEN
+        RAISE EXCEPTION '% must not be NULL', arg USING ERRCODE = 'null_value_not_allowed';
+    ELSIF value < min_value THEN
+        RAISE EXCEPTION '% must be at least %, got %', arg, min_value, value
+            USING ERRCODE = 'invalid_parameter_value';
+    END IF;
+END $$;
+
+-- _check_retry_policy: the parts of a retry policy the interval/int helpers do not cover.
+CREATE FUNCTION pgflow._check_retry_policy(backoff float8, delay_max interval, jitter float8)
+RETURNS void
+LANGUAGE plpgsql IMMUTABLE PARALLEL SAFE AS $$
+BEGIN
+    IF backoff IS NULL OR delay_max IS NULL OR jitter IS NULL THEN
+        RAISE EXCEPTION 'retry_backoff, retry_delay_max and retry_jitter must not be NULL'
+            USING ERRCODE = 'null_value_not_allowed';
+    ELSIF NOT (backoff >= 1 AND backoff <= 100) THEN
+        RAISE EXCEPTION 'retry_backoff must be between 1 and 100, got %', backoff
+            USING ERRCODE = 'invalid_parameter_value';
+    ELSIF delay_max < interval '0' THEN
+        RAISE EXCEPTION 'retry_delay_max must be zero or positive, got %', delay_max
+            USING ERRCODE = 'invalid_parameter_value';
+    ELSIF NOT (jitter >= 0 AND jitter <= 1) THEN
+        RAISE EXCEPTION 'retry_jitter must be between 0 and 1, got %', jitter
+            USING ERRCODE = 'invalid_parameter_value';
+    END IF;
+END $$;
+
+-- _check_payload: the message must be a JSON object, headers an object or NULL.
+-- _check_priority: 22023 unless the value fits a smallint (NULL passes: "use the default").
+CREATE FUNCTION pgflow._check_priority(value integer, arg text)
+RETURNS void
+LANGUAGE plpgsql IMMUTABLE AS $$
+BEGIN
+    IF value < -32768 OR value > 32767 THEN
+        RAISE EXCEPTION '% must be between -32768 and 32767, got %', arg, value
+            USING ERRCODE = 'invalid_parameter_value';
+    END IF;
+END $$;
+
+-- _group_state: the state a new message of group key takes: 'g' when the group has a live
+-- message (it waits behind it), else first_state. Takes the group's transaction-level advisory
+-- lock, which the group-advance trigger takes too, so a send and the removal of the group's
+-- head never miss each other: whichever comes second sees what the first committed (READ
+-- COMMITTED: each statement takes a new snapshot after the lock).
+CREATE FUNCTION pgflow._group_state(p_queue_id integer, key text, first_state "char")
+RETURNS "char"
+LANGUAGE plpgsql VOLATILE AS $$
+BEGIN
+    IF key IS NULL THEN
+        RETURN first_state;
+    END IF;
+    PERFORM pg_advisory_xact_lock(p_queue_id, hashtext(key));
+    IF EXISTS (SELECT 1 FROM pgflow.message m WHERE m.queue_id = p_queue_id AND m.group_key = key) THEN
+        RETURN 'g';
+    END IF;
+    RETURN first_state;
+END $$;
+
+-- _group_advance (trigger): when a grouped message leaves the table (archive, delete, pop,
+-- dead-lettered, purge), the group's next message, if it waits, becomes deliverable.
+CREATE FUNCTION pgflow._group_advance()
+RETURNS trigger
+LANGUAGE plpgsql VOLATILE AS $$
+DECLARE
+    nxt record;
+BEGIN
+    PERFORM pg_advisory_xact_lock(OLD.queue_id, hashtext(OLD.group_key));
+    SELECT m.msg_id, m.state, m.vt INTO nxt
+      FROM pgflow.message m
+     WHERE m.queue_id = OLD.queue_id AND m.group_key = OLD.group_key
+     ORDER BY m.msg_id
+     LIMIT 1;
+    IF FOUND AND nxt.state = 'g' THEN
+        UPDATE pgflow.message m
+           SET state = CASE WHEN m.vt > clock_timestamp() THEN 'd' ELSE 'r' END
+         WHERE m.queue_id = OLD.queue_id AND m.msg_id = nxt.msg_id;
+        PERFORM pgflow._announce(u.queue_id, u.queue_name, u.notify)
+           FROM pgflow.queue u WHERE u.queue_id = OLD.queue_id;
+    END IF;
+    RETURN NULL;
+END $$;
+
+CREATE TRIGGER message_group_advance
+    AFTER DELETE ON pgflow.message
+    FOR EACH ROW WHEN (OLD.group_key IS NOT NULL)
+    EXECUTE FUNCTION pgflow._group_advance();
+
+CREATE FUNCTION pgflow._check_payload(message jsonb, headers jsonb)
+RETURNS void
+LANGUAGE plpgsql IMMUTABLE PARALLEL SAFE AS $$
+BEGIN
+    IF message IS NULL THEN
+        RAISE EXCEPTION 'message must not be NULL' USING ERRCODE = 'null_value_not_allowed';
+    ELSIF jsonb_typeof(message) <> 'object' THEN
+        RAISE EXCEPTION 'message must be a JSON object, got %', jsonb_typeof(message)
+            USING ERRCODE = 'invalid_parameter_value',
+                  HINT = 'Wrap the value, e.g. jsonb_build_object(''value'', ...).';
+    ELSIF headers IS NOT NULL AND jsonb_typeof(headers) <> 'object' THEN
+        RAISE EXCEPTION 'headers must be a JSON object or NULL, got %', jsonb_typeof(headers)
+            USING ERRCODE = 'invalid_parameter_value';
+    END IF;
+END $$;

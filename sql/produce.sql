@@ -1,0 +1,124 @@
+-- Producing: send and send_batch. Both check the payload and the queue's contract, apply the
+-- queue's priority and dedup rules, and announce the queue (wake-ups and NOTIFY) at commit.
+
+-- send: enqueue one message, deliverable after delay. Returns its id, unique within the queue
+-- and increasing in the order sends call this function.
+CREATE FUNCTION pgflow.send(
+    queue_name text,
+    message    jsonb,
+    headers    jsonb       DEFAULT NULL,
+    delay      interval    DEFAULT '0',
+    priority   integer     DEFAULT NULL,   -- NULL: the queue's default_priority
+    group_key  text        DEFAULT NULL,   -- ordering key: one message of a group at a time
+    dedup_key  text        DEFAULT NULL,   -- a repeat within the queue's dedup_window is a no-op
+    deliver_at timestamptz DEFAULT NULL    -- instead of delay: deliverable from this time on
+)
+RETURNS bigint
+LANGUAGE plpgsql VOLATILE AS $$
+DECLARE
+    q pgflow.queue := pgflow._queue(queue_name);
+    v_now timestamptz := clock_timestamp();
+    v_id bigint;
+    v_vt timestamptz;
+    v_first bigint;
+BEGIN
+    PERFORM pgflow._check_payload(message, headers);
+    PERFORM pgflow._check_interval(delay, 'delay', true);
+    PERFORM pgflow._check_priority(priority, 'priority');
+    IF q.contract_version IS NOT NULL THEN
+        PERFORM pgflow._check_contract(q, message, headers);
+    END IF;
+    IF deliver_at IS NOT NULL AND delay <> interval '0' THEN
+        RAISE EXCEPTION 'give delay or deliver_at, not both' USING ERRCODE = 'invalid_parameter_value';
+    END IF;
+    v_vt := greatest(v_now, coalesce(deliver_at, v_now + delay));
+    v_id := nextval(q.msg_seq);
+    IF dedup_key IS NOT NULL THEN
+        -- A concurrent send with the same key waits here for the first one's transaction: if it
+        -- commits, this send returns its id; if it rolls back, this send goes ahead.
+        INSERT INTO pgflow.dedup AS k (queue_id, dedup_key, msg_id, expires_at)
+        VALUES (q.queue_id, send.dedup_key, v_id, v_now + q.dedup_window)
+        ON CONFLICT ON CONSTRAINT dedup_pkey DO UPDATE
+           SET msg_id = EXCLUDED.msg_id, expires_at = EXCLUDED.expires_at
+         WHERE k.expires_at <= v_now
+        RETURNING k.msg_id INTO v_first;
+        IF NOT FOUND THEN
+            SELECT k.msg_id INTO v_first FROM pgflow.dedup k
+             WHERE k.queue_id = q.queue_id AND k.dedup_key = send.dedup_key;
+            RETURN v_first;
+        END IF;
+    END IF;
+    INSERT INTO pgflow.message (queue_id, msg_id, enqueued_at, vt, priority, state, message,
+                                headers, group_key)
+    VALUES (q.queue_id, v_id, v_now, v_vt, coalesce(priority, q.default_priority),
+            pgflow._group_state(q.queue_id, send.group_key,
+                                CASE WHEN v_vt > v_now THEN 'd' ELSE 'r' END::"char"),
+            send.message, send.headers, send.group_key);
+    PERFORM pgflow._announce(q.queue_id, q.queue_name, q.notify);
+    RETURN v_id;
+END $$;
+
+-- send_batch: enqueue many messages in one statement. headers, when given, pairs with
+-- messages by position and must have the same length. Returns the ids in input order.
+CREATE FUNCTION pgflow.send_batch(
+    queue_name text,
+    messages   jsonb[],
+    headers    jsonb[]  DEFAULT NULL,
+    delay      interval DEFAULT '0',
+    priority   integer  DEFAULT NULL   -- for every message; NULL: the queue's default_priority
+)
+RETURNS SETOF bigint
+LANGUAGE plpgsql VOLATILE AS $$
+DECLARE
+    q pgflow.queue := pgflow._queue(queue_name);
+    v_now timestamptz := clock_timestamp();
+    v_bad record;
+BEGIN
+    PERFORM pgflow._require(messages, 'messages');
+    PERFORM pgflow._check_interval(delay, 'delay', true);
+    PERFORM pgflow._check_priority(priority, 'priority');
+    IF headers IS NOT NULL AND cardinality(headers) <> cardinality(messages) THEN
+        RAISE EXCEPTION 'headers has % elements but messages has %',
+            cardinality(headers), cardinality(messages)
+            USING ERRCODE = 'invalid_parameter_value';
+    END IF;
+    SELECT m.ord, m.msg, h.hdr INTO v_bad
+      FROM unnest(messages) WITH ORDINALITY AS m(msg, ord)
+      LEFT JOIN unnest(headers) WITH ORDINALITY AS h(hdr, ord) USING (ord)
+     WHERE m.msg IS NULL OR jsonb_typeof(m.msg) <> 'object'
+        OR (h.hdr IS NOT NULL AND jsonb_typeof(h.hdr) <> 'object')
+     LIMIT 1;
+    IF FOUND THEN
+        RAISE EXCEPTION 'messages[%]: %', v_bad.ord,
+            CASE WHEN v_bad.msg IS NULL THEN 'message must not be NULL'
+                 WHEN jsonb_typeof(v_bad.msg) <> 'object' THEN 'message must be a JSON object, got ' || jsonb_typeof(v_bad.msg)
+                 ELSE 'headers must be a JSON object or NULL, got ' || jsonb_typeof(v_bad.hdr) END
+            USING ERRCODE = CASE WHEN v_bad.msg IS NULL THEN 'null_value_not_allowed'
+                                 ELSE 'invalid_parameter_value' END;
+    END IF;
+
+    IF q.contract_version IS NOT NULL THEN
+        FOR i IN 1 .. cardinality(messages) LOOP
+            PERFORM pgflow._check_contract(q, messages[i], headers[i], i);
+        END LOOP;
+    END IF;
+    PERFORM pgflow._announce(q.queue_id, q.queue_name, q.notify);
+    -- Ids are drawn in input order (ORDER BY ord before nextval), then returned in that order.
+    RETURN QUERY
+    WITH input AS (
+        SELECT m.msg, h.hdr, m.ord
+          FROM unnest(messages) WITH ORDINALITY AS m(msg, ord)
+          LEFT JOIN unnest(headers) WITH ORDINALITY AS h(hdr, ord) USING (ord)
+         ORDER BY m.ord
+    ), numbered AS (
+        SELECT nextval(q.msg_seq) AS id, i.* FROM input i
+    ), inserted AS (
+        INSERT INTO pgflow.message (queue_id, msg_id, enqueued_at, vt, priority, state, message,
+                                    headers)
+        SELECT q.queue_id, n.id, v_now, v_now + delay, coalesce(priority, q.default_priority),
+               CASE WHEN delay > interval '0' THEN 'd' ELSE 'r' END, n.msg, n.hdr
+          FROM numbered n
+        RETURNING msg_id
+    )
+    SELECT n.id FROM numbered n ORDER BY n.ord;
+END $$;

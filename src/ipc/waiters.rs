@@ -1,0 +1,165 @@
+//! Wake-ups for long-poll reads: `read(..., wait => interval)` sleeps on its own latch instead
+//! of querying in a loop, and a committed send to its queue sets that latch. The SQL shims are
+//! in `api::wait`.
+//!
+//! A waiting reader registers (database, queue, latch) in a shared table **before** it looks
+//! for messages, then sleeps. A producer's transaction remembers the queues it sent to and,
+//! after its commit is visible, sets the latch of every reader registered for them. Either the
+//! reader's look comes after the commit (and sees the message), or the registration came
+//! before the producer scanned the table (and the reader is woken): no wake-up is lost. Both
+//! sides take the table's LWLock, which orders them.
+//!
+//! Registrations end with the reader's transaction (commit or abort, so an error or a cancel
+//! cleans up too). A stale entry can only cause a spurious wake-up, which every sleeper
+//! tolerates. Without `shared_preload_libraries` there is no table: readers fall back to
+//! looking every `POLL_FALLBACK_MS`.
+use std::cell::RefCell;
+use std::sync::atomic::{AtomicU32, Ordering};
+
+use pgrx::prelude::*;
+use pgrx::{pg_shmem_init, PGRXSharedMemory, PgAtomic, PgLwLock};
+
+use super::{preloaded, LatchRef, XactQueues};
+
+/// Readers that can wait at once with wake-ups; more fall back to polling.
+pub const MAX_WAITERS: usize = 1024;
+
+/// How often a waiting reader looks when it cannot be woken (no preload, or the table is full).
+pub const POLL_FALLBACK_MS: i64 = 100;
+
+#[derive(Copy, Clone, Default)]
+struct Waiter {
+    pid: i32,
+    dboid: u32,
+    queue_id: i32,
+    latch: LatchRef,
+}
+
+#[derive(Copy, Clone)]
+pub struct Waiters {
+    slots: [Waiter; MAX_WAITERS],
+}
+
+impl Default for Waiters {
+    fn default() -> Self {
+        Waiters {
+            slots: [Waiter::default(); MAX_WAITERS],
+        }
+    }
+}
+
+// SAFETY: plain data; the latch is an address in shared memory (a PGPROC's procLatch), valid
+// in every process.
+unsafe impl PGRXSharedMemory for Waiters {}
+
+static WAITERS: PgLwLock<Waiters> = unsafe { PgLwLock::new(c"pgflow_waiters") };
+/// Registered waiters, so a commit with nobody waiting skips the lock.
+static WAITING: PgAtomic<AtomicU32> = unsafe { PgAtomic::new(c"pgflow_waiting") };
+
+pub(super) fn init() {
+    pg_shmem_init!(WAITERS);
+    pg_shmem_init!(WAITING);
+}
+
+thread_local! {
+    /// Queues this transaction sent to, and whether the commit callback is registered.
+    static SENT: XactQueues = const { RefCell::new((Vec::new(), false)) };
+    /// Whether this backend holds a registration, and whether its cleanup is registered.
+    static REGISTERED: RefCell<(bool, bool)> = const { RefCell::new((false, false)) };
+}
+
+fn unregister() {
+    let had = REGISTERED.with(|r| std::mem::replace(&mut r.borrow_mut().0, false));
+    if !had {
+        return;
+    }
+    let me = unsafe { pg_sys::MyProcPid };
+    let mut w = WAITERS.exclusive();
+    for s in w.slots.iter_mut().filter(|s| s.pid == me) {
+        *s = Waiter::default();
+        WAITING.get().fetch_sub(1, Ordering::SeqCst);
+    }
+}
+
+/// Registers this backend as a reader of `queue_id` until `end` or the end of the
+/// transaction. False when it cannot be woken (not preloaded, or the table is full): the
+/// caller then polls.
+pub fn begin(queue_id: i32) -> bool {
+    if !preloaded() {
+        return false;
+    }
+    unregister();
+    let me = unsafe { pg_sys::MyProcPid };
+    let entry = Waiter {
+        pid: me,
+        dboid: unsafe { pg_sys::MyDatabaseId }.to_u32(),
+        queue_id,
+        latch: super::my_latch(),
+    };
+    {
+        let mut w = WAITERS.exclusive();
+        let Some(slot) = w.slots.iter_mut().find(|s| s.pid == 0) else {
+            return false;
+        };
+        *slot = entry;
+        WAITING.get().fetch_add(1, Ordering::SeqCst);
+    }
+    REGISTERED.with(|r| {
+        let mut r = r.borrow_mut();
+        r.0 = true;
+        if !r.1 {
+            r.1 = true;
+            let clean = || {
+                REGISTERED.with(|r| r.borrow_mut().1 = false);
+                unregister();
+            };
+            pgrx::register_xact_callback(pgrx::PgXactCallbackEvent::Commit, clean);
+            pgrx::register_xact_callback(pgrx::PgXactCallbackEvent::Abort, clean);
+        }
+    });
+    true
+}
+
+/// Ends this backend's registration (also done at the end of the transaction).
+pub fn end() {
+    if preloaded() {
+        unregister();
+    }
+}
+
+/// Sleeps on this backend's latch until `until` (a timestamp), a wake-up, or an interrupt (a
+/// cancel or statement_timeout raises here). When `woken` is false nothing will set the latch,
+/// so it sleeps at most POLL_FALLBACK_MS.
+pub fn sleep_until(until: i64, woken: bool) {
+    let now = unsafe { pg_sys::GetCurrentTimestamp() };
+    let mut ms = (until - now + 999) / 1000;
+    if !woken {
+        ms = ms.min(POLL_FALLBACK_MS);
+    }
+    if ms > 0 {
+        super::sleep(ms);
+    }
+    pgrx::pg_sys::check_for_interrupts!();
+}
+
+/// Remembers `queue_id` for the commit's wake-up. Cheap: a lookup in a backend-local list.
+pub fn wake_on_commit(queue_id: i32) {
+    if !preloaded() {
+        return;
+    }
+    super::on_commit_with(&SENT, queue_id, wake_sent);
+}
+
+/// After commit: set the latch of every reader waiting on a queue this transaction sent to.
+fn wake_sent(queues: Vec<i32>) {
+    if WAITING.get().load(Ordering::SeqCst) == 0 {
+        return;
+    }
+    let db = unsafe { pg_sys::MyDatabaseId }.to_u32();
+    let w = WAITERS.share();
+    for s in w.slots.iter() {
+        if s.pid != 0 && s.dboid == db && queues.contains(&s.queue_id) {
+            super::set_latch(s.latch);
+        }
+    }
+}
