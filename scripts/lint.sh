@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # `make lint` (and .ci/run): rustfmt and clippy, warnings denied, over every crate of the
-# workspace (the extension, clients/rust, tests/client, bench) with all their targets. The
+# workspace (the extension, clients/rust, tests/e2e, bench) with all their targets. The
 # extension is linted for Postgres 15 (the default feature) and again for 18, the one major whose
 # code differs (pqsignal_be); 16 and 17 compile the same lines as 15.
 set -euo pipefail

@@ -108,7 +108,7 @@ cluster_layers() {
     bash '$ROOT/scripts/evolution.sh' '$bindir' $port pgflow_evolution >'$out/evolution.log' 2>&1 \\
       || { tail -40 '$out/evolution.log' >&2; exit 1; }
     grep -q 'every hop checked' '$out/evolution.log'
-    bash '$ROOT/tests/cluster/genesis_runner.sh' '$bindir' $port pgflow_evolution
+    bash '$ROOT/tests/clients/genesis_runner.sh' '$bindir' $port pgflow_evolution
     for f in queues dlq; do
       '$bindir/psql' -X -q -h 127.0.0.1 -p $port -U postgres -d pgflow_evolution \\
         -v ON_ERROR_STOP=1 -f '$ROOT/examples/psql/'\$f.sql >/dev/null
@@ -116,13 +116,13 @@ cluster_layers() {
   "
 
   want e2e && run_layer "pg$ver: end-to-end tests" \
-    env PGFLOW_TEST_DSN="$dsn" cargo test -q -p pgflow-client-tests ${one:+-- "$one"}
+    env PGFLOW_TEST_DSN="$dsn" cargo test -q -p pgflow-e2e ${one:+-- "$one"}
 
   want rust && run_layer "pg$ver: Rust client crate" \
     env PGFLOW_TEST_DSN="$dsn" cargo test -q -p pgflow-client ${one:+-- "$one"}
 
   want elixir && run_layer "pg$ver: Elixir client" \
-    bash "$ROOT/tests/cluster/elixir_client.sh" "$bindir" "$port" "$dir" ${one:+"$one"}
+    bash "$ROOT/tests/clients/elixir.sh" "$bindir" "$port" "$dir" ${one:+"$one"}
 
   if [ ${#failed[@]} -gt 0 ] && [ -f "$dir/server.log" ]; then
     grep -E 'PANIC|TRAP|terminated by signal' "$dir/server.log" >&2 || true

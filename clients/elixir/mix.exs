@@ -10,9 +10,20 @@ defmodule Pgflow.MixProject do
       version: "0.1.0",
       elixir: "~> 1.14",
       start_permanent: Mix.env() == :prod,
-      deps: []
+      deps: [],
+      # The library is lib/ alone. In the test environment the evolution example
+      # (examples/evolution/elixir), which is written against this library, is compiled and
+      # tested with it.
+      elixirc_paths: elixirc_paths(Mix.env()),
+      test_paths: test_paths(Mix.env())
     ]
   end
+
+  @example Path.expand("../../examples/evolution/elixir", __DIR__)
+  defp elixirc_paths(:test), do: ["lib", @example]
+  defp elixirc_paths(_), do: ["lib"]
+  defp test_paths(:test), do: ["test", @example]
+  defp test_paths(_), do: ["test"]
 
   def application do
     [extra_applications: [:logger, :p1_pgsql, :stringprep, :jiffy]]

@@ -1,9 +1,9 @@
 # The tests run against a real server: PGFLOW_TEST_DSN (a superuser, trust) for setup, and
 # PGFLOW_TEST_SCRAM_DSN (a role that must log in with SCRAM-SHA-256) for everything the
-# client does. tests/cluster/elixir_client.sh sets both up on a database where
+# client does. tests/clients/elixir.sh sets both up on a database where
 # examples/evolution/topology.sql and contracts.sql ran.
 for var <- ["PGFLOW_TEST_DSN", "PGFLOW_TEST_SCRAM_DSN"] do
-  System.get_env(var) || raise "#{var} is not set (run tests/cluster/elixir_client.sh)"
+  System.get_env(var) || raise "#{var} is not set (run tests/clients/elixir.sh)"
 end
 
 defmodule Pgflow.TestHelper do

@@ -7,7 +7,7 @@
 //! another process, and nothing it does can wake the test.
 use std::sync::Mutex;
 
-use pgflow_client_tests::{connect, connect_to, eventually};
+use pgflow_e2e::{connect, connect_to, eventually};
 use postgres::Client;
 
 static SERIAL: Mutex<()> = Mutex::new(());
@@ -41,19 +41,6 @@ fn worker_pid(admin: &mut Client, db: &str) -> Option<i32> {
         )
         .unwrap()
         .and_then(|r| r.get(0))
-}
-
-fn backend_of(admin: &mut Client, pid: i32) -> Option<(String, Option<String>)> {
-    admin
-        .batch_execute("SELECT pg_stat_clear_snapshot()")
-        .unwrap();
-    admin
-        .query_opt(
-            "SELECT backend_type, datname::text FROM pg_stat_activity WHERE pid = $1",
-            &[&pid],
-        )
-        .unwrap()
-        .map(|r| (r.get(0), r.get(1)))
 }
 
 #[test]
@@ -151,6 +138,12 @@ fn the_worker_expires_leases_retries_with_backoff_dead_letters_and_prunes() {
         "the archive was never pruned"
     );
 
+    // The worker commits a round before it adds the round's counts to its status: wait for them.
+    assert!(eventually(
+        &mut admin,
+        &format!("SELECT pruned >= 1 FROM pgflow.worker_status() WHERE datname = '{db}'"),
+        DEADLINE
+    ));
     let row = admin
         .query_one(
             "SELECT expired, promoted, pruned, ticks FROM pgflow.worker_status() WHERE datname = $1",
@@ -182,9 +175,17 @@ fn the_worker_follows_the_extension_and_survives_database_commands() {
     c.batch_execute("CREATE EXTENSION pgflow").unwrap();
     assert!(eventually(&mut admin, &state_is(db, "running"), DEADLINE));
     let pid = worker_pid(&mut admin, db).expect("a running worker has a pid");
-    assert_eq!(
-        backend_of(&mut admin, pid),
-        Some(("pgflow worker".to_owned(), Some(db.to_owned()))),
+    // The slot says running as soon as the worker attaches; pg_stat_activity shows it (and its
+    // database) once it has connected.
+    assert!(
+        eventually(
+            &mut admin,
+            &format!(
+                "SELECT EXISTS (SELECT 1 FROM pg_stat_activity WHERE pid = {pid}
+                                   AND backend_type = 'pgflow worker' AND datname = '{db}')"
+            ),
+            DEADLINE
+        ),
         "pg_stat_activity shows the worker with its database"
     );
 
@@ -196,8 +197,13 @@ fn the_worker_follows_the_extension_and_survives_database_commands() {
         eventually(&mut admin, &state_is(db, "idle"), DEADLINE),
         "still running without the extension"
     );
+    // Idle is published just before the process exits.
     assert!(
-        backend_of(&mut admin, pid).is_none(),
+        eventually(
+            &mut admin,
+            &format!("SELECT NOT EXISTS (SELECT 1 FROM pg_stat_activity WHERE pid = {pid})"),
+            DEADLINE
+        ),
         "the old worker is gone"
     );
     c.batch_execute("CREATE EXTENSION pgflow").unwrap();
@@ -364,15 +370,22 @@ fn a_failing_worker_never_stops_another_database_s_worker() {
             .unwrap()
             .get(0)
     };
-    let good_before = ticks(&mut admin, good);
     let restarted =
         format!("SELECT restarts >= 2 FROM pgflow.worker_status() WHERE datname = '{bad}'");
     assert!(
         eventually(&mut admin, &restarted, DEADLINE),
         "the failing worker was not restarted"
     );
+    // While the other database's worker keeps failing, this one goes on ticking.
+    let good_then = ticks(&mut admin, good);
     assert!(
-        ticks(&mut admin, good) > good_before,
+        eventually(
+            &mut admin,
+            &format!(
+                "SELECT ticks > {good_then} FROM pgflow.worker_status() WHERE datname = '{good}'"
+            ),
+            DEADLINE
+        ),
         "the healthy worker stopped ticking"
     );
     assert!(eventually(&mut admin, &state_is(good, "running"), DEADLINE));

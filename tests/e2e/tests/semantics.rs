@@ -6,7 +6,7 @@ use std::sync::mpsc;
 use std::thread;
 use std::time::{Duration, Instant};
 
-use pgflow_client_tests::{connect, eventually, fresh_queue};
+use pgflow_e2e::{connect, eventually, fresh_queue};
 use postgres::fallible_iterator::FallibleIterator;
 
 #[test]
@@ -169,7 +169,7 @@ fn a_waiting_read_wakes_when_a_delayed_message_comes_due() {
     let h = thread::spawn(move || {
         reader
             .query_one(
-                "SELECT msg_id, vt - interval '30 s' AS claimed_at
+                "SELECT msg_id, clock_timestamp() AS returned_at
                    FROM pgflow.read($1, '30 s', 1, wait => '60 s')",
                 &[&queue],
             )
@@ -179,8 +179,8 @@ fn a_waiting_read_wakes_when_a_delayed_message_comes_due() {
     assert!(eventually(&mut admin, &waiting, 30));
     // Sent with a due time: the commit wakes the reader, which finds nothing due yet and sleeps
     // until the message's due time, then takes it. Both sides of the check are the server's own
-    // times: the due time the message was stored with, and the claim time read derives the
-    // lease from (vt = claim time + 30 s), so no scheduling delay can flip it.
+    // times: the due time the message was stored with, and the server's clock when read had
+    // returned it, so no scheduling delay can flip it.
     let row = admin
         .query_one(
             "SELECT pgflow.send($1, '{\"scheduled\": true}', deliver_at => t.due) AS id, t.due
@@ -189,9 +189,9 @@ fn a_waiting_read_wakes_when_a_delayed_message_comes_due() {
         )
         .unwrap();
     let (id, due): (i64, std::time::SystemTime) = (row.get(0), row.get(1));
-    let (got, claimed_at) = h.join().unwrap().expect("the waiting read failed");
+    let (got, returned_at) = h.join().unwrap().expect("the waiting read failed");
     assert_eq!(got, id);
-    assert!(claimed_at >= due, "claimed before it was due");
+    assert!(returned_at >= due, "delivered before it was due");
 }
 
 #[test]

@@ -2,7 +2,7 @@
 # The Elixir client (clients/elixir) against a running cluster: a fresh database with the
 # evolution topology and contracts, a role that must log in with SCRAM-SHA-256 (the pg_hba
 # line for it goes first), then `mix test` (offline: no Hex packages, the driver and JSON codec
-# are Debian's). Usage: elixir_client.sh BINDIR PORT DATADIR [mix test args...]
+# are Debian's). Usage: elixir.sh BINDIR PORT DATADIR [mix test args...]
 set -euo pipefail
 ROOT=$(cd "$(dirname "$0")/../.." && pwd)
 . "$ROOT/scripts/lib.sh"

@@ -1,7 +1,7 @@
 //! Failure handling over real connections: a consumer dies holding a lease.
 use std::time::{Duration, Instant};
 
-use pgflow_client_tests::{connect, fresh_queue};
+use pgflow_e2e::{connect, fresh_queue};
 use postgres::Client;
 
 /// Calls `read` until it returns a message or `deadline` passes. Each read applies lease

@@ -1,6 +1,6 @@
 defmodule Pgflow.EvolutionTest do
   # The evolution queues, bindings and contracts of examples/evolution/ (loaded by
-  # tests/cluster/elixir_client.sh), driven from Elixir.
+  # tests/clients/elixir.sh), driven from Elixir.
   use ExUnit.Case, async: false
   import Pgflow.TestHelper
   alias Pgflow.Evolution

@@ -3,7 +3,7 @@ use std::collections::HashSet;
 use std::sync::{Arc, Barrier};
 use std::thread;
 
-use pgflow_client_tests::{connect, fresh_queue};
+use pgflow_e2e::{connect, fresh_queue};
 
 /// Reads batches and archives each one until the queue has nothing left to hand out.
 /// Returns the ids this consumer archived.
