@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # The benchmark (README: `make bench`): pgflow, pgmq and PgQ side by side on one throwaway
-# cluster with the same settings. MODE=full (the README table), quick (a few minutes, for
+# cluster with the same settings. MODE=full (the table in bench/README.md), quick (a few minutes, for
 # checking a change) or smoke (seconds; `make test` runs it so the benchmark never rots).
 # PG=15 by default; 16, 17 and 18 run without PgQ, which Debian packages for Postgres 15 only.
 set -euo pipefail
@@ -41,16 +41,16 @@ out=$ROOT/bench/results
   --mode "$mode" --pgbench "$bindir/pgbench" --out "$out" --systems "$systems" \
   ${BENCH_WORKLOADS:+--workloads "$BENCH_WORKLOADS"} | tee "$out/latest-$mode.txt"
 
-# The README carries the latest full table.
+# bench/README.md carries the latest full table, between its bench:start and bench:end markers.
 if [ "$mode" = full ] && [ -z "${BENCH_WORKLOADS:-}" ]; then
-  python3 - "$ROOT/README.md" "$out/latest-$mode.txt" <<'PY'
+  python3 - "$ROOT/bench/README.md" "$out/latest-$mode.txt" <<'PY'
 import re, sys
 readme, table = sys.argv[1], open(sys.argv[2]).read().strip()
 text = open(readme).read()
 new = re.sub(r"(<!-- bench:start -->\n).*?(\n<!-- bench:end -->)", lambda m: m.group(1) + table + m.group(2), text, flags=re.S)
 open(readme, "w").write(new)
 PY
-  say "README.md benchmark table updated"
+  say "bench/README.md benchmark table updated"
 fi
 [ "$mode" = smoke ] && rm -rf "$out"
 exit 0

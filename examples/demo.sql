@@ -53,7 +53,7 @@ SELECT pgflow.archive('proposals_for_consensus_queue', 2::bigint) AS archived_th
 ROLLBACK;
 
 \echo '== 7. Metrics for every queue (total_archived counts the rolled-back archive of step 6 too:'
-\echo '      totals come from sequences, which never go back; see the README)'
+\echo '      totals come from sequences, which never go back; see docs/api.md)'
 SELECT queue_name, queue_length, visible, in_flight, delayed, total_messages, total_archived
   FROM pgflow.metrics_all();
 

@@ -7,7 +7,7 @@ defmodule Pgflow do
   server's SQLSTATE (`42704` unknown queue, `22023` bad argument, `23514` contract violation,
   `55000` lease lost, ...). A failed call leaves the connection usable.
 
-  What the driver dictates (see the README, "Elixir client"):
+  What the driver dictates (see docs/clients.md):
     * parameters go out as text (charlists of UTF-8 bytes), and every result column is cast to
       text in the SQL here, so nothing depends on the driver's binary decoders;
     * each call is a `gen_server:call` with the default 5 s timeout, so a long-poll `read`
