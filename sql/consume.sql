@@ -29,11 +29,12 @@ END $$;
 -- with or without the worker. An expired lease is a failed delivery: the retry policy applies
 -- (retry later or dead-letter). Then delayed and retried messages that came due join the
 -- ready backlog, so priority and id order hold across all of them. When nothing is due, this
--- costs one descent of each timer index.
+-- costs one descent of each timer index. No SET clause of its own (a SET costs every call a
+-- save and restore of the setting): it runs inside read and pop, whose enable_seqscan = off
+-- its plans are made under.
 CREATE FUNCTION pgflow._before_claim(q pgflow.queue, p_now timestamptz, qty integer)
 RETURNS void
 LANGUAGE plpgsql VOLATILE
-SET enable_seqscan = off  -- see the header of sql/internal.sql
 AS $$
 BEGIN
     IF EXISTS (SELECT 1 FROM pgflow.message m
