@@ -63,7 +63,8 @@ cluster_layers() {
   pgxs=$(pgxs_root "$cfg")
   dir=/tmp/pgflow-test-$ver
   port=$(free_port)
-  cluster_start "$ver" "$dir" "$port"
+  # Prepared transactions for the horizon test (tests/e2e/tests/observe.rs).
+  cluster_start "$ver" "$dir" "$port" "max_prepared_transactions = 8"
   trap 'cluster_stop '"$ver"' '"$dir" RETURN
   out=/tmp/pgflow-out-$ver
   rm -rf "$out"; mkdir -p "$out"; chmod 777 "$out"

@@ -59,7 +59,18 @@ CREATE TYPE pgflow.queue_metrics AS (
     archive_length     bigint,            -- messages now in the archive (within retention)
     dlq_length         bigint,            -- messages now in the dead-letter queue
     scrape_time        timestamptz,
-    waiting            bigint             -- grouped messages waiting behind an earlier one
+    waiting            bigint,            -- grouped messages waiting behind an earlier one
+    horizon_age_sec    double precision,  -- how long the oldest holder of the xmin horizon has held it
+    horizon_holder     text               -- who that is (see horizon()); NULL when nothing holds it back
+);
+
+-- What holds back the xmin horizon, as horizon returns it.
+CREATE TYPE pgflow.horizon_holder AS (
+    holder   text,         -- 'backend', 'standby' (hot_standby_feedback), 'replication slot', 'prepared transaction'
+    pid      integer,      -- the process, when there is one
+    xmin_age integer,      -- transactions since the horizon it holds
+    since    timestamptz,  -- since when (transaction start, or when prepared); NULL for a slot
+    detail   text          -- user, state and query; slot name; gid
 );
 
 -- A waiting message, as list_pending shows it.

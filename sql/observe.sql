@@ -1,4 +1,38 @@
--- Observing: metrics, metrics_all and list_pending.
+-- Observing: metrics, metrics_all, list_pending and horizon.
+
+-- horizon: what holds back the xmin horizon of this database, oldest first. While anything here
+-- holds an old snapshot, VACUUM cannot remove the dead rows that claims and archives leave, and
+-- every read walks over more of them (docs/operations.md says what to do). Sources: backends of
+-- this database and walsenders (a standby's hot_standby_feedback), replication slots, and
+-- prepared transactions of this database. The caller's own backend is left out.
+CREATE FUNCTION pgflow.horizon()
+RETURNS SETOF pgflow.horizon_holder
+LANGUAGE sql STABLE AS $$
+    SELECT h.* FROM (
+        SELECT CASE WHEN a.backend_type = 'walsender' THEN 'standby' ELSE 'backend' END,
+               a.pid,
+               greatest(pg_catalog.age(a.backend_xmin), pg_catalog.age(a.backend_xid)),
+               a.xact_start,
+               pg_catalog.concat_ws(' ', a.usename, '(' || a.state || ')',
+                                    pg_catalog.left(a.query, 80))
+          FROM pg_catalog.pg_stat_activity a
+         WHERE (a.backend_xmin IS NOT NULL OR a.backend_xid IS NOT NULL)
+           AND a.pid <> pg_catalog.pg_backend_pid()
+           AND (a.datname = pg_catalog.current_database() OR a.backend_type = 'walsender')
+        UNION ALL
+        SELECT 'replication slot', s.active_pid, pg_catalog.age(s.xmin), NULL::timestamptz,
+               s.slot_name || ' (' || s.slot_type || CASE WHEN s.active THEN ', active)'
+                                                     ELSE ', inactive)' END
+          FROM pg_catalog.pg_replication_slots s
+         WHERE s.xmin IS NOT NULL
+        UNION ALL
+        SELECT 'prepared transaction', NULL::integer, pg_catalog.age(p.transaction), p.prepared,
+               p.gid || ' (' || p.owner || ')'
+          FROM pg_catalog.pg_prepared_xacts p
+         WHERE p.database = pg_catalog.current_database()
+    ) AS h(holder, pid, xmin_age, since, detail)
+     ORDER BY h.xmin_age DESC, h.since;
+$$;
 
 -- _metrics: one row per queue (all queues when queue_id is NULL). Counts scan the queue's
 -- rows; totals come from the per-queue sequences (no count on any hot path).
@@ -17,8 +51,12 @@ LANGUAGE sql STABLE AS $$
            (SELECT count(*) FROM pgflow.archive a WHERE a.queue_id = q.queue_id),
            (SELECT count(*) FROM pgflow.dead d WHERE d.queue_id = q.queue_id),
            p_now,
-           coalesce(s.waiting, 0)
+           coalesce(s.waiting, 0),
+           extract(epoch FROM p_now - h.since)::double precision,
+           h.holder || coalesce(' ' || h.pid, '') || ': ' || h.detail
       FROM pgflow.queue q
+      -- The oldest holder of the horizon, looked up once for all queues.
+      LEFT JOIN (SELECT * FROM pgflow.horizon() LIMIT 1) h ON true
       LEFT JOIN LATERAL (
         SELECT count(*) AS length,
                count(*) FILTER (WHERE m.state = 'r' OR (m.state = 'd' AND m.vt <= p_now)) AS visible,
