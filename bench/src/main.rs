@@ -6,6 +6,7 @@
 //!
 //! Usage: pgflow-bench --dsn DSN --mode smoke|quick|full --pgbench PATH --out DIR
 //!                     [--systems pgflow,pgmq,pgq] [--workloads W1,W3,...] [--label TEXT]
+//!                     [--tables aged|clean]
 mod plan;
 mod probes;
 mod report;
@@ -90,6 +91,12 @@ fn main() -> Res<()> {
         .collect::<Result<_, _>>()?;
     let workloads =
         arg(&args, "--workloads").unwrap_or_else(|| "W1,W2,W3,W4,W5,W6,W7,W8,W9".into());
+    let tables = arg(&args, "--tables").unwrap_or_else(|| "aged".into());
+    let clean_tables = match tables.as_str() {
+        "aged" => false,
+        "clean" => true,
+        o => return Err(format!("--tables is aged or clean, not {o}").into()),
+    };
 
     // Connection parameters for pgbench, from the key=value DSN.
     let kv: HashMap<&str, &str> = dsn
@@ -105,6 +112,7 @@ fn main() -> Res<()> {
         pg_port: kv.get("port").unwrap_or(&"5432").to_string(),
         pg_user: kv.get("user").unwrap_or(&"postgres").to_string(),
         pg_db: kv.get("dbname").unwrap_or(&"postgres").to_string(),
+        clean_tables,
     };
 
     let mut admin = ctx.admin()?;
@@ -120,6 +128,7 @@ fn main() -> Res<()> {
         let v: String = admin.query_one("SELECT current_setting($1)", &[&s])?.get(0);
         settings.insert(s.to_owned(), v);
     }
+    settings.insert("bench_tables".to_owned(), tables.clone());
     drop(admin);
 
     let mut res = Results::default();
@@ -127,7 +136,8 @@ fn main() -> Res<()> {
     let m = machine();
     let header = format!(
         "### Benchmark: {} mode, {}\n\n{}; {} cores ({}), {}; synchronous_commit={}, fsync={}, shared_buffers={}. \
-         pgflow {} (release build), pgmq 1.13 (SQL from the PyPI package pgmq 1.1.4), PgQ 3.5 (Debian).{}\n",
+         pgflow {} (release build), pgmq 1.13 (SQL from the PyPI package pgmq 1.1.4), PgQ 3.5 (Debian). \
+         Tables: {}.{}\n",
         format!("{mode:?}").to_lowercase(),
         started.format("%Y-%m-%d"),
         server_version.split(" on ").next().unwrap_or(&server_version),
@@ -138,6 +148,11 @@ fn main() -> Res<()> {
         settings["fsync"],
         settings["shared_buffers"],
         env!("CARGO_PKG_VERSION"),
+        if clean_tables {
+            "clean (VACUUM FULL before every measured run)"
+        } else {
+            "aged (workloads back to back; each lives with what the previous left, autovacuum at its defaults)"
+        },
         if label.is_empty() { String::new() } else { format!(" {label}") },
     );
     fs::create_dir_all(&out)?;

@@ -63,7 +63,7 @@ impl Plan {
                 w5_rate: 500,
                 w5_idle_secs: 5,
                 w7_before: 10,
-                w7_hold: 30,
+                w7_hold: 60,
                 w7_after: 15,
                 w8_queues: 1000,
                 w8_secs: 30,

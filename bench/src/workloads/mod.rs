@@ -35,6 +35,9 @@ pub(crate) struct Ctx {
     pub(crate) pg_port: String,
     pub(crate) pg_user: String,
     pub(crate) pg_db: String,
+    /// VACUUM FULL before every measured run (`--tables clean`) instead of living with the
+    /// previous run's garbage (`--tables aged`, the default).
+    pub(crate) clean_tables: bool,
 }
 
 impl Ctx {

@@ -17,7 +17,7 @@ pub(crate) fn w1_w2(ctx: &Ctx, res: &mut Results) -> Res<()> {
                 for sys in rotation(&ctx.systems, rep) {
                     let mut admin = ctx.admin()?;
                     sys.recreate(&mut admin, QUEUE)?;
-                    sys.reset(&mut admin)?;
+                    sys.reset(&mut admin, ctx.clean_tables)?;
                     let script = tmp.join(format!("{}-{batch}.sql", sys.name()));
                     fs::write(&script, sys.pgbench_script(batch))?;
                     let tps = pgbench_tps(ctx, sys, &script, clients, ctx.plan.w12_secs)?;
@@ -61,7 +61,7 @@ pub(crate) fn w9(ctx: &Ctx, res: &mut Results) -> Res<()> {
                     }
                     let mut admin = ctx.admin()?;
                     sys.recreate(&mut admin, QUEUE)?;
-                    sys.reset(&mut admin)?;
+                    sys.reset(&mut admin, ctx.clean_tables)?;
                     if with_contract && sys == Sys::Pgflow {
                         admin.execute(
                             "SELECT pgflow.set_contract($1, $2::text::jsonb)",

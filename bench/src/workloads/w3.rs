@@ -21,13 +21,19 @@ pub(crate) fn w3(ctx: &Ctx, res: &mut Results) -> Res<()> {
                     }
                     let mut admin = ctx.admin()?;
                     sys.recreate(&mut admin, QUEUE)?;
-                    sys.reset(&mut admin)?;
+                    sys.reset(&mut admin, ctx.clean_tables)?;
                     let live = sys.live_relations(&mut admin)?;
                     let (empty_bytes, _) = size_and_dead(&mut admin, &live)?;
                     sys.prefill(&mut admin, n, batch)?;
                     let rels = sys.relations(&mut admin)?;
+                    // Statistics for the drain's plans; VACUUM only in clean-tables mode.
+                    let prep = if ctx.clean_tables {
+                        "VACUUM ANALYZE"
+                    } else {
+                        "ANALYZE"
+                    };
                     for r in &rels {
-                        admin.batch_execute(&format!("VACUUM ANALYZE {r}"))?;
+                        admin.batch_execute(&format!("{prep} {r}"))?;
                     }
                     admin.batch_execute("CHECKPOINT")?;
                     let variant = format!(

@@ -17,7 +17,7 @@ pub(crate) fn w4(ctx: &Ctx, res: &mut Results) -> Res<()> {
                 }
                 let mut admin = ctx.admin()?;
                 sys.recreate(&mut admin, QUEUE)?;
-                sys.reset(&mut admin)?;
+                sys.reset(&mut admin, ctx.clean_tables)?;
                 let r = steady(ctx, sys, 4, k, ctx.plan.w4_secs, &mut |_| {})?;
                 let variant = format!("4 producers, {consumers} consumers");
                 let note = (!sys.competing_consumers())

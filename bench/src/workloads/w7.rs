@@ -10,7 +10,7 @@ pub(crate) fn w7(ctx: &Ctx, res: &mut Results) -> Res<()> {
     for sys in ctx.systems.clone() {
         let mut admin = ctx.admin()?;
         sys.recreate(&mut admin, QUEUE)?;
-        sys.reset(&mut admin)?;
+        sys.reset(&mut admin, ctx.clean_tables)?;
         let mut holder = connect(&ctx.dsn)?;
         let mut dead_at_release = 0.0;
         let rels = sys.relations(&mut admin)?;

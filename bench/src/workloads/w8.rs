@@ -14,10 +14,12 @@ pub(crate) fn w8(ctx: &Ctx, res: &mut Results) -> Res<()> {
     let n = ctx.plan.w8_queues;
     for sys in ctx.systems.clone() {
         let mut admin = ctx.admin()?;
-        // Start from clean tables: otherwise autovacuum cleaning up after the previous workload
-        // (pgflow's tables are shared and outlive its queues) shows up as idle WAL.
+        // W8 measures idleness, so unlike the other workloads it always starts clean: its own
+        // VACUUM below removes what the previous workloads left (pgflow's tables are shared and
+        // outlive its queues), which autovacuum would otherwise do during the measurement and
+        // show as idle WAL.
         sys.recreate(&mut admin, QUEUE)?;
-        sys.reset(&mut admin)?;
+        sys.reset(&mut admin, ctx.clean_tables)?;
         sys.drop(&mut admin, QUEUE)?;
         for i in 0..n {
             let q = format!("idle_{i}");
