@@ -16,6 +16,10 @@ DECLARE
     q pgflow.queue;
     n bigint := 0;
 BEGIN
+    -- A name no branch below knows would match no queue and quietly do nothing.
+    IF job IS NULL OR job NOT IN ('expire_leases', 'promote_delayed', 'prune_archive', 'prune_dedup') THEN
+        RAISE EXCEPTION 'unknown maintenance job "%"', job USING ERRCODE = 'invalid_parameter_value';
+    END IF;
     PERFORM pgflow._check_int(batch, 'batch', 1);
     FOR q IN SELECT * FROM pgflow.queue qq
               WHERE CASE job

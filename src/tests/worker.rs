@@ -116,6 +116,15 @@ mod tests {
             sqlstate("SELECT pgflow.promote_delayed(batch => -1)"),
             "22023"
         );
+        // The shared per-queue loop refuses a job it does not know instead of doing nothing.
+        assert_eq!(
+            sqlstate("SELECT pgflow._each_queue('expire_lease', now(), 10)"),
+            "22023"
+        );
+        assert_eq!(
+            sqlstate("SELECT pgflow._each_queue(NULL, now(), 10)"),
+            "22023"
+        );
     }
 
     #[pg_test]
