@@ -180,6 +180,7 @@ BEGIN
     DELETE FROM pgflow.contract c WHERE c.queue_id = q.queue_id;
     DELETE FROM pgflow.queue u WHERE u.queue_id = q.queue_id;
     PERFORM pgflow._notify_forget(q.queue_id);
+    PERFORM pgflow._cursor_forget(q.queue_id);
     -- regclass values print as qualified, quoted names: safe to splice.
     EXECUTE 'DROP SEQUENCE ' || q.msg_seq::text || ', ' || q.archived_seq::text;
     RETURN true;
@@ -194,6 +195,7 @@ DECLARE
     q pgflow.queue := pgflow._queue(queue_name);
     n bigint;
 BEGIN
+    PERFORM pgflow._touch(q.queue_id, q.msg_seq::oid);
     DELETE FROM pgflow.message m WHERE m.queue_id = q.queue_id;
     GET DIAGNOSTICS n = ROW_COUNT;
     RETURN n;

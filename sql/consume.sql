@@ -4,8 +4,9 @@
 
 -- _promote_queue: at most lim delayed messages of a queue that came due become ready, oldest
 -- due first; rows another session holds are skipped. Returns how many. Used by read, pop and
--- the promote_delayed job.
-CREATE FUNCTION pgflow._promote_queue(p_queue_id integer, p_now timestamptz, lim integer)
+-- the promote_delayed job. Each promoted message is noted for the claim cursor: it keeps its
+-- id, so it is usually behind the cursor.
+CREATE FUNCTION pgflow._promote_queue(q pgflow.queue, p_now timestamptz, lim integer)
 RETURNS bigint
 LANGUAGE plpgsql VOLATILE
 SET enable_seqscan = off  -- see the header of sql/internal.sql
@@ -13,39 +14,68 @@ AS $$
 DECLARE
     n bigint;
 BEGIN
-    UPDATE pgflow.message m
-       SET state = 'r'
-     WHERE m.queue_id = p_queue_id
-       AND m.msg_id IN (SELECT d.msg_id FROM pgflow.message d
-                         WHERE d.queue_id = p_queue_id AND d.state = 'd' AND d.vt <= p_now
-                         ORDER BY d.vt
-                         LIMIT lim
-                           FOR UPDATE SKIP LOCKED);
-    GET DIAGNOSTICS n = ROW_COUNT;
+    PERFORM pgflow._touch(q.queue_id, q.msg_seq::oid);
+    WITH promoted AS (
+        UPDATE pgflow.message m
+           SET state = 'r'
+         WHERE m.queue_id = q.queue_id
+           AND m.msg_id IN (SELECT d.msg_id FROM pgflow.message d
+                             WHERE d.queue_id = q.queue_id AND d.state = 'd' AND d.vt <= p_now
+                             ORDER BY d.vt
+                             LIMIT lim
+                               FOR UPDATE SKIP LOCKED)
+        RETURNING m.priority, m.msg_id
+    )
+    SELECT count(*) INTO n FROM promoted p
+     WHERE pgflow._ready(q.queue_id, q.msg_seq::oid, p.priority, p.msg_id);
     RETURN n;
 END $$;
 
 -- _before_claim: what read and pop do before they claim, so that a queue behaves the same
 -- with or without the worker. An expired lease is a failed delivery: the retry policy applies
 -- (retry later or dead-letter). Then delayed and retried messages that came due join the
--- ready backlog, so priority and id order hold across all of them. When nothing is due, this
--- costs one descent of each timer index. No SET clause of its own (a SET costs every call a
--- save and restore of the setting): it runs inside read and pop, whose enable_seqscan = off
--- its plans are made under.
+-- ready backlog, so priority and id order hold across all of them. Both probes run only once
+-- the queue's due time (shared memory, src/ipc/cursor.rs) has passed: until then no lease can
+-- have run out and no delayed message can have come due, and the probes, whose indexes fill
+-- with dead entries while a snapshot is held, stay off the read path. The reader that finds
+-- due passed recomputes it after probing (one reader at a time). No SET clause of its own (a
+-- SET costs every call a save and restore of the setting): it runs inside read and pop, whose
+-- enable_seqscan = off its plans are made under.
 CREATE FUNCTION pgflow._before_claim(q pgflow.queue, p_now timestamptz, qty integer)
 RETURNS void
 LANGUAGE plpgsql VOLATILE
 AS $$
+DECLARE
+    v_probe integer := pgflow._due_begin(q.queue_id, q.msg_seq::oid, p_now);
 BEGIN
+    IF v_probe = 0 THEN
+        RETURN;
+    END IF;
     IF EXISTS (SELECT 1 FROM pgflow.message m
                 WHERE m.queue_id = q.queue_id AND m.state = 'l' AND m.vt <= p_now) THEN
         PERFORM pgflow._expire_queue(q, p_now, 100);
     END IF;
     IF EXISTS (SELECT 1 FROM pgflow.message m
                 WHERE m.queue_id = q.queue_id AND m.state = 'd' AND m.vt <= p_now) THEN
-        PERFORM pgflow._promote_queue(q.queue_id, p_now, greatest(qty, 100));
+        PERFORM pgflow._promote_queue(q, p_now, greatest(qty, 100));
+    END IF;
+    IF v_probe = 2 THEN
+        -- A statement of its own: its snapshot comes after _due_begin.
+        PERFORM pgflow._due_end(q.queue_id, q.msg_seq::oid, pgflow._next_due(q.queue_id));
     END IF;
 END $$;
+
+-- _next_due: the earliest vt of a leased or delayed message of the queue, NULL when none.
+CREATE FUNCTION pgflow._next_due(p_queue_id integer)
+RETURNS timestamptz
+LANGUAGE sql STABLE AS $$
+    SELECT min(x.vt)
+      FROM (SELECT min(m.vt) AS vt FROM pgflow.message m
+             WHERE m.queue_id = p_queue_id AND m.state = 'd'
+            UNION ALL
+            SELECT min(m.vt) FROM pgflow.message m
+             WHERE m.queue_id = p_queue_id AND m.state = 'l') x;
+$$;
 
 -- read: lease up to qty deliverable messages for vt (default: the queue's visibility_timeout),
 -- by priority (higher first), then id (send order). Delayed and retried messages that came due
@@ -70,6 +100,7 @@ DECLARE
     v_deadline timestamptz;
     v_woken boolean;
     v_next timestamptz;
+    v_from bigint[];
     n bigint;
 BEGIN
     PERFORM pgflow._check_interval(v_vt, 'vt', false);
@@ -90,11 +121,15 @@ BEGIN
     END IF;
     LOOP
         PERFORM pgflow._before_claim(q, v_now, qty);
+        -- The claim starts after the queue's claim cursor (a statement of its own, before the
+        -- claim's snapshot; src/ipc/cursor.rs has the rules that keep it safe).
+        v_from := pgflow._claim_begin(q.queue_id, q.msg_seq::oid);
         RETURN QUERY
         WITH picked AS (
             SELECT m.msg_id FROM pgflow.message m
              WHERE m.queue_id = q.queue_id AND m.state = 'r'
-             ORDER BY m.priority DESC, m.msg_id
+               AND (-(m.priority::integer), m.msg_id) > (v_from[1]::integer, v_from[2])
+             ORDER BY -(m.priority::integer), m.msg_id
              LIMIT qty
                FOR UPDATE SKIP LOCKED
         ), leased AS (
@@ -106,16 +141,20 @@ BEGIN
         )
         SELECT l.msg_id, l.read_ct, l.enqueued_at, l.vt, l.message, l.headers
           FROM leased l
+         WHERE pgflow._claim_note(l.priority, l.msg_id)
          ORDER BY l.priority DESC, l.msg_id;
         GET DIAGNOSTICS n = ROW_COUNT;
+        PERFORM pgflow._claim_end(qty);
+        IF n > 0 THEN
+            PERFORM pgflow._due_at(q.queue_id, q.msg_seq::oid, v_now + v_vt);
+        END IF;
         EXIT WHEN n > 0 OR v_deadline IS NULL OR v_now >= v_deadline;
-        -- Sleep at most until the next delayed message or lease comes due.
-        SELECT min(x.vt) INTO v_next
-          FROM (SELECT min(m.vt) AS vt FROM pgflow.message m
-                 WHERE m.queue_id = q.queue_id AND m.state = 'd'
-                UNION ALL
-                SELECT min(m.vt) FROM pgflow.message m
-                 WHERE m.queue_id = q.queue_id AND m.state = 'l') x;
+        -- Sleep at most until the next delayed message or lease comes due (the queue's due
+        -- time when shared memory knows it, else from the table).
+        v_next := pgflow._due(q.queue_id, q.msg_seq::oid);
+        IF v_next IS NULL OR v_next <= v_now THEN
+            v_next := pgflow._next_due(q.queue_id);
+        END IF;
         PERFORM pgflow._wait_sleep(least(v_deadline, v_next), v_woken);
         v_now := clock_timestamp();
     END LOOP;
@@ -133,14 +172,17 @@ AS $$
 DECLARE
     q pgflow.queue := pgflow._queue(queue_name);
     v_now timestamptz := clock_timestamp();
+    v_from bigint[];
 BEGIN
     PERFORM pgflow._check_int(qty, 'qty', 1);
     PERFORM pgflow._before_claim(q, v_now, qty);
+    v_from := pgflow._claim_begin(q.queue_id, q.msg_seq::oid);
     RETURN QUERY
     WITH picked AS (
         SELECT m.msg_id FROM pgflow.message m
          WHERE m.queue_id = q.queue_id AND m.state = 'r'
-         ORDER BY m.priority DESC, m.msg_id
+           AND (-(m.priority::integer), m.msg_id) > (v_from[1]::integer, v_from[2])
+         ORDER BY -(m.priority::integer), m.msg_id
          LIMIT qty
            FOR UPDATE SKIP LOCKED
     ), popped AS (
@@ -151,7 +193,9 @@ BEGIN
     )
     SELECT p.msg_id, p.read_ct + 1, p.enqueued_at, v_now, p.message, p.headers
       FROM popped p
+     WHERE pgflow._claim_note(p.priority, p.msg_id)
      ORDER BY p.priority DESC, p.msg_id;
+    PERFORM pgflow._claim_end(qty);
 END $$;
 
 -- archive: move messages into the queue's archive (the audit trail). Returns the ids that were
@@ -166,6 +210,7 @@ DECLARE
     v_now timestamptz := clock_timestamp();
 BEGIN
     PERFORM pgflow._require(msg_ids, 'msg_ids');
+    PERFORM pgflow._touch(q.queue_id, q.msg_seq::oid);
     RETURN QUERY
     WITH moved AS (
         DELETE FROM pgflow.message m
@@ -202,6 +247,7 @@ DECLARE
     q pgflow.queue := pgflow._queue(queue_name);
 BEGIN
     PERFORM pgflow._require(msg_ids, 'msg_ids');
+    PERFORM pgflow._touch(q.queue_id, q.msg_seq::oid);
     RETURN QUERY
     DELETE FROM pgflow.message m
      WHERE m.queue_id = q.queue_id AND m.msg_id = ANY (msg_ids)
@@ -233,6 +279,7 @@ DECLARE
 BEGIN
     PERFORM pgflow._require(set_vt.msg_id, 'msg_id');
     PERFORM pgflow._check_interval(set_vt.vt, 'vt', true);
+    PERFORM pgflow._touch(q.queue_id, q.msg_seq::oid);
     RETURN QUERY
     UPDATE pgflow.message m
        SET vt = v_now + set_vt.vt,
@@ -246,6 +293,11 @@ BEGIN
      WHERE m.queue_id = q.queue_id AND m.msg_id = set_vt.msg_id
     RETURNING m.msg_id, m.read_ct, m.enqueued_at, m.vt, m.message, m.headers;
     IF set_vt.vt = interval '0' THEN
+        PERFORM pgflow._ready(q.queue_id, q.msg_seq::oid, m.priority, m.msg_id)
+           FROM pgflow.message m
+          WHERE m.queue_id = q.queue_id AND m.msg_id = set_vt.msg_id AND m.state = 'r';
         PERFORM pgflow._announce(q.queue_id, q.queue_name, q.notify);
+    ELSE
+        PERFORM pgflow._due_at(q.queue_id, q.msg_seq::oid, v_now + set_vt.vt);
     END IF;
 END $$;

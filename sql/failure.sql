@@ -82,6 +82,7 @@ LANGUAGE sql VOLATILE AS $$
         RETURNING m.msg_id, m.read_ct, m.vt
     )
     SELECT r.msg_id, 'retry', r.read_ct, r.vt FROM retried r
+     WHERE pgflow._due_at(q.queue_id, q.msg_seq::oid, r.vt)
     UNION ALL
     SELECT d.msg_id, 'dead', d.read_ct, NULL::timestamptz FROM died d
      WHERE d.msg_id IN (SELECT b.msg_id FROM buried b);
@@ -114,6 +115,7 @@ DECLARE
     m record;
 BEGIN
     PERFORM pgflow._require(nack.msg_id, 'msg_id');
+    PERFORM pgflow._touch(q.queue_id, q.msg_seq::oid);
     IF retry_after IS NOT NULL THEN
         PERFORM pgflow._check_interval(retry_after, 'retry_after', true);
     END IF;
@@ -149,6 +151,7 @@ AS $$
 DECLARE
     ids bigint[];
 BEGIN
+    PERFORM pgflow._touch(q.queue_id, q.msg_seq::oid);
     SELECT array_agg(e.msg_id) INTO ids
       FROM (SELECT m.msg_id FROM pgflow.message m
              WHERE m.queue_id = q.queue_id AND m.state = 'l' AND m.vt <= p_now
@@ -195,6 +198,7 @@ DECLARE
     q pgflow.queue := pgflow._queue(queue_name);
     v_now timestamptz := clock_timestamp();
     d record;
+    v_state "char";
 BEGIN
     -- One insert per dead letter, in id order: a grouped one goes back behind its group's live
     -- messages, and each sees the one redriven before it.
@@ -210,11 +214,14 @@ BEGIN
     LOOP
         dead_msg_id := d.msg_id;
         msg_id := nextval(q.msg_seq);
+        v_state := pgflow._group_state(q.queue_id, d.group_key, 'r'::"char");
         INSERT INTO pgflow.message (queue_id, msg_id, enqueued_at, vt, priority, state, message,
                                     headers, group_key)
-        VALUES (q.queue_id, dlq_retry.msg_id, v_now, v_now, d.priority,
-                pgflow._group_state(q.queue_id, d.group_key, 'r'::"char"), d.message, d.headers,
-                d.group_key);
+        VALUES (q.queue_id, dlq_retry.msg_id, v_now, v_now, d.priority, v_state, d.message,
+                d.headers, d.group_key);
+        IF v_state = 'r' THEN
+            PERFORM pgflow._ready(q.queue_id, q.msg_seq::oid, d.priority, dlq_retry.msg_id);
+        END IF;
         PERFORM pgflow._announce(q.queue_id, q.queue_name, q.notify);
         RETURN NEXT;
     END LOOP;

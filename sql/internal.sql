@@ -202,9 +202,11 @@ RETURNS trigger
 LANGUAGE plpgsql VOLATILE AS $$
 DECLARE
     nxt record;
+    u pgflow.queue;
+    v_state "char";
 BEGIN
     PERFORM pg_advisory_xact_lock(OLD.queue_id, hashtext(OLD.group_key));
-    SELECT m.msg_id, m.state, m.vt INTO nxt
+    SELECT m.msg_id, m.state, m.vt, m.priority INTO nxt
       FROM pgflow.message m
      WHERE m.queue_id = OLD.queue_id AND m.group_key = OLD.group_key
      ORDER BY m.msg_id
@@ -212,9 +214,17 @@ BEGIN
     IF FOUND AND nxt.state = 'g' THEN
         UPDATE pgflow.message m
            SET state = CASE WHEN m.vt > clock_timestamp() THEN 'd' ELSE 'r' END
-         WHERE m.queue_id = OLD.queue_id AND m.msg_id = nxt.msg_id;
-        PERFORM pgflow._announce(u.queue_id, u.queue_name, u.notify)
-           FROM pgflow.queue u WHERE u.queue_id = OLD.queue_id;
+         WHERE m.queue_id = OLD.queue_id AND m.msg_id = nxt.msg_id
+        RETURNING m.state INTO v_state;
+        SELECT * INTO u FROM pgflow.queue WHERE queue_id = OLD.queue_id;
+        IF FOUND THEN
+            IF v_state = 'r' THEN
+                PERFORM pgflow._ready(u.queue_id, u.msg_seq::oid, nxt.priority, nxt.msg_id);
+            ELSE
+                PERFORM pgflow._due_at(u.queue_id, u.msg_seq::oid, nxt.vt);
+            END IF;
+            PERFORM pgflow._announce(u.queue_id, u.queue_name, u.notify);
+        END IF;
     END IF;
     RETURN NULL;
 END $$;

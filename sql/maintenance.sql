@@ -40,7 +40,7 @@ BEGIN
               ORDER BY qq.queue_id LOOP
         n := n + CASE job
                  WHEN 'expire_leases'   THEN pgflow._expire_queue(q, p_now, batch)
-                 WHEN 'promote_delayed' THEN pgflow._promote_queue(q.queue_id, p_now, batch)
+                 WHEN 'promote_delayed' THEN pgflow._promote_queue(q, p_now, batch)
                  WHEN 'prune_archive'   THEN pgflow._prune_archive_queue(q, p_now, batch)
                  WHEN 'prune_dedup'     THEN pgflow._prune_dedup_queue(q.queue_id, p_now, batch)
                  END;
@@ -129,6 +129,48 @@ BEGIN ATOMIC
     SELECT pgflow._each_queue('prune_dedup', coalesce(prune_dedup.now, clock_timestamp()), batch);
 END;
 
+-- check_cursors (maintenance job): the safety net under the claim cursor (src/ipc/cursor.rs).
+-- Every verb notes the messages it makes ready, so the cursor never passes one; what bypasses
+-- the verbs (a restore, a user's own UPDATE of pgflow.message, a logical replication apply)
+-- does not. Every 10 seconds per queue this looks for a ready message at or below the queue's
+-- cursor and lowers the cursor below it; it also thaws the cursors a PREPARE TRANSACTION froze
+-- once no prepared transaction is left in the database. Returns how many cursors it lowered.
+CREATE FUNCTION pgflow.check_cursors(now timestamptz DEFAULT NULL)
+RETURNS bigint
+LANGUAGE plpgsql VOLATILE
+SET enable_seqscan = off  -- see the header of sql/internal.sql
+AS $$
+DECLARE
+    v_now timestamptz := coalesce(check_cursors.now, clock_timestamp());
+    q record;
+    v_mark bigint[];
+    r record;
+    v_seen bigint;
+    n bigint := 0;
+BEGIN
+    FOR q IN SELECT u.queue_id, u.msg_seq FROM pgflow.queue u ORDER BY u.queue_id LOOP
+        v_mark := pgflow._cursor_check(q.queue_id, q.msg_seq::oid, v_now);
+        CONTINUE WHEN v_mark IS NULL;
+        SELECT m.priority, m.msg_id INTO r
+          FROM pgflow.message m
+         WHERE m.queue_id = q.queue_id AND m.state = 'r'
+           AND (-(m.priority::integer), m.msg_id) <= (v_mark[1]::integer, v_mark[2])
+         ORDER BY -(m.priority::integer), m.msg_id
+         LIMIT 1;
+        IF FOUND THEN
+            PERFORM pgflow._cursor_lower(q.queue_id, q.msg_seq::oid, r.priority, r.msg_id);
+            n := n + 1;
+        END IF;
+    END LOOP;
+    -- Read the freeze count first: a PREPARE after it keeps its queues frozen.
+    v_seen := pgflow._cursor_freezes();
+    IF NOT EXISTS (SELECT 1 FROM pg_catalog.pg_prepared_xacts p
+                    WHERE p.database = pg_catalog.current_database()) THEN
+        PERFORM pgflow._cursor_thaw(v_seen);
+    END IF;
+    RETURN n;
+END $$;
+
 -- maintain: one round of every maintenance job, each a bounded batch per queue; what the
 -- background worker runs each tick (with pgflow.batch_size and pgflow.prune_batch_size), and
 -- what pg_cron or a client can run when the worker is not loaded.
@@ -145,4 +187,5 @@ BEGIN
     job := 'promote_delayed'; processed := pgflow.promote_delayed(v_now, batch);       RETURN NEXT;
     job := 'prune_archive';   processed := pgflow.prune_archive(v_now, prune_batch);   RETURN NEXT;
     job := 'prune_dedup';     processed := pgflow.prune_dedup(v_now, prune_batch);     RETURN NEXT;
+    job := 'check_cursors';   processed := pgflow.check_cursors(v_now);               RETURN NEXT;
 END $$;

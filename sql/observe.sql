@@ -114,3 +114,18 @@ BEGIN
               m.priority DESC, m.msg_id
      LIMIT qty;
 END $$;
+
+-- cursor_status: each queue's claim cursor and due time (src/ipc/cursor.rs): the key below
+-- which nothing is ready (NULL: scan from the start, or nothing ready at all when
+-- nothing_ready), the earliest time a lease can run out or a delayed message come due, how
+-- many lowering events the cursor has seen, and whether a PREPARE TRANSACTION froze it. Empty
+-- without shared_preload_libraries. For operators and tests; no verb needs it.
+CREATE FUNCTION pgflow.cursor_status()
+RETURNS TABLE (queue_name text, mark_priority integer, mark_msg_id bigint, due timestamptz,
+               events bigint, frozen boolean)
+LANGUAGE sql VOLATILE AS $$
+    SELECT q.queue_name, c.mark_priority, c.mark_msg_id, c.due, c.events, c.frozen
+      FROM pgflow._cursor_status() c
+      JOIN pgflow.queue q ON q.queue_id = c.queue_id AND q.msg_seq::oid = c.seq
+     ORDER BY q.queue_name;
+$$;

@@ -21,6 +21,8 @@ DECLARE
     v_id bigint;
     v_vt timestamptz;
     v_first bigint;
+    v_state "char";
+    v_priority smallint;
 BEGIN
     PERFORM pgflow._check_payload(message, headers);
     PERFORM pgflow._check_interval(delay, 'delay', true);
@@ -32,6 +34,7 @@ BEGIN
         RAISE EXCEPTION 'give delay or deliver_at, not both' USING ERRCODE = 'invalid_parameter_value';
     END IF;
     v_vt := greatest(v_now, coalesce(deliver_at, v_now + delay));
+    v_priority := coalesce(send.priority, q.default_priority);
     v_id := nextval(q.msg_seq);
     IF dedup_key IS NOT NULL THEN
         -- A concurrent send with the same key waits here for the first one's transaction: if it
@@ -48,12 +51,17 @@ BEGIN
             RETURN v_first;
         END IF;
     END IF;
+    v_state := pgflow._group_state(q.queue_id, send.group_key,
+                                   CASE WHEN v_vt > v_now THEN 'd' ELSE 'r' END::"char");
     INSERT INTO pgflow.message (queue_id, msg_id, enqueued_at, vt, priority, state, message,
                                 headers, group_key)
-    VALUES (q.queue_id, v_id, v_now, v_vt, coalesce(priority, q.default_priority),
-            pgflow._group_state(q.queue_id, send.group_key,
-                                CASE WHEN v_vt > v_now THEN 'd' ELSE 'r' END::"char"),
-            send.message, send.headers, send.group_key);
+    VALUES (q.queue_id, v_id, v_now, v_vt, v_priority, v_state, send.message, send.headers,
+            send.group_key);
+    IF v_state = 'r' THEN
+        PERFORM pgflow._ready(q.queue_id, q.msg_seq::oid, v_priority, v_id);
+    ELSIF v_state = 'd' THEN
+        PERFORM pgflow._due_at(q.queue_id, q.msg_seq::oid, v_vt);
+    END IF;
     PERFORM pgflow._announce(q.queue_id, q.queue_name, q.notify);
     RETURN v_id;
 END $$;
@@ -120,5 +128,12 @@ BEGIN
           FROM numbered n
         RETURNING msg_id
     )
-    SELECT n.id FROM numbered n ORDER BY n.ord;
+    -- Each id is noted for the claim cursor (ready) or the due time (delayed); see
+    -- src/ipc/cursor.rs.
+    SELECT n.id FROM numbered n
+     WHERE CASE WHEN delay > interval '0'
+                THEN pgflow._due_at(q.queue_id, q.msg_seq::oid, v_now + delay)
+                ELSE pgflow._ready(q.queue_id, q.msg_seq::oid,
+                                   coalesce(priority, q.default_priority)::smallint, n.id) END
+     ORDER BY n.ord;
 END $$;

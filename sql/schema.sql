@@ -85,9 +85,12 @@ CREATE TABLE pgflow.message (
 );
 COMMENT ON TABLE pgflow.message IS 'Live pgflow messages (ready, delayed, leased) of all queues.';
 
--- The claim path: the ready backlog in delivery order. A claimed message leaves this index
--- (its new version is 'l'), so readers never walk over in-flight rows.
-CREATE INDEX message_ready ON pgflow.message (queue_id, priority DESC, msg_id) WHERE state = 'r';
+-- The claim path: the ready backlog in delivery order, by claim key (-priority, msg_id), so
+-- that a read can start right after the queue's claim cursor with one row comparison (see
+-- src/ipc/cursor.rs). A claimed message leaves this index (its new version is 'l'); the entry
+-- of its old version stays until VACUUM can remove it, and the cursor is what keeps readers
+-- from walking over those entries while a snapshot holds them.
+CREATE INDEX message_ready ON pgflow.message (queue_id, (-(priority::integer)), msg_id) WHERE state = 'r';
 -- Delayed and retried messages, by due time: read's "came due" branch.
 CREATE INDEX message_delayed ON pgflow.message (queue_id, vt) WHERE state = 'd';
 -- Leases, by expiry: lease expiry (in read and in expire_leases). Separate from the delayed

@@ -35,7 +35,13 @@ extension_sql_file!("../sql/schema.sql", name = "schema", bootstrap);
 extension_sql_file!(
     "../sql/internal.sql",
     name = "internal",
-    requires = ["schema", api::_check_queue_name, api::wait::_announce]
+    requires = [
+        "schema",
+        api::_check_queue_name,
+        api::wait::_announce,
+        api::cursor::_ready,
+        api::cursor::_due_at
+    ]
 );
 extension_sql_file!(
     "../sql/admin.sql",
@@ -43,7 +49,9 @@ extension_sql_file!(
     requires = [
         "internal",
         api::_check_contract_schema,
-        api::wait::_notify_forget
+        api::wait::_notify_forget,
+        api::cursor::_cursor_forget,
+        api::cursor::_touch
     ]
 );
 extension_sql_file!(
@@ -63,7 +71,12 @@ extension_sql_file!(
 extension_sql_file!(
     "../sql/failure.sql",
     name = "failure",
-    requires = ["internal", api::_retry_delay, api::wait::_announce]
+    requires = [
+        "internal",
+        api::_retry_delay,
+        api::wait::_announce,
+        api::cursor::_touch
+    ]
 );
 extension_sql_file!(
     "../sql/consume.sql",
@@ -72,18 +85,30 @@ extension_sql_file!(
         "failure",
         api::wait::_wait_begin,
         api::wait::_wait_end,
-        api::wait::_wait_sleep
+        api::wait::_wait_sleep,
+        api::cursor::_claim_begin,
+        api::cursor::_claim_note,
+        api::cursor::_claim_end,
+        api::cursor::_due_begin,
+        api::cursor::_due_end,
+        api::cursor::_due
     ]
 );
 extension_sql_file!(
     "../sql/maintenance.sql",
     name = "maintenance",
-    requires = ["consume"]
+    requires = [
+        "consume",
+        api::cursor::_cursor_check,
+        api::cursor::_cursor_lower,
+        api::cursor::_cursor_freezes,
+        api::cursor::_cursor_thaw
+    ]
 );
 extension_sql_file!(
     "../sql/observe.sql",
     name = "observe",
-    requires = ["internal"]
+    requires = ["internal", api::cursor::_cursor_status]
 );
 extension_sql_file!(
     "../sql/topics.sql",

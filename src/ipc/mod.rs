@@ -15,6 +15,7 @@ use std::thread::LocalKey;
 use pgrx::prelude::*;
 use pgrx::{pg_shmem_init, PGRXSharedMemory, PgLwLock};
 
+pub mod cursor;
 pub mod notify;
 pub mod waiters;
 
@@ -65,6 +66,7 @@ pub fn init() {
     }
     waiters::init();
     notify::init();
+    cursor::init();
     pg_shmem_init!(WORKER_LATCHES);
 }
 

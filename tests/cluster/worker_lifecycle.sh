@@ -62,7 +62,28 @@ poll "$sport" life "SELECT EXISTS (SELECT 1 FROM pg_stat_activity
 echo "ok: after promotion the former standby runs the launcher and the worker"
 cluster_stop "$ver" "$standby"
 
-# 2. A crash: SIGKILL the worker; the postmaster restarts everything; the worker comes back.
+# 2. A crash under load: SIGKILL the worker while producers and consumers run; the postmaster
+#    restarts everything (shared memory too: every claim cursor and due time starts over); the
+#    worker comes back, and every acknowledged send is archived exactly once.
+load=$(mktemp -d); chmod 777 "$load"
+psql_at "$pport" -d life -q -c "SELECT pgflow.create_queue('load', retry_jitter => 0, retry_delay => '0')" >/dev/null
+psql_at "$pport" -d life -c "SELECT pgflow.send_batch('load', array_fill('{}'::jsonb, ARRAY[2000]))" >"$load/acked.0"
+consume() {  # until the stop file appears; errors (the crash) are retried
+  while [ ! -e "$load/stop" ]; do
+    psql_at "$pport" -d life -c "SELECT count(*) FROM pgflow.archive('load',
+               (SELECT coalesce(array_agg(msg_id), '{}') FROM pgflow.read('load', '1 s', 10)))" \
+      >/dev/null 2>&1 || sleep 0.05
+  done
+}
+produce() {  # 300 single sends; an id is acknowledged when psql printed it
+  local i
+  for i in $(seq 1 300); do
+    psql_at "$pport" -d life -c "SELECT pgflow.send('load', '{}')" 2>/dev/null >>"$load/acked.1" || sleep 0.05
+  done
+  touch "$load/produced"
+}
+consume & c1=$!; consume & c2=$!; consume & c3=$!; produce & p1=$!
+poll "$pport" life "SELECT count(*) >= 500 FROM pgflow.archive"
 pid=$(psql_at "$pport" -d life -c "SELECT pid FROM pg_stat_activity WHERE backend_type = 'pgflow worker' AND datname = 'life'")
 [ -n "$pid" ] || fail "no worker pid"
 kill -9 "$pid"
@@ -70,6 +91,20 @@ poll "$pport" life "SELECT EXISTS (SELECT 1 FROM pg_stat_activity
                      WHERE backend_type = 'pgflow worker' AND datname = 'life' AND pid <> $pid)"
 grep -q "terminated by signal 9" "$primary/server.log" || fail "the kill was not seen as a crash"
 echo "ok: after a crash the worker is back"
+for i in $(seq 1 3000); do [ -e "$load/produced" ] && break; sleep 0.02; done
+[ -e "$load/produced" ] || fail "the producer did not finish"
+acked=$(cat "$load/acked.0" "$load/acked.1" | grep -E '^[0-9]+$' | paste -sd, -)
+nacked=$(tr ',' '\n' <<<"$acked" | wc -l)
+# Drained: nothing live, and every acknowledged id in the archive (a lease held at the crash
+# comes back after its 1 s lease).
+poll "$pport" life "SELECT NOT EXISTS (SELECT 1 FROM pgflow.message)
+                       AND NOT EXISTS (SELECT 1 FROM unnest('{$acked}'::bigint[]) a(id)
+                                        WHERE NOT EXISTS (SELECT 1 FROM pgflow.archive r WHERE r.msg_id = a.id))"
+touch "$load/stop"; wait "$c1" "$c2" "$c3" "$p1"
+[ "$(psql_at "$pport" -d life -c "SELECT count(*) FROM pgflow.dead")" = 0 ] || fail "dead letters after the crash"
+[ "$nacked" -ge 2100 ] || fail "only $nacked sends were acknowledged"
+echo "ok: under load across the crash, all $nacked acknowledged sends archived once, none left"
+rm -rf "$load"
 
 # 3. Postmaster death: the launcher and the worker exit by themselves (WL_EXIT_ON_PM_DEATH).
 pids=$(psql_at "$pport" -d life -c "SELECT string_agg(pid::text, ' ') FROM pg_stat_activity WHERE backend_type LIKE 'pgflow%'")

@@ -1,0 +1,728 @@
+//! The claim cursor and the due time: what lets a read go straight to the first deliverable
+//! message, and skip the lease-expiry and promotion probes when nothing can be due, however
+//! many dead index entries a held xmin horizon has left behind (docs/design.md, "Claim
+//! cursor").
+//!
+//! Per queue, in shared memory:
+//! - `mark`, a claim key (`-priority`, `msg_id`) such that every committed ready message has a
+//!   key above it. A read scans the ready index from `mark` instead of from the queue's start,
+//!   so it never walks the entries of the messages claimed before it.
+//! - `due`, a time such that no committed leased or delayed message has `vt` before it. A read
+//!   runs the expiry and promotion probes only once `due` has passed.
+//!
+//! Both are bounds that may be too low (then a read does more work than needed, never less);
+//! the rules below keep them from ever being too high:
+//! - **Lowering.** A transaction that makes a message ready (send, promotion, group advance,
+//!   `set_vt` 0, redrive) or leased or delayed with some `vt` records it; at commit, after the
+//!   commit is visible, it lowers `mark` below that key and `due` to that `vt`, and appends the
+//!   key to the queue's event ring. Within the transaction its own records already count, so it
+//!   reads its own messages. An abort lowers nothing: its rows are gone.
+//! - **Raising the mark.** A read notes, before its claim takes a snapshot, the mark and the
+//!   ring's event count. At its commit it raises the mark to the last key it claimed (or past
+//!   everything, when it found fewer than it asked for), but never above any key the ring
+//!   recorded since its note: those are messages its snapshot may not have seen. If the ring
+//!   wrapped meanwhile, it does not raise. Messages it skipped because another transaction held
+//!   them come back only through that transaction's abort, which lowers.
+//! - **Aborts.** A read that aborts (or whose subtransaction aborts) lowers the mark to the
+//!   first key it claimed; any other verb that may have locked a ready message (archive,
+//!   delete, set_vt, nack, purge) resets the mark on abort. Either also resets `due`.
+//! - **Raising due.** One backend at a time recomputes `due` from the table once it has
+//!   passed: it sets a flag, runs the probes, takes a new snapshot for the minimum `vt`, and
+//!   publishes the minimum of that and of every `vt` committed while the flag was set.
+//! - **Prepared transactions** commit in another backend, with no callback here: a PREPARE
+//!   resets both bounds of the queues it touched and freezes them (no raising) until
+//!   `maintain()` finds no prepared transaction left in the database.
+//! - **Everything else** (a restore that bypasses the API, a user's own `UPDATE`, a logical
+//!   replication apply) is caught by `maintain()`, which checks each queue's mark against the
+//!   table every `CHECK_INTERVAL` and lowers it when a ready message sits below it.
+//!
+//! A restart or crash reinitializes shared memory: every bound starts at its minimum. Without
+//! `shared_preload_libraries` there is no table: reads scan from the start and probe every
+//! time, as before.
+use std::cell::RefCell;
+
+use pgrx::prelude::*;
+use pgrx::{pg_shmem_init, PGRXSharedMemory, PgLwLock};
+
+use super::preloaded;
+
+/// Queues (of all databases) that can have a cursor; others read as without preload.
+pub const MAX_QUEUES: usize = 1024;
+/// Lowering events a queue remembers; a read whose commit comes more than this many events
+/// after its claim does not raise the mark.
+const RING: usize = 32;
+/// How often `maintain()` checks a queue's mark against the table (microseconds).
+const CHECK_INTERVAL: i64 = 10_000_000;
+
+/// A claim key: `-priority` then `msg_id`, in the ready index's order.
+#[derive(Copy, Clone, Default, PartialEq, Eq, PartialOrd, Ord, Debug)]
+pub struct Key {
+    pub p: i32,
+    pub id: i64,
+}
+
+/// Below every key.
+pub const MIN_KEY: Key = Key {
+    p: i32::MIN,
+    id: i64::MIN,
+};
+/// Above every key.
+pub const MAX_KEY: Key = Key {
+    p: i32::MAX,
+    id: i64::MAX,
+};
+
+impl Key {
+    pub fn of(priority: i16, msg_id: i64) -> Key {
+        Key {
+            p: -i32::from(priority),
+            id: msg_id,
+        }
+    }
+
+    /// The largest key below this one: a mark that keeps this key above it.
+    fn pred(self) -> Key {
+        if self.id == i64::MIN {
+            Key {
+                p: self.p.saturating_sub(1),
+                id: i64::MAX,
+            }
+        } else {
+            Key {
+                p: self.p,
+                id: self.id - 1,
+            }
+        }
+    }
+}
+
+/// TimestampTz bounds.
+const TS_MIN: i64 = i64::MIN;
+const TS_MAX: i64 = i64::MAX;
+
+#[derive(Copy, Clone)]
+struct Entry {
+    dboid: u32, // 0: free
+    queue_id: i32,
+    seq: u32, // the queue's msg_seq oid: a queue re-created after DROP EXTENSION is another entry
+    mark: Key,
+    events: u64,
+    ring: [Key; RING],
+    due: i64,
+    due_busy: i32, // pid of the backend recomputing due, 0 for none
+    due_pending: i64,
+    frozen: bool,
+    checked_at: i64,
+}
+
+impl Entry {
+    fn fresh(dboid: u32, queue_id: i32, seq: u32) -> Entry {
+        Entry {
+            dboid,
+            queue_id,
+            seq,
+            mark: MIN_KEY,
+            events: 0,
+            ring: [MIN_KEY; RING],
+            due: TS_MIN,
+            due_busy: 0,
+            due_pending: TS_MAX,
+            frozen: false,
+            checked_at: TS_MIN,
+        }
+    }
+
+    /// Lowers the mark below `key` and records the event for raises in flight.
+    fn lower(&mut self, key: Key) {
+        self.mark = self.mark.min(key.pred());
+        self.ring[(self.events % RING as u64) as usize] = key;
+        self.events += 1;
+    }
+
+    fn lower_due(&mut self, vt: i64) {
+        self.due = self.due.min(vt);
+        if self.due_busy != 0 {
+            self.due_pending = self.due_pending.min(vt);
+        }
+    }
+
+    fn reset(&mut self) {
+        self.lower(MIN_KEY);
+        self.lower_due(TS_MIN);
+    }
+
+    /// Raises the mark to `target`, capped below every key recorded since event `since`.
+    fn raise(&mut self, since: u64, target: Key) {
+        if self.frozen || self.events - since > RING as u64 {
+            return;
+        }
+        let mut t = target;
+        for n in since..self.events {
+            t = t.min(self.ring[(n % RING as u64) as usize].pred());
+        }
+        self.mark = self.mark.max(t);
+    }
+}
+
+#[derive(Copy, Clone)]
+pub struct Cursors {
+    entries: [Entry; MAX_QUEUES],
+    /// Incremented by every freeze, so a thaw can tell one happened while it looked.
+    freezes: u64,
+}
+
+impl Default for Cursors {
+    fn default() -> Self {
+        Cursors {
+            entries: [Entry::fresh(0, 0, 0); MAX_QUEUES],
+            freezes: 0,
+        }
+    }
+}
+
+// SAFETY: plain data behind the LWLock.
+unsafe impl PGRXSharedMemory for Cursors {}
+
+static CURSORS: PgLwLock<Cursors> = unsafe { PgLwLock::new(c"pgflow_cursors") };
+
+pub(super) fn init() {
+    pg_shmem_init!(CURSORS);
+}
+
+/// Where a queue's entry is looked for first (linear probing from there). `forget` leaves a
+/// tombstone (the database's oid, queue 0), never a gap, so a lookup may stop at a gap.
+fn slot_of(db: u32, queue_id: i32) -> usize {
+    (queue_id as u32 as usize)
+        .wrapping_mul(2_654_435_761)
+        .wrapping_add(db as usize)
+        % MAX_QUEUES
+}
+
+fn my_db() -> u32 {
+    unsafe { pg_sys::MyDatabaseId }.to_u32()
+}
+
+impl Cursors {
+    /// The entry of a queue, if it has one (read-only: under the shared lock).
+    fn get(&self, queue_id: i32, seq: u32) -> Option<&Entry> {
+        let db = my_db();
+        let start = slot_of(db, queue_id);
+        for i in 0..MAX_QUEUES {
+            let e = &self.entries[(start + i) % MAX_QUEUES];
+            if e.dboid == db && e.queue_id == queue_id {
+                return (e.seq == seq).then_some(e);
+            }
+            if e.dboid == 0 {
+                return None;
+            }
+        }
+        None
+    }
+
+    /// The entry of a queue, created when `create`; None when the table is full.
+    fn find(&mut self, queue_id: i32, seq: u32, create: bool) -> Option<&mut Entry> {
+        let db = my_db();
+        let start = slot_of(db, queue_id);
+        let mut free = None;
+        for i in 0..MAX_QUEUES {
+            let idx = (start + i) % MAX_QUEUES;
+            let e = &self.entries[idx];
+            if e.dboid == db && e.queue_id == queue_id {
+                if e.seq != seq {
+                    if !create {
+                        return None;
+                    }
+                    self.entries[idx] = Entry::fresh(db, queue_id, seq);
+                }
+                return Some(&mut self.entries[idx]);
+            }
+            if (e.dboid == 0 || e.queue_id == 0) && free.is_none() {
+                free = Some(idx);
+            }
+            if e.dboid == 0 {
+                break;
+            }
+        }
+        let idx = free.filter(|_| create)?;
+        self.entries[idx] = Entry::fresh(db, queue_id, seq);
+        Some(&mut self.entries[idx])
+    }
+}
+
+/// A claim in flight: noted before the claim's snapshot, finished after it.
+#[derive(Clone, Copy)]
+struct Claim {
+    queue_id: i32,
+    seq: u32,
+    since: u64,
+    count: i64,
+    first: Key,
+    last: Key,
+}
+
+/// What this transaction did to each queue's bounds, applied at its end.
+#[derive(Default)]
+struct Xact {
+    /// (queue, seq, lowest key) of messages it made ready.
+    ready: Vec<(i32, u32, Key)>,
+    /// (queue, seq, earliest vt) of messages it leased or delayed.
+    due: Vec<(i32, u32, i64)>,
+    /// Finished claims: (claim, raise target).
+    claims: Vec<(Claim, Key)>,
+    /// Queues whose rows it may have locked: reset on abort.
+    touched: Vec<(i32, u32)>,
+    /// The claim between `claim_begin` and `claim_end`.
+    current: Option<Claim>,
+    /// Queues whose due this backend is recomputing (cleared by `due_end`, or at the end).
+    recomputing: Vec<(i32, u32)>,
+}
+
+thread_local! {
+    static XACT: RefCell<Xact> = RefCell::new(Xact::default());
+    static CALLBACKS: RefCell<bool> = const { RefCell::new(false) };
+}
+
+fn ensure_callbacks() {
+    CALLBACKS.with(|c| {
+        if !*c.borrow() {
+            *c.borrow_mut() = true;
+            unsafe {
+                pg_sys::RegisterXactCallback(Some(xact_callback), std::ptr::null_mut());
+                pg_sys::RegisterSubXactCallback(Some(subxact_callback), std::ptr::null_mut());
+            }
+        }
+    });
+}
+
+fn touch(x: &mut Xact, queue_id: i32, seq: u32) {
+    if !x.touched.contains(&(queue_id, seq)) {
+        x.touched.push((queue_id, seq));
+    }
+}
+
+/// Registered once per backend: applies what the transaction recorded at its end.
+#[pg_guard]
+unsafe extern "C-unwind" fn xact_callback(
+    event: pg_sys::XactEvent::Type,
+    _arg: *mut std::ffi::c_void,
+) {
+    use pg_sys::XactEvent::*;
+    match event {
+        XACT_EVENT_COMMIT | XACT_EVENT_PARALLEL_COMMIT => {
+            let x = XACT.with(|x| std::mem::take(&mut *x.borrow_mut()));
+            commit(x);
+        }
+        XACT_EVENT_ABORT | XACT_EVENT_PARALLEL_ABORT => {
+            let x = XACT.with(|x| std::mem::take(&mut *x.borrow_mut()));
+            abort(&x, false);
+        }
+        XACT_EVENT_PREPARE => {
+            let x = XACT.with(|x| std::mem::take(&mut *x.borrow_mut()));
+            abort(&x, true);
+        }
+        _ => {}
+    }
+}
+
+/// A subtransaction that aborts undoes its claims and locks; the top transaction may still
+/// commit, so none of its claims may raise the mark.
+#[pg_guard]
+unsafe extern "C-unwind" fn subxact_callback(
+    event: pg_sys::SubXactEvent::Type,
+    _my: pg_sys::SubTransactionId,
+    _parent: pg_sys::SubTransactionId,
+    _arg: *mut std::ffi::c_void,
+) {
+    if event != pg_sys::SubXactEvent::SUBXACT_EVENT_ABORT_SUB {
+        return;
+    }
+    let undo = XACT.with(|x| {
+        let mut x = x.borrow_mut();
+        let claims = std::mem::take(&mut x.claims);
+        let current = x.current.take();
+        Xact {
+            claims,
+            current,
+            touched: x.touched.clone(),
+            recomputing: std::mem::take(&mut x.recomputing),
+            ..Xact::default()
+        }
+    });
+    abort(&undo, false);
+}
+
+/// A recompute this backend started and did not finish: leave due as it was.
+fn release_recompute(t: &mut Cursors, x: &Xact) {
+    let me = unsafe { pg_sys::MyProcPid };
+    for &(q, seq) in &x.recomputing {
+        if let Some(e) = t.find(q, seq, false) {
+            if e.due_busy == me {
+                e.due_busy = 0;
+                e.due = e.due.min(e.due_pending);
+            }
+        }
+    }
+}
+
+fn commit(x: Xact) {
+    if x.ready.is_empty() && x.due.is_empty() && x.claims.is_empty() && x.recomputing.is_empty() {
+        return;
+    }
+    let mut t = CURSORS.exclusive();
+    release_recompute(&mut t, &x);
+    for &(q, seq, key) in &x.ready {
+        if let Some(e) = t.find(q, seq, true) {
+            e.lower(key);
+        }
+    }
+    for &(q, seq, vt) in &x.due {
+        if let Some(e) = t.find(q, seq, true) {
+            e.lower_due(vt);
+        }
+    }
+    for &(c, target) in &x.claims {
+        if let Some(e) = t.find(c.queue_id, c.seq, false) {
+            e.raise(c.since, target);
+        }
+    }
+}
+
+fn abort(x: &Xact, prepared: bool) {
+    let mut claims: Vec<Claim> = x.claims.iter().map(|c| c.0).collect();
+    claims.extend(x.current);
+    let frozen = prepared && !(x.ready.is_empty() && x.due.is_empty());
+    if claims.is_empty() && x.touched.is_empty() && x.recomputing.is_empty() && !frozen {
+        return;
+    }
+    let mut t = CURSORS.exclusive();
+    release_recompute(&mut t, x);
+    for c in claims.iter().filter(|c| c.count > 0) {
+        if let Some(e) = t.find(c.queue_id, c.seq, false) {
+            e.lower(c.first);
+        }
+    }
+    for &(q, seq) in &x.touched {
+        if let Some(e) = t.find(q, seq, false) {
+            e.reset();
+        }
+    }
+    if prepared {
+        let queues: Vec<(i32, u32)> = x
+            .ready
+            .iter()
+            .map(|r| (r.0, r.1))
+            .chain(x.due.iter().map(|d| (d.0, d.1)))
+            .chain(x.touched.iter().copied())
+            .chain(claims.iter().map(|c| (c.queue_id, c.seq)))
+            .collect();
+        t.freezes += 1;
+        for (q, seq) in queues {
+            if let Some(e) = t.find(q, seq, true) {
+                e.reset();
+                e.frozen = true;
+            }
+        }
+    }
+}
+
+/// Before a claim's snapshot: the key to scan from, and a note for `claim_end`. Messages this
+/// transaction made ready itself count.
+pub fn claim_begin(queue_id: i32, seq: u32) -> Key {
+    if !preloaded() {
+        return MIN_KEY;
+    }
+    ensure_callbacks();
+    let known = CURSORS
+        .share()
+        .get(queue_id, seq)
+        .map(|e| (e.mark, Some(e.events)));
+    let (mark, since) = known.unwrap_or_else(|| {
+        let mut t = CURSORS.exclusive();
+        match t.find(queue_id, seq, true) {
+            Some(e) => (e.mark, Some(e.events)),
+            None => (MIN_KEY, None),
+        }
+    });
+    XACT.with(|x| {
+        let mut x = x.borrow_mut();
+        let own = x
+            .ready
+            .iter()
+            .filter(|r| r.0 == queue_id && r.1 == seq)
+            .map(|r| r.2.pred())
+            .min();
+        x.current = since.map(|since| Claim {
+            queue_id,
+            seq,
+            since,
+            count: 0,
+            first: MAX_KEY,
+            last: MIN_KEY,
+        });
+        own.map_or(mark, |o| o.min(mark))
+    })
+}
+
+/// One claimed message (called for each row the claim returns).
+pub fn claim_note(priority: i16, msg_id: i64) {
+    if !preloaded() {
+        return;
+    }
+    let k = Key::of(priority, msg_id);
+    XACT.with(|x| {
+        if let Some(c) = x.borrow_mut().current.as_mut() {
+            c.count += 1;
+            c.first = c.first.min(k);
+            c.last = c.last.max(k);
+        }
+    });
+}
+
+/// After a claim of up to `qty`: at commit the mark may rise past what it claimed, or past
+/// everything when it found fewer than `qty`.
+pub fn claim_end(qty: i64) {
+    if !preloaded() {
+        return;
+    }
+    XACT.with(|x| {
+        let mut x = x.borrow_mut();
+        if let Some(c) = x.current.take() {
+            let target = if c.count >= qty { c.last } else { MAX_KEY };
+            x.claims.push((c, target));
+        }
+    });
+}
+
+/// This transaction made a message of the queue ready.
+pub fn ready(queue_id: i32, seq: u32, key: Key) {
+    if !preloaded() {
+        return;
+    }
+    ensure_callbacks();
+    XACT.with(|x| {
+        let mut x = x.borrow_mut();
+        match x.ready.iter_mut().find(|r| r.0 == queue_id && r.1 == seq) {
+            Some(r) => r.2 = r.2.min(key),
+            None => x.ready.push((queue_id, seq, key)),
+        }
+    });
+}
+
+/// This transaction leased or delayed a message of the queue until `vt`.
+pub fn due_at(queue_id: i32, seq: u32, vt: i64) {
+    if !preloaded() {
+        return;
+    }
+    ensure_callbacks();
+    XACT.with(|x| {
+        let mut x = x.borrow_mut();
+        match x.due.iter_mut().find(|r| r.0 == queue_id && r.1 == seq) {
+            Some(r) => r.2 = r.2.min(vt),
+            None => x.due.push((queue_id, seq, vt)),
+        }
+    });
+}
+
+/// This transaction may lock messages of the queue (ready ones among them).
+pub fn touch_queue(queue_id: i32, seq: u32) {
+    if !preloaded() {
+        return;
+    }
+    ensure_callbacks();
+    XACT.with(|x| touch(&mut x.borrow_mut(), queue_id, seq));
+}
+
+/// What a read does about lease expiry and promotion at `now`.
+#[derive(Copy, Clone, PartialEq, Eq, Debug)]
+pub enum Probe {
+    /// Nothing can be due: skip the probes.
+    Skip,
+    /// Probe (no shared memory, or the queue is frozen).
+    Probe,
+    /// Probe, then recompute due with `due_end`.
+    Recompute,
+}
+
+pub fn due_begin(queue_id: i32, seq: u32, now: i64) -> Probe {
+    if !preloaded() {
+        return Probe::Probe;
+    }
+    ensure_callbacks();
+    // This transaction's own leases and delays are not in shared memory before its commit.
+    if own_due(queue_id, seq).is_some_and(|vt| vt <= now) {
+        XACT.with(|x| touch(&mut x.borrow_mut(), queue_id, seq));
+        return Probe::Probe;
+    }
+    let me = unsafe { pg_sys::MyProcPid };
+    let quick = CURSORS
+        .share()
+        .get(queue_id, seq)
+        .is_some_and(|e| !e.frozen && (now < e.due || e.due_busy != 0));
+    if quick {
+        return Probe::Skip;
+    }
+    let r = {
+        let mut t = CURSORS.exclusive();
+        match t.find(queue_id, seq, true) {
+            None => Probe::Probe,
+            Some(e) if e.frozen => Probe::Probe,
+            Some(e) if now < e.due => Probe::Skip,
+            Some(e) if e.due_busy != 0 => Probe::Skip,
+            Some(e) => {
+                e.due_busy = me;
+                e.due_pending = TS_MAX;
+                Probe::Recompute
+            }
+        }
+    };
+    if r != Probe::Skip {
+        // The probes change leases and delays: an abort must leave due at its minimum.
+        XACT.with(|x| {
+            let mut x = x.borrow_mut();
+            touch(&mut x, queue_id, seq);
+            if r == Probe::Recompute {
+                x.recomputing.push((queue_id, seq));
+            }
+        });
+    }
+    r
+}
+
+/// Publishes the recomputed due (`next`: the minimum vt the probe's snapshot found).
+pub fn due_end(queue_id: i32, seq: u32, next: Option<i64>) {
+    if !preloaded() {
+        return;
+    }
+    let me = unsafe { pg_sys::MyProcPid };
+    let mut t = CURSORS.exclusive();
+    if let Some(e) = t.find(queue_id, seq, false) {
+        if e.due_busy == me {
+            e.due = next.unwrap_or(TS_MAX).min(e.due_pending);
+            e.due_busy = 0;
+        }
+    }
+    drop(t);
+    XACT.with(|x| x.borrow_mut().recomputing.retain(|r| *r != (queue_id, seq)));
+}
+
+/// The earliest vt this transaction gave a lease or delay of the queue.
+fn own_due(queue_id: i32, seq: u32) -> Option<i64> {
+    XACT.with(|x| {
+        x.borrow()
+            .due
+            .iter()
+            .find(|d| d.0 == queue_id && d.1 == seq)
+            .map(|d| d.2)
+    })
+}
+
+/// The earliest time anything of the queue can come due, when known.
+pub fn due(queue_id: i32, seq: u32) -> Option<i64> {
+    if !preloaded() {
+        return None;
+    }
+    let shared = CURSORS
+        .share()
+        .get(queue_id, seq)
+        .filter(|e| !e.frozen)
+        .map(|e| e.due)?;
+    Some(own_due(queue_id, seq).map_or(shared, |o| o.min(shared)))
+}
+
+/// The mark to check against the table, when its check is due at `now` (maintain()).
+pub fn check_begin(queue_id: i32, seq: u32, now: i64) -> Option<Key> {
+    if !preloaded() {
+        return None;
+    }
+    let mut t = CURSORS.exclusive();
+    let e = t.find(queue_id, seq, false)?;
+    if now < e.checked_at.saturating_add(CHECK_INTERVAL) || e.mark == MIN_KEY {
+        return None;
+    }
+    // A `now` in the future (a test's) must not hold off the real checks that follow.
+    e.checked_at = now.min(unsafe { pg_sys::GetCurrentTimestamp() });
+    Some(e.mark)
+}
+
+/// A ready message was found at or below the mark: lower it (an event, like a send's commit).
+pub fn lower_now(queue_id: i32, seq: u32, key: Key) {
+    if !preloaded() {
+        return;
+    }
+    let mut t = CURSORS.exclusive();
+    if let Some(e) = t.find(queue_id, seq, false) {
+        e.lower(key);
+    }
+}
+
+/// Forgets a dropped queue.
+pub fn forget(queue_id: i32) {
+    if !preloaded() {
+        return;
+    }
+    let db = my_db();
+    let mut t = CURSORS.exclusive();
+    for e in t
+        .entries
+        .iter_mut()
+        .filter(|e| e.dboid == db && e.queue_id == queue_id)
+    {
+        *e = Entry::fresh(db, 0, 0);
+    }
+}
+
+/// The freeze count, read before looking for prepared transactions.
+pub fn freezes() -> u64 {
+    if !preloaded() {
+        return 0;
+    }
+    CURSORS.share().freezes
+}
+
+/// No prepared transaction was left in this database when `freezes` was `seen`: thaw its
+/// queues, unless a PREPARE has frozen one since.
+pub fn thaw(seen: u64) -> bool {
+    if !preloaded() {
+        return false;
+    }
+    let db = my_db();
+    let mut t = CURSORS.exclusive();
+    if t.freezes != seen {
+        return false;
+    }
+    for e in t.entries.iter_mut().filter(|e| e.dboid == db && e.frozen) {
+        e.frozen = false;
+    }
+    true
+}
+
+/// One queue's state, for `pgflow.cursor_status()`.
+pub struct Status {
+    pub queue_id: i32,
+    pub seq: u32,
+    pub mark: Key,
+    pub due: i64,
+    pub events: u64,
+    pub frozen: bool,
+}
+
+pub fn status() -> Vec<Status> {
+    if !preloaded() {
+        return Vec::new();
+    }
+    let db = my_db();
+    let t = CURSORS.share();
+    t.entries
+        .iter()
+        .filter(|e| e.dboid == db)
+        .filter(|e| e.queue_id != 0)
+        .map(|e| Status {
+            queue_id: e.queue_id,
+            seq: e.seq,
+            mark: e.mark,
+            due: e.due,
+            events: e.events,
+            frozen: e.frozen,
+        })
+        .collect()
+}
