@@ -301,3 +301,32 @@ BEGIN
         PERFORM pgflow._due_at(q.queue_id, q.msg_seq::oid, v_now + set_vt.vt);
     END IF;
 END $$;
+
+-- archive_read: archive what the caller finished and lease what it handles next, in one
+-- statement and one commit: a consumer loop's round trip. msg_ids are archived as by archive
+-- (ids not in the queue are skipped; an empty array archives nothing), then the read runs as
+-- read(queue_name, vt, qty, wait) does. Bad arguments are refused before anything changes.
+-- With wait, the archive commits when the read returns: until then it holds the archived
+-- messages' row locks (nobody else can have them: they are this consumer's leases), and an
+-- error or a crash while waiting rolls it back, so those messages are delivered again (at
+-- least once, as with any lost archive).
+CREATE FUNCTION pgflow.archive_read(queue_name text, msg_ids bigint[], vt interval DEFAULT NULL,
+                                    qty integer DEFAULT 1, wait interval DEFAULT NULL)
+RETURNS SETOF pgflow.message_record
+LANGUAGE plpgsql VOLATILE AS $$
+DECLARE
+    q pgflow.queue := pgflow._queue(queue_name);
+BEGIN
+    PERFORM pgflow._require(msg_ids, 'msg_ids');
+    IF vt IS NOT NULL THEN
+        PERFORM pgflow._check_interval(vt, 'vt', false);
+    END IF;
+    PERFORM pgflow._check_int(qty, 'qty', 1);
+    IF wait IS NOT NULL THEN
+        PERFORM pgflow._check_interval(wait, 'wait', true);
+    END IF;
+    IF cardinality(msg_ids) > 0 THEN
+        PERFORM pgflow.archive(q.queue_name, msg_ids);
+    END IF;
+    RETURN QUERY SELECT * FROM pgflow.read(q.queue_name, vt, qty, wait);
+END $$;

@@ -212,6 +212,8 @@ pub(crate) struct Consumer {
     sys: Sys,
     client: Client,
     qty: i32,
+    /// pgflow: the ids of the last round, archived by the next (archive_read).
+    pending: Vec<i64>,
 }
 
 impl Consumer {
@@ -220,6 +222,7 @@ impl Consumer {
             sys,
             client: connect(dsn)?,
             qty,
+            pending: Vec::new(),
         })
     }
 
@@ -231,22 +234,22 @@ impl Consumer {
     }
 
     /// One read-and-acknowledge round. Returns the ids consumed (empty: nothing available).
+    /// pgflow's consumer loop is its archive_read: one statement and one commit archives the
+    /// previous round's batch and leases the next, so a batch returned here is archived by
+    /// the next round (or by `finish`); the round that finds nothing has archived them all.
     pub(crate) fn round(&mut self) -> Res<Vec<i64>> {
         match self.sys {
             Sys::Pgflow => {
                 let ids: Vec<i64> = self
                     .client
                     .query(
-                        "SELECT msg_id FROM pgflow.read($1, '30 seconds', $2)",
-                        &[&QUEUE, &self.qty],
+                        "SELECT msg_id FROM pgflow.archive_read($1, $2, '30 seconds', $3)",
+                        &[&QUEUE, &self.pending, &self.qty],
                     )?
                     .iter()
                     .map(|r| r.get(0))
                     .collect();
-                if !ids.is_empty() {
-                    self.client
-                        .execute("SELECT pgflow.archive($1, $2::bigint[])", &[&QUEUE, &ids])?;
-                }
+                self.pending.clone_from(&ids);
                 Ok(ids)
             }
             Sys::Pgmq => {
@@ -287,6 +290,18 @@ impl Consumer {
                 }
             },
         }
+    }
+
+    /// Archives what the last round returned (pgflow; the others acknowledge within a round).
+    pub(crate) fn finish(&mut self) -> Res<()> {
+        if !self.pending.is_empty() {
+            self.client.execute(
+                "SELECT pgflow.archive($1, $2::bigint[])",
+                &[&QUEUE, &self.pending],
+            )?;
+            self.pending.clear();
+        }
+        Ok(())
     }
 
     /// A read that waits for work the way each system offers: pgmq's read_with_poll (polling

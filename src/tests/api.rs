@@ -278,6 +278,51 @@ mod tests {
     }
 
     #[pg_test]
+    fn archive_read_archives_then_leases_in_one_call() {
+        setup_queue("jobs");
+        let a = one_i64("SELECT pgflow.send('jobs', '{\"n\": 1}')");
+        let b = one_i64("SELECT pgflow.send('jobs', '{\"n\": 2}')");
+        assert_eq!(
+            one_i64("SELECT msg_id FROM pgflow.read('jobs', '30 s', 1)"),
+            a
+        );
+        // Bad arguments are refused before the archive: a stays leased.
+        for bad in [
+            format!("SELECT * FROM pgflow.archive_read('jobs', ARRAY[{a}], qty => 0)"),
+            format!("SELECT * FROM pgflow.archive_read('jobs', ARRAY[{a}], vt => '-1 s')"),
+            format!("SELECT * FROM pgflow.archive_read('jobs', ARRAY[{a}], wait => '-1 s')"),
+        ] {
+            assert_eq!(sqlstate(&bad), "22023", "{bad}");
+        }
+        assert_eq!(
+            sqlstate("SELECT * FROM pgflow.archive_read('jobs', NULL)"),
+            "22004"
+        );
+        assert_eq!(
+            sqlstate("SELECT * FROM pgflow.archive_read('nope', '{}')"),
+            "42704"
+        );
+        assert_eq!(one_i64("SELECT count(*) FROM pgflow.archive"), 0);
+        // a is archived, b leased; an empty array only reads.
+        assert_eq!(
+            one_i64(&format!(
+                "SELECT msg_id FROM pgflow.archive_read('jobs', ARRAY[{a}], '30 s', 10)"
+            )),
+            b
+        );
+        assert!(one_bool(&format!(
+            "SELECT array_agg(msg_id) = ARRAY[{a}::bigint] FROM pgflow.archive"
+        )));
+        assert_eq!(
+            one_i64("SELECT count(*) FROM pgflow.archive_read('jobs', '{}')"),
+            0
+        );
+        assert!(one_bool(
+            "SELECT in_flight = 1 AND total_archived = 1 FROM pgflow.metrics('jobs')"
+        ));
+    }
+
+    #[pg_test]
     fn delete_and_pop_keep_nothing() {
         setup_queue("jobs");
         let a = one_i64("SELECT pgflow.send('jobs', '{\"n\": 1}')");

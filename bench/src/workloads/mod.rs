@@ -142,7 +142,7 @@ pub(crate) fn steady(
                     thread::sleep(Duration::from_millis(2));
                 }
             }
-            Ok(())
+            c.finish()
         }));
     }
     let t0 = Instant::now();

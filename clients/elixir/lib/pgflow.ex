@@ -31,6 +31,11 @@ defmodule Pgflow do
       FROM pgflow.read($1, ($2::bigint * interval '1 ms'), $3::int, ($4::bigint * interval '1 ms'))
     """,
     archive: "SELECT pgflow.archive($1, $2::bigint)::text",
+    archive_read: ~S"""
+    SELECT msg_id::text, read_ct::text, enqueued_at::text, vt::text, message::text, headers::text
+      FROM pgflow.archive_read($1, $2::bigint[], ($3::bigint * interval '1 ms'), $4::int,
+                               ($5::bigint * interval '1 ms'))
+    """,
     nack: ~S"""
     SELECT outcome::text, read_ct::text FROM pgflow.nack($1, $2::bigint, $3,
              retry_after => ($4::bigint * interval '1 ms'), read_ct => $5::int)
@@ -120,6 +125,27 @@ defmodule Pgflow do
     end
 
     with {:ok, rows} <- exec(conn, :read, [queue, opts[:vt], opts[:qty] || 1, wait]) do
+      {:ok, Enum.map(rows, &Message.from_row/1)}
+    end
+  end
+
+  @doc """
+  Archives the messages `ids` (those still in the queue) and leases up to `qty` more, in one
+  statement and one commit: a consumer loop's round trip. Options as for `read/3`; with
+  `wait`, the archive commits when the read returns.
+  """
+  @spec archive_read(conn(), String.t(), [integer()], keyword()) :: result([Message.t()])
+  def archive_read(conn, queue, ids, opts \\ []) when is_list(ids) do
+    wait = opts[:wait]
+
+    if is_integer(wait) and wait > @max_wait_ms do
+      raise ArgumentError, "wait: #{wait} ms is longer than #{@max_wait_ms} ms per call"
+    end
+
+    ids = "{" <> Enum.map_join(ids, ",", &Integer.to_string/1) <> "}"
+    params = [queue, ids, opts[:vt], opts[:qty] || 1, wait]
+
+    with {:ok, rows} <- exec(conn, :archive_read, params) do
       {:ok, Enum.map(rows, &Message.from_row/1)}
     end
   end

@@ -25,6 +25,19 @@ defmodule PgflowTest do
     assert {:ok, %{"queue_length" => 0, "total_archived" => 1}} = Pgflow.metrics(c, q)
   end
 
+  test "archive_read archives what is done and leases the next in one call", %{conn: c} do
+    q = fresh_queue!(c, "ex_archive_read")
+    {:ok, a} = Pgflow.send(c, q, %{"n" => 1})
+    {:ok, b} = Pgflow.send(c, q, %{"n" => 2})
+    assert {:ok, [%{id: ^a}]} = Pgflow.read(c, q, vt: 30_000)
+    # A bad argument changes nothing: a stays leased.
+    assert {:error, %Pgflow.Error{code: "22023"}} = Pgflow.archive_read(c, q, [a], qty: 0)
+    assert {:ok, %{"in_flight" => 1, "total_archived" => 0}} = Pgflow.metrics(c, q)
+    assert {:ok, [%{id: ^b}]} = Pgflow.archive_read(c, q, [a], vt: 30_000, qty: 10)
+    assert {:ok, []} = Pgflow.archive_read(c, q, [b])
+    assert {:ok, %{"queue_length" => 0, "total_archived" => 2}} = Pgflow.metrics(c, q)
+  end
+
   test "priority and delay are honoured", %{conn: c} do
     q = fresh_queue!(c, "ex_order")
     {:ok, low} = Pgflow.send(c, q, %{"p" => "low"})

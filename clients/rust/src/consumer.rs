@@ -1,8 +1,8 @@
 //! The consumer runtime: N handlers in parallel, each on its own connection.
 //!
 //! Per message: the handler runs under a timeout while a heartbeat extends the lease every
-//! lease/3 (so a slow handler keeps its message and nobody else gets it); success archives,
-//! an error or the timeout nacks (the queue's retry policy decides: retry later or DLQ), with
+//! lease/3 (so a slow handler keeps its message and nobody else gets it); success archives
+//! (together with the next lease, in one `archive_read` round trip), an error or the timeout nacks (the queue's retry policy decides: retry later or DLQ), with
 //! the received read_ct so a handler that lost its lease cannot disturb the new holder.
 //!
 //! Shutdown (the future passed to `run` completes, e.g. on SIGTERM): no new reads; messages
@@ -139,13 +139,35 @@ impl Consumer {
         F: Fn(Message<Value>) -> Fut,
         Fut: Future<Output = Outcome> + Send + 'static,
     {
+        // Messages handled successfully, archived by the next round trip: archive_read
+        // archives them and leases the next message in one statement and one commit. It never
+        // waits with an archive pending (a long-poll would hold the archive back), so a
+        // handled message is archived at once either way.
+        let mut done: Vec<i64> = Vec::new();
         while !stop.load(Ordering::SeqCst) {
-            let msgs = client
-                .read::<Value>(&self.queue, self.lease, 1, Some(self.wait))
-                .await?;
+            let msgs = if done.is_empty() {
+                client
+                    .read::<Value>(&self.queue, self.lease, 1, Some(self.wait))
+                    .await?
+            } else {
+                let msgs = client
+                    .archive_read::<Value>(&self.queue, &done, self.lease, 1, None)
+                    .await?;
+                stats
+                    .archived
+                    .fetch_add(done.len() as u64, Ordering::Relaxed);
+                done.clear();
+                msgs
+            };
             for m in msgs {
-                self.handle(&client, &handler, m, &stats).await?;
+                if let Some(id) = self.handle(&client, &handler, m, &stats).await? {
+                    done.push(id);
+                }
             }
+        }
+        for id in done {
+            client.archive(&self.queue, id).await?;
+            stats.archived.fetch_add(1, Ordering::Relaxed);
         }
         Ok(())
     }
@@ -156,7 +178,7 @@ impl Consumer {
         handler: &F,
         m: Message<Value>,
         stats: &Stats,
-    ) -> Result<()>
+    ) -> Result<Option<i64>>
     where
         F: Fn(Message<Value>) -> Fut,
         Fut: Future<Output = Outcome> + Send + 'static,
@@ -175,10 +197,8 @@ impl Consumer {
             }
         };
         match outcome {
-            Ok(Ok(())) => {
-                client.archive(&self.queue, id).await?;
-                stats.archived.fetch_add(1, Ordering::Relaxed);
-            }
+            // Archived by the caller's next round trip.
+            Ok(Ok(())) => return Ok(Some(id)),
             Ok(Err(reason)) => {
                 self.nack(client, id, &reason, read_ct).await?;
                 stats.nacked.fetch_add(1, Ordering::Relaxed);
@@ -190,7 +210,7 @@ impl Consumer {
                 stats.timed_out.fetch_add(1, Ordering::Relaxed);
             }
         }
-        Ok(())
+        Ok(None)
     }
 
     async fn nack(&self, client: &Client, id: i64, reason: &str, read_ct: i32) -> Result<()> {

@@ -165,16 +165,30 @@ impl Client {
                 &[&queue, &interval(vt), &qty, &wait],
             )
             .await?;
-        rows.iter()
-            .map(|r| {
-                Ok(Message {
-                    id: r.get(0),
-                    read_ct: r.get(1),
-                    payload: serde_json::from_value(r.get::<_, Value>(2))?,
-                    headers: r.get(3),
-                })
-            })
-            .collect()
+        messages(&rows)
+    }
+
+    /// Archives `done` and leases up to `qty` more, in one statement and one commit (a
+    /// consumer loop's round trip; see `pgflow.archive_read`). With `wait`, the archive
+    /// commits when the read returns.
+    pub async fn archive_read<T: DeserializeOwned>(
+        &self,
+        queue: &str,
+        done: &[i64],
+        vt: Duration,
+        qty: i32,
+        wait: Option<Duration>,
+    ) -> Result<Vec<Message<T>>> {
+        let wait = wait.map(interval);
+        let rows = self
+            .pg
+            .query(
+                "SELECT msg_id, read_ct, message, headers
+                   FROM pgflow.archive_read($1, $2, $3::text::interval, $4, $5::text::interval)",
+                &[&queue, &done, &interval(vt), &qty, &wait],
+            )
+            .await?;
+        messages(&rows)
     }
 
     /// Archives a message (true when it was in the queue).
@@ -220,4 +234,18 @@ impl Client {
             .await?
             .is_empty())
     }
+}
+
+/// The rows of read and archive_read as messages.
+fn messages<T: DeserializeOwned>(rows: &[tokio_postgres::Row]) -> Result<Vec<Message<T>>> {
+    rows.iter()
+        .map(|r| {
+            Ok(Message {
+                id: r.get(0),
+                read_ct: r.get(1),
+                payload: serde_json::from_value(r.get::<_, Value>(2))?,
+                headers: r.get(3),
+            })
+        })
+        .collect()
 }

@@ -103,6 +103,35 @@ async fn typed_calls_round_trip_and_errors_carry_sqlstates() {
 }
 
 #[tokio::test]
+async fn archive_read_archives_and_leases_in_one_call() {
+    let q = "rs_archive_read";
+    let c = fresh(q, "").await;
+    let a = c.send(q, &serde_json::json!({"n": 1})).await.unwrap();
+    let b = c.send(q, &serde_json::json!({"n": 2})).await.unwrap();
+    let got: Vec<Message<Value>> = c.read(q, Duration::from_secs(30), 1, None).await.unwrap();
+    assert_eq!(got[0].id, a);
+    // A bad argument is refused before anything changes: a is still leased, not archived.
+    let e = c
+        .archive_read::<Value>(q, &[a], Duration::from_secs(30), 0, None)
+        .await
+        .unwrap_err();
+    assert_eq!(e.sqlstate(), Some("22023"));
+    let next: Vec<Message<Value>> = c
+        .archive_read(q, &[a], Duration::from_secs(30), 10, None)
+        .await
+        .unwrap();
+    assert_eq!(next.iter().map(|m| m.id).collect::<Vec<_>>(), vec![b]);
+    assert_eq!(archived_ns(&c, q).await.len(), 1, "a archived once");
+    // Nothing left: b is archived and the read returns nothing.
+    let none: Vec<Message<Value>> = c
+        .archive_read(q, &[b], Duration::from_secs(30), 10, None)
+        .await
+        .unwrap();
+    assert!(none.is_empty());
+    assert_eq!(archived_ns(&c, q).await.len(), 2);
+}
+
+#[tokio::test]
 async fn the_runtime_archives_each_message_once_retries_failures_and_keeps_slow_leases() {
     let q = "rs_runtime";
     const N: i32 = 100;

@@ -132,21 +132,24 @@ defmodule Pgflow.Consumer do
 
   # ---- a worker: read, handle, archive or nack, until stopped ----
 
-  defp work(coordinator, [conn | _] = conns, i, cfg) do
+  # `done`: the message this worker handled successfully, archived by the next round trip
+  # (archive_read archives it and leases the next in one statement and one commit). It never
+  # long-polls with an archive pending, so a handled message is archived at once either way.
+  defp work(coordinator, [conn | _] = conns, i, cfg, done \\ []) do
     receive do
-      :stop -> Enum.each(conns, &Pgflow.close/1)
+      :stop ->
+        Enum.each(done, fn id ->
+          {:ok, _} = Pgflow.archive(conn, cfg.queue, id)
+          send(coordinator, {:outcome, :archived})
+        end)
+
+        Enum.each(conns, &Pgflow.close/1)
     after
       0 ->
-        case Pgflow.read(conn, cfg.queue, vt: cfg.lease, qty: 1, wait: cfg.wait) do
-          {:ok, [m]} ->
-            send(coordinator, {:outcome, handle(conns, m, cfg)})
-            work(coordinator, conns, i, cfg)
-
-          {:ok, []} when cfg.stop_when_idle ->
-            Enum.each(conns, &Pgflow.close/1)
-
-          {:ok, []} ->
-            work(coordinator, conns, i, cfg)
+        case next(conn, cfg, done) do
+          {:ok, msgs} ->
+            Enum.each(done, fn _ -> send(coordinator, {:outcome, :archived}) end)
+            continue(coordinator, conns, i, cfg, msgs, done)
 
           {:error, error} ->
             Enum.each(conns, &Pgflow.close/1)
@@ -154,6 +157,26 @@ defmodule Pgflow.Consumer do
         end
     end
   end
+
+  defp next(conn, cfg, []), do: Pgflow.read(conn, cfg.queue, vt: cfg.lease, qty: 1, wait: cfg.wait)
+  defp next(conn, cfg, done), do: Pgflow.archive_read(conn, cfg.queue, done, vt: cfg.lease, qty: 1)
+
+  defp continue(coordinator, conns, i, cfg, [m], _done) do
+    case handle(conns, m, cfg) do
+      {:done, id} ->
+        work(coordinator, conns, i, cfg, [id])
+
+      outcome ->
+        send(coordinator, {:outcome, outcome})
+        work(coordinator, conns, i, cfg)
+    end
+  end
+
+  defp continue(_coordinator, conns, _i, %{stop_when_idle: true}, [], []) do
+    Enum.each(conns, &Pgflow.close/1)
+  end
+
+  defp continue(coordinator, conns, i, cfg, [], _done), do: work(coordinator, conns, i, cfg)
 
   defp handle([conn | handler_conn], %Message{} = m, cfg) do
     started = System.monotonic_time(:millisecond)
@@ -206,10 +229,8 @@ defmodule Pgflow.Consumer do
     end
   end
 
-  defp finish(conn, m, cfg, :archive) do
-    {:ok, _} = Pgflow.archive(conn, cfg.queue, m.id)
-    :archived
-  end
+  # Archived by the worker's next round trip (see work/5).
+  defp finish(_conn, m, _cfg, :archive), do: {:done, m.id}
 
   defp finish(conn, m, cfg, {:nack, why}) do
     case Pgflow.nack(conn, cfg.queue, m.id, error: why, read_ct: m.read_ct) do
