@@ -1,0 +1,961 @@
+-- pgflow 0.1.0 -> 0.2.0: ALTER EXTENSION pgflow UPDATE.
+-- Drafted by scripts/upgrade_sql.py from catalog snapshots of fresh 0.1.0 and 0.2.0 installs
+-- (tests/upgrade/upgrade.sh 15 PORT --generate); tests/upgrade/upgrade.sh checks it on every
+-- Postgres version: the upgraded catalog equals a fresh install's, every row survives.
+-- Tables keep their rows; message_ready is rebuilt in claim-key order (a lock on
+-- pgflow.message for as long as the build takes).
+\echo Use "ALTER EXTENSION pgflow UPDATE" to load this file. \quit
+
+-- Functions 0.2.0 no longer has, or whose arguments or result changed.
+DROP FUNCTION pgflow._promote_queue(integer,timestamp with time zone,integer);
+
+-- Composite types: new ones, and attributes appended to existing ones.
+CREATE TYPE pgflow.horizon_holder AS (holder text, pid integer, xmin_age integer, since timestamp with time zone, detail text);
+ALTER TYPE pgflow.queue_metrics ADD ATTRIBUTE horizon_age_sec double precision;
+ALTER TYPE pgflow.queue_metrics ADD ATTRIBUTE horizon_holder text;
+
+-- Functions, new or changed (C, PL/pgSQL, SQL, then BEGIN ATOMIC bodies).
+CREATE OR REPLACE FUNCTION pgflow._claim_begin(queue_id integer, seq oid)
+ RETURNS bigint[]
+ LANGUAGE c
+ STRICT
+AS 'MODULE_PATHNAME', $function$_claim_begin_wrapper$function$;
+
+CREATE OR REPLACE FUNCTION pgflow._claim_end(qty integer)
+ RETURNS void
+ LANGUAGE c
+ STRICT
+AS 'MODULE_PATHNAME', $function$_claim_end_wrapper$function$;
+
+CREATE OR REPLACE FUNCTION pgflow._claim_note(priority smallint, msg_id bigint)
+ RETURNS boolean
+ LANGUAGE c
+ STRICT
+AS 'MODULE_PATHNAME', $function$_claim_note_wrapper$function$;
+
+CREATE OR REPLACE FUNCTION pgflow._cursor_check(queue_id integer, seq oid, now timestamp with time zone)
+ RETURNS bigint[]
+ LANGUAGE c
+ STRICT
+AS 'MODULE_PATHNAME', $function$_cursor_check_wrapper$function$;
+
+CREATE OR REPLACE FUNCTION pgflow._cursor_forget(queue_id integer)
+ RETURNS void
+ LANGUAGE c
+ STRICT
+AS 'MODULE_PATHNAME', $function$_cursor_forget_wrapper$function$;
+
+CREATE OR REPLACE FUNCTION pgflow._cursor_freezes()
+ RETURNS bigint
+ LANGUAGE c
+ STRICT
+AS 'MODULE_PATHNAME', $function$_cursor_freezes_wrapper$function$;
+
+CREATE OR REPLACE FUNCTION pgflow._cursor_lower(queue_id integer, seq oid, priority smallint, msg_id bigint)
+ RETURNS void
+ LANGUAGE c
+ STRICT
+AS 'MODULE_PATHNAME', $function$_cursor_lower_wrapper$function$;
+
+CREATE OR REPLACE FUNCTION pgflow._cursor_status()
+ RETURNS TABLE(queue_id integer, seq oid, mark_priority integer, mark_msg_id bigint, due timestamp with time zone, events bigint, frozen boolean)
+ LANGUAGE c
+ PARALLEL RESTRICTED STRICT
+AS 'MODULE_PATHNAME', $function$_cursor_status_wrapper$function$;
+
+CREATE OR REPLACE FUNCTION pgflow._cursor_thaw(seen bigint)
+ RETURNS boolean
+ LANGUAGE c
+ STRICT
+AS 'MODULE_PATHNAME', $function$_cursor_thaw_wrapper$function$;
+
+CREATE OR REPLACE FUNCTION pgflow._due(queue_id integer, seq oid)
+ RETURNS timestamp with time zone
+ LANGUAGE c
+ STRICT
+AS 'MODULE_PATHNAME', $function$_due_wrapper$function$;
+
+CREATE OR REPLACE FUNCTION pgflow._due_at(queue_id integer, seq oid, vt timestamp with time zone)
+ RETURNS boolean
+ LANGUAGE c
+ STRICT
+AS 'MODULE_PATHNAME', $function$_due_at_wrapper$function$;
+
+CREATE OR REPLACE FUNCTION pgflow._due_begin(queue_id integer, seq oid, now timestamp with time zone)
+ RETURNS integer
+ LANGUAGE c
+ STRICT
+AS 'MODULE_PATHNAME', $function$_due_begin_wrapper$function$;
+
+CREATE OR REPLACE FUNCTION pgflow._due_end(queue_id integer, seq oid, next timestamp with time zone)
+ RETURNS void
+ LANGUAGE c
+AS 'MODULE_PATHNAME', $function$_due_end_wrapper$function$;
+
+CREATE OR REPLACE FUNCTION pgflow._ready(queue_id integer, seq oid, priority smallint, msg_id bigint)
+ RETURNS boolean
+ LANGUAGE c
+ STRICT
+AS 'MODULE_PATHNAME', $function$_ready_wrapper$function$;
+
+CREATE OR REPLACE FUNCTION pgflow._touch(queue_id integer, seq oid)
+ RETURNS void
+ LANGUAGE c
+ STRICT
+AS 'MODULE_PATHNAME', $function$_touch_wrapper$function$;
+
+CREATE OR REPLACE FUNCTION pgflow._before_claim(q pgflow.queue, p_now timestamp with time zone, qty integer)
+ RETURNS void
+ LANGUAGE plpgsql
+AS $function$
+DECLARE
+    v_probe integer := pgflow._due_begin(q.queue_id, q.msg_seq::oid, p_now);
+BEGIN
+    IF v_probe = 0 THEN
+        RETURN;
+    END IF;
+    IF EXISTS (SELECT 1 FROM pgflow.message m
+                WHERE m.queue_id = q.queue_id AND m.state = 'l' AND m.vt <= p_now) THEN
+        PERFORM pgflow._expire_queue(q, p_now, 100);
+    END IF;
+    IF EXISTS (SELECT 1 FROM pgflow.message m
+                WHERE m.queue_id = q.queue_id AND m.state = 'd' AND m.vt <= p_now) THEN
+        PERFORM pgflow._promote_queue(q, p_now, greatest(qty, 100));
+    END IF;
+    IF v_probe = 2 THEN
+        -- A statement of its own: its snapshot comes after _due_begin.
+        PERFORM pgflow._due_end(q.queue_id, q.msg_seq::oid, pgflow._next_due(q.queue_id));
+    END IF;
+END $function$;
+
+CREATE OR REPLACE FUNCTION pgflow._each_queue(job text, p_now timestamp with time zone, batch integer)
+ RETURNS bigint
+ LANGUAGE plpgsql
+ SET enable_seqscan TO 'off'
+AS $function$
+DECLARE
+    q pgflow.queue;
+    n bigint := 0;
+BEGIN
+    -- A name no branch below knows would match no queue and quietly do nothing.
+    IF job IS NULL OR job NOT IN ('expire_leases', 'promote_delayed', 'prune_archive', 'prune_dedup') THEN
+        RAISE EXCEPTION 'unknown maintenance job "%"', job USING ERRCODE = 'invalid_parameter_value';
+    END IF;
+    PERFORM pgflow._check_int(batch, 'batch', 1);
+    FOR q IN SELECT * FROM pgflow.queue qq
+              WHERE CASE job
+                    WHEN 'expire_leases' THEN
+                        EXISTS (SELECT 1 FROM pgflow.message m
+                                 WHERE m.queue_id = qq.queue_id AND m.state = 'l' AND m.vt <= p_now)
+                    WHEN 'promote_delayed' THEN
+                        EXISTS (SELECT 1 FROM pgflow.message m
+                                 WHERE m.queue_id = qq.queue_id AND m.state = 'd' AND m.vt <= p_now)
+                    WHEN 'prune_archive' THEN
+                        EXISTS (SELECT 1 FROM pgflow.archive o
+                                 WHERE o.queue_id = qq.queue_id
+                                   AND o.archived_at < p_now - qq.archive_retention)
+                    WHEN 'prune_dedup' THEN
+                        EXISTS (SELECT 1 FROM pgflow.dedup o
+                                 WHERE o.queue_id = qq.queue_id AND o.expires_at <= p_now)
+                    END
+              ORDER BY qq.queue_id LOOP
+        n := n + CASE job
+                 WHEN 'expire_leases'   THEN pgflow._expire_queue(q, p_now, batch)
+                 WHEN 'promote_delayed' THEN pgflow._promote_queue(q, p_now, batch)
+                 WHEN 'prune_archive'   THEN pgflow._prune_archive_queue(q, p_now, batch)
+                 WHEN 'prune_dedup'     THEN pgflow._prune_dedup_queue(q.queue_id, p_now, batch)
+                 END;
+    END LOOP;
+    RETURN n;
+END $function$;
+
+CREATE OR REPLACE FUNCTION pgflow._expire_queue(q pgflow.queue, p_now timestamp with time zone, lim integer)
+ RETURNS bigint
+ LANGUAGE plpgsql
+ SET enable_seqscan TO 'off'
+AS $function$
+DECLARE
+    ids bigint[];
+BEGIN
+    PERFORM pgflow._touch(q.queue_id, q.msg_seq::oid);
+    SELECT array_agg(e.msg_id) INTO ids
+      FROM (SELECT m.msg_id FROM pgflow.message m
+             WHERE m.queue_id = q.queue_id AND m.state = 'l' AND m.vt <= p_now
+             ORDER BY m.vt
+             LIMIT lim
+               FOR UPDATE SKIP LOCKED) e;
+    IF ids IS NULL THEN
+        RETURN 0;
+    END IF;
+    RETURN (SELECT count(*) FROM pgflow._fail(q, ids, 'visibility timeout expired', NULL, p_now,
+                                              'visibility timeout expired'));
+END $function$;
+
+CREATE OR REPLACE FUNCTION pgflow._group_advance()
+ RETURNS trigger
+ LANGUAGE plpgsql
+AS $function$
+DECLARE
+    nxt record;
+    u pgflow.queue;
+    v_state "char";
+BEGIN
+    PERFORM pg_advisory_xact_lock(OLD.queue_id, hashtext(OLD.group_key));
+    SELECT m.msg_id, m.state, m.vt, m.priority INTO nxt
+      FROM pgflow.message m
+     WHERE m.queue_id = OLD.queue_id AND m.group_key = OLD.group_key
+     ORDER BY m.msg_id
+     LIMIT 1;
+    IF FOUND AND nxt.state = 'g' THEN
+        UPDATE pgflow.message m
+           SET state = CASE WHEN m.vt > clock_timestamp() THEN 'd' ELSE 'r' END
+         WHERE m.queue_id = OLD.queue_id AND m.msg_id = nxt.msg_id
+        RETURNING m.state INTO v_state;
+        SELECT * INTO u FROM pgflow.queue WHERE queue_id = OLD.queue_id;
+        IF FOUND THEN
+            IF v_state = 'r' THEN
+                PERFORM pgflow._ready(u.queue_id, u.msg_seq::oid, nxt.priority, nxt.msg_id);
+            ELSE
+                PERFORM pgflow._due_at(u.queue_id, u.msg_seq::oid, nxt.vt);
+            END IF;
+            PERFORM pgflow._announce(u.queue_id, u.queue_name, u.notify);
+        END IF;
+    END IF;
+    RETURN NULL;
+END $function$;
+
+CREATE OR REPLACE FUNCTION pgflow._promote_queue(q pgflow.queue, p_now timestamp with time zone, lim integer)
+ RETURNS bigint
+ LANGUAGE plpgsql
+ SET enable_seqscan TO 'off'
+AS $function$
+DECLARE
+    n bigint;
+BEGIN
+    PERFORM pgflow._touch(q.queue_id, q.msg_seq::oid);
+    WITH promoted AS (
+        UPDATE pgflow.message m
+           SET state = 'r'
+         WHERE m.queue_id = q.queue_id
+           AND m.msg_id IN (SELECT d.msg_id FROM pgflow.message d
+                             WHERE d.queue_id = q.queue_id AND d.state = 'd' AND d.vt <= p_now
+                             ORDER BY d.vt
+                             LIMIT lim
+                               FOR UPDATE SKIP LOCKED)
+        RETURNING m.priority, m.msg_id
+    )
+    SELECT count(*) INTO n FROM promoted p
+     WHERE pgflow._ready(q.queue_id, q.msg_seq::oid, p.priority, p.msg_id);
+    RETURN n;
+END $function$;
+
+CREATE OR REPLACE FUNCTION pgflow._prune_archive_queue(q pgflow.queue, p_now timestamp with time zone, lim integer)
+ RETURNS bigint
+ LANGUAGE plpgsql
+ SET enable_seqscan TO 'off'
+AS $function$
+DECLARE
+    n bigint;
+BEGIN
+    DELETE FROM pgflow.archive a
+     WHERE a.queue_id = q.queue_id
+       AND a.msg_id IN (SELECT o.msg_id FROM pgflow.archive o
+                         WHERE o.queue_id = q.queue_id
+                           AND o.archived_at < p_now - q.archive_retention
+                         ORDER BY o.archived_at
+                         LIMIT lim
+                           FOR UPDATE SKIP LOCKED);
+    GET DIAGNOSTICS n = ROW_COUNT;
+    RETURN n;
+END $function$;
+
+CREATE OR REPLACE FUNCTION pgflow._prune_dedup_queue(p_queue_id integer, p_now timestamp with time zone, lim integer)
+ RETURNS bigint
+ LANGUAGE plpgsql
+ SET enable_seqscan TO 'off'
+AS $function$
+DECLARE
+    n bigint;
+BEGIN
+    DELETE FROM pgflow.dedup d
+     WHERE d.queue_id = p_queue_id
+       AND d.dedup_key IN (SELECT o.dedup_key FROM pgflow.dedup o
+                            WHERE o.queue_id = p_queue_id AND o.expires_at <= p_now
+                            ORDER BY o.expires_at
+                            LIMIT lim
+                              FOR UPDATE SKIP LOCKED);
+    GET DIAGNOSTICS n = ROW_COUNT;
+    RETURN n;
+END $function$;
+
+CREATE OR REPLACE FUNCTION pgflow.archive(queue_name text, msg_ids bigint[])
+ RETURNS SETOF bigint
+ LANGUAGE plpgsql
+ SET enable_seqscan TO 'off'
+AS $function$
+DECLARE
+    q pgflow.queue := pgflow._queue(queue_name);
+    v_now timestamptz := clock_timestamp();
+BEGIN
+    PERFORM pgflow._require(msg_ids, 'msg_ids');
+    PERFORM pgflow._touch(q.queue_id, q.msg_seq::oid);
+    RETURN QUERY
+    WITH moved AS (
+        DELETE FROM pgflow.message m
+         WHERE m.queue_id = q.queue_id AND m.msg_id = ANY (msg_ids)
+        RETURNING m.*
+    ), archived AS (
+        INSERT INTO pgflow.archive (queue_id, read_ct, msg_id, enqueued_at, archived_at,
+                                    priority, message, headers, group_key)
+        SELECT mv.queue_id, mv.read_ct, mv.msg_id, mv.enqueued_at, v_now,
+               mv.priority, mv.message, mv.headers, mv.group_key
+          FROM moved mv
+        RETURNING archive.msg_id
+    )
+    -- nextval once per archived row keeps the archived total without a shared counter row.
+    SELECT a.msg_id FROM archived a WHERE nextval(q.archived_seq) > 0;
+END $function$;
+
+CREATE OR REPLACE FUNCTION pgflow.archive_read(queue_name text, msg_ids bigint[], vt interval DEFAULT NULL::interval, qty integer DEFAULT 1, wait interval DEFAULT NULL::interval)
+ RETURNS SETOF pgflow.message_record
+ LANGUAGE plpgsql
+AS $function$
+DECLARE
+    q pgflow.queue := pgflow._queue(queue_name);
+BEGIN
+    PERFORM pgflow._require(msg_ids, 'msg_ids');
+    IF vt IS NOT NULL THEN
+        PERFORM pgflow._check_interval(vt, 'vt', false);
+    END IF;
+    PERFORM pgflow._check_int(qty, 'qty', 1);
+    IF wait IS NOT NULL THEN
+        PERFORM pgflow._check_interval(wait, 'wait', true);
+    END IF;
+    IF cardinality(msg_ids) > 0 THEN
+        PERFORM pgflow.archive(q.queue_name, msg_ids);
+    END IF;
+    RETURN QUERY SELECT * FROM pgflow.read(q.queue_name, vt, qty, wait);
+END $function$;
+
+CREATE OR REPLACE FUNCTION pgflow.check_cursors(now timestamp with time zone DEFAULT NULL::timestamp with time zone)
+ RETURNS bigint
+ LANGUAGE plpgsql
+ SET enable_seqscan TO 'off'
+AS $function$
+DECLARE
+    v_now timestamptz := coalesce(check_cursors.now, clock_timestamp());
+    q record;
+    v_mark bigint[];
+    r record;
+    v_seen bigint;
+    n bigint := 0;
+BEGIN
+    FOR q IN SELECT u.queue_id, u.msg_seq FROM pgflow.queue u ORDER BY u.queue_id LOOP
+        v_mark := pgflow._cursor_check(q.queue_id, q.msg_seq::oid, v_now);
+        CONTINUE WHEN v_mark IS NULL;
+        SELECT m.priority, m.msg_id INTO r
+          FROM pgflow.message m
+         WHERE m.queue_id = q.queue_id AND m.state = 'r'
+           AND (-(m.priority::integer), m.msg_id) <= (v_mark[1]::integer, v_mark[2])
+         ORDER BY -(m.priority::integer), m.msg_id
+         LIMIT 1;
+        IF FOUND THEN
+            PERFORM pgflow._cursor_lower(q.queue_id, q.msg_seq::oid, r.priority, r.msg_id);
+            n := n + 1;
+        END IF;
+    END LOOP;
+    -- Read the freeze count first: a PREPARE after it keeps its queues frozen.
+    v_seen := pgflow._cursor_freezes();
+    IF NOT EXISTS (SELECT 1 FROM pg_catalog.pg_prepared_xacts p
+                    WHERE p.database = pg_catalog.current_database()) THEN
+        PERFORM pgflow._cursor_thaw(v_seen);
+    END IF;
+    RETURN n;
+END $function$;
+
+CREATE OR REPLACE FUNCTION pgflow.delete(queue_name text, msg_ids bigint[])
+ RETURNS SETOF bigint
+ LANGUAGE plpgsql
+ SET enable_seqscan TO 'off'
+AS $function$
+DECLARE
+    q pgflow.queue := pgflow._queue(queue_name);
+BEGIN
+    PERFORM pgflow._require(msg_ids, 'msg_ids');
+    PERFORM pgflow._touch(q.queue_id, q.msg_seq::oid);
+    RETURN QUERY
+    DELETE FROM pgflow.message m
+     WHERE m.queue_id = q.queue_id AND m.msg_id = ANY (msg_ids)
+    RETURNING m.msg_id;
+END $function$;
+
+CREATE OR REPLACE FUNCTION pgflow.dlq_retry(queue_name text, msg_ids bigint[] DEFAULT NULL::bigint[], died_before timestamp with time zone DEFAULT NULL::timestamp with time zone)
+ RETURNS TABLE(dead_msg_id bigint, msg_id bigint)
+ LANGUAGE plpgsql
+AS $function$
+DECLARE
+    q pgflow.queue := pgflow._queue(queue_name);
+    v_now timestamptz := clock_timestamp();
+    d record;
+    v_state "char";
+BEGIN
+    -- One insert per dead letter, in id order: a grouped one goes back behind its group's live
+    -- messages, and each sees the one redriven before it.
+    FOR d IN
+        WITH moved AS (
+            DELETE FROM pgflow.dead x
+             WHERE x.queue_id = q.queue_id
+               AND (msg_ids IS NULL OR x.msg_id = ANY (msg_ids))
+               AND (died_before IS NULL OR x.died_at < died_before)
+            RETURNING x.*
+        )
+        SELECT * FROM moved ORDER BY moved.msg_id
+    LOOP
+        dead_msg_id := d.msg_id;
+        msg_id := nextval(q.msg_seq);
+        v_state := pgflow._group_state(q.queue_id, d.group_key, 'r'::"char");
+        INSERT INTO pgflow.message (queue_id, msg_id, enqueued_at, vt, priority, state, message,
+                                    headers, group_key)
+        VALUES (q.queue_id, dlq_retry.msg_id, v_now, v_now, d.priority, v_state, d.message,
+                d.headers, d.group_key);
+        IF v_state = 'r' THEN
+            PERFORM pgflow._ready(q.queue_id, q.msg_seq::oid, d.priority, dlq_retry.msg_id);
+        END IF;
+        PERFORM pgflow._announce(q.queue_id, q.queue_name, q.notify);
+        RETURN NEXT;
+    END LOOP;
+END $function$;
+
+CREATE OR REPLACE FUNCTION pgflow.drop_queue(queue_name text, if_exists boolean DEFAULT false)
+ RETURNS boolean
+ LANGUAGE plpgsql
+AS $function$
+DECLARE
+    q pgflow.queue;
+BEGIN
+    PERFORM pgflow._require(queue_name, 'queue_name');
+    -- Lock the queue row: a concurrent drop of the same queue waits, then finds nothing.
+    SELECT * INTO q FROM pgflow.queue u WHERE u.queue_name = drop_queue.queue_name FOR UPDATE;
+    IF NOT FOUND THEN
+        IF coalesce(if_exists, false) THEN
+            RETURN false;
+        END IF;
+        q := pgflow._queue(queue_name);  -- raises the right error
+    END IF;
+    DELETE FROM pgflow.message m WHERE m.queue_id = q.queue_id;
+    DELETE FROM pgflow.archive a WHERE a.queue_id = q.queue_id;
+    DELETE FROM pgflow.dead d WHERE d.queue_id = q.queue_id;
+    DELETE FROM pgflow.dedup k WHERE k.queue_id = q.queue_id;
+    DELETE FROM pgflow.binding b WHERE b.queue_id = q.queue_id;
+    DELETE FROM pgflow.contract c WHERE c.queue_id = q.queue_id;
+    DELETE FROM pgflow.queue u WHERE u.queue_id = q.queue_id;
+    PERFORM pgflow._notify_forget(q.queue_id);
+    PERFORM pgflow._cursor_forget(q.queue_id);
+    -- regclass values print as qualified, quoted names: safe to splice.
+    EXECUTE 'DROP SEQUENCE ' || q.msg_seq::text || ', ' || q.archived_seq::text;
+    RETURN true;
+END $function$;
+
+CREATE OR REPLACE FUNCTION pgflow.maintain(now timestamp with time zone DEFAULT NULL::timestamp with time zone, batch integer DEFAULT 1000, prune_batch integer DEFAULT 10000)
+ RETURNS TABLE(job text, processed bigint)
+ LANGUAGE plpgsql
+AS $function$
+DECLARE
+    v_now timestamptz := coalesce(maintain.now, clock_timestamp());
+BEGIN
+    PERFORM pgflow._check_int(batch, 'batch', 1);
+    PERFORM pgflow._check_int(prune_batch, 'prune_batch', 1);
+    job := 'expire_leases';   processed := pgflow.expire_leases(v_now, batch);         RETURN NEXT;
+    job := 'promote_delayed'; processed := pgflow.promote_delayed(v_now, batch);       RETURN NEXT;
+    job := 'prune_archive';   processed := pgflow.prune_archive(v_now, prune_batch);   RETURN NEXT;
+    job := 'prune_dedup';     processed := pgflow.prune_dedup(v_now, prune_batch);     RETURN NEXT;
+    job := 'check_cursors';   processed := pgflow.check_cursors(v_now);               RETURN NEXT;
+END $function$;
+
+CREATE OR REPLACE FUNCTION pgflow.nack(queue_name text, msg_id bigint, error text DEFAULT NULL::text, retry_after interval DEFAULT NULL::interval, read_ct integer DEFAULT NULL::integer, now timestamp with time zone DEFAULT NULL::timestamp with time zone)
+ RETURNS SETOF pgflow.nack_result
+ LANGUAGE plpgsql
+ SET enable_seqscan TO 'off'
+AS $function$
+DECLARE
+    q pgflow.queue := pgflow._queue(queue_name);
+    v_now timestamptz := coalesce(nack.now, clock_timestamp());
+    m record;
+BEGIN
+    PERFORM pgflow._require(nack.msg_id, 'msg_id');
+    PERFORM pgflow._touch(q.queue_id, q.msg_seq::oid);
+    IF retry_after IS NOT NULL THEN
+        PERFORM pgflow._check_interval(retry_after, 'retry_after', true);
+    END IF;
+    SELECT s.state, s.read_ct INTO m
+      FROM pgflow.message s
+     WHERE s.queue_id = q.queue_id AND s.msg_id = nack.msg_id
+       FOR UPDATE;
+    IF NOT FOUND THEN
+        RETURN;
+    END IF;
+    IF m.state <> 'l' THEN
+        RAISE EXCEPTION 'message % of queue "%" is not in flight', nack.msg_id, queue_name
+            USING ERRCODE = 'object_not_in_prerequisite_state',
+                  HINT = 'Only a leased message (one returned by read) can be nacked.';
+    END IF;
+    IF nack.read_ct IS NOT NULL AND nack.read_ct <> m.read_ct THEN
+        RAISE EXCEPTION 'lease lost: message % of queue "%" was delivered again (read_ct %, yours %)',
+                nack.msg_id, queue_name, m.read_ct, nack.read_ct
+            USING ERRCODE = 'object_not_in_prerequisite_state';
+    END IF;
+    RETURN QUERY SELECT * FROM pgflow._fail(q, ARRAY[nack.msg_id], error, retry_after, v_now,
+                                            'max_retries exceeded');
+END $function$;
+
+CREATE OR REPLACE FUNCTION pgflow.pop(queue_name text, qty integer DEFAULT 1)
+ RETURNS SETOF pgflow.message_record
+ LANGUAGE plpgsql
+ SET enable_seqscan TO 'off'
+AS $function$
+DECLARE
+    q pgflow.queue := pgflow._queue(queue_name);
+    v_now timestamptz := clock_timestamp();
+    v_from bigint[];
+BEGIN
+    PERFORM pgflow._check_int(qty, 'qty', 1);
+    PERFORM pgflow._before_claim(q, v_now, qty);
+    v_from := pgflow._claim_begin(q.queue_id, q.msg_seq::oid);
+    RETURN QUERY
+    WITH picked AS (
+        SELECT m.msg_id FROM pgflow.message m
+         WHERE m.queue_id = q.queue_id AND m.state = 'r'
+           AND (-(m.priority::integer), m.msg_id) > (v_from[1]::integer, v_from[2])
+         ORDER BY -(m.priority::integer), m.msg_id
+         LIMIT qty
+           FOR UPDATE SKIP LOCKED
+    ), popped AS (
+        DELETE FROM pgflow.message m
+         USING picked p
+         WHERE m.queue_id = q.queue_id AND m.msg_id = p.msg_id
+        RETURNING m.msg_id, m.read_ct, m.enqueued_at, m.vt, m.message, m.headers, m.priority
+    )
+    SELECT p.msg_id, p.read_ct + 1, p.enqueued_at, v_now, p.message, p.headers
+      FROM popped p
+     WHERE pgflow._claim_note(p.priority, p.msg_id)
+     ORDER BY p.priority DESC, p.msg_id;
+    PERFORM pgflow._claim_end(qty);
+END $function$;
+
+CREATE OR REPLACE FUNCTION pgflow.purge_queue(queue_name text)
+ RETURNS bigint
+ LANGUAGE plpgsql
+AS $function$
+DECLARE
+    q pgflow.queue := pgflow._queue(queue_name);
+    n bigint;
+BEGIN
+    PERFORM pgflow._touch(q.queue_id, q.msg_seq::oid);
+    DELETE FROM pgflow.message m WHERE m.queue_id = q.queue_id;
+    GET DIAGNOSTICS n = ROW_COUNT;
+    RETURN n;
+END $function$;
+
+CREATE OR REPLACE FUNCTION pgflow.read(queue_name text, vt interval DEFAULT NULL::interval, qty integer DEFAULT 1, wait interval DEFAULT NULL::interval)
+ RETURNS SETOF pgflow.message_record
+ LANGUAGE plpgsql
+ SET enable_seqscan TO 'off'
+AS $function$
+DECLARE
+    q pgflow.queue := pgflow._queue(queue_name);
+    v_now timestamptz := clock_timestamp();
+    v_vt interval := coalesce(read.vt, q.visibility_timeout);
+    v_deadline timestamptz;
+    v_woken boolean;
+    v_next timestamptz;
+    v_from bigint[];
+    n bigint;
+BEGIN
+    PERFORM pgflow._check_interval(v_vt, 'vt', false);
+    PERFORM pgflow._check_int(qty, 'qty', 1);
+    IF wait IS NOT NULL AND wait > interval '0' THEN
+        PERFORM pgflow._check_interval(wait, 'wait', true);
+        IF current_setting('transaction_isolation') <> 'read committed' THEN
+            RAISE EXCEPTION 'read with wait needs READ COMMITTED, not %',
+                            current_setting('transaction_isolation')
+                USING ERRCODE = 'feature_not_supported',
+                      HINT = 'A snapshot that never changes would never see a new message.';
+        END IF;
+        v_deadline := v_now + wait;
+        -- Register before the first look, so a send that commits after it wakes us.
+        v_woken := pgflow._wait_begin(q.queue_id);
+    ELSIF wait IS NOT NULL THEN
+        PERFORM pgflow._check_interval(wait, 'wait', true);
+    END IF;
+    LOOP
+        PERFORM pgflow._before_claim(q, v_now, qty);
+        -- The claim starts after the queue's claim cursor (a statement of its own, before the
+        -- claim's snapshot; src/ipc/cursor.rs has the rules that keep it safe).
+        v_from := pgflow._claim_begin(q.queue_id, q.msg_seq::oid);
+        RETURN QUERY
+        WITH picked AS (
+            SELECT m.msg_id FROM pgflow.message m
+             WHERE m.queue_id = q.queue_id AND m.state = 'r'
+               AND (-(m.priority::integer), m.msg_id) > (v_from[1]::integer, v_from[2])
+             ORDER BY -(m.priority::integer), m.msg_id
+             LIMIT qty
+               FOR UPDATE SKIP LOCKED
+        ), leased AS (
+            UPDATE pgflow.message m
+               SET state = 'l', vt = v_now + v_vt, read_ct = m.read_ct + 1
+              FROM picked p
+             WHERE m.queue_id = q.queue_id AND m.msg_id = p.msg_id
+            RETURNING m.msg_id, m.read_ct, m.enqueued_at, m.vt, m.message, m.headers, m.priority
+        )
+        SELECT l.msg_id, l.read_ct, l.enqueued_at, l.vt, l.message, l.headers
+          FROM leased l
+         WHERE pgflow._claim_note(l.priority, l.msg_id)
+         ORDER BY l.priority DESC, l.msg_id;
+        GET DIAGNOSTICS n = ROW_COUNT;
+        PERFORM pgflow._claim_end(qty);
+        IF n > 0 THEN
+            PERFORM pgflow._due_at(q.queue_id, q.msg_seq::oid, v_now + v_vt);
+        END IF;
+        EXIT WHEN n > 0 OR v_deadline IS NULL OR v_now >= v_deadline;
+        -- Sleep at most until the next delayed message or lease comes due (the queue's due
+        -- time when shared memory knows it, else from the table).
+        v_next := pgflow._due(q.queue_id, q.msg_seq::oid);
+        IF v_next IS NULL OR v_next <= v_now THEN
+            v_next := pgflow._next_due(q.queue_id);
+        END IF;
+        PERFORM pgflow._wait_sleep(least(v_deadline, v_next), v_woken);
+        v_now := clock_timestamp();
+    END LOOP;
+    IF v_deadline IS NOT NULL THEN
+        PERFORM pgflow._wait_end();
+    END IF;
+END $function$;
+
+CREATE OR REPLACE FUNCTION pgflow.send(queue_name text, message jsonb, headers jsonb DEFAULT NULL::jsonb, delay interval DEFAULT '00:00:00'::interval, priority integer DEFAULT NULL::integer, group_key text DEFAULT NULL::text, dedup_key text DEFAULT NULL::text, deliver_at timestamp with time zone DEFAULT NULL::timestamp with time zone)
+ RETURNS bigint
+ LANGUAGE plpgsql
+AS $function$
+DECLARE
+    q pgflow.queue := pgflow._queue(queue_name);
+    v_now timestamptz := clock_timestamp();
+    v_id bigint;
+    v_vt timestamptz;
+    v_first bigint;
+    v_state "char";
+    v_priority smallint;
+BEGIN
+    PERFORM pgflow._check_payload(message, headers);
+    PERFORM pgflow._check_interval(delay, 'delay', true);
+    PERFORM pgflow._check_priority(priority, 'priority');
+    IF q.contract_version IS NOT NULL THEN
+        PERFORM pgflow._check_contract(q, message, headers);
+    END IF;
+    IF deliver_at IS NOT NULL AND delay <> interval '0' THEN
+        RAISE EXCEPTION 'give delay or deliver_at, not both' USING ERRCODE = 'invalid_parameter_value';
+    END IF;
+    v_vt := greatest(v_now, coalesce(deliver_at, v_now + delay));
+    v_priority := coalesce(send.priority, q.default_priority);
+    v_id := nextval(q.msg_seq);
+    IF dedup_key IS NOT NULL THEN
+        -- A concurrent send with the same key waits here for the first one's transaction: if it
+        -- commits, this send returns its id; if it rolls back, this send goes ahead.
+        INSERT INTO pgflow.dedup AS k (queue_id, dedup_key, msg_id, expires_at)
+        VALUES (q.queue_id, send.dedup_key, v_id, v_now + q.dedup_window)
+        ON CONFLICT ON CONSTRAINT dedup_pkey DO UPDATE
+           SET msg_id = EXCLUDED.msg_id, expires_at = EXCLUDED.expires_at
+         WHERE k.expires_at <= v_now
+        RETURNING k.msg_id INTO v_first;
+        IF NOT FOUND THEN
+            SELECT k.msg_id INTO v_first FROM pgflow.dedup k
+             WHERE k.queue_id = q.queue_id AND k.dedup_key = send.dedup_key;
+            RETURN v_first;
+        END IF;
+    END IF;
+    v_state := pgflow._group_state(q.queue_id, send.group_key,
+                                   CASE WHEN v_vt > v_now THEN 'd' ELSE 'r' END::"char");
+    INSERT INTO pgflow.message (queue_id, msg_id, enqueued_at, vt, priority, state, message,
+                                headers, group_key)
+    VALUES (q.queue_id, v_id, v_now, v_vt, v_priority, v_state, send.message, send.headers,
+            send.group_key);
+    IF v_state = 'r' THEN
+        PERFORM pgflow._ready(q.queue_id, q.msg_seq::oid, v_priority, v_id);
+    ELSIF v_state = 'd' THEN
+        PERFORM pgflow._due_at(q.queue_id, q.msg_seq::oid, v_vt);
+    END IF;
+    PERFORM pgflow._announce(q.queue_id, q.queue_name, q.notify);
+    RETURN v_id;
+END $function$;
+
+CREATE OR REPLACE FUNCTION pgflow.send_batch(queue_name text, messages jsonb[], headers jsonb[] DEFAULT NULL::jsonb[], delay interval DEFAULT '00:00:00'::interval, priority integer DEFAULT NULL::integer)
+ RETURNS SETOF bigint
+ LANGUAGE plpgsql
+AS $function$
+DECLARE
+    q pgflow.queue := pgflow._queue(queue_name);
+    v_now timestamptz := clock_timestamp();
+    v_bad record;
+BEGIN
+    PERFORM pgflow._require(messages, 'messages');
+    PERFORM pgflow._check_interval(delay, 'delay', true);
+    PERFORM pgflow._check_priority(priority, 'priority');
+    IF headers IS NOT NULL AND cardinality(headers) <> cardinality(messages) THEN
+        RAISE EXCEPTION 'headers has % elements but messages has %',
+            cardinality(headers), cardinality(messages)
+            USING ERRCODE = 'invalid_parameter_value';
+    END IF;
+    SELECT m.ord, m.msg, h.hdr INTO v_bad
+      FROM unnest(messages) WITH ORDINALITY AS m(msg, ord)
+      LEFT JOIN unnest(headers) WITH ORDINALITY AS h(hdr, ord) USING (ord)
+     WHERE m.msg IS NULL OR jsonb_typeof(m.msg) <> 'object'
+        OR (h.hdr IS NOT NULL AND jsonb_typeof(h.hdr) <> 'object')
+     LIMIT 1;
+    IF FOUND THEN
+        RAISE EXCEPTION 'messages[%]: %', v_bad.ord,
+            CASE WHEN v_bad.msg IS NULL THEN 'message must not be NULL'
+                 WHEN jsonb_typeof(v_bad.msg) <> 'object' THEN 'message must be a JSON object, got ' || jsonb_typeof(v_bad.msg)
+                 ELSE 'headers must be a JSON object or NULL, got ' || jsonb_typeof(v_bad.hdr) END
+            USING ERRCODE = CASE WHEN v_bad.msg IS NULL THEN 'null_value_not_allowed'
+                                 ELSE 'invalid_parameter_value' END;
+    END IF;
+
+    IF q.contract_version IS NOT NULL THEN
+        FOR i IN 1 .. cardinality(messages) LOOP
+            PERFORM pgflow._check_contract(q, messages[i], headers[i], i);
+        END LOOP;
+    END IF;
+    PERFORM pgflow._announce(q.queue_id, q.queue_name, q.notify);
+    -- Ids are drawn in input order (ORDER BY ord before nextval), then returned in that order.
+    RETURN QUERY
+    WITH input AS (
+        SELECT m.msg, h.hdr, m.ord
+          FROM unnest(messages) WITH ORDINALITY AS m(msg, ord)
+          LEFT JOIN unnest(headers) WITH ORDINALITY AS h(hdr, ord) USING (ord)
+         ORDER BY m.ord
+    ), numbered AS (
+        SELECT nextval(q.msg_seq) AS id, i.* FROM input i
+    ), inserted AS (
+        INSERT INTO pgflow.message (queue_id, msg_id, enqueued_at, vt, priority, state, message,
+                                    headers)
+        SELECT q.queue_id, n.id, v_now, v_now + delay, coalesce(priority, q.default_priority),
+               CASE WHEN delay > interval '0' THEN 'd' ELSE 'r' END, n.msg, n.hdr
+          FROM numbered n
+        RETURNING msg_id
+    )
+    -- Each id is noted for the claim cursor (ready) or the due time (delayed); see
+    -- src/ipc/cursor.rs.
+    SELECT n.id FROM numbered n
+     WHERE CASE WHEN delay > interval '0'
+                THEN pgflow._due_at(q.queue_id, q.msg_seq::oid, v_now + delay)
+                ELSE pgflow._ready(q.queue_id, q.msg_seq::oid,
+                                   coalesce(priority, q.default_priority)::smallint, n.id) END
+     ORDER BY n.ord;
+END $function$;
+
+CREATE OR REPLACE FUNCTION pgflow.set_vt(queue_name text, msg_id bigint, vt interval)
+ RETURNS SETOF pgflow.message_record
+ LANGUAGE plpgsql
+ SET enable_seqscan TO 'off'
+AS $function$
+DECLARE
+    q pgflow.queue := pgflow._queue(queue_name);
+    v_now timestamptz := clock_timestamp();
+BEGIN
+    PERFORM pgflow._require(set_vt.msg_id, 'msg_id');
+    PERFORM pgflow._check_interval(set_vt.vt, 'vt', true);
+    PERFORM pgflow._touch(q.queue_id, q.msg_seq::oid);
+    RETURN QUERY
+    UPDATE pgflow.message m
+       SET vt = v_now + set_vt.vt,
+           -- vt 0 hands the message back at once, without counting a failure (SQS's
+           -- ChangeMessageVisibility 0); a positive vt renews a lease or schedules delivery.
+           -- A message waiting behind its group keeps waiting; vt applies once it is its turn.
+           state = CASE WHEN m.state = 'g' THEN 'g'
+                        WHEN set_vt.vt = interval '0' THEN 'r'
+                        WHEN m.state = 'l' THEN 'l'
+                        ELSE 'd' END
+     WHERE m.queue_id = q.queue_id AND m.msg_id = set_vt.msg_id
+    RETURNING m.msg_id, m.read_ct, m.enqueued_at, m.vt, m.message, m.headers;
+    IF set_vt.vt = interval '0' THEN
+        PERFORM pgflow._ready(q.queue_id, q.msg_seq::oid, m.priority, m.msg_id)
+           FROM pgflow.message m
+          WHERE m.queue_id = q.queue_id AND m.msg_id = set_vt.msg_id AND m.state = 'r';
+        PERFORM pgflow._announce(q.queue_id, q.queue_name, q.notify);
+    ELSE
+        PERFORM pgflow._due_at(q.queue_id, q.msg_seq::oid, v_now + set_vt.vt);
+    END IF;
+END $function$;
+
+CREATE OR REPLACE FUNCTION pgflow._fail(q pgflow.queue, ids bigint[], err text, retry_after interval, p_now timestamp with time zone, dead_reason text)
+ RETURNS SETOF pgflow.nack_result
+ LANGUAGE sql
+AS $function$
+    WITH target AS (
+        SELECT m.msg_id, m.read_ct, m.errors
+          FROM pgflow.message m
+         WHERE m.queue_id = q.queue_id AND m.msg_id = ANY (ids) AND m.state = 'l'
+           FOR UPDATE
+    ), noted AS (
+        SELECT t.msg_id, t.read_ct, t.read_ct > q.max_retries AS dead,
+               -- Keep the first error and the last 19.
+               (SELECT CASE WHEN jsonb_array_length(e) > 20
+                            THEN jsonb_build_array(e -> 0) || jsonb_path_query_array(e, '$[last - 18 to last]')
+                            ELSE e END
+                  FROM (SELECT coalesce(t.errors, '[]'::jsonb)
+                               || jsonb_build_array(jsonb_build_object(
+                                      'at', p_now, 'attempt', t.read_ct, 'error', coalesce(err, '')))) AS x(e)
+               ) AS errors
+          FROM target t
+    ), died AS (
+        DELETE FROM pgflow.message m
+         USING noted n
+         WHERE m.queue_id = q.queue_id AND m.msg_id = n.msg_id AND n.dead
+        RETURNING m.*, n.errors AS all_errors
+    ), buried AS (
+        INSERT INTO pgflow.dead (queue_id, read_ct, msg_id, enqueued_at, died_at, priority, reason,
+                                 errors, message, headers, group_key)
+        SELECT d.queue_id, d.read_ct, d.msg_id, d.enqueued_at, p_now, d.priority,
+               dead_reason || ' after ' || d.read_ct || ' deliveries (max_retries ' || q.max_retries || ')',
+               d.all_errors, d.message, d.headers, d.group_key
+          FROM died d
+        RETURNING dead.msg_id
+    ), retried AS (
+        UPDATE pgflow.message m
+           SET state = 'd',
+               vt = p_now + coalesce(retry_after, pgflow._retry_interval(q, n.read_ct, random())),
+               errors = n.errors
+          FROM noted n
+         WHERE m.queue_id = q.queue_id AND m.msg_id = n.msg_id AND NOT n.dead
+        RETURNING m.msg_id, m.read_ct, m.vt
+    )
+    SELECT r.msg_id, 'retry', r.read_ct, r.vt FROM retried r
+     WHERE pgflow._due_at(q.queue_id, q.msg_seq::oid, r.vt)
+    UNION ALL
+    SELECT d.msg_id, 'dead', d.read_ct, NULL::timestamptz FROM died d
+     WHERE d.msg_id IN (SELECT b.msg_id FROM buried b);
+$function$;
+
+CREATE OR REPLACE FUNCTION pgflow._metrics(p_queue_id integer, p_now timestamp with time zone)
+ RETURNS SETOF pgflow.queue_metrics
+ LANGUAGE sql
+ STABLE
+AS $function$
+    SELECT q.queue_name,
+           coalesce(s.length, 0),
+           coalesce(s.visible, 0),
+           coalesce(s.in_flight, 0),
+           coalesce(s.delayed, 0),
+           extract(epoch FROM p_now - s.oldest)::double precision,
+           extract(epoch FROM p_now - s.newest)::double precision,
+           coalesce(pg_catalog.pg_sequence_last_value(q.msg_seq), 0),
+           coalesce(pg_catalog.pg_sequence_last_value(q.archived_seq), 0),
+           (SELECT count(*) FROM pgflow.archive a WHERE a.queue_id = q.queue_id),
+           (SELECT count(*) FROM pgflow.dead d WHERE d.queue_id = q.queue_id),
+           p_now,
+           coalesce(s.waiting, 0),
+           extract(epoch FROM p_now - h.since)::double precision,
+           h.holder || coalesce(' ' || h.pid, '') || ': ' || h.detail
+      FROM pgflow.queue q
+      -- The oldest holder of the horizon, looked up once for all queues.
+      LEFT JOIN (SELECT * FROM pgflow.horizon() LIMIT 1) h ON true
+      LEFT JOIN LATERAL (
+        SELECT count(*) AS length,
+               count(*) FILTER (WHERE m.state = 'r' OR (m.state = 'd' AND m.vt <= p_now)) AS visible,
+               -- A lease that ran out stays in flight until the retry policy has run on it.
+               count(*) FILTER (WHERE m.state = 'l') AS in_flight,
+               count(*) FILTER (WHERE m.state = 'd' AND m.vt > p_now) AS delayed,
+               count(*) FILTER (WHERE m.state = 'g') AS waiting,
+               min(m.enqueued_at) AS oldest,
+               max(m.enqueued_at) AS newest
+          FROM pgflow.message m
+         WHERE m.queue_id = q.queue_id
+      ) s ON true
+     WHERE p_queue_id IS NULL OR q.queue_id = p_queue_id
+     ORDER BY q.queue_name;
+$function$;
+
+CREATE OR REPLACE FUNCTION pgflow._next_due(p_queue_id integer)
+ RETURNS timestamp with time zone
+ LANGUAGE sql
+ STABLE
+AS $function$
+    SELECT min(x.vt)
+      FROM (SELECT min(m.vt) AS vt FROM pgflow.message m
+             WHERE m.queue_id = p_queue_id AND m.state = 'd'
+            UNION ALL
+            SELECT min(m.vt) FROM pgflow.message m
+             WHERE m.queue_id = p_queue_id AND m.state = 'l') x;
+$function$;
+
+CREATE OR REPLACE FUNCTION pgflow.cursor_status()
+ RETURNS TABLE(queue_name text, mark_priority integer, mark_msg_id bigint, due timestamp with time zone, events bigint, frozen boolean)
+ LANGUAGE sql
+AS $function$
+    SELECT q.queue_name, c.mark_priority, c.mark_msg_id, c.due, c.events, c.frozen
+      FROM pgflow._cursor_status() c
+      JOIN pgflow.queue q ON q.queue_id = c.queue_id AND q.msg_seq::oid = c.seq
+     ORDER BY q.queue_name;
+$function$;
+
+CREATE OR REPLACE FUNCTION pgflow.horizon()
+ RETURNS SETOF pgflow.horizon_holder
+ LANGUAGE sql
+ STABLE
+AS $function$
+    SELECT h.* FROM (
+        SELECT CASE WHEN a.backend_type = 'walsender' THEN 'standby' ELSE 'backend' END,
+               a.pid,
+               greatest(pg_catalog.age(a.backend_xmin), pg_catalog.age(a.backend_xid)),
+               a.xact_start,
+               pg_catalog.concat_ws(' ', a.usename, '(' || a.state || ')',
+                                    pg_catalog.left(a.query, 80))
+          FROM pg_catalog.pg_stat_activity a
+         WHERE (a.backend_xmin IS NOT NULL OR a.backend_xid IS NOT NULL)
+           AND a.pid <> pg_catalog.pg_backend_pid()
+           AND (a.datname = pg_catalog.current_database() OR a.backend_type = 'walsender')
+        UNION ALL
+        SELECT 'replication slot', s.active_pid, pg_catalog.age(s.xmin), NULL::timestamptz,
+               s.slot_name || ' (' || s.slot_type || CASE WHEN s.active THEN ', active)'
+                                                     ELSE ', inactive)' END
+          FROM pg_catalog.pg_replication_slots s
+         WHERE s.xmin IS NOT NULL
+        UNION ALL
+        SELECT 'prepared transaction', NULL::integer, pg_catalog.age(p.transaction), p.prepared,
+               p.gid || ' (' || p.owner || ')'
+          FROM pg_catalog.pg_prepared_xacts p
+         WHERE p.database = pg_catalog.current_database()
+    ) AS h(holder, pid, xmin_age, since, detail)
+     ORDER BY h.xmin_age DESC, h.since;
+$function$;
+
+CREATE OR REPLACE FUNCTION pgflow.expire_leases(now timestamp with time zone DEFAULT NULL::timestamp with time zone, batch integer DEFAULT 1000)
+ RETURNS bigint
+ LANGUAGE sql
+BEGIN ATOMIC
+ SELECT pgflow._each_queue('expire_leases'::text, COALESCE(now, clock_timestamp()), batch) AS _each_queue;
+END;
+
+CREATE OR REPLACE FUNCTION pgflow.promote_delayed(now timestamp with time zone DEFAULT NULL::timestamp with time zone, batch integer DEFAULT 1000)
+ RETURNS bigint
+ LANGUAGE sql
+BEGIN ATOMIC
+ SELECT pgflow._each_queue('promote_delayed'::text, COALESCE(now, clock_timestamp()), batch) AS _each_queue;
+END;
+
+CREATE OR REPLACE FUNCTION pgflow.prune_archive(now timestamp with time zone DEFAULT NULL::timestamp with time zone, batch integer DEFAULT 10000)
+ RETURNS bigint
+ LANGUAGE sql
+BEGIN ATOMIC
+ SELECT pgflow._each_queue('prune_archive'::text, COALESCE(now, clock_timestamp()), batch) AS _each_queue;
+END;
+
+CREATE OR REPLACE FUNCTION pgflow.prune_dedup(now timestamp with time zone DEFAULT NULL::timestamp with time zone, batch integer DEFAULT 10000)
+ RETURNS bigint
+ LANGUAGE sql
+BEGIN ATOMIC
+ SELECT pgflow._each_queue('prune_dedup'::text, COALESCE(now, clock_timestamp()), batch) AS _each_queue;
+END;
+
+
+-- Indexes that changed.
+DROP INDEX pgflow.message_ready;
+CREATE INDEX message_ready ON pgflow.message USING btree (queue_id, ((- (priority)::integer)), msg_id) WHERE (state = 'r'::"char");
