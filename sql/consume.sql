@@ -38,19 +38,16 @@ END $$;
 -- the queue's due time (shared memory, src/ipc/cursor.rs) has passed: until then no lease can
 -- have run out and no delayed message can have come due, and the probes, whose indexes fill
 -- with dead entries while a snapshot is held, stay off the read path. The reader that finds
--- due passed recomputes it after probing (one reader at a time). No SET clause of its own (a
+-- due passed recomputes it after probing (one reader at a time). read and pop call it only
+-- when _due_begin said to probe (v_probe 1), or to probe and recompute (2). No SET clause of its own (a
 -- SET costs every call a save and restore of the setting): it runs inside read and pop, whose
 -- enable_seqscan = off its plans are made under.
-CREATE FUNCTION pgflow._before_claim(q pgflow.queue, p_now timestamptz, qty integer)
+CREATE FUNCTION pgflow._before_claim(q pgflow.queue, p_now timestamptz, qty integer,
+                                     v_probe integer)
 RETURNS void
 LANGUAGE plpgsql VOLATILE
 AS $$
-DECLARE
-    v_probe integer := pgflow._due_begin(q.queue_id, q.msg_seq::oid, p_now);
 BEGIN
-    IF v_probe = 0 THEN
-        RETURN;
-    END IF;
     IF EXISTS (SELECT 1 FROM pgflow.message m
                 WHERE m.queue_id = q.queue_id AND m.state = 'l' AND m.vt <= p_now) THEN
         PERFORM pgflow._expire_queue(q, p_now, 100);
@@ -101,10 +98,16 @@ DECLARE
     v_woken boolean;
     v_next timestamptz;
     v_from bigint[];
+    v_probe integer;
     n bigint;
 BEGIN
-    PERFORM pgflow._check_interval(v_vt, 'vt', false);
-    PERFORM pgflow._check_int(qty, 'qty', 1);
+    -- The checks' fast path inline; the helpers raise the precise error.
+    IF v_vt IS NULL OR v_vt <= interval '0' THEN
+        PERFORM pgflow._check_interval(v_vt, 'vt', false);
+    END IF;
+    IF qty IS NULL OR qty < 1 THEN
+        PERFORM pgflow._check_int(qty, 'qty', 1);
+    END IF;
     IF wait IS NOT NULL AND wait > interval '0' THEN
         PERFORM pgflow._check_interval(wait, 'wait', true);
         IF current_setting('transaction_isolation') <> 'read committed' THEN
@@ -120,7 +123,10 @@ BEGIN
         PERFORM pgflow._check_interval(wait, 'wait', true);
     END IF;
     LOOP
-        PERFORM pgflow._before_claim(q, v_now, qty);
+        v_probe := pgflow._due_begin(q.queue_id, q.msg_seq::oid, v_now);
+        IF v_probe > 0 THEN
+            PERFORM pgflow._before_claim(q, v_now, qty, v_probe);
+        END IF;
         -- The claim starts after the queue's claim cursor (a statement of its own, before the
         -- claim's snapshot; src/ipc/cursor.rs has the rules that keep it safe).
         v_from := pgflow._claim_begin(q.queue_id, q.msg_seq::oid);
@@ -173,9 +179,13 @@ DECLARE
     q pgflow.queue := pgflow._queue(queue_name);
     v_now timestamptz := clock_timestamp();
     v_from bigint[];
+    v_probe integer;
 BEGIN
     PERFORM pgflow._check_int(qty, 'qty', 1);
-    PERFORM pgflow._before_claim(q, v_now, qty);
+    v_probe := pgflow._due_begin(q.queue_id, q.msg_seq::oid, v_now);
+    IF v_probe > 0 THEN
+        PERFORM pgflow._before_claim(q, v_now, qty, v_probe);
+    END IF;
     v_from := pgflow._claim_begin(q.queue_id, q.msg_seq::oid);
     RETURN QUERY
     WITH picked AS (
@@ -209,7 +219,9 @@ DECLARE
     q pgflow.queue := pgflow._queue(queue_name);
     v_now timestamptz := clock_timestamp();
 BEGIN
-    PERFORM pgflow._require(msg_ids, 'msg_ids');
+    IF msg_ids IS NULL THEN
+        PERFORM pgflow._require(msg_ids, 'msg_ids');
+    END IF;
     PERFORM pgflow._touch(q.queue_id, q.msg_seq::oid);
     RETURN QUERY
     WITH moved AS (

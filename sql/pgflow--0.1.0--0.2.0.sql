@@ -104,16 +104,11 @@ CREATE OR REPLACE FUNCTION pgflow._touch(queue_id integer, seq oid)
  STRICT
 AS 'MODULE_PATHNAME', $function$_touch_wrapper$function$;
 
-CREATE OR REPLACE FUNCTION pgflow._before_claim(q pgflow.queue, p_now timestamp with time zone, qty integer)
+CREATE OR REPLACE FUNCTION pgflow._before_claim(q pgflow.queue, p_now timestamp with time zone, qty integer, v_probe integer)
  RETURNS void
  LANGUAGE plpgsql
 AS $function$
-DECLARE
-    v_probe integer := pgflow._due_begin(q.queue_id, q.msg_seq::oid, p_now);
 BEGIN
-    IF v_probe = 0 THEN
-        RETURN;
-    END IF;
     IF EXISTS (SELECT 1 FROM pgflow.message m
                 WHERE m.queue_id = q.queue_id AND m.state = 'l' AND m.vt <= p_now) THEN
         PERFORM pgflow._expire_queue(q, p_now, 100);
@@ -297,7 +292,9 @@ DECLARE
     q pgflow.queue := pgflow._queue(queue_name);
     v_now timestamptz := clock_timestamp();
 BEGIN
-    PERFORM pgflow._require(msg_ids, 'msg_ids');
+    IF msg_ids IS NULL THEN
+        PERFORM pgflow._require(msg_ids, 'msg_ids');
+    END IF;
     PERFORM pgflow._touch(q.queue_id, q.msg_seq::oid);
     RETURN QUERY
     WITH moved AS (
@@ -517,9 +514,13 @@ DECLARE
     q pgflow.queue := pgflow._queue(queue_name);
     v_now timestamptz := clock_timestamp();
     v_from bigint[];
+    v_probe integer;
 BEGIN
     PERFORM pgflow._check_int(qty, 'qty', 1);
-    PERFORM pgflow._before_claim(q, v_now, qty);
+    v_probe := pgflow._due_begin(q.queue_id, q.msg_seq::oid, v_now);
+    IF v_probe > 0 THEN
+        PERFORM pgflow._before_claim(q, v_now, qty, v_probe);
+    END IF;
     v_from := pgflow._claim_begin(q.queue_id, q.msg_seq::oid);
     RETURN QUERY
     WITH picked AS (
@@ -569,10 +570,16 @@ DECLARE
     v_woken boolean;
     v_next timestamptz;
     v_from bigint[];
+    v_probe integer;
     n bigint;
 BEGIN
-    PERFORM pgflow._check_interval(v_vt, 'vt', false);
-    PERFORM pgflow._check_int(qty, 'qty', 1);
+    -- The checks' fast path inline; the helpers raise the precise error.
+    IF v_vt IS NULL OR v_vt <= interval '0' THEN
+        PERFORM pgflow._check_interval(v_vt, 'vt', false);
+    END IF;
+    IF qty IS NULL OR qty < 1 THEN
+        PERFORM pgflow._check_int(qty, 'qty', 1);
+    END IF;
     IF wait IS NOT NULL AND wait > interval '0' THEN
         PERFORM pgflow._check_interval(wait, 'wait', true);
         IF current_setting('transaction_isolation') <> 'read committed' THEN
@@ -588,7 +595,10 @@ BEGIN
         PERFORM pgflow._check_interval(wait, 'wait', true);
     END IF;
     LOOP
-        PERFORM pgflow._before_claim(q, v_now, qty);
+        v_probe := pgflow._due_begin(q.queue_id, q.msg_seq::oid, v_now);
+        IF v_probe > 0 THEN
+            PERFORM pgflow._before_claim(q, v_now, qty, v_probe);
+        END IF;
         -- The claim starts after the queue's claim cursor (a statement of its own, before the
         -- claim's snapshot; src/ipc/cursor.rs has the rules that keep it safe).
         v_from := pgflow._claim_begin(q.queue_id, q.msg_seq::oid);
@@ -644,9 +654,18 @@ DECLARE
     v_state "char";
     v_priority smallint;
 BEGIN
-    PERFORM pgflow._check_payload(message, headers);
-    PERFORM pgflow._check_interval(delay, 'delay', true);
-    PERFORM pgflow._check_priority(priority, 'priority');
+    -- The checks' fast path inline (a PL/pgSQL call each costs more than the send's INSERT);
+    -- the helpers raise the precise error.
+    IF message IS NULL OR jsonb_typeof(message) <> 'object'
+       OR (headers IS NOT NULL AND jsonb_typeof(headers) <> 'object') THEN
+        PERFORM pgflow._check_payload(message, headers);
+    END IF;
+    IF delay IS NULL OR delay < interval '0' THEN
+        PERFORM pgflow._check_interval(delay, 'delay', true);
+    END IF;
+    IF priority < -32768 OR priority > 32767 THEN
+        PERFORM pgflow._check_priority(priority, 'priority');
+    END IF;
     IF q.contract_version IS NOT NULL THEN
         PERFORM pgflow._check_contract(q, message, headers);
     END IF;
@@ -671,8 +690,10 @@ BEGIN
             RETURN v_first;
         END IF;
     END IF;
-    v_state := pgflow._group_state(q.queue_id, send.group_key,
-                                   CASE WHEN v_vt > v_now THEN 'd' ELSE 'r' END::"char");
+    v_state := CASE WHEN v_vt > v_now THEN 'd' ELSE 'r' END;
+    IF send.group_key IS NOT NULL THEN
+        v_state := pgflow._group_state(q.queue_id, send.group_key, v_state);
+    END IF;
     INSERT INTO pgflow.message (queue_id, msg_id, enqueued_at, vt, priority, state, message,
                                 headers, group_key)
     VALUES (q.queue_id, v_id, v_now, v_vt, v_priority, v_state, send.message, send.headers,
