@@ -39,7 +39,7 @@ out=$ROOT/bench/results
 "$ROOT/target/release/pgflow-bench" \
   --dsn "host=127.0.0.1 port=$port user=postgres dbname=bench" \
   --mode "$mode" --pgbench "$bindir/pgbench" --out "$out" --systems "$systems" \
-  --tables "${BENCH_TABLES:-aged}" \
+  --tables "${BENCH_TABLES:-aged}" --python "$PLOT_PYTHON" --bench-dir "$ROOT/bench" \
   ${BENCH_WORKLOADS:+--workloads "$BENCH_WORKLOADS"} | tee "$out/latest-$mode.txt"
 
 # bench/README.md carries the latest full table, between its bench:start and bench:end markers.

@@ -6,9 +6,10 @@
 #   setup.sh demo [MAJOR]   what `make demo` needs: the build tools, cargo-pgrx and one Postgres
 #                           (15 unless MAJOR says otherwise)
 #   setup.sh test           what `make test` needs: every supported Postgres, the Elixir client's
-#                           packages and the benchmark's peers (its smoke run is in the suite)
-#   setup.sh bench [MAJOR]  what `make bench` needs: one Postgres plus pgmq and PgQ
-#   setup.sh PART...        single parts: build, pg15, pg16, pg17, pg18, elixir, peers
+#                           packages, the benchmark's peers and its plotting venv (its smoke
+#                           run is in the suite)
+#   setup.sh bench [MAJOR]  what `make bench` needs: one Postgres plus pgmq, PgQ and matplotlib
+#   setup.sh PART...        single parts: build, pg15, pg16, pg17, pg18, elixir, peers, plot
 #   setup.sh abi-check MAJOR  compare an installed major's headers with its binaries again
 #
 # Where each Postgres comes from (no source packages: Debian no longer serves them):
@@ -184,6 +185,14 @@ PY
   rm -rf "$tmp"
 }
 
+# The benchmark's plots (W10): matplotlib 3.9.2 from PyPI in a venv of its own.
+part_plot() {
+  "$PLOT_PYTHON" -c 'import matplotlib' 2>/dev/null && return 0
+  log "pip install matplotlib==3.9.2 (a venv in $TOOLS/plot, for the benchmark's plots)"
+  python3 -m venv "$TOOLS/plot" 2>/dev/null || { apt_install python3-venv && python3 -m venv "$TOOLS/plot"; }
+  "$TOOLS/plot/bin/pip" install -q --only-binary=:all: matplotlib==3.9.2
+}
+
 # cargo pgrx init, pointed at every installed major's pg_config (its own downloads fail here);
 # rerun only when the configuration lacks one of them.
 pgrx_init() {
@@ -204,16 +213,16 @@ pgrx_init() {
 parts=()
 case "$1" in
   demo) parts=(build "pg${2:-15}") ;;
-  bench) parts=(build "pg${2:-15}" peers) ;;
+  bench) parts=(build "pg${2:-15}" peers plot) ;;
   abi-check) abi_check "${2:?abi-check needs a major version}"; exit 0 ;;
-  test) parts=(build elixir peers); for v in $PG_MAJORS; do parts+=("pg$v"); done ;;
+  test) parts=(build elixir peers plot); for v in $PG_MAJORS; do parts+=("pg$v"); done ;;
   *) parts=("$@") ;;
 esac
 as_root mkdir -p "$TOOLS"
 for p in "${parts[@]}"; do
   case "$p" in
-    build|pg15|pg16|pg17|pg18|elixir|peers) "part_$p" ;;
-    *) die "setup.sh: unknown part '$p' (demo, test, bench, build, pg15..pg18, elixir, peers)" ;;
+    build|pg15|pg16|pg17|pg18|elixir|peers|plot) "part_$p" ;;
+    *) die "setup.sh: unknown part '$p' (demo, test, bench, build, pg15..pg18, elixir, peers, plot)" ;;
   esac
 done
 pgrx_init

@@ -33,7 +33,7 @@ want() { [[ " $layers " == *" $1 "* ]]; }
 parts=(build)
 for v in $versions; do parts+=("pg$v"); done
 want elixir && parts+=(elixir)
-want bench && parts+=(peers)
+want bench && parts+=(peers plot)
 "$ROOT/scripts/setup.sh" "${parts[@]}"
 
 failed=()

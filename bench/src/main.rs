@@ -21,7 +21,7 @@ use std::thread;
 use plan::{Mode, Plan};
 use report::{markdown, Report, Results};
 use systems::Sys;
-use workloads::{w1_w2, w3, w4, w5, w7, w8, w9, Ctx};
+use workloads::{w10, w1_w2, w3, w4, w5, w7, w8, w9, Ctx};
 
 /// 277 bytes: a seeds' proposal_for_consensus message, valid under its contract (W9).
 pub(crate) const PAYLOAD: &str = r#"{"type":"proposal_for_consensus","proposal_id":"123e4567-e89b-12d3-a456-426614174000","instance_id":"singularity_1","agent_type":"BugFixerAgent","code_change":{"file":"lib/cache.ex","change":"bound table"},"impact_score":8.0,"risk_score":1.0,"timestamp":"2026-11-22T10:00:00Z"}"#;
@@ -90,7 +90,7 @@ fn main() -> Res<()> {
         })
         .collect::<Result<_, _>>()?;
     let workloads =
-        arg(&args, "--workloads").unwrap_or_else(|| "W1,W2,W3,W4,W5,W6,W7,W8,W9".into());
+        arg(&args, "--workloads").unwrap_or_else(|| "W1,W2,W3,W4,W5,W6,W7,W8,W9,W10".into());
     let tables = arg(&args, "--tables").unwrap_or_else(|| "aged".into());
     let clean_tables = match tables.as_str() {
         "aged" => false,
@@ -103,7 +103,7 @@ fn main() -> Res<()> {
         .split_whitespace()
         .filter_map(|p| p.split_once('='))
         .collect();
-    let ctx = Ctx {
+    let mut ctx = Ctx {
         dsn: dsn.clone(),
         pgbench,
         plan: Plan::for_mode(mode),
@@ -113,6 +113,10 @@ fn main() -> Res<()> {
         pg_user: kv.get("user").unwrap_or(&"postgres").to_string(),
         pg_db: kv.get("dbname").unwrap_or(&"postgres").to_string(),
         clean_tables,
+        out_base: PathBuf::new(),
+        python: arg(&args, "--python").unwrap_or_else(|| "python3".into()),
+        bench_dir: PathBuf::from(arg(&args, "--bench-dir").unwrap_or_else(|| "bench".into())),
+        mode_name: format!("{mode:?}").to_lowercase(),
     };
 
     let mut admin = ctx.admin()?;
@@ -167,6 +171,7 @@ fn main() -> Res<()> {
         "{stamp}-{}-pg{major}",
         format!("{mode:?}").to_lowercase()
     ));
+    ctx.out_base = base.clone();
     // Results are written after every workload, so a failure late in a long run keeps the rest.
     let save = |res: &Results, failures: &[String]| -> Res<String> {
         let mut md = markdown(res, &header);
@@ -196,7 +201,7 @@ fn main() -> Res<()> {
     };
 
     type Workload = fn(&Ctx, &mut Results) -> Res<()>;
-    let all: [(&str, &[&str], Workload); 7] = [
+    let all: [(&str, &[&str], Workload); 8] = [
         (
             "W1/W2: send throughput (pgbench -M prepared)",
             &["W1", "W2"],
@@ -208,6 +213,11 @@ fn main() -> Res<()> {
         ("W7: held snapshot", &["W7"], w7),
         ("W8: idle cost", &["W8"], w8),
         ("W9: contract validation cost", &["W9"], w9),
+        (
+            "W10: production mimic (held snapshots at intervals)",
+            &["W10"],
+            w10,
+        ),
     ];
     let mut failures = Vec::new();
     for (title, names, f) in all {

@@ -27,6 +27,12 @@ pub(crate) struct Plan {
     pub(crate) w7_after: u64,
     pub(crate) w8_queues: usize,
     pub(crate) w8_secs: u64,
+    /// W10: length, hold period, hold length, first hold's start (s), rate per system (msg/s).
+    pub(crate) w10_secs: u64,
+    pub(crate) w10_period: u64,
+    pub(crate) w10_hold: u64,
+    pub(crate) w10_first_hold: u64,
+    pub(crate) w10_rate: u64,
 }
 
 impl Plan {
@@ -49,6 +55,11 @@ impl Plan {
                 w7_after: 1,
                 w8_queues: 20,
                 w8_secs: 1,
+                w10_secs: 6,
+                w10_period: 3,
+                w10_hold: 1,
+                w10_first_hold: 2,
+                w10_rate: 50,
             },
             Mode::Quick => Plan {
                 repeats: 2,
@@ -67,6 +78,11 @@ impl Plan {
                 w7_after: 15,
                 w8_queues: 1000,
                 w8_secs: 30,
+                w10_secs: 180,
+                w10_period: 60,
+                w10_hold: 24,
+                w10_first_hold: 12,
+                w10_rate: 700,
             },
             Mode::Full => Plan {
                 repeats: 3,
@@ -85,6 +101,11 @@ impl Plan {
                 w7_after: 60,
                 w8_queues: 1000,
                 w8_secs: 300,
+                w10_secs: 900,
+                w10_period: 300,
+                w10_hold: 120,
+                w10_first_hold: 60,
+                w10_rate: 700,
             },
         }
     }

@@ -12,6 +12,7 @@ use crate::plan::Plan;
 use crate::systems::{connect, spawn_ticker, Consumer, Sys};
 use crate::{Res, PAYLOAD, QUEUE};
 
+mod w10;
 mod w1_w2;
 mod w3;
 mod w4;
@@ -19,6 +20,7 @@ mod w5;
 mod w7;
 mod w8;
 
+pub(crate) use w10::w10;
 pub(crate) use w1_w2::{w1_w2, w9};
 pub(crate) use w3::w3;
 pub(crate) use w4::w4;
@@ -38,6 +40,12 @@ pub(crate) struct Ctx {
     /// VACUUM FULL before every measured run (`--tables clean`) instead of living with the
     /// previous run's garbage (`--tables aged`, the default).
     pub(crate) clean_tables: bool,
+    /// Results go to `out_base` plus an extension (.md, .json, .w10.csv, .w10.png).
+    pub(crate) out_base: PathBuf,
+    /// The Python with matplotlib (scripts/setup.sh plot) and the bench's directory.
+    pub(crate) python: String,
+    pub(crate) bench_dir: PathBuf,
+    pub(crate) mode_name: String,
 }
 
 impl Ctx {
