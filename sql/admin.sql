@@ -172,6 +172,9 @@ BEGIN
         END IF;
         q := pgflow._queue(queue_name);  -- raises the right error
     END IF;
+    -- The deletes lock every message, ready ones included: should this transaction abort, the
+    -- queue's claim cursor must start over (src/ipc/cursor.rs).
+    PERFORM pgflow._touch(q.queue_id, q.msg_seq::oid);
     DELETE FROM pgflow.message m WHERE m.queue_id = q.queue_id;
     DELETE FROM pgflow.archive a WHERE a.queue_id = q.queue_id;
     DELETE FROM pgflow.dead d WHERE d.queue_id = q.queue_id;

@@ -241,6 +241,10 @@ BEGIN
     )
     SELECT count(*) INTO n FROM promoted p
      WHERE pgflow._ready(q.queue_id, q.msg_seq::oid, p.priority, p.msg_id);
+    IF n > 0 THEN
+        -- Waiting readers wake at the commit, as for a send.
+        PERFORM pgflow._announce(q.queue_id, q.queue_name, q.notify);
+    END IF;
     RETURN n;
 END $function$;
 
@@ -439,6 +443,9 @@ BEGIN
         END IF;
         q := pgflow._queue(queue_name);  -- raises the right error
     END IF;
+    -- The deletes lock every message, ready ones included: should this transaction abort, the
+    -- queue's claim cursor must start over (src/ipc/cursor.rs).
+    PERFORM pgflow._touch(q.queue_id, q.msg_seq::oid);
     DELETE FROM pgflow.message m WHERE m.queue_id = q.queue_id;
     DELETE FROM pgflow.archive a WHERE a.queue_id = q.queue_id;
     DELETE FROM pgflow.dead d WHERE d.queue_id = q.queue_id;
@@ -627,11 +634,14 @@ BEGIN
             PERFORM pgflow._due_at(q.queue_id, q.msg_seq::oid, v_now + v_vt);
         END IF;
         EXIT WHEN n > 0 OR v_deadline IS NULL OR v_now >= v_deadline;
-        -- Sleep at most until the next delayed message or lease comes due (the queue's due
-        -- time when shared memory knows it, else from the table).
+        -- Sleep at most until the next delayed message or lease comes due: the queue's due
+        -- time when shared memory knows it (when it has passed, another reader is
+        -- recomputing it: look again shortly), else from the table.
         v_next := pgflow._due(q.queue_id, q.msg_seq::oid);
-        IF v_next IS NULL OR v_next <= v_now THEN
+        IF v_next IS NULL THEN
             v_next := pgflow._next_due(q.queue_id);
+        ELSIF v_next <= v_now THEN
+            v_next := v_now + interval '10 ms';
         END IF;
         PERFORM pgflow._wait_sleep(least(v_deadline, v_next), v_woken);
         v_now := clock_timestamp();

@@ -36,6 +36,10 @@
 //!   replication apply) is caught by `maintain()`, which checks each queue's mark against the
 //!   table every `CHECK_INTERVAL` and lowers it when a ready message sits below it.
 //!
+//! - **REPEATABLE READ and SERIALIZABLE** transactions read through a snapshot taken at their
+//!   start, before their note in the ring: their claims never raise the mark, and they never
+//!   recompute `due` (they probe when it has passed).
+//!
 //! A restart or crash reinitializes shared memory: every bound starts at its minimum. Without
 //! `shared_preload_libraries` there is no table: reads scan from the start and probe every
 //! time, as before.
@@ -53,6 +57,9 @@ pub const MAX_QUEUES: usize = 1024;
 const RING: usize = 32;
 /// How often `maintain()` checks a queue's mark against the table (microseconds).
 const CHECK_INTERVAL: i64 = 10_000_000;
+/// A due recompute running longer than this (it may wait on a lock) no longer makes other
+/// readers skip their probes (microseconds).
+const BUSY_STALE: i64 = 1_000_000;
 
 /// A claim key: `-priority` then `msg_id`, in the ready index's order.
 #[derive(Copy, Clone, Default, PartialEq, Eq, PartialOrd, Ord, Debug)]
@@ -80,9 +87,29 @@ impl Key {
         }
     }
 
-    /// The largest key below this one: a mark that keeps this key above it.
+    /// The smallest key above this one (`succ().pred()` is this key).
+    fn succ(self) -> Key {
+        if self.p == i32::MIN {
+            MIN_KEY
+        } else if self.id == i64::MAX {
+            Key {
+                p: self.p.saturating_add(1),
+                id: i64::MIN,
+            }
+        } else {
+            Key {
+                p: self.p,
+                id: self.id + 1,
+            }
+        }
+    }
+
+    /// The largest key below this one: a mark that keeps this key above it (MIN_KEY for the
+    /// keys of no message, which all sort below every real key).
     fn pred(self) -> Key {
-        if self.id == i64::MIN {
+        if self.p == i32::MIN {
+            MIN_KEY
+        } else if self.id == i64::MIN {
             Key {
                 p: self.p.saturating_sub(1),
                 id: i64::MAX,
@@ -105,11 +132,15 @@ struct Entry {
     dboid: u32, // 0: free
     queue_id: i32,
     seq: u32, // the queue's msg_seq oid: a queue re-created after DROP EXTENSION is another entry
+    /// Which incarnation of the entry this is (every (re)initialization takes a new one): a
+    /// claim noted on an earlier one never raises this one.
+    gen: u64,
     mark: Key,
     events: u64,
     ring: [Key; RING],
     due: i64,
-    due_busy: i32, // pid of the backend recomputing due, 0 for none
+    due_busy: i32,    // pid of the backend recomputing due, 0 for none
+    due_busy_at: i64, // when it started (a recompute older than BUSY_STALE no longer holds others back)
     due_pending: i64,
     frozen: bool,
     checked_at: i64,
@@ -121,11 +152,13 @@ impl Entry {
             dboid,
             queue_id,
             seq,
+            gen: 0,
             mark: MIN_KEY,
             events: 0,
             ring: [MIN_KEY; RING],
             due: TS_MIN,
             due_busy: 0,
+            due_busy_at: 0,
             due_pending: TS_MAX,
             frozen: false,
             checked_at: TS_MIN,
@@ -153,7 +186,7 @@ impl Entry {
 
     /// Raises the mark to `target`, capped below every key recorded since event `since`.
     fn raise(&mut self, since: u64, target: Key) {
-        if self.frozen || self.events - since > RING as u64 {
+        if self.frozen || since > self.events || self.events - since > RING as u64 {
             return;
         }
         let mut t = target;
@@ -169,6 +202,8 @@ pub struct Cursors {
     entries: [Entry; MAX_QUEUES],
     /// Incremented by every freeze, so a thaw can tell one happened while it looked.
     freezes: u64,
+    /// The generation the next (re)initialized entry takes.
+    next_gen: u64,
 }
 
 impl Default for Cursors {
@@ -176,6 +211,7 @@ impl Default for Cursors {
         Cursors {
             entries: [Entry::fresh(0, 0, 0); MAX_QUEUES],
             freezes: 0,
+            next_gen: 1,
         }
     }
 }
@@ -196,6 +232,13 @@ fn slot_of(db: u32, queue_id: i32) -> usize {
         .wrapping_mul(2_654_435_761)
         .wrapping_add(db as usize)
         % MAX_QUEUES
+}
+
+/// Whether this transaction reads through one snapshot taken at its start (REPEATABLE READ or
+/// SERIALIZABLE): its claims may not have seen sends that committed before they began, so
+/// they never raise the cursor, and it never recomputes the due time.
+fn xact_snapshot() -> bool {
+    unsafe { pg_sys::XactIsoLevel >= pg_sys::XACT_REPEATABLE_READ as i32 }
 }
 
 fn my_db() -> u32 {
@@ -233,6 +276,8 @@ impl Cursors {
                         return None;
                     }
                     self.entries[idx] = Entry::fresh(db, queue_id, seq);
+                    self.entries[idx].gen = self.next_gen;
+                    self.next_gen += 1;
                 }
                 return Some(&mut self.entries[idx]);
             }
@@ -245,6 +290,8 @@ impl Cursors {
         }
         let idx = free.filter(|_| create)?;
         self.entries[idx] = Entry::fresh(db, queue_id, seq);
+        self.entries[idx].gen = self.next_gen;
+        self.next_gen += 1;
         Some(&mut self.entries[idx])
     }
 }
@@ -254,14 +301,21 @@ impl Cursors {
 struct Claim {
     queue_id: i32,
     seq: u32,
+    /// The entry's generation and ring count at the note.
+    gen: u64,
     since: u64,
+    /// Where the claim's scan started: an abort lowers the mark back to it, whether or not
+    /// the claim got as far as noting a row.
+    from: Key,
+    /// The queue was frozen at the note: the claim never raises, even after a thaw.
+    frozen: bool,
     count: i64,
     first: Key,
     last: Key,
 }
 
 /// What this transaction did to each queue's bounds, applied at its end.
-#[derive(Default)]
+#[derive(Default, Clone)]
 struct Xact {
     /// (queue, seq, lowest key) of messages it made ready.
     ready: Vec<(i32, u32, Key)>,
@@ -275,6 +329,8 @@ struct Xact {
     current: Option<Claim>,
     /// Queues whose due this backend is recomputing (cleared by `due_end`, or at the end).
     recomputing: Vec<(i32, u32)>,
+    /// Queues this transaction dropped: their entries are freed at its commit.
+    forget: Vec<i32>,
 }
 
 thread_local! {
@@ -336,13 +392,19 @@ unsafe extern "C-unwind" fn subxact_callback(
     if event != pg_sys::SubXactEvent::SUBXACT_EVENT_ABORT_SUB {
         return;
     }
+    // The claims' rows are released now, but the parent keeps the locks of claims made before
+    // the savepoint: keep every claim, so that the top-level abort (or PREPARE) lowers again,
+    // and take away their raises (MIN_KEY raises nothing).
     let undo = XACT.with(|x| {
         let mut x = x.borrow_mut();
-        let claims = std::mem::take(&mut x.claims);
-        let current = x.current.take();
+        if let Some(c) = x.current.take() {
+            x.claims.push((c, MIN_KEY));
+        }
+        for c in x.claims.iter_mut() {
+            c.1 = MIN_KEY;
+        }
         Xact {
-            claims,
-            current,
+            claims: x.claims.clone(),
             touched: x.touched.clone(),
             recomputing: std::mem::take(&mut x.recomputing),
             ..Xact::default()
@@ -365,7 +427,12 @@ fn release_recompute(t: &mut Cursors, x: &Xact) {
 }
 
 fn commit(x: Xact) {
-    if x.ready.is_empty() && x.due.is_empty() && x.claims.is_empty() && x.recomputing.is_empty() {
+    if x.ready.is_empty()
+        && x.due.is_empty()
+        && x.claims.is_empty()
+        && x.recomputing.is_empty()
+        && x.forget.is_empty()
+    {
         return;
     }
     let mut t = CURSORS.exclusive();
@@ -382,7 +449,19 @@ fn commit(x: Xact) {
     }
     for &(c, target) in &x.claims {
         if let Some(e) = t.find(c.queue_id, c.seq, false) {
-            e.raise(c.since, target);
+            if e.gen == c.gen && !c.frozen {
+                e.raise(c.since, target);
+            }
+        }
+    }
+    let db = my_db();
+    for &q in &x.forget {
+        for e in t
+            .entries
+            .iter_mut()
+            .filter(|e| e.dboid == db && e.queue_id == q)
+        {
+            *e = Entry::fresh(db, 0, 0);
         }
     }
 }
@@ -396,9 +475,10 @@ fn abort(x: &Xact, prepared: bool) {
     }
     let mut t = CURSORS.exclusive();
     release_recompute(&mut t, x);
-    for c in claims.iter().filter(|c| c.count > 0) {
+    for c in &claims {
         if let Some(e) = t.find(c.queue_id, c.seq, false) {
-            e.lower(c.first);
+            // Every row the claim locked (noted or not) has a key above `from`.
+            e.lower(c.from.succ());
         }
     }
     for &(q, seq) in &x.touched {
@@ -432,16 +512,13 @@ pub fn claim_begin(queue_id: i32, seq: u32) -> Key {
         return MIN_KEY;
     }
     ensure_callbacks();
-    let known = CURSORS
-        .share()
-        .get(queue_id, seq)
-        .map(|e| (e.mark, Some(e.events)));
-    let (mark, since) = known.unwrap_or_else(|| {
-        let mut t = CURSORS.exclusive();
-        match t.find(queue_id, seq, true) {
-            Some(e) => (e.mark, Some(e.events)),
-            None => (MIN_KEY, None),
-        }
+    let note = |e: &Entry| (e.mark, e.gen, e.events, e.frozen);
+    let known = CURSORS.share().get(queue_id, seq).map(note);
+    let found = known.or_else(|| {
+        CURSORS
+            .exclusive()
+            .find(queue_id, seq, true)
+            .map(|e| note(e))
     });
     XACT.with(|x| {
         let mut x = x.borrow_mut();
@@ -451,15 +528,23 @@ pub fn claim_begin(queue_id: i32, seq: u32) -> Key {
             .filter(|r| r.0 == queue_id && r.1 == seq)
             .map(|r| r.2.pred())
             .min();
-        x.current = since.map(|since| Claim {
+        let Some((mark, gen, since, frozen)) = found else {
+            x.current = None;
+            return MIN_KEY;
+        };
+        let from = own.map_or(mark, |o| o.min(mark));
+        x.current = Some(Claim {
             queue_id,
             seq,
+            gen,
             since,
+            from,
+            frozen,
             count: 0,
             first: MAX_KEY,
             last: MIN_KEY,
         });
-        own.map_or(mark, |o| o.min(mark))
+        from
     })
 }
 
@@ -487,7 +572,16 @@ pub fn claim_end(qty: i64) {
     XACT.with(|x| {
         let mut x = x.borrow_mut();
         if let Some(c) = x.current.take() {
-            let target = if c.count >= qty { c.last } else { MAX_KEY };
+            // A transaction snapshot may predate sends that committed before the claim noted
+            // the ring: such a claim must not raise (MIN_KEY raises nothing), but its abort
+            // still lowers.
+            let target = if xact_snapshot() {
+                MIN_KEY
+            } else if c.count >= qty {
+                c.last
+            } else {
+                MAX_KEY
+            };
             x.claims.push((c, target));
         }
     });
@@ -554,10 +648,12 @@ pub fn due_begin(queue_id: i32, seq: u32, now: i64) -> Probe {
         return Probe::Probe;
     }
     let me = unsafe { pg_sys::MyProcPid };
+    let real_now = unsafe { pg_sys::GetCurrentTimestamp() };
+    let busy = |e: &Entry| e.due_busy != 0 && real_now - e.due_busy_at < BUSY_STALE;
     let quick = CURSORS
         .share()
         .get(queue_id, seq)
-        .is_some_and(|e| !e.frozen && (now < e.due || e.due_busy != 0));
+        .is_some_and(|e| !e.frozen && (now < e.due || busy(e)));
     if quick {
         return Probe::Skip;
     }
@@ -566,10 +662,15 @@ pub fn due_begin(queue_id: i32, seq: u32, now: i64) -> Probe {
         match t.find(queue_id, seq, true) {
             None => Probe::Probe,
             Some(e) if e.frozen => Probe::Probe,
+            // Its snapshot may predate leases committed before the recompute's flag was set.
+            Some(e) if xact_snapshot() && now >= e.due => Probe::Probe,
             Some(e) if now < e.due => Probe::Skip,
-            Some(e) if e.due_busy != 0 => Probe::Skip,
+            Some(e) if busy(e) => Probe::Skip,
+            // A recompute that has run long (waiting on a lock): probe without it.
+            Some(e) if e.due_busy != 0 => Probe::Probe,
             Some(e) => {
                 e.due_busy = me;
+                e.due_busy_at = real_now;
                 e.due_pending = TS_MAX;
                 Probe::Recompute
             }
@@ -655,20 +756,13 @@ pub fn lower_now(queue_id: i32, seq: u32, key: Key) {
     }
 }
 
-/// Forgets a dropped queue.
+/// Forgets a dropped queue when the drop commits.
 pub fn forget(queue_id: i32) {
     if !preloaded() {
         return;
     }
-    let db = my_db();
-    let mut t = CURSORS.exclusive();
-    for e in t
-        .entries
-        .iter_mut()
-        .filter(|e| e.dboid == db && e.queue_id == queue_id)
-    {
-        *e = Entry::fresh(db, 0, 0);
-    }
+    ensure_callbacks();
+    XACT.with(|x| x.borrow_mut().forget.push(queue_id));
 }
 
 /// The freeze count, read before looking for prepared transactions.
@@ -725,4 +819,82 @@ pub fn status() -> Vec<Status> {
             frozen: e.frozen,
         })
         .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn k(p: i32, id: i64) -> Key {
+        Key { p, id }
+    }
+
+    #[test]
+    fn pred_is_the_largest_key_below() {
+        assert_eq!(k(0, 5).pred(), k(0, 4));
+        assert_eq!(k(-3, i64::MIN).pred(), k(-4, i64::MAX));
+        assert_eq!(MIN_KEY.pred(), MIN_KEY);
+        assert!(
+            Key::of(5, 1) < Key::of(0, 1),
+            "a higher priority sorts first"
+        );
+        assert!(MIN_KEY < Key::of(i16::MAX, 1) && Key::of(i16::MIN, i64::MAX) < MAX_KEY);
+    }
+
+    #[test]
+    fn a_raise_never_passes_a_key_lowered_in_its_window() {
+        let mut e = Entry::fresh(1, 1, 1);
+        let since = e.events;
+        e.lower(k(0, 7)); // a send of id 7 committed after the claim's note
+        e.raise(since, k(0, 10));
+        assert_eq!(e.mark, k(0, 6), "capped just below 7");
+        // A claim noted after that event raises past it.
+        let since = e.events;
+        e.raise(since, k(0, 10));
+        assert_eq!(e.mark, k(0, 10));
+        // Lowering always wins, and a raise never lowers.
+        e.lower(k(0, 3));
+        assert_eq!(e.mark, k(0, 2));
+        e.raise(e.events, k(0, 1));
+        assert_eq!(e.mark, k(0, 2));
+    }
+
+    #[test]
+    fn a_wrapped_ring_or_a_frozen_queue_raises_nothing() {
+        let mut e = Entry::fresh(1, 1, 1);
+        let since = e.events;
+        for i in 0..=RING as i64 {
+            e.lower(k(0, 100 + i));
+        }
+        e.raise(since, k(0, 50));
+        assert_eq!(e.mark, MIN_KEY, "more events than the ring holds: no raise");
+        let mut f = Entry::fresh(1, 1, 1);
+        f.frozen = true;
+        f.raise(f.events, k(0, 50));
+        assert_eq!(f.mark, MIN_KEY);
+    }
+
+    #[test]
+    fn a_reset_puts_both_bounds_at_their_minimum() {
+        let mut e = Entry::fresh(1, 1, 1);
+        e.raise(e.events, k(0, 50));
+        e.due = 1_000;
+        e.reset();
+        assert_eq!((e.mark, e.due), (MIN_KEY, TS_MIN));
+        // A raise noted before the reset cannot undo it.
+        e.raise(e.events - 1, k(0, 50));
+        assert_eq!(e.mark, MIN_KEY);
+    }
+
+    #[test]
+    fn a_recompute_keeps_every_vt_committed_while_it_ran() {
+        let mut e = Entry::fresh(1, 1, 1);
+        e.due_busy = 42;
+        e.due_pending = TS_MAX;
+        e.lower_due(500); // a lease committed during the recompute
+        assert_eq!(e.due_pending, 500);
+        let computed = 900; // what the recompute's snapshot saw
+        e.due = computed.min(e.due_pending);
+        assert_eq!(e.due, 500);
+    }
 }
