@@ -41,6 +41,8 @@ pub(crate) fn w7(ctx: &Ctx, res: &mut Results) -> Res<()> {
             .position(|&x| x >= 0.9 * before)
             .map(|i| i as f64 + 1.0)
             .unwrap_or(f64::NAN);
+        // The backlog when the snapshot is released, in seconds of the undisturbed rate.
+        let backlog_at_release = r.depth[(b + h - 1) as usize].max(0) as f64 / before;
         let variant = format!("{h} s snapshot");
         let note = (!sys.competing_consumers()).then_some("one consumer");
         res.add(
@@ -76,6 +78,16 @@ pub(crate) fn w7(ctx: &Ctx, res: &mut Results) -> Res<()> {
         res.add(
             "W7 held snapshot",
             &variant,
+            "backlog at release (seconds of the rate before)",
+            "s",
+            false,
+            sys,
+            backlog_at_release,
+            note,
+        );
+        res.add(
+            "W7 held snapshot",
+            &variant,
             "dead tuples at release",
             "rows",
             false,
@@ -94,7 +106,7 @@ pub(crate) fn w7(ctx: &Ctx, res: &mut Results) -> Res<()> {
             note,
         );
         eprintln!(
-            "  W7 {}: before {before:.0}/s during {during:.0}/s end-of-hold {end_of_hold:.0}/s dead {dead_at_release:.0} recovery {recovery}s",
+            "  W7 {}: before {before:.0}/s during {during:.0}/s end-of-hold {end_of_hold:.0}/s backlog at release {backlog_at_release:.1}s dead {dead_at_release:.0} recovery {recovery}s",
             sys.name()
         );
         sys.drop(&mut admin, QUEUE)?;
