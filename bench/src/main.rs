@@ -121,6 +121,13 @@ fn main() -> Res<()> {
 
     let mut admin = ctx.admin()?;
     let server_version: String = admin.query_one("SELECT version()", &[])?.get(0);
+    // The installed extension's version (not this crate's).
+    let pgflow_version: String = admin
+        .query_one(
+            "SELECT coalesce((SELECT extversion FROM pg_extension WHERE extname = 'pgflow'), '?')",
+            &[],
+        )?
+        .get(0);
     let mut settings = HashMap::new();
     for s in [
         "synchronous_commit",
@@ -151,7 +158,7 @@ fn main() -> Res<()> {
         settings["synchronous_commit"],
         settings["fsync"],
         settings["shared_buffers"],
-        env!("CARGO_PKG_VERSION"),
+        pgflow_version,
         if clean_tables {
             "clean (VACUUM FULL before every measured run)"
         } else {

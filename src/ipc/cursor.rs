@@ -14,31 +14,38 @@
 //! the rules below keep them from ever being too high:
 //! - **Lowering.** A transaction that makes a message ready (send, promotion, group advance,
 //!   `set_vt` 0, redrive) or leased or delayed with some `vt` records it; at commit, after the
-//!   commit is visible, it lowers `mark` below that key and `due` to that `vt`, and appends the
-//!   key to the queue's event ring. Within the transaction its own records already count, so it
-//!   reads its own messages. An abort lowers nothing: its rows are gone.
-//! - **Raising the mark.** A read notes, before its claim takes a snapshot, the mark and the
-//!   ring's event count. At its commit it raises the mark to the last key it claimed (or past
-//!   everything, when it found fewer than it asked for), but never above any key the ring
-//!   recorded since its note: those are messages its snapshot may not have seen. If the ring
-//!   wrapped meanwhile, it does not raise. Messages it skipped because another transaction held
-//!   them come back only through that transaction's abort, which lowers.
-//! - **Aborts.** A read that aborts (or whose subtransaction aborts) lowers the mark to the
-//!   first key it claimed; any other verb that may have locked a ready message (archive,
-//!   delete, set_vt, nack, purge) resets the mark on abort. Either also resets `due`.
+//!   commit is visible, it lowers `mark` below that key and `due` to that `vt`, and lowers the
+//!   `low` of every watch in flight on the queue to that key. Within the transaction its own
+//!   records already count, so it reads its own messages. An abort lowers nothing: its rows
+//!   are gone.
+//! - **Raising the mark.** A read takes a watch slot (one of `WATCHES` per queue) and notes the
+//!   mark before its claim takes a snapshot. At its commit it raises the mark to the last key it
+//!   claimed (or past everything, when it found fewer than it asked for), but never to or above
+//!   its watch's `low`: the lowest key committed since the note, which its snapshot may not
+//!   have seen. A read that found no free slot does not raise. Messages it skipped because
+//!   another transaction held them come back only through that transaction's abort, which
+//!   lowers.
+//! - **Aborts.** A read that aborts lowers the mark back to where its scan started; a
+//!   subtransaction's abort does the same and takes away the raises of the transaction's
+//!   claims, which it keeps, so a later abort lowers again. Any other verb that may have locked
+//!   a ready message (archive, delete, set_vt, nack, purge, drop_queue) resets the mark and
+//!   `due` on abort.
 //! - **Raising due.** One backend at a time recomputes `due` from the table once it has
 //!   passed: it sets a flag, runs the probes, takes a new snapshot for the minimum `vt`, and
-//!   publishes the minimum of that and of every `vt` committed while the flag was set.
+//!   publishes the minimum of that and of every `vt` committed while the flag was set. A
+//!   recompute older than `BUSY_STALE` no longer makes others skip their probes.
 //! - **Prepared transactions** commit in another backend, with no callback here: a PREPARE
-//!   resets both bounds of the queues it touched and freezes them (no raising) until
-//!   `maintain()` finds no prepared transaction left in the database.
+//!   resets both bounds of the queues it touched and freezes them (no raising, also by claims
+//!   noted while frozen) until `maintain()` finds no prepared transaction left in the database.
+//! - **REPEATABLE READ and SERIALIZABLE** transactions read through a snapshot taken at their
+//!   start, before their note: their claims never raise the mark, and they never recompute
+//!   `due` (they probe when it has passed).
 //! - **Everything else** (a restore that bypasses the API, a user's own `UPDATE`, a logical
 //!   replication apply) is caught by `maintain()`, which checks each queue's mark against the
 //!   table every `CHECK_INTERVAL` and lowers it when a ready message sits below it.
 //!
-//! - **REPEATABLE READ and SERIALIZABLE** transactions read through a snapshot taken at their
-//!   start, before their note in the ring: their claims never raise the mark, and they never
-//!   recompute `due` (they probe when it has passed).
+//! An entry carries a generation: a queue dropped and re-created, or an entry re-used, never
+//! takes a raise noted on an earlier incarnation.
 //!
 //! A restart or crash reinitializes shared memory: every bound starts at its minimum. Without
 //! `shared_preload_libraries` there is no table: reads scan from the start and probe every
@@ -52,9 +59,9 @@ use super::preloaded;
 
 /// Queues (of all databases) that can have a cursor; others read as without preload.
 pub const MAX_QUEUES: usize = 1024;
-/// Lowering events a queue remembers; a read whose commit comes more than this many events
-/// after its claim does not raise the mark.
-const RING: usize = 32;
+/// Claims of one queue that can be watched at once (their reads can raise the mark); a claim
+/// that finds every slot taken does not raise.
+const WATCHES: usize = 16;
 /// How often `maintain()` checks a queue's mark against the table (microseconds).
 const CHECK_INTERVAL: i64 = 10_000_000;
 /// A due recompute running longer than this (it may wait on a lock) no longer makes other
@@ -127,6 +134,13 @@ impl Key {
 const TS_MIN: i64 = i64::MIN;
 const TS_MAX: i64 = i64::MAX;
 
+/// A claim's watch over its queue's lowerings.
+#[derive(Copy, Clone, Default)]
+struct Watch {
+    owner: u64, // 0: free
+    low: Key,
+}
+
 #[derive(Copy, Clone)]
 struct Entry {
     dboid: u32, // 0: free
@@ -137,7 +151,9 @@ struct Entry {
     gen: u64,
     mark: Key,
     events: u64,
-    ring: [Key; RING],
+    /// The claims in flight that may raise the mark: each keeps the lowest key committed
+    /// (lowered) since its note.
+    watch: [Watch; WATCHES],
     due: i64,
     due_busy: i32,    // pid of the backend recomputing due, 0 for none
     due_busy_at: i64, // when it started (a recompute older than BUSY_STALE no longer holds others back)
@@ -155,7 +171,7 @@ impl Entry {
             gen: 0,
             mark: MIN_KEY,
             events: 0,
-            ring: [MIN_KEY; RING],
+            watch: [Watch::default(); WATCHES],
             due: TS_MIN,
             due_busy: 0,
             due_busy_at: 0,
@@ -168,8 +184,10 @@ impl Entry {
     /// Lowers the mark below `key` and records the event for raises in flight.
     fn lower(&mut self, key: Key) {
         self.mark = self.mark.min(key.pred());
-        self.ring[(self.events % RING as u64) as usize] = key;
         self.events += 1;
+        for w in self.watch.iter_mut().filter(|w| w.owner != 0) {
+            w.low = w.low.min(key);
+        }
     }
 
     fn lower_due(&mut self, vt: i64) {
@@ -184,16 +202,27 @@ impl Entry {
         self.lower_due(TS_MIN);
     }
 
-    /// Raises the mark to `target`, capped below every key recorded since event `since`.
-    fn raise(&mut self, since: u64, target: Key) {
-        if self.frozen || since > self.events || self.events - since > RING as u64 {
+    /// Takes a watch slot for a claim (`owner`: a token unique to it); None when all are taken.
+    fn watch(&mut self, owner: u64) -> Option<usize> {
+        let i = self.watch.iter().position(|w| w.owner == 0)?;
+        self.watch[i] = Watch {
+            owner,
+            low: MAX_KEY,
+        };
+        Some(i)
+    }
+
+    /// Ends a claim's watch: raises the mark to `target` (when given), capped below every key
+    /// lowered since the watch began, and frees the slot.
+    fn unwatch(&mut self, slot: usize, owner: u64, target: Option<Key>) {
+        let w = self.watch[slot];
+        if w.owner != owner {
             return;
         }
-        let mut t = target;
-        for n in since..self.events {
-            t = t.min(self.ring[(n % RING as u64) as usize].pred());
+        self.watch[slot] = Watch::default();
+        if let Some(target) = target.filter(|_| !self.frozen) {
+            self.mark = self.mark.max(target.min(w.low.pred()));
         }
-        self.mark = self.mark.max(t);
     }
 }
 
@@ -301,9 +330,10 @@ impl Cursors {
 struct Claim {
     queue_id: i32,
     seq: u32,
-    /// The entry's generation and ring count at the note.
+    /// The entry's generation at the note, and the claim's watch slot and token.
     gen: u64,
-    since: u64,
+    slot: Option<usize>,
+    token: u64,
     /// Where the claim's scan started: an abort lowers the mark back to it, whether or not
     /// the claim got as far as noting a row.
     from: Key,
@@ -335,6 +365,8 @@ struct Xact {
 
 thread_local! {
     static XACT: RefCell<Xact> = RefCell::new(Xact::default());
+    /// Numbers this backend's claims (with its pid, the owner token of a watch slot).
+    static TOKEN: std::cell::Cell<u64> = const { std::cell::Cell::new(0) };
     static CALLBACKS: RefCell<bool> = const { RefCell::new(false) };
 }
 
@@ -448,9 +480,9 @@ fn commit(x: Xact) {
         }
     }
     for &(c, target) in &x.claims {
-        if let Some(e) = t.find(c.queue_id, c.seq, false) {
-            if e.gen == c.gen && !c.frozen {
-                e.raise(c.since, target);
+        if let (Some(e), Some(slot)) = (t.find(c.queue_id, c.seq, false), c.slot) {
+            if e.gen == c.gen {
+                e.unwatch(slot, c.token, (!c.frozen).then_some(target));
             }
         }
     }
@@ -479,6 +511,9 @@ fn abort(x: &Xact, prepared: bool) {
         if let Some(e) = t.find(c.queue_id, c.seq, false) {
             // Every row the claim locked (noted or not) has a key above `from`.
             e.lower(c.from.succ());
+            if let (true, Some(slot)) = (e.gen == c.gen, c.slot) {
+                e.unwatch(slot, c.token, None);
+            }
         }
     }
     for &(q, seq) in &x.touched {
@@ -512,14 +547,15 @@ pub fn claim_begin(queue_id: i32, seq: u32) -> Key {
         return MIN_KEY;
     }
     ensure_callbacks();
-    let note = |e: &Entry| (e.mark, e.gen, e.events, e.frozen);
-    let known = CURSORS.share().get(queue_id, seq).map(note);
-    let found = known.or_else(|| {
-        CURSORS
-            .exclusive()
-            .find(queue_id, seq, true)
-            .map(|e| note(e))
+    let token = TOKEN.with(|n| {
+        let next = n.get().wrapping_add(1).max(1);
+        n.set(next);
+        (u64::from(unsafe { pg_sys::MyProcPid } as u32) << 32) | (next & 0xffff_ffff)
     });
+    let found = CURSORS
+        .exclusive()
+        .find(queue_id, seq, true)
+        .map(|e| (e.mark, e.gen, e.watch(token), e.frozen));
     XACT.with(|x| {
         let mut x = x.borrow_mut();
         let own = x
@@ -528,7 +564,7 @@ pub fn claim_begin(queue_id: i32, seq: u32) -> Key {
             .filter(|r| r.0 == queue_id && r.1 == seq)
             .map(|r| r.2.pred())
             .min();
-        let Some((mark, gen, since, frozen)) = found else {
+        let Some((mark, gen, slot, frozen)) = found else {
             x.current = None;
             return MIN_KEY;
         };
@@ -537,7 +573,8 @@ pub fn claim_begin(queue_id: i32, seq: u32) -> Key {
             queue_id,
             seq,
             gen,
-            since,
+            slot,
+            token,
             from,
             frozen,
             count: 0,
@@ -844,45 +881,68 @@ mod tests {
     #[test]
     fn a_raise_never_passes_a_key_lowered_in_its_window() {
         let mut e = Entry::fresh(1, 1, 1);
-        let since = e.events;
+        let w = e.watch(7).unwrap();
         e.lower(k(0, 7)); // a send of id 7 committed after the claim's note
-        e.raise(since, k(0, 10));
+        e.unwatch(w, 7, Some(k(0, 10)));
         assert_eq!(e.mark, k(0, 6), "capped just below 7");
         // A claim noted after that event raises past it.
-        let since = e.events;
-        e.raise(since, k(0, 10));
+        let w = e.watch(8).unwrap();
+        e.unwatch(w, 8, Some(k(0, 10)));
         assert_eq!(e.mark, k(0, 10));
         // Lowering always wins, and a raise never lowers.
         e.lower(k(0, 3));
         assert_eq!(e.mark, k(0, 2));
-        e.raise(e.events, k(0, 1));
+        let w = e.watch(9).unwrap();
+        e.unwatch(w, 9, Some(k(0, 1)));
         assert_eq!(e.mark, k(0, 2));
     }
 
     #[test]
-    fn a_wrapped_ring_or_a_frozen_queue_raises_nothing() {
+    fn however_many_lowerings_come_the_lowest_one_caps() {
         let mut e = Entry::fresh(1, 1, 1);
-        let since = e.events;
-        for i in 0..=RING as i64 {
+        let w = e.watch(1).unwrap();
+        e.lower(k(0, 40));
+        for i in 0..10_000 {
             e.lower(k(0, 100 + i));
         }
-        e.raise(since, k(0, 50));
-        assert_eq!(e.mark, MIN_KEY, "more events than the ring holds: no raise");
+        e.unwatch(w, 1, Some(MAX_KEY));
+        assert_eq!(e.mark, k(0, 39));
+    }
+
+    #[test]
+    fn slots_run_out_and_come_back_and_stale_owners_do_nothing() {
+        let mut e = Entry::fresh(1, 1, 1);
+        let slots: Vec<usize> = (1..=WATCHES as u64).map(|o| e.watch(o).unwrap()).collect();
+        assert_eq!(e.watch(99), None, "all taken: that claim will not raise");
+        e.unwatch(slots[0], 1, None);
+        let again = e.watch(100).unwrap();
+        assert_eq!(again, slots[0]);
+        // The former owner's late release neither frees nor raises.
+        e.unwatch(again, 1, Some(k(0, 50)));
+        assert_eq!((e.watch[again].owner, e.mark), (100, MIN_KEY));
+    }
+
+    #[test]
+    fn a_frozen_queue_raises_nothing() {
         let mut f = Entry::fresh(1, 1, 1);
+        let w = f.watch(1).unwrap();
         f.frozen = true;
-        f.raise(f.events, k(0, 50));
+        f.unwatch(w, 1, Some(k(0, 50)));
         assert_eq!(f.mark, MIN_KEY);
+        assert_eq!(f.watch[w].owner, 0, "the slot is freed anyway");
     }
 
     #[test]
     fn a_reset_puts_both_bounds_at_their_minimum() {
         let mut e = Entry::fresh(1, 1, 1);
-        e.raise(e.events, k(0, 50));
+        let w = e.watch(1).unwrap();
+        e.unwatch(w, 1, Some(k(0, 50)));
         e.due = 1_000;
+        let w = e.watch(2).unwrap();
         e.reset();
         assert_eq!((e.mark, e.due), (MIN_KEY, TS_MIN));
         // A raise noted before the reset cannot undo it.
-        e.raise(e.events - 1, k(0, 50));
+        e.unwatch(w, 2, Some(k(0, 50)));
         assert_eq!(e.mark, MIN_KEY);
     }
 
