@@ -19,11 +19,12 @@ BEGIN
         UPDATE pgflow.message m
            SET state = 'r'
          WHERE m.queue_id = q.queue_id
-           AND m.msg_id IN (SELECT d.msg_id FROM pgflow.message d
-                             WHERE d.queue_id = q.queue_id AND d.state = 'd' AND d.vt <= p_now
-                             ORDER BY d.vt
-                             LIMIT lim
-                               FOR UPDATE SKIP LOCKED)
+           -- An array, not a join: see read.
+           AND m.msg_id = ANY (ARRAY(SELECT d.msg_id FROM pgflow.message d
+                                      WHERE d.queue_id = q.queue_id AND d.state = 'd' AND d.vt <= p_now
+                                      ORDER BY d.vt
+                                      LIMIT lim
+                                        FOR UPDATE SKIP LOCKED))
         RETURNING m.priority, m.msg_id
     )
     SELECT count(*) INTO n FROM promoted p
@@ -143,10 +144,12 @@ BEGIN
              LIMIT qty
                FOR UPDATE SKIP LOCKED
         ), leased AS (
+            -- The picked ids as an array, so both key columns are the index condition: a join
+            -- with picked let a plan cached on a near-empty table (a fresh install) scan every
+            -- row of the queue on each claim, for the life of the session.
             UPDATE pgflow.message m
                SET state = 'l', vt = v_now + v_vt, read_ct = m.read_ct + 1
-              FROM picked p
-             WHERE m.queue_id = q.queue_id AND m.msg_id = p.msg_id
+             WHERE m.queue_id = q.queue_id AND m.msg_id = ANY (ARRAY(SELECT p.msg_id FROM picked p))
             RETURNING m.msg_id, m.read_ct, m.enqueued_at, m.vt, m.message, m.headers, m.priority
         )
         SELECT l.msg_id, l.read_ct, l.enqueued_at, l.vt, l.message, l.headers
@@ -203,9 +206,9 @@ BEGIN
          LIMIT qty
            FOR UPDATE SKIP LOCKED
     ), popped AS (
+        -- An array, not a join: see read.
         DELETE FROM pgflow.message m
-         USING picked p
-         WHERE m.queue_id = q.queue_id AND m.msg_id = p.msg_id
+         WHERE m.queue_id = q.queue_id AND m.msg_id = ANY (ARRAY(SELECT p.msg_id FROM picked p))
         RETURNING m.msg_id, m.read_ct, m.enqueued_at, m.vt, m.message, m.headers, m.priority
     )
     SELECT p.msg_id, p.read_ct + 1, p.enqueued_at, v_now, p.message, p.headers

@@ -62,7 +62,9 @@ LANGUAGE sql VOLATILE AS $$
     ), died AS (
         DELETE FROM pgflow.message m
          USING noted n
-         WHERE m.queue_id = q.queue_id AND m.msg_id = n.msg_id AND n.dead
+         -- msg_id = ANY (ids) keeps both key columns in the index condition whatever the
+         -- plan (see read in consume.sql).
+         WHERE m.queue_id = q.queue_id AND m.msg_id = ANY (ids) AND m.msg_id = n.msg_id AND n.dead
         RETURNING m.*, n.errors AS all_errors
     ), buried AS (
         INSERT INTO pgflow.dead (queue_id, read_ct, msg_id, enqueued_at, died_at, priority, reason,
@@ -78,7 +80,7 @@ LANGUAGE sql VOLATILE AS $$
                vt = p_now + coalesce(retry_after, pgflow._retry_interval(q, n.read_ct, random())),
                errors = n.errors
           FROM noted n
-         WHERE m.queue_id = q.queue_id AND m.msg_id = n.msg_id AND NOT n.dead
+         WHERE m.queue_id = q.queue_id AND m.msg_id = ANY (ids) AND m.msg_id = n.msg_id AND NOT n.dead
         RETURNING m.msg_id, m.read_ct, m.vt
     )
     SELECT r.msg_id, 'retry', r.read_ct, r.vt FROM retried r

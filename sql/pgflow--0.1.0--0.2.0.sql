@@ -232,11 +232,12 @@ BEGIN
         UPDATE pgflow.message m
            SET state = 'r'
          WHERE m.queue_id = q.queue_id
-           AND m.msg_id IN (SELECT d.msg_id FROM pgflow.message d
-                             WHERE d.queue_id = q.queue_id AND d.state = 'd' AND d.vt <= p_now
-                             ORDER BY d.vt
-                             LIMIT lim
-                               FOR UPDATE SKIP LOCKED)
+           -- An array, not a join: see read.
+           AND m.msg_id = ANY (ARRAY(SELECT d.msg_id FROM pgflow.message d
+                                      WHERE d.queue_id = q.queue_id AND d.state = 'd' AND d.vt <= p_now
+                                      ORDER BY d.vt
+                                      LIMIT lim
+                                        FOR UPDATE SKIP LOCKED))
         RETURNING m.priority, m.msg_id
     )
     SELECT count(*) INTO n FROM promoted p
@@ -538,9 +539,9 @@ BEGIN
          LIMIT qty
            FOR UPDATE SKIP LOCKED
     ), popped AS (
+        -- An array, not a join: see read.
         DELETE FROM pgflow.message m
-         USING picked p
-         WHERE m.queue_id = q.queue_id AND m.msg_id = p.msg_id
+         WHERE m.queue_id = q.queue_id AND m.msg_id = ANY (ARRAY(SELECT p.msg_id FROM picked p))
         RETURNING m.msg_id, m.read_ct, m.enqueued_at, m.vt, m.message, m.headers, m.priority
     )
     SELECT p.msg_id, p.read_ct + 1, p.enqueued_at, v_now, p.message, p.headers
@@ -618,10 +619,12 @@ BEGIN
              LIMIT qty
                FOR UPDATE SKIP LOCKED
         ), leased AS (
+            -- The picked ids as an array, so both key columns are the index condition: a join
+            -- with picked let a plan cached on a near-empty table (a fresh install) scan every
+            -- row of the queue on each claim, for the life of the session.
             UPDATE pgflow.message m
                SET state = 'l', vt = v_now + v_vt, read_ct = m.read_ct + 1
-              FROM picked p
-             WHERE m.queue_id = q.queue_id AND m.msg_id = p.msg_id
+             WHERE m.queue_id = q.queue_id AND m.msg_id = ANY (ARRAY(SELECT p.msg_id FROM picked p))
             RETURNING m.msg_id, m.read_ct, m.enqueued_at, m.vt, m.message, m.headers, m.priority
         )
         SELECT l.msg_id, l.read_ct, l.enqueued_at, l.vt, l.message, l.headers
@@ -839,7 +842,9 @@ AS $function$
     ), died AS (
         DELETE FROM pgflow.message m
          USING noted n
-         WHERE m.queue_id = q.queue_id AND m.msg_id = n.msg_id AND n.dead
+         -- msg_id = ANY (ids) keeps both key columns in the index condition whatever the
+         -- plan (see read in consume.sql).
+         WHERE m.queue_id = q.queue_id AND m.msg_id = ANY (ids) AND m.msg_id = n.msg_id AND n.dead
         RETURNING m.*, n.errors AS all_errors
     ), buried AS (
         INSERT INTO pgflow.dead (queue_id, read_ct, msg_id, enqueued_at, died_at, priority, reason,
@@ -855,7 +860,7 @@ AS $function$
                vt = p_now + coalesce(retry_after, pgflow._retry_interval(q, n.read_ct, random())),
                errors = n.errors
           FROM noted n
-         WHERE m.queue_id = q.queue_id AND m.msg_id = n.msg_id AND NOT n.dead
+         WHERE m.queue_id = q.queue_id AND m.msg_id = ANY (ids) AND m.msg_id = n.msg_id AND NOT n.dead
         RETURNING m.msg_id, m.read_ct, m.vt
     )
     SELECT r.msg_id, 'retry', r.read_ct, r.vt FROM retried r
