@@ -92,10 +92,13 @@ DECLARE
     q pgflow.queue := pgflow._queue(queue_name);
     v_now timestamptz := clock_timestamp();
     v_bad record;
+    v_ids bigint[];
+    v_priority smallint;
 BEGIN
     PERFORM pgflow._require(messages, 'messages');
     PERFORM pgflow._check_interval(delay, 'delay', true);
     PERFORM pgflow._check_priority(priority, 'priority');
+    v_priority := coalesce(send_batch.priority, q.default_priority);
     IF headers IS NOT NULL AND cardinality(headers) <> cardinality(messages) THEN
         RAISE EXCEPTION 'headers has % elements but messages has %',
             cardinality(headers), cardinality(messages)
@@ -123,7 +126,6 @@ BEGIN
     END IF;
     PERFORM pgflow._announce(q.queue_id, q.queue_name, q.notify);
     -- Ids are drawn in input order (ORDER BY ord before nextval), then returned in that order.
-    RETURN QUERY
     WITH input AS (
         SELECT m.msg, h.hdr, m.ord
           FROM unnest(messages) WITH ORDINALITY AS m(msg, ord)
@@ -132,19 +134,22 @@ BEGIN
     ), numbered AS (
         SELECT nextval(q.msg_seq) AS id, i.* FROM input i
     ), inserted AS (
-        INSERT INTO pgflow.message (queue_id, msg_id, enqueued_at, vt, priority, state, message,
-                                    headers)
-        SELECT q.queue_id, n.id, v_now, v_now + delay, coalesce(priority, q.default_priority),
+        INSERT INTO pgflow.message (queue_id, msg_id, enqueued_at, vt, priority, state,
+                                    message, headers)
+        SELECT q.queue_id, n.id, v_now, v_now + delay, v_priority,
                CASE WHEN delay > interval '0' THEN 'd' ELSE 'r' END, n.msg, n.hdr
           FROM numbered n
         RETURNING msg_id
     )
-    -- Each id is noted for the claim cursor (ready) or the due time (delayed); see
-    -- src/ipc/cursor.rs.
-    SELECT n.id FROM numbered n
-     WHERE CASE WHEN delay > interval '0'
-                THEN pgflow._due_at(q.queue_id, q.msg_seq::oid, v_now + delay)
-                ELSE pgflow._ready(q.queue_id, q.msg_seq::oid,
-                                   coalesce(priority, q.default_priority)::smallint, n.id) END
-     ORDER BY n.ord;
+    SELECT array_agg(n.id ORDER BY n.ord) INTO v_ids FROM numbered n;
+    -- One note for the whole batch, for the claim cursor (its lowest key: every message has
+    -- the same priority) or the due time (the same for all); see src/ipc/cursor.rs.
+    IF cardinality(v_ids) > 0 THEN
+        IF delay > interval '0' THEN
+            PERFORM pgflow._due_at(q.queue_id, q.msg_seq::oid, v_now + delay);
+        ELSE
+            PERFORM pgflow._ready(q.queue_id, q.msg_seq::oid, v_priority, v_ids[1]);
+        END IF;
+    END IF;
+    RETURN QUERY SELECT unnest(v_ids);
 END $$;
