@@ -153,6 +153,17 @@ pub extern "C-unwind" fn pgflow_worker_main(arg: pg_sys::Datum) {
             0,
         );
     }
+    // The worker runs as the bootstrap superuser: no database's or role's default search_path
+    // (which a database owner can set, and which names schemas the owner can write) applies to
+    // what it runs. Every pgflow function pins its own path too (sql/finalize.sql).
+    unsafe {
+        pg_sys::SetConfigOption(
+            c"search_path".as_ptr(),
+            c"pg_catalog, pg_temp".as_ptr(),
+            pg_sys::GucContext::PGC_SUSET,
+            pg_sys::GucSource::PGC_S_OVERRIDE,
+        );
+    }
     // Per-database settings (ALTER DATABASE ... SET pgflow.enabled = off) apply from here.
     if !guc::ENABLED.get() {
         go_idle(dboid, IdleReason::Disabled);
