@@ -32,11 +32,12 @@ BEGIN
     PERFORM pgflow._check_interval(archive_retention, 'archive_retention', false);
     PERFORM pgflow._require(if_not_exists, 'if_not_exists');
     PERFORM pgflow._check_retry_policy(retry_backoff, retry_delay_max, retry_jitter);
+    PERFORM pgflow._require(default_priority, 'default_priority');
     PERFORM pgflow._check_priority(default_priority, 'default_priority');
     PERFORM pgflow._check_interval(dedup_window, 'dedup_window', false);
     PERFORM pgflow._require(notify, 'notify');
     IF contract IS NOT NULL THEN
-        PERFORM pgflow._check_contract_schema(contract);
+        PERFORM pgflow._check_contract_schema(contract::text);
     END IF;
 
     IF EXISTS (SELECT 1 FROM pgflow.queue q WHERE q.queue_name = create_queue.queue_name) THEN

@@ -107,7 +107,7 @@ DECLARE
     n bigint;
 BEGIN
     -- The checks' fast path inline; the helpers raise the precise error.
-    IF v_vt IS NULL OR v_vt <= interval '0' THEN
+    IF v_vt IS NULL OR v_vt <= interval '0' OR v_vt > interval '100 years' THEN
         PERFORM pgflow._check_interval(v_vt, 'vt', false);
     END IF;
     IF qty IS NULL OR qty < 1 THEN

@@ -118,7 +118,11 @@ BEGIN
     END IF;
 END $$;
 
--- _positive_interval / _nonnegative_interval / _positive_int: 22023 with the argument's name.
+-- _check_interval: 22004 for NULL, 22023 (with the argument's name) for a negative interval,
+-- zero unless allow_zero, or one longer than 100 years. The upper limit holds for every
+-- interval pgflow takes, settings and arguments alike, so that anything accepted can always be
+-- applied: a time 100 years from now, or ago, is always a valid timestamptz, where
+-- '1000000 years' overflowed on every later use (docs/api.md, "Limits").
 CREATE FUNCTION pgflow._check_interval(value interval, arg text, allow_zero boolean)
 RETURNS void
 LANGUAGE plpgsql IMMUTABLE PARALLEL SAFE AS $$
@@ -128,6 +132,21 @@ BEGIN
     ELSIF value < interval '0' OR (NOT allow_zero AND value = interval '0') THEN
         RAISE EXCEPTION '% must be %, got %', arg,
             CASE WHEN allow_zero THEN 'zero or positive' ELSE 'positive' END, value
+            USING ERRCODE = 'invalid_parameter_value';
+    ELSIF value > interval '100 years' THEN
+        RAISE EXCEPTION '% must be at most 100 years, got %', arg, value
+            USING ERRCODE = 'invalid_parameter_value';
+    END IF;
+END $$;
+
+-- _check_key: 22023 for a group_key or dedup_key longer than 512 bytes (both are index keys;
+-- a longer one would fail deep in the index with 54000). NULL passes: "no key".
+CREATE FUNCTION pgflow._check_key(value text, arg text)
+RETURNS void
+LANGUAGE plpgsql IMMUTABLE PARALLEL SAFE AS $$
+BEGIN
+    IF octet_length(value) > 512 THEN
+        RAISE EXCEPTION '% must be at most 512 bytes, got %', arg, octet_length(value)
             USING ERRCODE = 'invalid_parameter_value';
     END IF;
 END $$;
@@ -155,8 +174,8 @@ BEGIN
     ELSIF NOT (backoff >= 1 AND backoff <= 100) THEN
         RAISE EXCEPTION 'retry_backoff must be between 1 and 100, got %', backoff
             USING ERRCODE = 'invalid_parameter_value';
-    ELSIF delay_max < interval '0' THEN
-        RAISE EXCEPTION 'retry_delay_max must be zero or positive, got %', delay_max
+    ELSIF delay_max < interval '0' OR delay_max > interval '100 years' THEN
+        RAISE EXCEPTION 'retry_delay_max must be between zero and 100 years, got %', delay_max
             USING ERRCODE = 'invalid_parameter_value';
     ELSIF NOT (jitter >= 0 AND jitter <= 1) THEN
         RAISE EXCEPTION 'retry_jitter must be between 0 and 1, got %', jitter

@@ -38,12 +38,20 @@ BEGIN
                                  WHERE o.queue_id = qq.queue_id AND o.expires_at <= p_now)
                     END
               ORDER BY qq.queue_id LOOP
-        n := n + CASE job
-                 WHEN 'expire_leases'   THEN pgflow._expire_queue(q, p_now, batch)
-                 WHEN 'promote_delayed' THEN pgflow._promote_queue(q, p_now, batch)
-                 WHEN 'prune_archive'   THEN pgflow._prune_archive_queue(q, p_now, batch)
-                 WHEN 'prune_dedup'     THEN pgflow._prune_dedup_queue(q.queue_id, p_now, batch)
-                 END;
+        -- One queue's failure is logged with its name and skipped (its work is rolled back
+        -- to here): the other queues keep their maintenance. A block with an exception
+        -- handler is a subtransaction, paid only by the queues that have work.
+        BEGIN
+            n := n + CASE job
+                     WHEN 'expire_leases'   THEN pgflow._expire_queue(q, p_now, batch)
+                     WHEN 'promote_delayed' THEN pgflow._promote_queue(q, p_now, batch)
+                     WHEN 'prune_archive'   THEN pgflow._prune_archive_queue(q, p_now, batch)
+                     WHEN 'prune_dedup'     THEN pgflow._prune_dedup_queue(q.queue_id, p_now, batch)
+                     END;
+        EXCEPTION WHEN OTHERS THEN
+            RAISE WARNING 'pgflow: % of queue "%" failed and was skipped: % (SQLSTATE %)',
+                          job, q.queue_name, SQLERRM, SQLSTATE;
+        END;
     END LOOP;
     RETURN n;
 END $$;

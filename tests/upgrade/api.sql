@@ -67,5 +67,8 @@ BEGIN
     ASSERT (SELECT horizon_age_sec IS NULL OR horizon_age_sec >= 0 FROM pgflow.metrics('up_typed')),
            'horizon columns';
     PERFORM * FROM pgflow.maintain();
+    -- The settings 0.1.0 accepted beyond the limits came down to them.
+    ASSERT (SELECT (archive_retention, retry_delay_max) = (interval '100 years', interval '100 years')
+              FROM pgflow.list_queues() WHERE queue_name = 'up_poison'), 'up_poison clamped';
 END $$;
 SELECT 'api ok';

@@ -2,7 +2,8 @@
 -- must leave this output unchanged.
 \pset format unaligned
 \pset footer off
-SELECT 'queue', q.* FROM pgflow.queue q ORDER BY queue_id;
+-- up_poison's settings are clamped by the update on purpose (fill.sql, api.sql).
+SELECT 'queue', q.* FROM pgflow.queue q WHERE q.queue_name <> 'up_poison' ORDER BY queue_id;
 SELECT 'message', m.* FROM pgflow.message m ORDER BY queue_id, msg_id;
 SELECT 'archive', a.* FROM pgflow.archive a ORDER BY queue_id, msg_id;
 SELECT 'dead', d.* FROM pgflow.dead d ORDER BY queue_id, msg_id;
@@ -11,6 +12,6 @@ SELECT 'contract', c.* FROM pgflow.contract c ORDER BY queue_id, version;
 SELECT 'binding', b.* FROM pgflow.binding b ORDER BY pattern, queue_id;
 SELECT 'sequence', q.queue_name, pg_catalog.pg_sequence_last_value(q.msg_seq),
        pg_catalog.pg_sequence_last_value(q.archived_seq)
-  FROM pgflow.queue q ORDER BY queue_id;
+  FROM pgflow.queue q WHERE q.queue_name <> 'up_poison' ORDER BY queue_id;
 SELECT 'sequence', pg_catalog.pg_sequence_last_value('pgflow.queue_queue_id_seq'),
        pg_catalog.pg_sequence_last_value('pgflow.contract_revision');

@@ -51,6 +51,8 @@ if [ "$generate" = --generate ]; then
     echo '\echo Use "ALTER EXTENSION pgflow UPDATE" to load this file. \quit'
     echo
     python3 "$ROOT/scripts/upgrade_sql.py" "$tmp/old.catalog" "$tmp/new.catalog"
+    steps=$ROOT/scripts/upgrade-steps/0.1.0--$new.sql
+    if [ -f "$steps" ]; then cat "$steps"; fi
   } >"$upgrade"
   echo "wrote $upgrade"
 fi
