@@ -14,7 +14,7 @@ LANGUAGE plpgsql VOLATILE AS $$
 DECLARE
     q pgflow.queue := pgflow._queue(queue_name);
 BEGIN
-    PERFORM pgflow._check_contract_schema(contract);
+    PERFORM pgflow._check_contract_schema(contract::text);
     PERFORM pgflow._require(version, 'version');
     PERFORM pgflow._require(make_default, 'make_default');
     IF version !~ '^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$' THEN
@@ -88,5 +88,6 @@ BEGIN
               WHERE c.queue_id = q.queue_id)
             USING ERRCODE = 'invalid_parameter_value';
     END IF;
-    PERFORM pgflow._validate_contract(q.queue_id, q.queue_name, v_version, v_revision, message, pos);
+    PERFORM pgflow._validate_contract(q.queue_id, q.queue_name, v_version, v_revision,
+                                      message::text, pos);
 END $$;

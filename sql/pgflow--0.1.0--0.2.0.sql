@@ -7,7 +7,9 @@
 \echo Use "ALTER EXTENSION pgflow UPDATE" to load this file. \quit
 
 -- Functions 0.2.0 no longer has, or whose arguments or result changed.
+DROP FUNCTION pgflow._check_contract_schema(jsonb);
 DROP FUNCTION pgflow._promote_queue(integer,timestamp with time zone,integer);
+DROP FUNCTION pgflow._validate_contract(integer,text,text,bigint,jsonb,integer);
 
 -- Composite types: new ones, and attributes appended to existing ones.
 CREATE TYPE pgflow.horizon_holder AS (holder text, pid integer, xmin_age integer, since timestamp with time zone, detail text);
@@ -15,6 +17,12 @@ ALTER TYPE pgflow.queue_metrics ADD ATTRIBUTE horizon_age_sec double precision;
 ALTER TYPE pgflow.queue_metrics ADD ATTRIBUTE horizon_holder text;
 
 -- Functions, new or changed (C, PL/pgSQL, SQL, then BEGIN ATOMIC bodies).
+CREATE OR REPLACE FUNCTION pgflow._check_contract_schema(schema text)
+ RETURNS void
+ LANGUAGE c
+ IMMUTABLE PARALLEL SAFE
+AS 'MODULE_PATHNAME', $function$_check_contract_schema_text_wrapper$function$;
+
 CREATE OR REPLACE FUNCTION pgflow._claim_begin(queue_id integer, seq oid)
  RETURNS bigint[]
  LANGUAGE c
@@ -104,9 +112,17 @@ CREATE OR REPLACE FUNCTION pgflow._touch(queue_id integer, seq oid)
  STRICT
 AS 'MODULE_PATHNAME', $function$_touch_wrapper$function$;
 
+CREATE OR REPLACE FUNCTION pgflow._validate_contract(queue_id integer, queue_name text, version text, revision bigint, message text, pos integer)
+ RETURNS void
+ LANGUAGE c
+ STABLE PARALLEL SAFE
+ SET search_path TO 'pg_catalog', 'pgflow', 'pg_temp'
+AS 'MODULE_PATHNAME', $function$_validate_contract_text_wrapper$function$;
+
 CREATE OR REPLACE FUNCTION pgflow._before_claim(q pgflow.queue, p_now timestamp with time zone, qty integer, v_probe integer)
  RETURNS void
  LANGUAGE plpgsql
+ SET search_path TO 'pg_catalog', 'pgflow', 'pg_temp'
 AS $function$
 BEGIN
     IF EXISTS (SELECT 1 FROM pgflow.message m
@@ -123,10 +139,138 @@ BEGIN
     END IF;
 END $function$;
 
+CREATE OR REPLACE FUNCTION pgflow._check_contract(q pgflow.queue, message jsonb, headers jsonb, pos integer DEFAULT NULL::integer)
+ RETURNS void
+ LANGUAGE plpgsql
+ STABLE
+ SET search_path TO 'pg_catalog', 'pgflow', 'pg_temp'
+AS $function$
+DECLARE
+    v_version text := coalesce(headers ->> 'schema_version', q.contract_version);
+    v_revision bigint;
+BEGIN
+    -- The revision only: _validate_contract keeps parsed schemas per backend and reads the
+    -- schema itself when its copy is missing or stale.
+    SELECT c.revision INTO v_revision FROM pgflow.contract c
+     WHERE c.queue_id = q.queue_id AND c.version = v_version;
+    IF NOT FOUND THEN
+        RAISE EXCEPTION '%queue "%" has no contract version "%" (it has: %)',
+            CASE WHEN pos IS NULL THEN '' ELSE 'messages[' || pos || ']: ' END,
+            q.queue_name, v_version,
+            (SELECT string_agg(c.version, ', ' ORDER BY c.version) FROM pgflow.contract c
+              WHERE c.queue_id = q.queue_id)
+            USING ERRCODE = 'invalid_parameter_value';
+    END IF;
+    PERFORM pgflow._validate_contract(q.queue_id, q.queue_name, v_version, v_revision,
+                                      message::text, pos);
+END $function$;
+
+CREATE OR REPLACE FUNCTION pgflow._check_int(value bigint, arg text, min_value bigint)
+ RETURNS void
+ LANGUAGE plpgsql
+ IMMUTABLE PARALLEL SAFE
+ SET search_path TO 'pg_catalog', 'pgflow', 'pg_temp'
+AS $function$
+BEGIN
+    IF value IS NULL THEN
+        RAISE EXCEPTION '% must not be NULL', arg USING ERRCODE = 'null_value_not_allowed';
+    ELSIF value < min_value THEN
+        RAISE EXCEPTION '% must be at least %, got %', arg, min_value, value
+            USING ERRCODE = 'invalid_parameter_value';
+    END IF;
+END $function$;
+
+CREATE OR REPLACE FUNCTION pgflow._check_interval(value interval, arg text, allow_zero boolean)
+ RETURNS void
+ LANGUAGE plpgsql
+ IMMUTABLE PARALLEL SAFE
+ SET search_path TO 'pg_catalog', 'pgflow', 'pg_temp'
+AS $function$
+BEGIN
+    IF value IS NULL THEN
+        RAISE EXCEPTION '% must not be NULL', arg USING ERRCODE = 'null_value_not_allowed';
+    ELSIF value < interval '0' OR (NOT allow_zero AND value = interval '0') THEN
+        RAISE EXCEPTION '% must be %, got %', arg,
+            CASE WHEN allow_zero THEN 'zero or positive' ELSE 'positive' END, value
+            USING ERRCODE = 'invalid_parameter_value';
+    ELSIF value > interval '100 years' THEN
+        RAISE EXCEPTION '% must be at most 100 years, got %', arg, value
+            USING ERRCODE = 'invalid_parameter_value';
+    END IF;
+END $function$;
+
+CREATE OR REPLACE FUNCTION pgflow._check_key(value text, arg text)
+ RETURNS void
+ LANGUAGE plpgsql
+ IMMUTABLE PARALLEL SAFE
+ SET search_path TO 'pg_catalog', 'pgflow', 'pg_temp'
+AS $function$
+BEGIN
+    IF octet_length(value) > 512 THEN
+        RAISE EXCEPTION '% must be at most 512 bytes, got %', arg, octet_length(value)
+            USING ERRCODE = 'invalid_parameter_value';
+    END IF;
+END $function$;
+
+CREATE OR REPLACE FUNCTION pgflow._check_payload(message jsonb, headers jsonb)
+ RETURNS void
+ LANGUAGE plpgsql
+ IMMUTABLE PARALLEL SAFE
+ SET search_path TO 'pg_catalog', 'pgflow', 'pg_temp'
+AS $function$
+BEGIN
+    IF message IS NULL THEN
+        RAISE EXCEPTION 'message must not be NULL' USING ERRCODE = 'null_value_not_allowed';
+    ELSIF jsonb_typeof(message) <> 'object' THEN
+        RAISE EXCEPTION 'message must be a JSON object, got %', jsonb_typeof(message)
+            USING ERRCODE = 'invalid_parameter_value',
+                  HINT = 'Wrap the value, e.g. jsonb_build_object(''value'', ...).';
+    ELSIF headers IS NOT NULL AND jsonb_typeof(headers) <> 'object' THEN
+        RAISE EXCEPTION 'headers must be a JSON object or NULL, got %', jsonb_typeof(headers)
+            USING ERRCODE = 'invalid_parameter_value';
+    END IF;
+END $function$;
+
+CREATE OR REPLACE FUNCTION pgflow._check_priority(value integer, arg text)
+ RETURNS void
+ LANGUAGE plpgsql
+ IMMUTABLE
+ SET search_path TO 'pg_catalog', 'pgflow', 'pg_temp'
+AS $function$
+BEGIN
+    IF value < -32768 OR value > 32767 THEN
+        RAISE EXCEPTION '% must be between -32768 and 32767, got %', arg, value
+            USING ERRCODE = 'invalid_parameter_value';
+    END IF;
+END $function$;
+
+CREATE OR REPLACE FUNCTION pgflow._check_retry_policy(backoff double precision, delay_max interval, jitter double precision)
+ RETURNS void
+ LANGUAGE plpgsql
+ IMMUTABLE PARALLEL SAFE
+ SET search_path TO 'pg_catalog', 'pgflow', 'pg_temp'
+AS $function$
+BEGIN
+    IF backoff IS NULL OR delay_max IS NULL OR jitter IS NULL THEN
+        RAISE EXCEPTION 'retry_backoff, retry_delay_max and retry_jitter must not be NULL'
+            USING ERRCODE = 'null_value_not_allowed';
+    ELSIF NOT (backoff >= 1 AND backoff <= 100) THEN
+        RAISE EXCEPTION 'retry_backoff must be between 1 and 100, got %', backoff
+            USING ERRCODE = 'invalid_parameter_value';
+    ELSIF delay_max < interval '0' OR delay_max > interval '100 years' THEN
+        RAISE EXCEPTION 'retry_delay_max must be between zero and 100 years, got %', delay_max
+            USING ERRCODE = 'invalid_parameter_value';
+    ELSIF NOT (jitter >= 0 AND jitter <= 1) THEN
+        RAISE EXCEPTION 'retry_jitter must be between 0 and 1, got %', jitter
+            USING ERRCODE = 'invalid_parameter_value';
+    END IF;
+END $function$;
+
 CREATE OR REPLACE FUNCTION pgflow._each_queue(job text, p_now timestamp with time zone, batch integer)
  RETURNS bigint
  LANGUAGE plpgsql
  SET enable_seqscan TO 'off'
+ SET search_path TO 'pg_catalog', 'pgflow', 'pg_temp'
 AS $function$
 DECLARE
     q pgflow.queue;
@@ -154,12 +298,20 @@ BEGIN
                                  WHERE o.queue_id = qq.queue_id AND o.expires_at <= p_now)
                     END
               ORDER BY qq.queue_id LOOP
-        n := n + CASE job
-                 WHEN 'expire_leases'   THEN pgflow._expire_queue(q, p_now, batch)
-                 WHEN 'promote_delayed' THEN pgflow._promote_queue(q, p_now, batch)
-                 WHEN 'prune_archive'   THEN pgflow._prune_archive_queue(q, p_now, batch)
-                 WHEN 'prune_dedup'     THEN pgflow._prune_dedup_queue(q.queue_id, p_now, batch)
-                 END;
+        -- One queue's failure is logged with its name and skipped (its work is rolled back
+        -- to here): the other queues keep their maintenance. A block with an exception
+        -- handler is a subtransaction, paid only by the queues that have work.
+        BEGIN
+            n := n + CASE job
+                     WHEN 'expire_leases'   THEN pgflow._expire_queue(q, p_now, batch)
+                     WHEN 'promote_delayed' THEN pgflow._promote_queue(q, p_now, batch)
+                     WHEN 'prune_archive'   THEN pgflow._prune_archive_queue(q, p_now, batch)
+                     WHEN 'prune_dedup'     THEN pgflow._prune_dedup_queue(q.queue_id, p_now, batch)
+                     END;
+        EXCEPTION WHEN OTHERS THEN
+            RAISE WARNING 'pgflow: % of queue "%" failed and was skipped: % (SQLSTATE %)',
+                          job, q.queue_name, SQLERRM, SQLSTATE;
+        END;
     END LOOP;
     RETURN n;
 END $function$;
@@ -168,6 +320,7 @@ CREATE OR REPLACE FUNCTION pgflow._expire_queue(q pgflow.queue, p_now timestamp 
  RETURNS bigint
  LANGUAGE plpgsql
  SET enable_seqscan TO 'off'
+ SET search_path TO 'pg_catalog', 'pgflow', 'pg_temp'
 AS $function$
 DECLARE
     ids bigint[];
@@ -189,6 +342,7 @@ END $function$;
 CREATE OR REPLACE FUNCTION pgflow._group_advance()
  RETURNS trigger
  LANGUAGE plpgsql
+ SET search_path TO 'pg_catalog', 'pgflow', 'pg_temp'
 AS $function$
 DECLARE
     nxt record;
@@ -219,10 +373,27 @@ BEGIN
     RETURN NULL;
 END $function$;
 
+CREATE OR REPLACE FUNCTION pgflow._group_state(p_queue_id integer, key text, first_state "char")
+ RETURNS "char"
+ LANGUAGE plpgsql
+ SET search_path TO 'pg_catalog', 'pgflow', 'pg_temp'
+AS $function$
+BEGIN
+    IF key IS NULL THEN
+        RETURN first_state;
+    END IF;
+    PERFORM pg_advisory_xact_lock(p_queue_id, hashtext(key));
+    IF EXISTS (SELECT 1 FROM pgflow.message m WHERE m.queue_id = p_queue_id AND m.group_key = key) THEN
+        RETURN 'g';
+    END IF;
+    RETURN first_state;
+END $function$;
+
 CREATE OR REPLACE FUNCTION pgflow._promote_queue(q pgflow.queue, p_now timestamp with time zone, lim integer)
  RETURNS bigint
  LANGUAGE plpgsql
  SET enable_seqscan TO 'off'
+ SET search_path TO 'pg_catalog', 'pgflow', 'pg_temp'
 AS $function$
 DECLARE
     n bigint;
@@ -253,6 +424,7 @@ CREATE OR REPLACE FUNCTION pgflow._prune_archive_queue(q pgflow.queue, p_now tim
  RETURNS bigint
  LANGUAGE plpgsql
  SET enable_seqscan TO 'off'
+ SET search_path TO 'pg_catalog', 'pgflow', 'pg_temp'
 AS $function$
 DECLARE
     n bigint;
@@ -273,6 +445,7 @@ CREATE OR REPLACE FUNCTION pgflow._prune_dedup_queue(p_queue_id integer, p_now t
  RETURNS bigint
  LANGUAGE plpgsql
  SET enable_seqscan TO 'off'
+ SET search_path TO 'pg_catalog', 'pgflow', 'pg_temp'
 AS $function$
 DECLARE
     n bigint;
@@ -288,10 +461,104 @@ BEGIN
     RETURN n;
 END $function$;
 
+CREATE OR REPLACE FUNCTION pgflow._queue(queue_name text)
+ RETURNS pgflow.queue
+ LANGUAGE plpgsql
+ STABLE PARALLEL SAFE
+ SET search_path TO 'pg_catalog', 'pgflow', 'pg_temp'
+AS $function$
+DECLARE
+    q pgflow.queue;
+BEGIN
+    SELECT * INTO q FROM pgflow.queue WHERE queue.queue_name = _queue.queue_name;
+    IF NOT FOUND THEN
+        PERFORM pgflow._check_queue_name(queue_name);
+        RAISE EXCEPTION 'queue "%" does not exist', queue_name
+            USING ERRCODE = 'undefined_object',
+                  HINT = 'Create it with pgflow.create_queue(), or see pgflow.list_queues().';
+    END IF;
+    RETURN q;
+END $function$;
+
+CREATE OR REPLACE FUNCTION pgflow._require(value anyelement, arg text)
+ RETURNS void
+ LANGUAGE plpgsql
+ IMMUTABLE PARALLEL SAFE
+ SET search_path TO 'pg_catalog', 'pgflow', 'pg_temp'
+AS $function$
+BEGIN
+    IF value IS NULL THEN
+        RAISE EXCEPTION '% must not be NULL', arg USING ERRCODE = 'null_value_not_allowed';
+    END IF;
+END $function$;
+
+CREATE OR REPLACE FUNCTION pgflow.alter_queue(queue_name text, visibility_timeout interval DEFAULT NULL::interval, max_retries integer DEFAULT NULL::integer, retry_delay interval DEFAULT NULL::interval, archive_retention interval DEFAULT NULL::interval, retry_backoff double precision DEFAULT NULL::double precision, retry_delay_max interval DEFAULT NULL::interval, retry_jitter double precision DEFAULT NULL::double precision, default_priority integer DEFAULT NULL::integer, dedup_window interval DEFAULT NULL::interval, notify boolean DEFAULT NULL::boolean, contract jsonb DEFAULT NULL::jsonb)
+ RETURNS SETOF pgflow.queue_info
+ LANGUAGE plpgsql
+ SET search_path TO 'pg_catalog', 'pgflow', 'pg_temp'
+AS $function$
+DECLARE
+    q pgflow.queue := pgflow._queue(alter_queue.queue_name);
+BEGIN
+    IF alter_queue.visibility_timeout IS NOT NULL THEN
+        PERFORM pgflow._check_interval(alter_queue.visibility_timeout, 'visibility_timeout', false);
+    END IF;
+    IF alter_queue.max_retries IS NOT NULL THEN
+        PERFORM pgflow._check_int(alter_queue.max_retries, 'max_retries', 0);
+    END IF;
+    IF alter_queue.retry_delay IS NOT NULL THEN
+        PERFORM pgflow._check_interval(alter_queue.retry_delay, 'retry_delay', true);
+    END IF;
+    IF alter_queue.archive_retention IS NOT NULL THEN
+        PERFORM pgflow._check_interval(alter_queue.archive_retention, 'archive_retention', false);
+    END IF;
+    IF alter_queue.default_priority IS NOT NULL THEN
+        PERFORM pgflow._check_priority(alter_queue.default_priority, 'default_priority');
+    END IF;
+    IF alter_queue.dedup_window IS NOT NULL THEN
+        PERFORM pgflow._check_interval(alter_queue.dedup_window, 'dedup_window', false);
+    END IF;
+    IF alter_queue.contract IS NOT NULL THEN
+        PERFORM pgflow.set_contract(alter_queue.queue_name, alter_queue.contract,
+                                    coalesce(q.contract_version, '1'));
+    END IF;
+    PERFORM pgflow._check_retry_policy(coalesce(alter_queue.retry_backoff, q.retry_backoff),
+                                       coalesce(alter_queue.retry_delay_max, q.retry_delay_max),
+                                       coalesce(alter_queue.retry_jitter, q.retry_jitter));
+
+    RETURN QUERY
+    UPDATE pgflow.queue u
+       SET visibility_timeout = coalesce(alter_queue.visibility_timeout, u.visibility_timeout),
+           max_retries        = coalesce(alter_queue.max_retries, u.max_retries),
+           retry_delay        = coalesce(alter_queue.retry_delay, u.retry_delay),
+           archive_retention  = coalesce(alter_queue.archive_retention, u.archive_retention),
+           retry_backoff      = coalesce(alter_queue.retry_backoff, u.retry_backoff),
+           retry_delay_max    = coalesce(alter_queue.retry_delay_max, u.retry_delay_max),
+           retry_jitter       = coalesce(alter_queue.retry_jitter, u.retry_jitter),
+           default_priority   = coalesce(alter_queue.default_priority, u.default_priority),
+           dedup_window       = coalesce(alter_queue.dedup_window, u.dedup_window),
+           notify             = coalesce(alter_queue.notify, u.notify)
+     WHERE u.queue_id = q.queue_id
+    RETURNING u.queue_name, u.visibility_timeout, u.max_retries, u.retry_delay, u.retry_backoff,
+              u.retry_delay_max, u.retry_jitter, u.archive_retention, u.created_at,
+              u.default_priority, u.dedup_window, u.notify, u.contract_version;
+END $function$;
+
+CREATE OR REPLACE FUNCTION pgflow.archive(queue_name text, msg_id bigint)
+ RETURNS boolean
+ LANGUAGE plpgsql
+ SET search_path TO 'pg_catalog', 'pgflow', 'pg_temp'
+AS $function$
+BEGIN
+    PERFORM pgflow._require(msg_id, 'msg_id');
+    RETURN EXISTS (SELECT 1 FROM pgflow.archive(queue_name, ARRAY[msg_id]));
+END $function$;
+
 CREATE OR REPLACE FUNCTION pgflow.archive(queue_name text, msg_ids bigint[])
  RETURNS SETOF bigint
  LANGUAGE plpgsql
  SET enable_seqscan TO 'off'
+ SET search_path TO 'pg_catalog', 'pgflow', 'pg_temp'
 AS $function$
 DECLARE
     q pgflow.queue := pgflow._queue(queue_name);
@@ -321,6 +588,7 @@ END $function$;
 CREATE OR REPLACE FUNCTION pgflow.archive_read(queue_name text, msg_ids bigint[], vt interval DEFAULT NULL::interval, qty integer DEFAULT 1, wait interval DEFAULT NULL::interval)
  RETURNS SETOF pgflow.message_record
  LANGUAGE plpgsql
+ SET search_path TO 'pg_catalog', 'pgflow', 'pg_temp'
 AS $function$
 DECLARE
     q pgflow.queue := pgflow._queue(queue_name);
@@ -339,10 +607,25 @@ BEGIN
     RETURN QUERY SELECT * FROM pgflow.read(q.queue_name, vt, qty, wait);
 END $function$;
 
+CREATE OR REPLACE FUNCTION pgflow.bind(pattern text, queue_name text)
+ RETURNS boolean
+ LANGUAGE plpgsql
+ SET search_path TO 'pg_catalog', 'pgflow', 'pg_temp'
+AS $function$
+DECLARE
+    q pgflow.queue := pgflow._queue(queue_name);
+BEGIN
+    PERFORM pgflow._check_topic_pattern(pattern);
+    INSERT INTO pgflow.binding (pattern, queue_id) VALUES (bind.pattern, q.queue_id)
+    ON CONFLICT DO NOTHING;
+    RETURN FOUND;
+END $function$;
+
 CREATE OR REPLACE FUNCTION pgflow.check_cursors(now timestamp with time zone DEFAULT NULL::timestamp with time zone)
  RETURNS bigint
  LANGUAGE plpgsql
  SET enable_seqscan TO 'off'
+ SET search_path TO 'pg_catalog', 'pgflow', 'pg_temp'
 AS $function$
 DECLARE
     v_now timestamptz := coalesce(check_cursors.now, clock_timestamp());
@@ -375,10 +658,86 @@ BEGIN
     RETURN n;
 END $function$;
 
+CREATE OR REPLACE FUNCTION pgflow.create_queue(queue_name text, visibility_timeout interval DEFAULT '00:00:30'::interval, max_retries integer DEFAULT 3, retry_delay interval DEFAULT '00:00:01'::interval, archive_retention interval DEFAULT '7 days'::interval, if_not_exists boolean DEFAULT false, retry_backoff double precision DEFAULT 2, retry_delay_max interval DEFAULT '01:00:00'::interval, retry_jitter double precision DEFAULT 0.1, default_priority integer DEFAULT 0, dedup_window interval DEFAULT '00:05:00'::interval, notify boolean DEFAULT false, contract jsonb DEFAULT NULL::jsonb)
+ RETURNS boolean
+ LANGUAGE plpgsql
+ SET search_path TO 'pg_catalog', 'pgflow', 'pg_temp'
+AS $function$
+DECLARE
+    v_id integer;
+    v_msg_seq text;
+    v_archived_seq text;
+BEGIN
+    PERFORM pgflow._check_queue_name(queue_name);
+    PERFORM pgflow._check_interval(visibility_timeout, 'visibility_timeout', false);
+    PERFORM pgflow._check_int(max_retries, 'max_retries', 0);
+    PERFORM pgflow._check_interval(retry_delay, 'retry_delay', true);
+    PERFORM pgflow._check_interval(archive_retention, 'archive_retention', false);
+    PERFORM pgflow._require(if_not_exists, 'if_not_exists');
+    PERFORM pgflow._check_retry_policy(retry_backoff, retry_delay_max, retry_jitter);
+    PERFORM pgflow._require(default_priority, 'default_priority');
+    PERFORM pgflow._check_priority(default_priority, 'default_priority');
+    PERFORM pgflow._check_interval(dedup_window, 'dedup_window', false);
+    PERFORM pgflow._require(notify, 'notify');
+    IF contract IS NOT NULL THEN
+        PERFORM pgflow._check_contract_schema(contract::text);
+    END IF;
+
+    IF EXISTS (SELECT 1 FROM pgflow.queue q WHERE q.queue_name = create_queue.queue_name) THEN
+        IF if_not_exists THEN
+            RETURN false;
+        END IF;
+        RAISE EXCEPTION 'queue "%" already exists', queue_name
+            USING ERRCODE = 'duplicate_object',
+                  HINT = 'Pass if_not_exists => true to make creation idempotent.';
+    END IF;
+
+    -- The sequences are named after the numeric id, never after the user's string.
+    v_id := nextval('pgflow.queue_queue_id_seq');
+    v_msg_seq := 'pgflow.q' || v_id || '_msg_seq';
+    v_archived_seq := 'pgflow.q' || v_id || '_archived_seq';
+    EXECUTE 'CREATE SEQUENCE ' || v_msg_seq || ' AS bigint';
+    EXECUTE 'CREATE SEQUENCE ' || v_archived_seq || ' AS bigint';
+
+    INSERT INTO pgflow.queue (queue_id, queue_name, visibility_timeout, max_retries, retry_delay,
+                              retry_backoff, retry_delay_max, retry_jitter,
+                              archive_retention, msg_seq, archived_seq, default_priority,
+                              dedup_window, notify)
+    VALUES (v_id, queue_name, visibility_timeout, max_retries, retry_delay,
+            retry_backoff, retry_delay_max, retry_jitter,
+            archive_retention, v_msg_seq::regclass, v_archived_seq::regclass, default_priority,
+            dedup_window, notify)
+    ON CONFLICT ON CONSTRAINT queue_queue_name_key DO NOTHING;
+
+    IF NOT FOUND THEN
+        -- A concurrent create of the same name committed first.
+        EXECUTE 'DROP SEQUENCE ' || v_msg_seq || ', ' || v_archived_seq;
+        IF if_not_exists THEN
+            RETURN false;
+        END IF;
+        RAISE EXCEPTION 'queue "%" already exists', queue_name USING ERRCODE = 'duplicate_object';
+    END IF;
+    IF contract IS NOT NULL THEN
+        PERFORM pgflow.set_contract(queue_name, contract);
+    END IF;
+    RETURN true;
+END $function$;
+
+CREATE OR REPLACE FUNCTION pgflow.delete(queue_name text, msg_id bigint)
+ RETURNS boolean
+ LANGUAGE plpgsql
+ SET search_path TO 'pg_catalog', 'pgflow', 'pg_temp'
+AS $function$
+BEGIN
+    PERFORM pgflow._require(msg_id, 'msg_id');
+    RETURN EXISTS (SELECT 1 FROM pgflow.delete(queue_name, ARRAY[msg_id]));
+END $function$;
+
 CREATE OR REPLACE FUNCTION pgflow.delete(queue_name text, msg_ids bigint[])
  RETURNS SETOF bigint
  LANGUAGE plpgsql
  SET enable_seqscan TO 'off'
+ SET search_path TO 'pg_catalog', 'pgflow', 'pg_temp'
 AS $function$
 DECLARE
     q pgflow.queue := pgflow._queue(queue_name);
@@ -391,9 +750,54 @@ BEGIN
     RETURNING m.msg_id;
 END $function$;
 
+CREATE OR REPLACE FUNCTION pgflow.dlq_list(queue_name text, qty integer DEFAULT 100)
+ RETURNS SETOF pgflow.dead_message
+ LANGUAGE plpgsql
+ STABLE
+ SET search_path TO 'pg_catalog', 'pgflow', 'pg_temp'
+AS $function$
+DECLARE
+    q pgflow.queue := pgflow._queue(queue_name);
+BEGIN
+    PERFORM pgflow._check_int(qty, 'qty', 1);
+    RETURN QUERY
+    SELECT d.msg_id, d.read_ct, d.enqueued_at, d.died_at, d.reason,
+           d.errors -> 0 ->> 'error', d.errors -> -1 ->> 'error', d.errors, d.message, d.headers
+      FROM pgflow.dead d
+     WHERE d.queue_id = q.queue_id
+     ORDER BY d.died_at, d.msg_id
+     LIMIT qty;
+END $function$;
+
+CREATE OR REPLACE FUNCTION pgflow.dlq_purge(queue_name text, older_than timestamp with time zone DEFAULT NULL::timestamp with time zone)
+ RETURNS bigint
+ LANGUAGE plpgsql
+ SET search_path TO 'pg_catalog', 'pgflow', 'pg_temp'
+AS $function$
+DECLARE
+    q pgflow.queue := pgflow._queue(queue_name);
+    n bigint;
+BEGIN
+    DELETE FROM pgflow.dead d
+     WHERE d.queue_id = q.queue_id AND (older_than IS NULL OR d.died_at < older_than);
+    GET DIAGNOSTICS n = ROW_COUNT;
+    RETURN n;
+END $function$;
+
+CREATE OR REPLACE FUNCTION pgflow.dlq_retry(queue_name text, msg_id bigint)
+ RETURNS bigint
+ LANGUAGE plpgsql
+ SET search_path TO 'pg_catalog', 'pgflow', 'pg_temp'
+AS $function$
+BEGIN
+    PERFORM pgflow._require(msg_id, 'msg_id');
+    RETURN (SELECT r.msg_id FROM pgflow.dlq_retry(queue_name, ARRAY[msg_id]) r);
+END $function$;
+
 CREATE OR REPLACE FUNCTION pgflow.dlq_retry(queue_name text, msg_ids bigint[] DEFAULT NULL::bigint[], died_before timestamp with time zone DEFAULT NULL::timestamp with time zone)
  RETURNS TABLE(dead_msg_id bigint, msg_id bigint)
  LANGUAGE plpgsql
+ SET search_path TO 'pg_catalog', 'pgflow', 'pg_temp'
 AS $function$
 DECLARE
     q pgflow.queue := pgflow._queue(queue_name);
@@ -428,9 +832,32 @@ BEGIN
     END LOOP;
 END $function$;
 
+CREATE OR REPLACE FUNCTION pgflow.drop_contract(queue_name text, version text)
+ RETURNS boolean
+ LANGUAGE plpgsql
+ SET search_path TO 'pg_catalog', 'pgflow', 'pg_temp'
+AS $function$
+DECLARE
+    q pgflow.queue := pgflow._queue(queue_name);
+BEGIN
+    PERFORM pgflow._require(version, 'version');
+    DELETE FROM pgflow.contract c WHERE c.queue_id = q.queue_id AND c.version = drop_contract.version;
+    IF NOT FOUND THEN
+        RETURN false;
+    END IF;
+    IF q.contract_version = drop_contract.version THEN
+        UPDATE pgflow.queue u
+           SET contract_version = (SELECT c.version FROM pgflow.contract c WHERE c.queue_id = q.queue_id
+                                    ORDER BY c.created_at DESC, c.version DESC LIMIT 1)
+         WHERE u.queue_id = q.queue_id;
+    END IF;
+    RETURN true;
+END $function$;
+
 CREATE OR REPLACE FUNCTION pgflow.drop_queue(queue_name text, if_exists boolean DEFAULT false)
  RETURNS boolean
  LANGUAGE plpgsql
+ SET search_path TO 'pg_catalog', 'pgflow', 'pg_temp'
 AS $function$
 DECLARE
     q pgflow.queue;
@@ -461,9 +888,51 @@ BEGIN
     RETURN true;
 END $function$;
 
+CREATE OR REPLACE FUNCTION pgflow.list_contracts(queue_name text)
+ RETURNS TABLE(version text, is_default boolean, contract jsonb, created_at timestamp with time zone)
+ LANGUAGE plpgsql
+ STABLE
+ SET search_path TO 'pg_catalog', 'pgflow', 'pg_temp'
+AS $function$
+DECLARE
+    q pgflow.queue := pgflow._queue(queue_name);
+BEGIN
+    RETURN QUERY
+    SELECT c.version, c.version = q.contract_version, c.schema, c.created_at
+      FROM pgflow.contract c WHERE c.queue_id = q.queue_id
+     ORDER BY c.version = q.contract_version DESC, c.version;
+END $function$;
+
+CREATE OR REPLACE FUNCTION pgflow.list_pending(queue_name text, qty integer DEFAULT 100)
+ RETURNS SETOF pgflow.pending_message
+ LANGUAGE plpgsql
+ STABLE
+ SET search_path TO 'pg_catalog', 'pgflow', 'pg_temp'
+AS $function$
+DECLARE
+    q pgflow.queue := pgflow._queue(queue_name);
+    v_now timestamptz := clock_timestamp();
+BEGIN
+    PERFORM pgflow._check_int(qty, 'qty', 1);
+    RETURN QUERY
+    SELECT m.msg_id,
+           CASE WHEN m.state = 'r' OR (m.state = 'd' AND m.vt <= v_now) THEN 'ready'
+                WHEN m.state = 'd' THEN 'delayed'
+                WHEN m.state = 'g' THEN 'waiting'
+                ELSE 'in_flight' END,
+           m.read_ct, m.enqueued_at, m.vt, m.priority, m.message, m.headers, m.group_key
+      FROM pgflow.message m
+     WHERE m.queue_id = q.queue_id
+     -- Deliverable first, in read's order (due messages join the ready ones), then the rest.
+     ORDER BY NOT (m.state = 'r' OR (m.state = 'd' AND m.vt <= v_now)),
+              m.priority DESC, m.msg_id
+     LIMIT qty;
+END $function$;
+
 CREATE OR REPLACE FUNCTION pgflow.maintain(now timestamp with time zone DEFAULT NULL::timestamp with time zone, batch integer DEFAULT 1000, prune_batch integer DEFAULT 10000)
  RETURNS TABLE(job text, processed bigint)
  LANGUAGE plpgsql
+ SET search_path TO 'pg_catalog', 'pgflow', 'pg_temp'
 AS $function$
 DECLARE
     v_now timestamptz := coalesce(maintain.now, clock_timestamp());
@@ -477,10 +946,21 @@ BEGIN
     job := 'check_cursors';   processed := pgflow.check_cursors(v_now);               RETURN NEXT;
 END $function$;
 
+CREATE OR REPLACE FUNCTION pgflow.metrics(queue_name text)
+ RETURNS SETOF pgflow.queue_metrics
+ LANGUAGE plpgsql
+ STABLE
+ SET search_path TO 'pg_catalog', 'pgflow', 'pg_temp'
+AS $function$
+BEGIN
+    RETURN QUERY SELECT * FROM pgflow._metrics((pgflow._queue(queue_name)).queue_id, clock_timestamp());
+END $function$;
+
 CREATE OR REPLACE FUNCTION pgflow.nack(queue_name text, msg_id bigint, error text DEFAULT NULL::text, retry_after interval DEFAULT NULL::interval, read_ct integer DEFAULT NULL::integer, now timestamp with time zone DEFAULT NULL::timestamp with time zone)
  RETURNS SETOF pgflow.nack_result
  LANGUAGE plpgsql
  SET enable_seqscan TO 'off'
+ SET search_path TO 'pg_catalog', 'pgflow', 'pg_temp'
 AS $function$
 DECLARE
     q pgflow.queue := pgflow._queue(queue_name);
@@ -517,6 +997,7 @@ CREATE OR REPLACE FUNCTION pgflow.pop(queue_name text, qty integer DEFAULT 1)
  RETURNS SETOF pgflow.message_record
  LANGUAGE plpgsql
  SET enable_seqscan TO 'off'
+ SET search_path TO 'pg_catalog', 'pgflow', 'pg_temp'
 AS $function$
 DECLARE
     q pgflow.queue := pgflow._queue(queue_name);
@@ -551,9 +1032,32 @@ BEGIN
     PERFORM pgflow._claim_end(qty);
 END $function$;
 
+CREATE OR REPLACE FUNCTION pgflow.publish(topic text, message jsonb, headers jsonb DEFAULT NULL::jsonb, delay interval DEFAULT '00:00:00'::interval, priority integer DEFAULT NULL::integer)
+ RETURNS TABLE(queue_name text, msg_id bigint)
+ LANGUAGE plpgsql
+ SET search_path TO 'pg_catalog', 'pgflow', 'pg_temp'
+AS $function$
+DECLARE
+    v_headers jsonb;
+BEGIN
+    PERFORM pgflow._check_topic(topic);
+    PERFORM pgflow._check_payload(message, headers);
+    v_headers := coalesce(headers, '{}'::jsonb) || jsonb_build_object('topic', topic);
+    FOR queue_name IN
+        SELECT q.queue_name FROM pgflow.queue q
+         WHERE EXISTS (SELECT 1 FROM pgflow.binding b
+                        WHERE b.queue_id = q.queue_id AND pgflow._topic_matches(b.pattern, topic))
+         ORDER BY q.queue_name
+    LOOP
+        msg_id := pgflow.send(queue_name, message, v_headers, delay, priority);
+        RETURN NEXT;
+    END LOOP;
+END $function$;
+
 CREATE OR REPLACE FUNCTION pgflow.purge_queue(queue_name text)
  RETURNS bigint
  LANGUAGE plpgsql
+ SET search_path TO 'pg_catalog', 'pgflow', 'pg_temp'
 AS $function$
 DECLARE
     q pgflow.queue := pgflow._queue(queue_name);
@@ -569,6 +1073,7 @@ CREATE OR REPLACE FUNCTION pgflow.read(queue_name text, vt interval DEFAULT NULL
  RETURNS SETOF pgflow.message_record
  LANGUAGE plpgsql
  SET enable_seqscan TO 'off'
+ SET search_path TO 'pg_catalog', 'pgflow', 'pg_temp'
 AS $function$
 DECLARE
     q pgflow.queue := pgflow._queue(queue_name);
@@ -582,7 +1087,7 @@ DECLARE
     n bigint;
 BEGIN
     -- The checks' fast path inline; the helpers raise the precise error.
-    IF v_vt IS NULL OR v_vt <= interval '0' THEN
+    IF v_vt IS NULL OR v_vt <= interval '0' OR v_vt > interval '100 years' THEN
         PERFORM pgflow._check_interval(v_vt, 'vt', false);
     END IF;
     IF qty IS NULL OR qty < 1 THEN
@@ -654,9 +1159,24 @@ BEGIN
     END IF;
 END $function$;
 
+CREATE OR REPLACE FUNCTION pgflow.retry_schedule(queue_name text)
+ RETURNS TABLE(attempt integer, min_delay interval, max_delay interval)
+ LANGUAGE plpgsql
+ STABLE
+ SET search_path TO 'pg_catalog', 'pgflow', 'pg_temp'
+AS $function$
+DECLARE
+    q pgflow.queue := pgflow._queue(queue_name);
+BEGIN
+    RETURN QUERY
+    SELECT n, pgflow._retry_interval(q, n, 1.0), pgflow._retry_interval(q, n, 0.0)
+      FROM generate_series(1, q.max_retries) AS n;
+END $function$;
+
 CREATE OR REPLACE FUNCTION pgflow.send(queue_name text, message jsonb, headers jsonb DEFAULT NULL::jsonb, delay interval DEFAULT '00:00:00'::interval, priority integer DEFAULT NULL::integer, group_key text DEFAULT NULL::text, dedup_key text DEFAULT NULL::text, deliver_at timestamp with time zone DEFAULT NULL::timestamp with time zone)
  RETURNS bigint
  LANGUAGE plpgsql
+ SET search_path TO 'pg_catalog', 'pgflow', 'pg_temp'
 AS $function$
 DECLARE
     q pgflow.queue := pgflow._queue(queue_name);
@@ -673,8 +1193,16 @@ BEGIN
        OR (headers IS NOT NULL AND jsonb_typeof(headers) <> 'object') THEN
         PERFORM pgflow._check_payload(message, headers);
     END IF;
-    IF delay IS NULL OR delay < interval '0' THEN
+    IF delay IS NULL OR delay < interval '0' OR delay > interval '100 years' THEN
         PERFORM pgflow._check_interval(delay, 'delay', true);
+    END IF;
+    IF octet_length(group_key) > 512 OR octet_length(dedup_key) > 512 THEN
+        PERFORM pgflow._check_key(group_key, 'group_key');
+        PERFORM pgflow._check_key(dedup_key, 'dedup_key');
+    END IF;
+    IF deliver_at > v_now + interval '100 years' THEN
+        RAISE EXCEPTION 'deliver_at must be at most 100 years from now, got %', deliver_at
+            USING ERRCODE = 'invalid_parameter_value';
     END IF;
     IF priority < -32768 OR priority > 32767 THEN
         PERFORM pgflow._check_priority(priority, 'priority');
@@ -723,15 +1251,23 @@ END $function$;
 CREATE OR REPLACE FUNCTION pgflow.send_batch(queue_name text, messages jsonb[], headers jsonb[] DEFAULT NULL::jsonb[], delay interval DEFAULT '00:00:00'::interval, priority integer DEFAULT NULL::integer)
  RETURNS SETOF bigint
  LANGUAGE plpgsql
+ SET search_path TO 'pg_catalog', 'pgflow', 'pg_temp'
 AS $function$
 DECLARE
     q pgflow.queue := pgflow._queue(queue_name);
     v_now timestamptz := clock_timestamp();
     v_bad record;
+    v_ids bigint[];
+    v_priority smallint;
 BEGIN
     PERFORM pgflow._require(messages, 'messages');
+    IF array_ndims(messages) > 1 OR array_ndims(headers) > 1 THEN
+        RAISE EXCEPTION 'messages and headers must be one-dimensional arrays'
+            USING ERRCODE = 'invalid_parameter_value';
+    END IF;
     PERFORM pgflow._check_interval(delay, 'delay', true);
     PERFORM pgflow._check_priority(priority, 'priority');
+    v_priority := coalesce(send_batch.priority, q.default_priority);
     IF headers IS NOT NULL AND cardinality(headers) <> cardinality(messages) THEN
         RAISE EXCEPTION 'headers has % elements but messages has %',
             cardinality(headers), cardinality(messages)
@@ -753,13 +1289,17 @@ BEGIN
     END IF;
 
     IF q.contract_version IS NOT NULL THEN
-        FOR i IN 1 .. cardinality(messages) LOOP
-            PERFORM pgflow._check_contract(q, messages[i], headers[i], i);
+        -- Paired by position, as they are stored (not by subscript: an array may start at any
+        -- index); messages[n] in an error is the n-th element.
+        FOR v_bad IN SELECT m.ord, m.msg, h.hdr
+                       FROM unnest(messages) WITH ORDINALITY AS m(msg, ord)
+                       LEFT JOIN unnest(headers) WITH ORDINALITY AS h(hdr, ord) USING (ord)
+                      ORDER BY m.ord LOOP
+            PERFORM pgflow._check_contract(q, v_bad.msg, v_bad.hdr, v_bad.ord::integer);
         END LOOP;
     END IF;
     PERFORM pgflow._announce(q.queue_id, q.queue_name, q.notify);
     -- Ids are drawn in input order (ORDER BY ord before nextval), then returned in that order.
-    RETURN QUERY
     WITH input AS (
         SELECT m.msg, h.hdr, m.ord
           FROM unnest(messages) WITH ORDINALITY AS m(msg, ord)
@@ -768,27 +1308,56 @@ BEGIN
     ), numbered AS (
         SELECT nextval(q.msg_seq) AS id, i.* FROM input i
     ), inserted AS (
-        INSERT INTO pgflow.message (queue_id, msg_id, enqueued_at, vt, priority, state, message,
-                                    headers)
-        SELECT q.queue_id, n.id, v_now, v_now + delay, coalesce(priority, q.default_priority),
+        INSERT INTO pgflow.message (queue_id, msg_id, enqueued_at, vt, priority, state,
+                                    message, headers)
+        SELECT q.queue_id, n.id, v_now, v_now + delay, v_priority,
                CASE WHEN delay > interval '0' THEN 'd' ELSE 'r' END, n.msg, n.hdr
           FROM numbered n
         RETURNING msg_id
     )
-    -- Each id is noted for the claim cursor (ready) or the due time (delayed); see
-    -- src/ipc/cursor.rs.
-    SELECT n.id FROM numbered n
-     WHERE CASE WHEN delay > interval '0'
-                THEN pgflow._due_at(q.queue_id, q.msg_seq::oid, v_now + delay)
-                ELSE pgflow._ready(q.queue_id, q.msg_seq::oid,
-                                   coalesce(priority, q.default_priority)::smallint, n.id) END
-     ORDER BY n.ord;
+    SELECT array_agg(n.id ORDER BY n.ord) INTO v_ids FROM numbered n;
+    -- One note for the whole batch, for the claim cursor (its lowest key: every message has
+    -- the same priority) or the due time (the same for all); see src/ipc/cursor.rs.
+    IF cardinality(v_ids) > 0 THEN
+        IF delay > interval '0' THEN
+            PERFORM pgflow._due_at(q.queue_id, q.msg_seq::oid, v_now + delay);
+        ELSE
+            PERFORM pgflow._ready(q.queue_id, q.msg_seq::oid, v_priority, v_ids[1]);
+        END IF;
+    END IF;
+    RETURN QUERY SELECT unnest(v_ids);
+END $function$;
+
+CREATE OR REPLACE FUNCTION pgflow.set_contract(queue_name text, contract jsonb, version text DEFAULT '1'::text, make_default boolean DEFAULT true)
+ RETURNS void
+ LANGUAGE plpgsql
+ SET search_path TO 'pg_catalog', 'pgflow', 'pg_temp'
+AS $function$
+DECLARE
+    q pgflow.queue := pgflow._queue(queue_name);
+BEGIN
+    PERFORM pgflow._check_contract_schema(contract::text);
+    PERFORM pgflow._require(version, 'version');
+    PERFORM pgflow._require(make_default, 'make_default');
+    IF version !~ '^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$' THEN
+        RAISE EXCEPTION 'invalid contract version "%": 1 to 64 of A-Z a-z 0-9 _ . -', version
+            USING ERRCODE = 'invalid_parameter_value';
+    END IF;
+    INSERT INTO pgflow.contract AS c (queue_id, version, schema)
+    VALUES (q.queue_id, set_contract.version, contract)
+    ON CONFLICT ON CONSTRAINT contract_pkey
+    DO UPDATE SET schema = EXCLUDED.schema, created_at = now(),
+                  revision = nextval('pgflow.contract_revision');
+    IF make_default OR q.contract_version IS NULL THEN
+        UPDATE pgflow.queue u SET contract_version = set_contract.version WHERE u.queue_id = q.queue_id;
+    END IF;
 END $function$;
 
 CREATE OR REPLACE FUNCTION pgflow.set_vt(queue_name text, msg_id bigint, vt interval)
  RETURNS SETOF pgflow.message_record
  LANGUAGE plpgsql
  SET enable_seqscan TO 'off'
+ SET search_path TO 'pg_catalog', 'pgflow', 'pg_temp'
 AS $function$
 DECLARE
     q pgflow.queue := pgflow._queue(queue_name);
@@ -819,9 +1388,23 @@ BEGIN
     END IF;
 END $function$;
 
+CREATE OR REPLACE FUNCTION pgflow.unbind(pattern text, queue_name text)
+ RETURNS boolean
+ LANGUAGE plpgsql
+ SET search_path TO 'pg_catalog', 'pgflow', 'pg_temp'
+AS $function$
+DECLARE
+    q pgflow.queue := pgflow._queue(queue_name);
+BEGIN
+    PERFORM pgflow._require(pattern, 'pattern');
+    DELETE FROM pgflow.binding b WHERE b.pattern = unbind.pattern AND b.queue_id = q.queue_id;
+    RETURN FOUND;
+END $function$;
+
 CREATE OR REPLACE FUNCTION pgflow._fail(q pgflow.queue, ids bigint[], err text, retry_after interval, p_now timestamp with time zone, dead_reason text)
  RETURNS SETOF pgflow.nack_result
  LANGUAGE sql
+ SET search_path TO 'pg_catalog', 'pgflow', 'pg_temp'
 AS $function$
     WITH target AS (
         SELECT m.msg_id, m.read_ct, m.errors
@@ -874,6 +1457,7 @@ CREATE OR REPLACE FUNCTION pgflow._metrics(p_queue_id integer, p_now timestamp w
  RETURNS SETOF pgflow.queue_metrics
  LANGUAGE sql
  STABLE
+ SET search_path TO 'pg_catalog', 'pgflow', 'pg_temp'
 AS $function$
     SELECT q.queue_name,
            coalesce(s.length, 0),
@@ -913,6 +1497,7 @@ CREATE OR REPLACE FUNCTION pgflow._next_due(p_queue_id integer)
  RETURNS timestamp with time zone
  LANGUAGE sql
  STABLE
+ SET search_path TO 'pg_catalog', 'pgflow', 'pg_temp'
 AS $function$
     SELECT min(x.vt)
       FROM (SELECT min(m.vt) AS vt FROM pgflow.message m
@@ -922,9 +1507,21 @@ AS $function$
              WHERE m.queue_id = p_queue_id AND m.state = 'l') x;
 $function$;
 
+CREATE OR REPLACE FUNCTION pgflow._retry_interval(q pgflow.queue, attempt integer, u double precision)
+ RETURNS interval
+ LANGUAGE sql
+ IMMUTABLE PARALLEL SAFE
+ SET search_path TO 'pg_catalog', 'pgflow', 'pg_temp'
+AS $function$
+    SELECT make_interval(secs => pgflow._retry_delay(
+        extract(epoch FROM q.retry_delay)::float8, q.retry_backoff,
+        extract(epoch FROM q.retry_delay_max)::float8, q.retry_jitter, attempt, u));
+$function$;
+
 CREATE OR REPLACE FUNCTION pgflow.cursor_status()
  RETURNS TABLE(queue_name text, mark_priority integer, mark_msg_id bigint, due timestamp with time zone, events bigint, frozen boolean)
  LANGUAGE sql
+ SET search_path TO 'pg_catalog', 'pgflow', 'pg_temp'
 AS $function$
     SELECT q.queue_name, c.mark_priority, c.mark_msg_id, c.due, c.events, c.frozen
       FROM pgflow._cursor_status() c
@@ -936,6 +1533,7 @@ CREATE OR REPLACE FUNCTION pgflow.horizon()
  RETURNS SETOF pgflow.horizon_holder
  LANGUAGE sql
  STABLE
+ SET search_path TO 'pg_catalog', 'pgflow', 'pg_temp'
 AS $function$
     SELECT h.* FROM (
         SELECT CASE WHEN a.backend_type = 'walsender' THEN 'standby' ELSE 'backend' END,
@@ -963,9 +1561,43 @@ AS $function$
      ORDER BY h.xmin_age DESC, h.since;
 $function$;
 
+CREATE OR REPLACE FUNCTION pgflow.list_bindings()
+ RETURNS TABLE(pattern text, queue_name text, created_at timestamp with time zone)
+ LANGUAGE sql
+ STABLE
+ SET search_path TO 'pg_catalog', 'pgflow', 'pg_temp'
+AS $function$
+    SELECT b.pattern, q.queue_name, b.created_at
+      FROM pgflow.binding b JOIN pgflow.queue q USING (queue_id)
+     ORDER BY b.pattern, q.queue_name;
+$function$;
+
+CREATE OR REPLACE FUNCTION pgflow.list_queues()
+ RETURNS SETOF pgflow.queue_info
+ LANGUAGE sql
+ STABLE PARALLEL SAFE
+ SET search_path TO 'pg_catalog', 'pgflow', 'pg_temp'
+AS $function$
+    SELECT q.queue_name, q.visibility_timeout, q.max_retries, q.retry_delay, q.retry_backoff,
+           q.retry_delay_max, q.retry_jitter, q.archive_retention, q.created_at,
+           q.default_priority, q.dedup_window, q.notify, q.contract_version
+      FROM pgflow.queue q
+     ORDER BY q.queue_name;
+$function$;
+
+CREATE OR REPLACE FUNCTION pgflow.metrics_all()
+ RETURNS SETOF pgflow.queue_metrics
+ LANGUAGE sql
+ STABLE
+ SET search_path TO 'pg_catalog', 'pgflow', 'pg_temp'
+AS $function$
+    SELECT * FROM pgflow._metrics(NULL, clock_timestamp());
+$function$;
+
 CREATE OR REPLACE FUNCTION pgflow.expire_leases(now timestamp with time zone DEFAULT NULL::timestamp with time zone, batch integer DEFAULT 1000)
  RETURNS bigint
  LANGUAGE sql
+ SET search_path TO 'pg_catalog', 'pgflow', 'pg_temp'
 BEGIN ATOMIC
  SELECT pgflow._each_queue('expire_leases'::text, COALESCE(now, clock_timestamp()), batch) AS _each_queue;
 END;
@@ -973,6 +1605,7 @@ END;
 CREATE OR REPLACE FUNCTION pgflow.promote_delayed(now timestamp with time zone DEFAULT NULL::timestamp with time zone, batch integer DEFAULT 1000)
  RETURNS bigint
  LANGUAGE sql
+ SET search_path TO 'pg_catalog', 'pgflow', 'pg_temp'
 BEGIN ATOMIC
  SELECT pgflow._each_queue('promote_delayed'::text, COALESCE(now, clock_timestamp()), batch) AS _each_queue;
 END;
@@ -980,6 +1613,7 @@ END;
 CREATE OR REPLACE FUNCTION pgflow.prune_archive(now timestamp with time zone DEFAULT NULL::timestamp with time zone, batch integer DEFAULT 10000)
  RETURNS bigint
  LANGUAGE sql
+ SET search_path TO 'pg_catalog', 'pgflow', 'pg_temp'
 BEGIN ATOMIC
  SELECT pgflow._each_queue('prune_archive'::text, COALESCE(now, clock_timestamp()), batch) AS _each_queue;
 END;
@@ -987,6 +1621,7 @@ END;
 CREATE OR REPLACE FUNCTION pgflow.prune_dedup(now timestamp with time zone DEFAULT NULL::timestamp with time zone, batch integer DEFAULT 10000)
  RETURNS bigint
  LANGUAGE sql
+ SET search_path TO 'pg_catalog', 'pgflow', 'pg_temp'
 BEGIN ATOMIC
  SELECT pgflow._each_queue('prune_dedup'::text, COALESCE(now, clock_timestamp()), batch) AS _each_queue;
 END;
@@ -995,3 +1630,16 @@ END;
 -- Indexes that changed.
 DROP INDEX pgflow.message_ready;
 CREATE INDEX message_ready ON pgflow.message USING btree (queue_id, ((- (priority)::integer)), msg_id) WHERE (state = 'r'::"char");
+
+-- Hand-written steps (scripts/upgrade-steps/0.1.0--0.2.0.sql, appended by upgrade.sh --generate).
+-- 0.2.0 limits every interval to 100 years (docs/api.md, "Limits"). 0.1.0 accepted any, and a
+-- queue set beyond that stopped maintenance for its whole database: such settings come down to
+-- the limit, so that every queue's can be applied.
+UPDATE pgflow.queue
+   SET visibility_timeout = least(visibility_timeout, interval '100 years'),
+       retry_delay        = least(retry_delay, interval '100 years'),
+       retry_delay_max    = least(retry_delay_max, interval '100 years'),
+       archive_retention  = least(archive_retention, interval '100 years'),
+       dedup_window       = least(dedup_window, interval '100 years')
+ WHERE greatest(visibility_timeout, retry_delay, retry_delay_max, archive_retention,
+                dedup_window) > interval '100 years';

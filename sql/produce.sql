@@ -30,8 +30,16 @@ BEGIN
        OR (headers IS NOT NULL AND jsonb_typeof(headers) <> 'object') THEN
         PERFORM pgflow._check_payload(message, headers);
     END IF;
-    IF delay IS NULL OR delay < interval '0' THEN
+    IF delay IS NULL OR delay < interval '0' OR delay > interval '100 years' THEN
         PERFORM pgflow._check_interval(delay, 'delay', true);
+    END IF;
+    IF octet_length(group_key) > 512 OR octet_length(dedup_key) > 512 THEN
+        PERFORM pgflow._check_key(group_key, 'group_key');
+        PERFORM pgflow._check_key(dedup_key, 'dedup_key');
+    END IF;
+    IF deliver_at > v_now + interval '100 years' THEN
+        RAISE EXCEPTION 'deliver_at must be at most 100 years from now, got %', deliver_at
+            USING ERRCODE = 'invalid_parameter_value';
     END IF;
     IF priority < -32768 OR priority > 32767 THEN
         PERFORM pgflow._check_priority(priority, 'priority');
@@ -78,7 +86,8 @@ BEGIN
 END $$;
 
 -- send_batch: enqueue many messages in one statement. headers, when given, pairs with
--- messages by position and must have the same length. Returns the ids in input order.
+-- messages by position (whatever index each array starts at) and must have the same length.
+-- Returns the ids in input order.
 CREATE FUNCTION pgflow.send_batch(
     queue_name text,
     messages   jsonb[],
@@ -96,6 +105,10 @@ DECLARE
     v_priority smallint;
 BEGIN
     PERFORM pgflow._require(messages, 'messages');
+    IF array_ndims(messages) > 1 OR array_ndims(headers) > 1 THEN
+        RAISE EXCEPTION 'messages and headers must be one-dimensional arrays'
+            USING ERRCODE = 'invalid_parameter_value';
+    END IF;
     PERFORM pgflow._check_interval(delay, 'delay', true);
     PERFORM pgflow._check_priority(priority, 'priority');
     v_priority := coalesce(send_batch.priority, q.default_priority);
@@ -120,8 +133,13 @@ BEGIN
     END IF;
 
     IF q.contract_version IS NOT NULL THEN
-        FOR i IN 1 .. cardinality(messages) LOOP
-            PERFORM pgflow._check_contract(q, messages[i], headers[i], i);
+        -- Paired by position, as they are stored (not by subscript: an array may start at any
+        -- index); messages[n] in an error is the n-th element.
+        FOR v_bad IN SELECT m.ord, m.msg, h.hdr
+                       FROM unnest(messages) WITH ORDINALITY AS m(msg, ord)
+                       LEFT JOIN unnest(headers) WITH ORDINALITY AS h(hdr, ord) USING (ord)
+                      ORDER BY m.ord LOOP
+            PERFORM pgflow._check_contract(q, v_bad.msg, v_bad.hdr, v_bad.ord::integer);
         END LOOP;
     END IF;
     PERFORM pgflow._announce(q.queue_id, q.queue_name, q.notify);

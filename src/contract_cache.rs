@@ -36,17 +36,18 @@ pub fn schema(
     if let Some(schema) = hit {
         return Ok(schema);
     }
-    // A read-only SPI query under the caller's snapshot, which found this revision.
-    let schema = Spi::connect(|client| {
+    // A read-only SPI query under the caller's snapshot, which found this revision. The schema
+    // comes as text and is parsed here (see `api::parse_json`).
+    let text = Spi::connect(|client| {
         client
             .select(
-                "SELECT schema FROM pgflow.contract \
+                "SELECT schema::text FROM pgflow.contract \
                   WHERE queue_id = $1 AND version = $2 AND revision = $3",
                 Some(1),
                 &[queue_id.into(), version.into(), revision.into()],
             )?
             .first()
-            .get_one::<pgrx::JsonB>()
+            .get_one::<String>()
     })
     .map_err(|e| {
         ErrorReport::new(
@@ -62,7 +63,14 @@ pub fn schema(
             "pgflow._validate_contract",
         )
     })?;
-    let schema = Rc::new(schema.0);
+    let schema = crate::queue::contract::parse(&text).map_err(|reason| {
+        ErrorReport::new(
+            PgSqlErrorCode::ERRCODE_INVALID_PARAMETER_VALUE,
+            format!("contract version {version} of queue {queue_id} cannot be used: {reason}"),
+            "pgflow._validate_contract",
+        )
+    })?;
+    let schema = Rc::new(schema);
     SCHEMAS.with(|c| {
         let mut c = c.borrow_mut();
         if c.len() >= SCHEMA_CACHE_MAX {

@@ -25,6 +25,15 @@ pub enum PgflowError {
     InvalidContract { reason: String },
     /// A payload that breaks its queue's contract (23514).
     ContractViolation { label: String, violation: String },
+    /// JSON that a contract cannot be checked against or built from (22023): nested deeper
+    /// than `queue::contract::MAX_DEPTH`, or a number outside a double's range.
+    UncheckableJson { what: &'static str, reason: String },
+    /// A topic or pattern longer than `queue::topic::MAX_LEN` given to a matcher (22023).
+    TooLong {
+        what: &'static str,
+        len: usize,
+        max: usize,
+    },
 }
 
 impl PgflowError {
@@ -33,9 +42,9 @@ impl PgflowError {
             PgflowError::NullArgument(_) => PgSqlErrorCode::ERRCODE_NULL_VALUE_NOT_ALLOWED,
             PgflowError::InvalidQueueName { .. }
             | PgflowError::InvalidTopic { .. }
-            | PgflowError::InvalidContract { .. } => {
-                PgSqlErrorCode::ERRCODE_INVALID_PARAMETER_VALUE
-            }
+            | PgflowError::InvalidContract { .. }
+            | PgflowError::UncheckableJson { .. }
+            | PgflowError::TooLong { .. } => PgSqlErrorCode::ERRCODE_INVALID_PARAMETER_VALUE,
             PgflowError::ContractViolation { .. } => PgSqlErrorCode::ERRCODE_CHECK_VIOLATION,
         }
     }
@@ -51,7 +60,13 @@ impl PgflowError {
                  minLength, maxLength, format (date-time, uuid), minimum, maximum, exclusiveMinimum, \
                  exclusiveMaximum, enum, const; annotations are ignored.",
             ),
-            PgflowError::NullArgument(_) | PgflowError::ContractViolation { .. } => None,
+            PgflowError::UncheckableJson { .. } => Some(
+                "A queue with a contract accepts JSON nested at most 128 levels deep, with \
+                 numbers a double can hold (about 1.8e308).",
+            ),
+            PgflowError::NullArgument(_)
+            | PgflowError::ContractViolation { .. }
+            | PgflowError::TooLong { .. } => None,
         }
     }
 }
@@ -74,6 +89,12 @@ impl fmt::Display for PgflowError {
             PgflowError::InvalidContract { reason } => write!(f, "invalid contract: {reason}"),
             PgflowError::ContractViolation { label, violation } => {
                 write!(f, "message does not match contract {label}: {violation}")
+            }
+            PgflowError::UncheckableJson { what, reason } => {
+                write!(f, "{what} cannot be checked: {reason}")
+            }
+            PgflowError::TooLong { what, len, max } => {
+                write!(f, "{what} is {len} bytes long; the limit is {max}")
             }
         }
     }

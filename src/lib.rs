@@ -48,7 +48,7 @@ extension_sql_file!(
     name = "admin",
     requires = [
         "internal",
-        api::_check_contract_schema,
+        api::_check_contract_schema_text,
         api::wait::_notify_forget,
         api::cursor::_cursor_forget,
         api::cursor::_touch
@@ -59,8 +59,8 @@ extension_sql_file!(
     name = "contracts",
     requires = [
         "internal",
-        api::_check_contract_schema,
-        api::_validate_contract
+        api::_check_contract_schema_text,
+        api::_validate_contract_text
     ]
 );
 extension_sql_file!(

@@ -66,23 +66,25 @@ pub fn validate_pattern(pattern: &str) -> Result<(), TopicError> {
     check(pattern, true)
 }
 
-/// Whether `topic` matches `pattern` (both valid). Dynamic programming over words: O(p × t).
+/// Whether `topic` matches `pattern` (both valid). Dynamic programming over words, one row at a
+/// time: O(p × t) time and O(t) memory.
 pub fn matches(pattern: &str, topic: &str) -> bool {
-    let p: Vec<&str> = pattern.split('.').collect();
     let t: Vec<&str> = topic.split('.').collect();
-    // m[i][j]: the first i pattern words match the first j topic words.
-    let mut m = vec![vec![false; t.len() + 1]; p.len() + 1];
-    m[0][0] = true;
-    for i in 1..=p.len() {
+    // prev[j]: the pattern words so far match the first j topic words.
+    let mut prev = vec![false; t.len() + 1];
+    prev[0] = true;
+    let mut cur = vec![false; t.len() + 1];
+    for w in pattern.split('.') {
         for j in 0..=t.len() {
-            m[i][j] = match p[i - 1] {
-                "#" => m[i - 1][j] || (j > 0 && m[i][j - 1]),
-                "*" => j > 0 && m[i - 1][j - 1],
-                w => j > 0 && m[i - 1][j - 1] && t[j - 1] == w,
+            cur[j] = match w {
+                "#" => prev[j] || (j > 0 && cur[j - 1]),
+                "*" => j > 0 && prev[j - 1],
+                w => j > 0 && prev[j - 1] && t[j - 1] == w,
             };
         }
+        std::mem::swap(&mut prev, &mut cur);
     }
-    m[p.len()][t.len()]
+    prev[t.len()]
 }
 
 #[cfg(test)]

@@ -71,6 +71,24 @@ fn non_negative_int(v: &Value) -> bool {
     v.as_u64().is_some()
 }
 
+/// How deep JSON may nest to be checked: serde_json's parser stops at 128 levels.
+pub const MAX_DEPTH: usize = 128;
+
+/// JSON text as a value, or why it cannot be one here: nested deeper than `MAX_DEPTH`, or a
+/// number outside a double's range (both valid jsonb).
+pub fn parse(text: &str) -> Result<Value, String> {
+    serde_json::from_str(text).map_err(|e| {
+        let e = e.to_string();
+        if e.starts_with("recursion limit exceeded") {
+            format!("it nests deeper than {MAX_DEPTH} levels")
+        } else if e.starts_with("number out of range") {
+            "it has a number outside the range of a double (about 1.8e308)".to_owned()
+        } else {
+            format!("it is not JSON a contract can read ({e})")
+        }
+    })
+}
+
 /// Checks that `schema` uses only the supported subset, correctly; the error names where.
 pub fn check_schema(schema: &Value) -> Result<(), String> {
     check_at(schema, "$")

@@ -182,3 +182,26 @@ fn uuid_and_date_time_formats() {
     assert!(!is_date_time("2026-11-22"));
     assert!(!is_date_time("2026-13-22T21:00:00Z"));
 }
+
+#[test]
+fn parse_refuses_what_it_cannot_hold_with_a_reason() {
+    assert_eq!(parse(r#"{"a": [1, 2.5]}"#).unwrap(), json!({"a": [1, 2.5]}));
+    let deep = format!(
+        "{}1{}",
+        "[".repeat(MAX_DEPTH + 1),
+        "]".repeat(MAX_DEPTH + 1)
+    );
+    assert!(parse(&deep).unwrap_err().contains("deeper than 128"));
+    let ok = format!(
+        "{}1{}",
+        "[".repeat(MAX_DEPTH - 1),
+        "]".repeat(MAX_DEPTH - 1)
+    );
+    assert!(parse(&ok).is_ok());
+    assert!(parse(r#"{"x": 1e400}"#)
+        .unwrap_err()
+        .contains("range of a double"));
+    assert!(parse(r#"{"x": -1e400}"#)
+        .unwrap_err()
+        .contains("range of a double"));
+}
