@@ -80,7 +80,8 @@ BEGIN
     RETURN true;
 END $$;
 
--- list_queues: every queue with its settings, by name.
+-- list_queues: every queue the caller sees (any grant on it; every queue for pg_monitor and
+-- pgflow_admin) with its settings, by name.
 CREATE FUNCTION pgflow.list_queues()
 RETURNS SETOF pgflow.queue_info
 LANGUAGE sql STABLE PARALLEL SAFE AS $$
@@ -88,6 +89,7 @@ LANGUAGE sql STABLE PARALLEL SAFE AS $$
            q.retry_delay_max, q.retry_jitter, q.archive_retention, q.created_at,
            q.default_priority, q.dedup_window, q.notify, q.contract_version
       FROM pgflow.queue q
+     WHERE pgflow._visible(q.queue_id)
      ORDER BY q.queue_name;
 $$;
 
@@ -110,7 +112,7 @@ CREATE FUNCTION pgflow.alter_queue(
 RETURNS SETOF pgflow.queue_info
 LANGUAGE plpgsql VOLATILE AS $$
 DECLARE
-    q pgflow.queue := pgflow._queue(alter_queue.queue_name);
+    q pgflow.queue := pgflow._queue(alter_queue.queue_name, 'admin');
 BEGIN
     IF alter_queue.visibility_timeout IS NOT NULL THEN
         PERFORM pgflow._check_interval(alter_queue.visibility_timeout, 'visibility_timeout', false);
@@ -171,8 +173,10 @@ BEGIN
         IF coalesce(if_exists, false) THEN
             RETURN false;
         END IF;
-        q := pgflow._queue(queue_name);  -- raises the right error
+        q := pgflow._queue(queue_name, 'admin');  -- raises the right error
     END IF;
+    PERFORM pgflow._queue(queue_name, 'admin');  -- 42501 unless the caller may
+
     -- The deletes lock every message, ready ones included: should this transaction abort, the
     -- queue's claim cursor must start over (src/ipc/cursor.rs).
     PERFORM pgflow._touch(q.queue_id, q.msg_seq::oid);
@@ -181,6 +185,7 @@ BEGIN
     DELETE FROM pgflow.dead d WHERE d.queue_id = q.queue_id;
     DELETE FROM pgflow.dedup k WHERE k.queue_id = q.queue_id;
     DELETE FROM pgflow.binding b WHERE b.queue_id = q.queue_id;
+    DELETE FROM pgflow.queue_grant g WHERE g.queue_id = q.queue_id;
     DELETE FROM pgflow.contract c WHERE c.queue_id = q.queue_id;
     DELETE FROM pgflow.queue u WHERE u.queue_id = q.queue_id;
     PERFORM pgflow._notify_forget(q.queue_id);
@@ -196,7 +201,7 @@ CREATE FUNCTION pgflow.purge_queue(queue_name text)
 RETURNS bigint
 LANGUAGE plpgsql VOLATILE AS $$
 DECLARE
-    q pgflow.queue := pgflow._queue(queue_name);
+    q pgflow.queue := pgflow._queue(queue_name, 'admin');
     n bigint;
 BEGIN
     PERFORM pgflow._touch(q.queue_id, q.msg_seq::oid);

@@ -96,7 +96,7 @@ LANGUAGE plpgsql VOLATILE
 SET enable_seqscan = off  -- see the header of sql/internal.sql
 AS $$
 DECLARE
-    q pgflow.queue := pgflow._queue(queue_name);
+    q pgflow.queue := pgflow._queue(queue_name, 'consume');
     v_now timestamptz := clock_timestamp();
     v_vt interval := coalesce(read.vt, q.visibility_timeout);
     v_deadline timestamptz;
@@ -186,7 +186,7 @@ LANGUAGE plpgsql VOLATILE
 SET enable_seqscan = off  -- see the header of sql/internal.sql
 AS $$
 DECLARE
-    q pgflow.queue := pgflow._queue(queue_name);
+    q pgflow.queue := pgflow._queue(queue_name, 'consume');
     v_now timestamptz := clock_timestamp();
     v_from bigint[];
     v_probe integer;
@@ -226,7 +226,7 @@ LANGUAGE plpgsql VOLATILE
 SET enable_seqscan = off  -- see the header of sql/internal.sql
 AS $$
 DECLARE
-    q pgflow.queue := pgflow._queue(queue_name);
+    q pgflow.queue := pgflow._queue(queue_name, 'consume');
     v_now timestamptz := clock_timestamp();
 BEGIN
     IF msg_ids IS NULL THEN
@@ -266,7 +266,7 @@ LANGUAGE plpgsql VOLATILE
 SET enable_seqscan = off  -- see the header of sql/internal.sql
 AS $$
 DECLARE
-    q pgflow.queue := pgflow._queue(queue_name);
+    q pgflow.queue := pgflow._queue(queue_name, 'consume');
 BEGIN
     PERFORM pgflow._require(msg_ids, 'msg_ids');
     PERFORM pgflow._touch(q.queue_id, q.msg_seq::oid);
@@ -296,7 +296,7 @@ LANGUAGE plpgsql VOLATILE
 SET enable_seqscan = off  -- see the header of sql/internal.sql
 AS $$
 DECLARE
-    q pgflow.queue := pgflow._queue(queue_name);
+    q pgflow.queue := pgflow._queue(queue_name, 'consume');
     v_now timestamptz := clock_timestamp();
 BEGIN
     PERFORM pgflow._require(set_vt.msg_id, 'msg_id');
@@ -337,7 +337,7 @@ CREATE FUNCTION pgflow.archive_read(queue_name text, msg_ids bigint[], vt interv
 RETURNS SETOF pgflow.message_record
 LANGUAGE plpgsql VOLATILE AS $$
 DECLARE
-    q pgflow.queue := pgflow._queue(queue_name);
+    q pgflow.queue := pgflow._queue(queue_name, 'consume');
 BEGIN
     PERFORM pgflow._require(msg_ids, 'msg_ids');
     IF vt IS NOT NULL THEN

@@ -12,7 +12,7 @@ CREATE FUNCTION pgflow.set_contract(queue_name text, contract jsonb, version tex
 RETURNS void
 LANGUAGE plpgsql VOLATILE AS $$
 DECLARE
-    q pgflow.queue := pgflow._queue(queue_name);
+    q pgflow.queue := pgflow._queue(queue_name, 'admin');
 BEGIN
     PERFORM pgflow._check_contract_schema(contract::text);
     PERFORM pgflow._require(version, 'version');
@@ -37,7 +37,7 @@ CREATE FUNCTION pgflow.drop_contract(queue_name text, version text)
 RETURNS boolean
 LANGUAGE plpgsql VOLATILE AS $$
 DECLARE
-    q pgflow.queue := pgflow._queue(queue_name);
+    q pgflow.queue := pgflow._queue(queue_name, 'admin');
 BEGIN
     PERFORM pgflow._require(version, 'version');
     DELETE FROM pgflow.contract c WHERE c.queue_id = q.queue_id AND c.version = drop_contract.version;
@@ -58,7 +58,7 @@ CREATE FUNCTION pgflow.list_contracts(queue_name text)
 RETURNS TABLE (version text, is_default boolean, contract jsonb, created_at timestamptz)
 LANGUAGE plpgsql STABLE AS $$
 DECLARE
-    q pgflow.queue := pgflow._queue(queue_name);
+    q pgflow.queue := pgflow._queue(queue_name, 'see');
 BEGIN
     RETURN QUERY
     SELECT c.version, c.version = q.contract_version, c.schema, c.created_at

@@ -112,7 +112,7 @@ LANGUAGE plpgsql VOLATILE
 SET enable_seqscan = off  -- see the header of sql/internal.sql
 AS $$
 DECLARE
-    q pgflow.queue := pgflow._queue(queue_name);
+    q pgflow.queue := pgflow._queue(queue_name, 'consume');
     v_now timestamptz := coalesce(nack.now, clock_timestamp());
     m record;
 BEGIN
@@ -176,7 +176,7 @@ CREATE FUNCTION pgflow.dlq_list(queue_name text, qty integer DEFAULT 100)
 RETURNS SETOF pgflow.dead_message
 LANGUAGE plpgsql STABLE AS $$
 DECLARE
-    q pgflow.queue := pgflow._queue(queue_name);
+    q pgflow.queue := pgflow._queue(queue_name, 'admin');
 BEGIN
     PERFORM pgflow._check_int(qty, 'qty', 1);
     RETURN QUERY
@@ -197,7 +197,7 @@ CREATE FUNCTION pgflow.dlq_retry(queue_name text, msg_ids bigint[] DEFAULT NULL,
 RETURNS TABLE (dead_msg_id bigint, msg_id bigint)
 LANGUAGE plpgsql VOLATILE AS $$
 DECLARE
-    q pgflow.queue := pgflow._queue(queue_name);
+    q pgflow.queue := pgflow._queue(queue_name, 'admin');
     v_now timestamptz := clock_timestamp();
     d record;
     v_state "char";
@@ -244,7 +244,7 @@ CREATE FUNCTION pgflow.dlq_purge(queue_name text, older_than timestamptz DEFAULT
 RETURNS bigint
 LANGUAGE plpgsql VOLATILE AS $$
 DECLARE
-    q pgflow.queue := pgflow._queue(queue_name);
+    q pgflow.queue := pgflow._queue(queue_name, 'admin');
     n bigint;
 BEGIN
     DELETE FROM pgflow.dead d
@@ -259,7 +259,7 @@ CREATE FUNCTION pgflow.retry_schedule(queue_name text)
 RETURNS TABLE (attempt integer, min_delay interval, max_delay interval)
 LANGUAGE plpgsql STABLE AS $$
 DECLARE
-    q pgflow.queue := pgflow._queue(queue_name);
+    q pgflow.queue := pgflow._queue(queue_name, 'see');
 BEGIN
     RETURN QUERY
     SELECT n, pgflow._retry_interval(q, n, 1.0), pgflow._retry_interval(q, n, 0.0)

@@ -28,6 +28,111 @@ END
 $pin$;
 
 -------------------------------------------------------------------------------------------------
+-- Roles and ownership (docs/operations.md, "Roles and grants"). Four NOLOGIN roles, created
+-- when missing (roles belong to the cluster: a second database's install finds them, and
+-- DROP EXTENSION leaves them):
+--   pgflow_owner     owns every pgflow object and nothing else, and is no superuser. The
+--                    user-facing functions are SECURITY DEFINER, so they run as this role;
+--                    so do the worker's rounds. It may read every backend's statistics
+--                    (pg_read_all_stats), for horizon().
+--   pgflow_producer  may call the producing functions; pgflow_consumer the consuming ones;
+--                    both the read-only ones. Which queues: their per-queue grants
+--                    (pgflow.grant).
+--   pgflow_admin     may call every user-facing function, on every queue.
+-- PUBLIC may call nothing and reaches no table. pg_monitor may call the observing functions
+-- and sees every queue's figures. This block is also the last step of every upgrade script
+-- (tests/upgrade/upgrade.sh appends it), so an upgraded install ends exactly like a fresh one;
+-- it may run again.
+-------------------------------------------------------------------------------------------------
+DO $roles$
+DECLARE
+    r text;
+BEGIN
+    FOREACH r IN ARRAY ARRAY['pgflow_owner', 'pgflow_producer', 'pgflow_consumer', 'pgflow_admin'] LOOP
+        IF NOT EXISTS (SELECT 1 FROM pg_catalog.pg_roles WHERE rolname = r) THEN
+            EXECUTE pg_catalog.format('CREATE ROLE %I NOLOGIN', r);
+        END IF;
+    END LOOP;
+    IF NOT EXISTS (SELECT 1 FROM pg_catalog.pg_auth_members m
+                    WHERE m.roleid = 'pg_read_all_stats'::regrole AND m.member = 'pgflow_owner'::regrole) THEN
+        GRANT pg_read_all_stats TO pgflow_owner;
+    END IF;
+END
+$roles$;
+
+DO $own$
+DECLARE
+    o record;
+BEGIN
+    ALTER SCHEMA pgflow OWNER TO pgflow_owner;
+    -- Tables carry their indexes and the sequences they own; then the other sequences
+    -- (per-queue ones included), the composite types and the functions.
+    FOR o IN SELECT c.oid::regclass AS rel, c.relkind
+               FROM pg_catalog.pg_class c
+              WHERE c.relnamespace = 'pgflow'::regnamespace AND c.relkind IN ('r', 'S')
+                AND NOT EXISTS (SELECT 1 FROM pg_catalog.pg_depend d
+                                 WHERE d.classid = 'pg_catalog.pg_class'::regclass AND d.objid = c.oid
+                                   AND d.deptype IN ('a', 'i'))
+              ORDER BY c.relkind, c.oid LOOP
+        EXECUTE pg_catalog.format(CASE o.relkind WHEN 'r' THEN 'ALTER TABLE %s OWNER TO pgflow_owner'
+                                                 ELSE 'ALTER SEQUENCE %s OWNER TO pgflow_owner' END, o.rel);
+    END LOOP;
+    FOR o IN SELECT t.oid::regtype AS typ
+               FROM pg_catalog.pg_type t JOIN pg_catalog.pg_class c ON c.oid = t.typrelid
+              WHERE t.typnamespace = 'pgflow'::regnamespace AND c.relkind = 'c'
+              ORDER BY t.oid LOOP
+        EXECUTE pg_catalog.format('ALTER TYPE %s OWNER TO pgflow_owner', o.typ);
+    END LOOP;
+    FOR o IN SELECT p.oid::regprocedure AS fn, p.proname
+               FROM pg_catalog.pg_proc p
+              WHERE p.pronamespace = 'pgflow'::regnamespace
+              ORDER BY p.oid LOOP
+        EXECUTE pg_catalog.format('ALTER FUNCTION %s OWNER TO pgflow_owner', o.fn);
+        -- Every user-facing function but worker_status (which reads shared memory and checks
+        -- the caller itself) runs as the owner; the internal ones run as their caller, which
+        -- is then the owner.
+        EXECUTE pg_catalog.format(CASE WHEN o.proname LIKE '\_%' OR o.proname = 'worker_status'
+                                       THEN 'ALTER FUNCTION %s SECURITY INVOKER'
+                                       ELSE 'ALTER FUNCTION %s SECURITY DEFINER' END, o.fn);
+    END LOOP;
+END
+$own$;
+
+REVOKE ALL ON SCHEMA pgflow FROM PUBLIC;
+GRANT USAGE ON SCHEMA pgflow TO pgflow_producer, pgflow_consumer, pgflow_admin, pg_monitor;
+REVOKE ALL ON ALL TABLES IN SCHEMA pgflow FROM PUBLIC;
+REVOKE ALL ON ALL SEQUENCES IN SCHEMA pgflow FROM PUBLIC;
+REVOKE EXECUTE ON ALL FUNCTIONS IN SCHEMA pgflow FROM PUBLIC;
+
+DO $grants$
+DECLARE
+    g record;
+BEGIN
+    FOR g IN SELECT p.oid::regprocedure AS fn, r.role
+               FROM pg_catalog.pg_proc p
+               JOIN (VALUES
+                   ('pgflow_producer', ARRAY['send', 'send_batch', 'publish']),
+                   ('pgflow_consumer', ARRAY['read', 'pop', 'archive', 'archive_read', 'delete',
+                                             'set_vt', 'nack', 'list_pending']),
+                   ('pgflow_producer', ARRAY['list_queues', 'metrics', 'metrics_all', 'list_contracts',
+                                             'list_bindings', 'retry_schedule', 'worker_status']),
+                   ('pgflow_consumer', ARRAY['list_queues', 'metrics', 'metrics_all', 'list_contracts',
+                                             'list_bindings', 'retry_schedule', 'worker_status']),
+                   ('pg_monitor', ARRAY['list_queues', 'metrics', 'metrics_all', 'list_bindings',
+                                        'worker_status', 'horizon', 'cursor_status']))
+                 AS r(role, names) ON p.proname = ANY (r.names)
+              WHERE p.pronamespace = 'pgflow'::regnamespace
+             UNION ALL
+             SELECT p.oid::regprocedure, 'pgflow_admin'
+               FROM pg_catalog.pg_proc p
+              WHERE p.pronamespace = 'pgflow'::regnamespace AND p.proname NOT LIKE '\_%'
+              ORDER BY 1, 2 LOOP
+        EXECUTE pg_catalog.format('GRANT EXECUTE ON FUNCTION %s TO %I', g.fn, g.role);
+    END LOOP;
+END
+$grants$;
+
+-------------------------------------------------------------------------------------------------
 -- Last: ask the launcher for this database's worker once CREATE EXTENSION commits (a no-op
 -- when pgflow is not in shared_preload_libraries).
 -------------------------------------------------------------------------------------------------

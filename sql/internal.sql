@@ -91,12 +91,17 @@ CREATE TYPE pgflow.pending_message AS (
 -------------------------------------------------------------------------------------------------
 
 -- _queue: the queue row for a name, or 42704 (22023 when the name could never be valid,
--- 22004 for NULL). The name check runs only on the miss path, so it costs the hot path nothing.
-CREATE FUNCTION pgflow._queue(queue_name text)
+-- 22004 for NULL); then 42501 unless the calling role may `need` on it: 'produce', 'consume',
+-- 'admin' (the queue's own administration) or 'see' (its figures: any grant on it, or
+-- pg_monitor). Superusers and members of pgflow_admin may do everything. The name check runs
+-- only on the miss path, and the grant lookup only for roles outside pgflow_admin, so the hot
+-- path of a privileged caller costs one C call more.
+CREATE FUNCTION pgflow._queue(queue_name text, need text)
 RETURNS pgflow.queue
 LANGUAGE plpgsql STABLE PARALLEL SAFE AS $$
 DECLARE
     q pgflow.queue;
+    v_class integer;
 BEGIN
     SELECT * INTO q FROM pgflow.queue WHERE queue.queue_name = _queue.queue_name;
     IF NOT FOUND THEN
@@ -105,7 +110,39 @@ BEGIN
             USING ERRCODE = 'undefined_object',
                   HINT = 'Create it with pgflow.create_queue(), or see pgflow.list_queues().';
     END IF;
+    v_class := pgflow._caller_class();
+    IF v_class < 2 AND NOT (need = 'see' AND v_class = 1) AND NOT pgflow._may(q.queue_id, need) THEN
+        RAISE EXCEPTION 'permission denied for queue "%": % needs the % privilege on it', queue_name,
+            pg_catalog.quote_ident(pg_catalog.pg_get_userbyid(pgflow._caller())),
+            CASE need WHEN 'see' THEN 'produce, consume or admin' ELSE need END
+            USING ERRCODE = 'insufficient_privilege',
+                  HINT = 'A member of pgflow_admin grants it with pgflow.grant(queue, role, privilege).';
+    END IF;
     RETURN q;
+END $$;
+
+-- _may: whether the calling role has, through its own grants or a role it is a member of, the
+-- privilege `need` on a queue ('admin' includes the other two; 'see' is any of them). Grants
+-- of roles dropped since are skipped.
+CREATE FUNCTION pgflow._may(p_queue_id integer, need text)
+RETURNS boolean
+LANGUAGE plpgsql STABLE PARALLEL SAFE AS $$
+BEGIN
+    RETURN EXISTS (
+        SELECT 1 FROM pgflow.queue_grant g
+          JOIN pg_catalog.pg_roles r ON r.oid = g.grantee
+         WHERE g.queue_id = p_queue_id
+           AND (g.privilege = need OR g.privilege = 'admin' OR need = 'see')
+           AND pg_catalog.pg_has_role(pgflow._caller(), r.oid, 'USAGE'));
+END $$;
+
+-- _visible: whether the calling role sees a queue in list_queues, metrics_all and
+-- list_bindings (any grant on it, pg_monitor or pgflow_admin).
+CREATE FUNCTION pgflow._visible(p_queue_id integer)
+RETURNS boolean
+LANGUAGE plpgsql STABLE PARALLEL SAFE AS $$
+BEGIN
+    RETURN pgflow._caller_class() > 0 OR pgflow._may(p_queue_id, 'see');
 END $$;
 
 -- _require: 22004 when a required argument is NULL.

@@ -13,8 +13,11 @@ LANGUAGE sql STABLE AS $$
                a.pid,
                greatest(pg_catalog.age(a.backend_xmin), pg_catalog.age(a.backend_xid)),
                a.xact_start,
+               -- The query's start only for pg_monitor and pgflow_admin: metrics() shows
+               -- this to every role that sees the queue.
                pg_catalog.concat_ws(' ', a.usename, '(' || a.state || ')',
-                                    pg_catalog.left(a.query, 80))
+                                    CASE WHEN pgflow._caller_class() > 0
+                                         THEN pg_catalog.left(a.query, 80) END)
           FROM pg_catalog.pg_stat_activity a
          WHERE (a.backend_xmin IS NOT NULL OR a.backend_xid IS NOT NULL)
            AND a.pid <> pg_catalog.pg_backend_pid()
@@ -69,7 +72,8 @@ LANGUAGE sql STABLE AS $$
           FROM pgflow.message m
          WHERE m.queue_id = q.queue_id
       ) s ON true
-     WHERE p_queue_id IS NULL OR q.queue_id = p_queue_id
+     -- Every queue the caller sees (metrics_all), or the one metrics checked.
+     WHERE (p_queue_id IS NULL AND pgflow._visible(q.queue_id)) OR q.queue_id = p_queue_id
      ORDER BY q.queue_name;
 $$;
 
@@ -78,7 +82,7 @@ CREATE FUNCTION pgflow.metrics(queue_name text)
 RETURNS SETOF pgflow.queue_metrics
 LANGUAGE plpgsql STABLE AS $$
 BEGIN
-    RETURN QUERY SELECT * FROM pgflow._metrics((pgflow._queue(queue_name)).queue_id, clock_timestamp());
+    RETURN QUERY SELECT * FROM pgflow._metrics((pgflow._queue(queue_name, 'see')).queue_id, clock_timestamp());
 END $$;
 
 -- metrics_all: metrics of every queue, by name.
@@ -96,7 +100,7 @@ CREATE FUNCTION pgflow.list_pending(queue_name text, qty integer DEFAULT 100)
 RETURNS SETOF pgflow.pending_message
 LANGUAGE plpgsql STABLE AS $$
 DECLARE
-    q pgflow.queue := pgflow._queue(queue_name);
+    q pgflow.queue := pgflow._queue(queue_name, 'consume');
     v_now timestamptz := clock_timestamp();
 BEGIN
     PERFORM pgflow._check_int(qty, 'qty', 1);

@@ -6,17 +6,42 @@
 -- pgflow.message for as long as the build takes).
 \echo Use "ALTER EXTENSION pgflow UPDATE" to load this file. \quit
 
+-- Hand-written steps (scripts/upgrade-steps/0.1.0--0.2.0.pre.sql, before the drafted part).
+-- Per-queue grants (sql/schema.sql has the same definition).
+CREATE TABLE pgflow.queue_grant (
+    queue_id   integer     NOT NULL,
+    grantee    regrole     NOT NULL,
+    privilege  text        NOT NULL CHECK (privilege IN ('produce', 'consume', 'admin')),
+    granted_at timestamptz NOT NULL DEFAULT now(),
+    PRIMARY KEY (queue_id, grantee, privilege)
+);
+SELECT pg_catalog.pg_extension_config_dump('pgflow.queue_grant', '');
+
 -- Functions 0.2.0 no longer has, or whose arguments or result changed.
 DROP FUNCTION pgflow._check_contract_schema(jsonb);
 DROP FUNCTION pgflow._promote_queue(integer,timestamp with time zone,integer);
+DROP FUNCTION pgflow._queue(text);
 DROP FUNCTION pgflow._validate_contract(integer,text,text,bigint,jsonb,integer);
 
 -- Composite types: new ones, and attributes appended to existing ones.
+CREATE TYPE pgflow.grant_info AS (queue_name text, role regrole, privilege text, granted_at timestamp with time zone);
 CREATE TYPE pgflow.horizon_holder AS (holder text, pid integer, xmin_age integer, since timestamp with time zone, detail text);
 ALTER TYPE pgflow.queue_metrics ADD ATTRIBUTE horizon_age_sec double precision;
 ALTER TYPE pgflow.queue_metrics ADD ATTRIBUTE horizon_holder text;
 
 -- Functions, new or changed (C, PL/pgSQL, SQL, then BEGIN ATOMIC bodies).
+CREATE OR REPLACE FUNCTION pgflow._caller()
+ RETURNS oid
+ LANGUAGE c
+ STABLE PARALLEL SAFE STRICT
+AS 'MODULE_PATHNAME', $function$_caller_wrapper$function$;
+
+CREATE OR REPLACE FUNCTION pgflow._caller_class()
+ RETURNS integer
+ LANGUAGE c
+ STABLE PARALLEL SAFE STRICT
+AS 'MODULE_PATHNAME', $function$_caller_class_wrapper$function$;
+
 CREATE OR REPLACE FUNCTION pgflow._check_contract_schema(schema text)
  RETURNS void
  LANGUAGE c
@@ -118,6 +143,23 @@ CREATE OR REPLACE FUNCTION pgflow._validate_contract(queue_id integer, queue_nam
  STABLE PARALLEL SAFE
  SET search_path TO 'pg_catalog', 'pgflow', 'pg_temp'
 AS 'MODULE_PATHNAME', $function$_validate_contract_text_wrapper$function$;
+
+CREATE OR REPLACE FUNCTION pgflow."grant"(queue_name text, role regrole, privilege text)
+ RETURNS boolean
+ LANGUAGE plpgsql
+ SECURITY DEFINER
+ SET search_path TO 'pg_catalog', 'pgflow', 'pg_temp'
+AS $function$
+DECLARE
+    q pgflow.queue := pgflow._queue(queue_name, 'admin');
+BEGIN
+    PERFORM pgflow._require(role, 'role');
+    PERFORM pgflow._check_privilege(privilege);
+    INSERT INTO pgflow.queue_grant (queue_id, grantee, privilege)
+    VALUES (q.queue_id, role, privilege)
+    ON CONFLICT ON CONSTRAINT queue_grant_pkey DO NOTHING;
+    RETURN FOUND;
+END $function$;
 
 CREATE OR REPLACE FUNCTION pgflow._before_claim(q pgflow.queue, p_now timestamp with time zone, qty integer, v_probe integer)
  RETURNS void
@@ -240,6 +282,21 @@ AS $function$
 BEGIN
     IF value < -32768 OR value > 32767 THEN
         RAISE EXCEPTION '% must be between -32768 and 32767, got %', arg, value
+            USING ERRCODE = 'invalid_parameter_value';
+    END IF;
+END $function$;
+
+CREATE OR REPLACE FUNCTION pgflow._check_privilege(privilege text)
+ RETURNS void
+ LANGUAGE plpgsql
+ IMMUTABLE PARALLEL SAFE
+ SET search_path TO 'pg_catalog', 'pgflow', 'pg_temp'
+AS $function$
+BEGIN
+    IF privilege IS NULL THEN
+        RAISE EXCEPTION 'privilege must not be NULL' USING ERRCODE = 'null_value_not_allowed';
+    ELSIF privilege NOT IN ('produce', 'consume', 'admin') THEN
+        RAISE EXCEPTION 'privilege must be produce, consume or admin, got "%"', privilege
             USING ERRCODE = 'invalid_parameter_value';
     END IF;
 END $function$;
@@ -389,6 +446,21 @@ BEGIN
     RETURN first_state;
 END $function$;
 
+CREATE OR REPLACE FUNCTION pgflow._may(p_queue_id integer, need text)
+ RETURNS boolean
+ LANGUAGE plpgsql
+ STABLE PARALLEL SAFE
+ SET search_path TO 'pg_catalog', 'pgflow', 'pg_temp'
+AS $function$
+BEGIN
+    RETURN EXISTS (
+        SELECT 1 FROM pgflow.queue_grant g
+          JOIN pg_catalog.pg_roles r ON r.oid = g.grantee
+         WHERE g.queue_id = p_queue_id
+           AND (g.privilege = need OR g.privilege = 'admin' OR need = 'see')
+           AND pg_catalog.pg_has_role(pgflow._caller(), r.oid, 'USAGE'));
+END $function$;
+
 CREATE OR REPLACE FUNCTION pgflow._promote_queue(q pgflow.queue, p_now timestamp with time zone, lim integer)
  RETURNS bigint
  LANGUAGE plpgsql
@@ -461,7 +533,7 @@ BEGIN
     RETURN n;
 END $function$;
 
-CREATE OR REPLACE FUNCTION pgflow._queue(queue_name text)
+CREATE OR REPLACE FUNCTION pgflow._queue(queue_name text, need text)
  RETURNS pgflow.queue
  LANGUAGE plpgsql
  STABLE PARALLEL SAFE
@@ -469,6 +541,7 @@ CREATE OR REPLACE FUNCTION pgflow._queue(queue_name text)
 AS $function$
 DECLARE
     q pgflow.queue;
+    v_class integer;
 BEGIN
     SELECT * INTO q FROM pgflow.queue WHERE queue.queue_name = _queue.queue_name;
     IF NOT FOUND THEN
@@ -476,6 +549,14 @@ BEGIN
         RAISE EXCEPTION 'queue "%" does not exist', queue_name
             USING ERRCODE = 'undefined_object',
                   HINT = 'Create it with pgflow.create_queue(), or see pgflow.list_queues().';
+    END IF;
+    v_class := pgflow._caller_class();
+    IF v_class < 2 AND NOT (need = 'see' AND v_class = 1) AND NOT pgflow._may(q.queue_id, need) THEN
+        RAISE EXCEPTION 'permission denied for queue "%": % needs the % privilege on it', queue_name,
+            pg_catalog.quote_ident(pg_catalog.pg_get_userbyid(pgflow._caller())),
+            CASE need WHEN 'see' THEN 'produce, consume or admin' ELSE need END
+            USING ERRCODE = 'insufficient_privilege',
+                  HINT = 'A member of pgflow_admin grants it with pgflow.grant(queue, role, privilege).';
     END IF;
     RETURN q;
 END $function$;
@@ -492,13 +573,24 @@ BEGIN
     END IF;
 END $function$;
 
+CREATE OR REPLACE FUNCTION pgflow._visible(p_queue_id integer)
+ RETURNS boolean
+ LANGUAGE plpgsql
+ STABLE PARALLEL SAFE
+ SET search_path TO 'pg_catalog', 'pgflow', 'pg_temp'
+AS $function$
+BEGIN
+    RETURN pgflow._caller_class() > 0 OR pgflow._may(p_queue_id, 'see');
+END $function$;
+
 CREATE OR REPLACE FUNCTION pgflow.alter_queue(queue_name text, visibility_timeout interval DEFAULT NULL::interval, max_retries integer DEFAULT NULL::integer, retry_delay interval DEFAULT NULL::interval, archive_retention interval DEFAULT NULL::interval, retry_backoff double precision DEFAULT NULL::double precision, retry_delay_max interval DEFAULT NULL::interval, retry_jitter double precision DEFAULT NULL::double precision, default_priority integer DEFAULT NULL::integer, dedup_window interval DEFAULT NULL::interval, notify boolean DEFAULT NULL::boolean, contract jsonb DEFAULT NULL::jsonb)
  RETURNS SETOF pgflow.queue_info
  LANGUAGE plpgsql
+ SECURITY DEFINER
  SET search_path TO 'pg_catalog', 'pgflow', 'pg_temp'
 AS $function$
 DECLARE
-    q pgflow.queue := pgflow._queue(alter_queue.queue_name);
+    q pgflow.queue := pgflow._queue(alter_queue.queue_name, 'admin');
 BEGIN
     IF alter_queue.visibility_timeout IS NOT NULL THEN
         PERFORM pgflow._check_interval(alter_queue.visibility_timeout, 'visibility_timeout', false);
@@ -547,6 +639,7 @@ END $function$;
 CREATE OR REPLACE FUNCTION pgflow.archive(queue_name text, msg_id bigint)
  RETURNS boolean
  LANGUAGE plpgsql
+ SECURITY DEFINER
  SET search_path TO 'pg_catalog', 'pgflow', 'pg_temp'
 AS $function$
 BEGIN
@@ -557,11 +650,12 @@ END $function$;
 CREATE OR REPLACE FUNCTION pgflow.archive(queue_name text, msg_ids bigint[])
  RETURNS SETOF bigint
  LANGUAGE plpgsql
+ SECURITY DEFINER
  SET enable_seqscan TO 'off'
  SET search_path TO 'pg_catalog', 'pgflow', 'pg_temp'
 AS $function$
 DECLARE
-    q pgflow.queue := pgflow._queue(queue_name);
+    q pgflow.queue := pgflow._queue(queue_name, 'consume');
     v_now timestamptz := clock_timestamp();
 BEGIN
     IF msg_ids IS NULL THEN
@@ -588,10 +682,11 @@ END $function$;
 CREATE OR REPLACE FUNCTION pgflow.archive_read(queue_name text, msg_ids bigint[], vt interval DEFAULT NULL::interval, qty integer DEFAULT 1, wait interval DEFAULT NULL::interval)
  RETURNS SETOF pgflow.message_record
  LANGUAGE plpgsql
+ SECURITY DEFINER
  SET search_path TO 'pg_catalog', 'pgflow', 'pg_temp'
 AS $function$
 DECLARE
-    q pgflow.queue := pgflow._queue(queue_name);
+    q pgflow.queue := pgflow._queue(queue_name, 'consume');
 BEGIN
     PERFORM pgflow._require(msg_ids, 'msg_ids');
     IF vt IS NOT NULL THEN
@@ -610,10 +705,11 @@ END $function$;
 CREATE OR REPLACE FUNCTION pgflow.bind(pattern text, queue_name text)
  RETURNS boolean
  LANGUAGE plpgsql
+ SECURITY DEFINER
  SET search_path TO 'pg_catalog', 'pgflow', 'pg_temp'
 AS $function$
 DECLARE
-    q pgflow.queue := pgflow._queue(queue_name);
+    q pgflow.queue := pgflow._queue(queue_name, 'admin');
 BEGIN
     PERFORM pgflow._check_topic_pattern(pattern);
     INSERT INTO pgflow.binding (pattern, queue_id) VALUES (bind.pattern, q.queue_id)
@@ -624,6 +720,7 @@ END $function$;
 CREATE OR REPLACE FUNCTION pgflow.check_cursors(now timestamp with time zone DEFAULT NULL::timestamp with time zone)
  RETURNS bigint
  LANGUAGE plpgsql
+ SECURITY DEFINER
  SET enable_seqscan TO 'off'
  SET search_path TO 'pg_catalog', 'pgflow', 'pg_temp'
 AS $function$
@@ -661,6 +758,7 @@ END $function$;
 CREATE OR REPLACE FUNCTION pgflow.create_queue(queue_name text, visibility_timeout interval DEFAULT '00:00:30'::interval, max_retries integer DEFAULT 3, retry_delay interval DEFAULT '00:00:01'::interval, archive_retention interval DEFAULT '7 days'::interval, if_not_exists boolean DEFAULT false, retry_backoff double precision DEFAULT 2, retry_delay_max interval DEFAULT '01:00:00'::interval, retry_jitter double precision DEFAULT 0.1, default_priority integer DEFAULT 0, dedup_window interval DEFAULT '00:05:00'::interval, notify boolean DEFAULT false, contract jsonb DEFAULT NULL::jsonb)
  RETURNS boolean
  LANGUAGE plpgsql
+ SECURITY DEFINER
  SET search_path TO 'pg_catalog', 'pgflow', 'pg_temp'
 AS $function$
 DECLARE
@@ -726,6 +824,7 @@ END $function$;
 CREATE OR REPLACE FUNCTION pgflow.delete(queue_name text, msg_id bigint)
  RETURNS boolean
  LANGUAGE plpgsql
+ SECURITY DEFINER
  SET search_path TO 'pg_catalog', 'pgflow', 'pg_temp'
 AS $function$
 BEGIN
@@ -736,11 +835,12 @@ END $function$;
 CREATE OR REPLACE FUNCTION pgflow.delete(queue_name text, msg_ids bigint[])
  RETURNS SETOF bigint
  LANGUAGE plpgsql
+ SECURITY DEFINER
  SET enable_seqscan TO 'off'
  SET search_path TO 'pg_catalog', 'pgflow', 'pg_temp'
 AS $function$
 DECLARE
-    q pgflow.queue := pgflow._queue(queue_name);
+    q pgflow.queue := pgflow._queue(queue_name, 'consume');
 BEGIN
     PERFORM pgflow._require(msg_ids, 'msg_ids');
     PERFORM pgflow._touch(q.queue_id, q.msg_seq::oid);
@@ -753,11 +853,11 @@ END $function$;
 CREATE OR REPLACE FUNCTION pgflow.dlq_list(queue_name text, qty integer DEFAULT 100)
  RETURNS SETOF pgflow.dead_message
  LANGUAGE plpgsql
- STABLE
+ STABLE SECURITY DEFINER
  SET search_path TO 'pg_catalog', 'pgflow', 'pg_temp'
 AS $function$
 DECLARE
-    q pgflow.queue := pgflow._queue(queue_name);
+    q pgflow.queue := pgflow._queue(queue_name, 'admin');
 BEGIN
     PERFORM pgflow._check_int(qty, 'qty', 1);
     RETURN QUERY
@@ -772,10 +872,11 @@ END $function$;
 CREATE OR REPLACE FUNCTION pgflow.dlq_purge(queue_name text, older_than timestamp with time zone DEFAULT NULL::timestamp with time zone)
  RETURNS bigint
  LANGUAGE plpgsql
+ SECURITY DEFINER
  SET search_path TO 'pg_catalog', 'pgflow', 'pg_temp'
 AS $function$
 DECLARE
-    q pgflow.queue := pgflow._queue(queue_name);
+    q pgflow.queue := pgflow._queue(queue_name, 'admin');
     n bigint;
 BEGIN
     DELETE FROM pgflow.dead d
@@ -787,6 +888,7 @@ END $function$;
 CREATE OR REPLACE FUNCTION pgflow.dlq_retry(queue_name text, msg_id bigint)
  RETURNS bigint
  LANGUAGE plpgsql
+ SECURITY DEFINER
  SET search_path TO 'pg_catalog', 'pgflow', 'pg_temp'
 AS $function$
 BEGIN
@@ -797,10 +899,11 @@ END $function$;
 CREATE OR REPLACE FUNCTION pgflow.dlq_retry(queue_name text, msg_ids bigint[] DEFAULT NULL::bigint[], died_before timestamp with time zone DEFAULT NULL::timestamp with time zone)
  RETURNS TABLE(dead_msg_id bigint, msg_id bigint)
  LANGUAGE plpgsql
+ SECURITY DEFINER
  SET search_path TO 'pg_catalog', 'pgflow', 'pg_temp'
 AS $function$
 DECLARE
-    q pgflow.queue := pgflow._queue(queue_name);
+    q pgflow.queue := pgflow._queue(queue_name, 'admin');
     v_now timestamptz := clock_timestamp();
     d record;
     v_state "char";
@@ -835,10 +938,11 @@ END $function$;
 CREATE OR REPLACE FUNCTION pgflow.drop_contract(queue_name text, version text)
  RETURNS boolean
  LANGUAGE plpgsql
+ SECURITY DEFINER
  SET search_path TO 'pg_catalog', 'pgflow', 'pg_temp'
 AS $function$
 DECLARE
-    q pgflow.queue := pgflow._queue(queue_name);
+    q pgflow.queue := pgflow._queue(queue_name, 'admin');
 BEGIN
     PERFORM pgflow._require(version, 'version');
     DELETE FROM pgflow.contract c WHERE c.queue_id = q.queue_id AND c.version = drop_contract.version;
@@ -857,6 +961,7 @@ END $function$;
 CREATE OR REPLACE FUNCTION pgflow.drop_queue(queue_name text, if_exists boolean DEFAULT false)
  RETURNS boolean
  LANGUAGE plpgsql
+ SECURITY DEFINER
  SET search_path TO 'pg_catalog', 'pgflow', 'pg_temp'
 AS $function$
 DECLARE
@@ -869,8 +974,10 @@ BEGIN
         IF coalesce(if_exists, false) THEN
             RETURN false;
         END IF;
-        q := pgflow._queue(queue_name);  -- raises the right error
+        q := pgflow._queue(queue_name, 'admin');  -- raises the right error
     END IF;
+    PERFORM pgflow._queue(queue_name, 'admin');  -- 42501 unless the caller may
+
     -- The deletes lock every message, ready ones included: should this transaction abort, the
     -- queue's claim cursor must start over (src/ipc/cursor.rs).
     PERFORM pgflow._touch(q.queue_id, q.msg_seq::oid);
@@ -879,6 +986,7 @@ BEGIN
     DELETE FROM pgflow.dead d WHERE d.queue_id = q.queue_id;
     DELETE FROM pgflow.dedup k WHERE k.queue_id = q.queue_id;
     DELETE FROM pgflow.binding b WHERE b.queue_id = q.queue_id;
+    DELETE FROM pgflow.queue_grant g WHERE g.queue_id = q.queue_id;
     DELETE FROM pgflow.contract c WHERE c.queue_id = q.queue_id;
     DELETE FROM pgflow.queue u WHERE u.queue_id = q.queue_id;
     PERFORM pgflow._notify_forget(q.queue_id);
@@ -891,11 +999,11 @@ END $function$;
 CREATE OR REPLACE FUNCTION pgflow.list_contracts(queue_name text)
  RETURNS TABLE(version text, is_default boolean, contract jsonb, created_at timestamp with time zone)
  LANGUAGE plpgsql
- STABLE
+ STABLE SECURITY DEFINER
  SET search_path TO 'pg_catalog', 'pgflow', 'pg_temp'
 AS $function$
 DECLARE
-    q pgflow.queue := pgflow._queue(queue_name);
+    q pgflow.queue := pgflow._queue(queue_name, 'see');
 BEGIN
     RETURN QUERY
     SELECT c.version, c.version = q.contract_version, c.schema, c.created_at
@@ -903,14 +1011,33 @@ BEGIN
      ORDER BY c.version = q.contract_version DESC, c.version;
 END $function$;
 
-CREATE OR REPLACE FUNCTION pgflow.list_pending(queue_name text, qty integer DEFAULT 100)
- RETURNS SETOF pgflow.pending_message
+CREATE OR REPLACE FUNCTION pgflow.list_grants(queue_name text DEFAULT NULL::text)
+ RETURNS SETOF pgflow.grant_info
  LANGUAGE plpgsql
- STABLE
+ STABLE SECURITY DEFINER
  SET search_path TO 'pg_catalog', 'pgflow', 'pg_temp'
 AS $function$
 DECLARE
-    q pgflow.queue := pgflow._queue(queue_name);
+    v_id integer;
+BEGIN
+    IF list_grants.queue_name IS NOT NULL THEN
+        v_id := (pgflow._queue(list_grants.queue_name, 'admin')).queue_id;
+    END IF;
+    RETURN QUERY
+    SELECT q.queue_name, g.grantee, g.privilege, g.granted_at
+      FROM pgflow.queue_grant g JOIN pgflow.queue q USING (queue_id)
+     WHERE v_id IS NULL OR g.queue_id = v_id
+     ORDER BY q.queue_name, g.grantee::text, g.privilege;
+END $function$;
+
+CREATE OR REPLACE FUNCTION pgflow.list_pending(queue_name text, qty integer DEFAULT 100)
+ RETURNS SETOF pgflow.pending_message
+ LANGUAGE plpgsql
+ STABLE SECURITY DEFINER
+ SET search_path TO 'pg_catalog', 'pgflow', 'pg_temp'
+AS $function$
+DECLARE
+    q pgflow.queue := pgflow._queue(queue_name, 'consume');
     v_now timestamptz := clock_timestamp();
 BEGIN
     PERFORM pgflow._check_int(qty, 'qty', 1);
@@ -932,6 +1059,7 @@ END $function$;
 CREATE OR REPLACE FUNCTION pgflow.maintain(now timestamp with time zone DEFAULT NULL::timestamp with time zone, batch integer DEFAULT 1000, prune_batch integer DEFAULT 10000)
  RETURNS TABLE(job text, processed bigint)
  LANGUAGE plpgsql
+ SECURITY DEFINER
  SET search_path TO 'pg_catalog', 'pgflow', 'pg_temp'
 AS $function$
 DECLARE
@@ -949,21 +1077,22 @@ END $function$;
 CREATE OR REPLACE FUNCTION pgflow.metrics(queue_name text)
  RETURNS SETOF pgflow.queue_metrics
  LANGUAGE plpgsql
- STABLE
+ STABLE SECURITY DEFINER
  SET search_path TO 'pg_catalog', 'pgflow', 'pg_temp'
 AS $function$
 BEGIN
-    RETURN QUERY SELECT * FROM pgflow._metrics((pgflow._queue(queue_name)).queue_id, clock_timestamp());
+    RETURN QUERY SELECT * FROM pgflow._metrics((pgflow._queue(queue_name, 'see')).queue_id, clock_timestamp());
 END $function$;
 
 CREATE OR REPLACE FUNCTION pgflow.nack(queue_name text, msg_id bigint, error text DEFAULT NULL::text, retry_after interval DEFAULT NULL::interval, read_ct integer DEFAULT NULL::integer, now timestamp with time zone DEFAULT NULL::timestamp with time zone)
  RETURNS SETOF pgflow.nack_result
  LANGUAGE plpgsql
+ SECURITY DEFINER
  SET enable_seqscan TO 'off'
  SET search_path TO 'pg_catalog', 'pgflow', 'pg_temp'
 AS $function$
 DECLARE
-    q pgflow.queue := pgflow._queue(queue_name);
+    q pgflow.queue := pgflow._queue(queue_name, 'consume');
     v_now timestamptz := coalesce(nack.now, clock_timestamp());
     m record;
 BEGIN
@@ -996,11 +1125,12 @@ END $function$;
 CREATE OR REPLACE FUNCTION pgflow.pop(queue_name text, qty integer DEFAULT 1)
  RETURNS SETOF pgflow.message_record
  LANGUAGE plpgsql
+ SECURITY DEFINER
  SET enable_seqscan TO 'off'
  SET search_path TO 'pg_catalog', 'pgflow', 'pg_temp'
 AS $function$
 DECLARE
-    q pgflow.queue := pgflow._queue(queue_name);
+    q pgflow.queue := pgflow._queue(queue_name, 'consume');
     v_now timestamptz := clock_timestamp();
     v_from bigint[];
     v_probe integer;
@@ -1035,6 +1165,7 @@ END $function$;
 CREATE OR REPLACE FUNCTION pgflow.publish(topic text, message jsonb, headers jsonb DEFAULT NULL::jsonb, delay interval DEFAULT '00:00:00'::interval, priority integer DEFAULT NULL::integer)
  RETURNS TABLE(queue_name text, msg_id bigint)
  LANGUAGE plpgsql
+ SECURITY DEFINER
  SET search_path TO 'pg_catalog', 'pgflow', 'pg_temp'
 AS $function$
 DECLARE
@@ -1057,10 +1188,11 @@ END $function$;
 CREATE OR REPLACE FUNCTION pgflow.purge_queue(queue_name text)
  RETURNS bigint
  LANGUAGE plpgsql
+ SECURITY DEFINER
  SET search_path TO 'pg_catalog', 'pgflow', 'pg_temp'
 AS $function$
 DECLARE
-    q pgflow.queue := pgflow._queue(queue_name);
+    q pgflow.queue := pgflow._queue(queue_name, 'admin');
     n bigint;
 BEGIN
     PERFORM pgflow._touch(q.queue_id, q.msg_seq::oid);
@@ -1072,11 +1204,12 @@ END $function$;
 CREATE OR REPLACE FUNCTION pgflow.read(queue_name text, vt interval DEFAULT NULL::interval, qty integer DEFAULT 1, wait interval DEFAULT NULL::interval)
  RETURNS SETOF pgflow.message_record
  LANGUAGE plpgsql
+ SECURITY DEFINER
  SET enable_seqscan TO 'off'
  SET search_path TO 'pg_catalog', 'pgflow', 'pg_temp'
 AS $function$
 DECLARE
-    q pgflow.queue := pgflow._queue(queue_name);
+    q pgflow.queue := pgflow._queue(queue_name, 'consume');
     v_now timestamptz := clock_timestamp();
     v_vt interval := coalesce(read.vt, q.visibility_timeout);
     v_deadline timestamptz;
@@ -1162,24 +1295,46 @@ END $function$;
 CREATE OR REPLACE FUNCTION pgflow.retry_schedule(queue_name text)
  RETURNS TABLE(attempt integer, min_delay interval, max_delay interval)
  LANGUAGE plpgsql
- STABLE
+ STABLE SECURITY DEFINER
  SET search_path TO 'pg_catalog', 'pgflow', 'pg_temp'
 AS $function$
 DECLARE
-    q pgflow.queue := pgflow._queue(queue_name);
+    q pgflow.queue := pgflow._queue(queue_name, 'see');
 BEGIN
     RETURN QUERY
     SELECT n, pgflow._retry_interval(q, n, 1.0), pgflow._retry_interval(q, n, 0.0)
       FROM generate_series(1, q.max_retries) AS n;
 END $function$;
 
-CREATE OR REPLACE FUNCTION pgflow.send(queue_name text, message jsonb, headers jsonb DEFAULT NULL::jsonb, delay interval DEFAULT '00:00:00'::interval, priority integer DEFAULT NULL::integer, group_key text DEFAULT NULL::text, dedup_key text DEFAULT NULL::text, deliver_at timestamp with time zone DEFAULT NULL::timestamp with time zone)
+CREATE OR REPLACE FUNCTION pgflow.revoke(queue_name text, role regrole, privilege text DEFAULT NULL::text)
  RETURNS bigint
  LANGUAGE plpgsql
+ SECURITY DEFINER
  SET search_path TO 'pg_catalog', 'pgflow', 'pg_temp'
 AS $function$
 DECLARE
-    q pgflow.queue := pgflow._queue(queue_name);
+    q pgflow.queue := pgflow._queue(queue_name, 'admin');
+    n bigint;
+BEGIN
+    PERFORM pgflow._require(role, 'role');
+    IF privilege IS NOT NULL THEN
+        PERFORM pgflow._check_privilege(privilege);
+    END IF;
+    DELETE FROM pgflow.queue_grant g
+     WHERE g.queue_id = q.queue_id AND g.grantee = role
+       AND (revoke.privilege IS NULL OR g.privilege = revoke.privilege);
+    GET DIAGNOSTICS n = ROW_COUNT;
+    RETURN n;
+END $function$;
+
+CREATE OR REPLACE FUNCTION pgflow.send(queue_name text, message jsonb, headers jsonb DEFAULT NULL::jsonb, delay interval DEFAULT '00:00:00'::interval, priority integer DEFAULT NULL::integer, group_key text DEFAULT NULL::text, dedup_key text DEFAULT NULL::text, deliver_at timestamp with time zone DEFAULT NULL::timestamp with time zone)
+ RETURNS bigint
+ LANGUAGE plpgsql
+ SECURITY DEFINER
+ SET search_path TO 'pg_catalog', 'pgflow', 'pg_temp'
+AS $function$
+DECLARE
+    q pgflow.queue := pgflow._queue(queue_name, 'produce');
     v_now timestamptz := clock_timestamp();
     v_id bigint;
     v_vt timestamptz;
@@ -1251,10 +1406,11 @@ END $function$;
 CREATE OR REPLACE FUNCTION pgflow.send_batch(queue_name text, messages jsonb[], headers jsonb[] DEFAULT NULL::jsonb[], delay interval DEFAULT '00:00:00'::interval, priority integer DEFAULT NULL::integer)
  RETURNS SETOF bigint
  LANGUAGE plpgsql
+ SECURITY DEFINER
  SET search_path TO 'pg_catalog', 'pgflow', 'pg_temp'
 AS $function$
 DECLARE
-    q pgflow.queue := pgflow._queue(queue_name);
+    q pgflow.queue := pgflow._queue(queue_name, 'produce');
     v_now timestamptz := clock_timestamp();
     v_bad record;
     v_ids bigint[];
@@ -1331,10 +1487,11 @@ END $function$;
 CREATE OR REPLACE FUNCTION pgflow.set_contract(queue_name text, contract jsonb, version text DEFAULT '1'::text, make_default boolean DEFAULT true)
  RETURNS void
  LANGUAGE plpgsql
+ SECURITY DEFINER
  SET search_path TO 'pg_catalog', 'pgflow', 'pg_temp'
 AS $function$
 DECLARE
-    q pgflow.queue := pgflow._queue(queue_name);
+    q pgflow.queue := pgflow._queue(queue_name, 'admin');
 BEGIN
     PERFORM pgflow._check_contract_schema(contract::text);
     PERFORM pgflow._require(version, 'version');
@@ -1356,11 +1513,12 @@ END $function$;
 CREATE OR REPLACE FUNCTION pgflow.set_vt(queue_name text, msg_id bigint, vt interval)
  RETURNS SETOF pgflow.message_record
  LANGUAGE plpgsql
+ SECURITY DEFINER
  SET enable_seqscan TO 'off'
  SET search_path TO 'pg_catalog', 'pgflow', 'pg_temp'
 AS $function$
 DECLARE
-    q pgflow.queue := pgflow._queue(queue_name);
+    q pgflow.queue := pgflow._queue(queue_name, 'consume');
     v_now timestamptz := clock_timestamp();
 BEGIN
     PERFORM pgflow._require(set_vt.msg_id, 'msg_id');
@@ -1391,10 +1549,11 @@ END $function$;
 CREATE OR REPLACE FUNCTION pgflow.unbind(pattern text, queue_name text)
  RETURNS boolean
  LANGUAGE plpgsql
+ SECURITY DEFINER
  SET search_path TO 'pg_catalog', 'pgflow', 'pg_temp'
 AS $function$
 DECLARE
-    q pgflow.queue := pgflow._queue(queue_name);
+    q pgflow.queue := pgflow._queue(queue_name, 'admin');
 BEGIN
     PERFORM pgflow._require(pattern, 'pattern');
     DELETE FROM pgflow.binding b WHERE b.pattern = unbind.pattern AND b.queue_id = q.queue_id;
@@ -1489,7 +1648,8 @@ AS $function$
           FROM pgflow.message m
          WHERE m.queue_id = q.queue_id
       ) s ON true
-     WHERE p_queue_id IS NULL OR q.queue_id = p_queue_id
+     -- Every queue the caller sees (metrics_all), or the one metrics checked.
+     WHERE (p_queue_id IS NULL AND pgflow._visible(q.queue_id)) OR q.queue_id = p_queue_id
      ORDER BY q.queue_name;
 $function$;
 
@@ -1521,6 +1681,7 @@ $function$;
 CREATE OR REPLACE FUNCTION pgflow.cursor_status()
  RETURNS TABLE(queue_name text, mark_priority integer, mark_msg_id bigint, due timestamp with time zone, events bigint, frozen boolean)
  LANGUAGE sql
+ SECURITY DEFINER
  SET search_path TO 'pg_catalog', 'pgflow', 'pg_temp'
 AS $function$
     SELECT q.queue_name, c.mark_priority, c.mark_msg_id, c.due, c.events, c.frozen
@@ -1532,7 +1693,7 @@ $function$;
 CREATE OR REPLACE FUNCTION pgflow.horizon()
  RETURNS SETOF pgflow.horizon_holder
  LANGUAGE sql
- STABLE
+ STABLE SECURITY DEFINER
  SET search_path TO 'pg_catalog', 'pgflow', 'pg_temp'
 AS $function$
     SELECT h.* FROM (
@@ -1540,8 +1701,11 @@ AS $function$
                a.pid,
                greatest(pg_catalog.age(a.backend_xmin), pg_catalog.age(a.backend_xid)),
                a.xact_start,
+               -- The query's start only for pg_monitor and pgflow_admin: metrics() shows
+               -- this to every role that sees the queue.
                pg_catalog.concat_ws(' ', a.usename, '(' || a.state || ')',
-                                    pg_catalog.left(a.query, 80))
+                                    CASE WHEN pgflow._caller_class() > 0
+                                         THEN pg_catalog.left(a.query, 80) END)
           FROM pg_catalog.pg_stat_activity a
          WHERE (a.backend_xmin IS NOT NULL OR a.backend_xid IS NOT NULL)
            AND a.pid <> pg_catalog.pg_backend_pid()
@@ -1564,31 +1728,33 @@ $function$;
 CREATE OR REPLACE FUNCTION pgflow.list_bindings()
  RETURNS TABLE(pattern text, queue_name text, created_at timestamp with time zone)
  LANGUAGE sql
- STABLE
+ STABLE SECURITY DEFINER
  SET search_path TO 'pg_catalog', 'pgflow', 'pg_temp'
 AS $function$
     SELECT b.pattern, q.queue_name, b.created_at
       FROM pgflow.binding b JOIN pgflow.queue q USING (queue_id)
+     WHERE pgflow._visible(q.queue_id)
      ORDER BY b.pattern, q.queue_name;
 $function$;
 
 CREATE OR REPLACE FUNCTION pgflow.list_queues()
  RETURNS SETOF pgflow.queue_info
  LANGUAGE sql
- STABLE PARALLEL SAFE
+ STABLE PARALLEL SAFE SECURITY DEFINER
  SET search_path TO 'pg_catalog', 'pgflow', 'pg_temp'
 AS $function$
     SELECT q.queue_name, q.visibility_timeout, q.max_retries, q.retry_delay, q.retry_backoff,
            q.retry_delay_max, q.retry_jitter, q.archive_retention, q.created_at,
            q.default_priority, q.dedup_window, q.notify, q.contract_version
       FROM pgflow.queue q
+     WHERE pgflow._visible(q.queue_id)
      ORDER BY q.queue_name;
 $function$;
 
 CREATE OR REPLACE FUNCTION pgflow.metrics_all()
  RETURNS SETOF pgflow.queue_metrics
  LANGUAGE sql
- STABLE
+ STABLE SECURITY DEFINER
  SET search_path TO 'pg_catalog', 'pgflow', 'pg_temp'
 AS $function$
     SELECT * FROM pgflow._metrics(NULL, clock_timestamp());
@@ -1597,6 +1763,7 @@ $function$;
 CREATE OR REPLACE FUNCTION pgflow.expire_leases(now timestamp with time zone DEFAULT NULL::timestamp with time zone, batch integer DEFAULT 1000)
  RETURNS bigint
  LANGUAGE sql
+ SECURITY DEFINER
  SET search_path TO 'pg_catalog', 'pgflow', 'pg_temp'
 BEGIN ATOMIC
  SELECT pgflow._each_queue('expire_leases'::text, COALESCE(now, clock_timestamp()), batch) AS _each_queue;
@@ -1605,6 +1772,7 @@ END;
 CREATE OR REPLACE FUNCTION pgflow.promote_delayed(now timestamp with time zone DEFAULT NULL::timestamp with time zone, batch integer DEFAULT 1000)
  RETURNS bigint
  LANGUAGE sql
+ SECURITY DEFINER
  SET search_path TO 'pg_catalog', 'pgflow', 'pg_temp'
 BEGIN ATOMIC
  SELECT pgflow._each_queue('promote_delayed'::text, COALESCE(now, clock_timestamp()), batch) AS _each_queue;
@@ -1613,6 +1781,7 @@ END;
 CREATE OR REPLACE FUNCTION pgflow.prune_archive(now timestamp with time zone DEFAULT NULL::timestamp with time zone, batch integer DEFAULT 10000)
  RETURNS bigint
  LANGUAGE sql
+ SECURITY DEFINER
  SET search_path TO 'pg_catalog', 'pgflow', 'pg_temp'
 BEGIN ATOMIC
  SELECT pgflow._each_queue('prune_archive'::text, COALESCE(now, clock_timestamp()), batch) AS _each_queue;
@@ -1621,6 +1790,7 @@ END;
 CREATE OR REPLACE FUNCTION pgflow.prune_dedup(now timestamp with time zone DEFAULT NULL::timestamp with time zone, batch integer DEFAULT 10000)
  RETURNS bigint
  LANGUAGE sql
+ SECURITY DEFINER
  SET search_path TO 'pg_catalog', 'pgflow', 'pg_temp'
 BEGIN ATOMIC
  SELECT pgflow._each_queue('prune_dedup'::text, COALESCE(now, clock_timestamp()), batch) AS _each_queue;
@@ -1643,3 +1813,144 @@ UPDATE pgflow.queue
        dedup_window       = least(dedup_window, interval '100 years')
  WHERE greatest(visibility_timeout, retry_delay, retry_delay_max, archive_retention,
                 dedup_window) > interval '100 years';
+
+-- sql/finalize.sql, as at the end of the install script.
+-------------------------------------------------------------------------------------------------
+-- search_path: every function that resolves a name pins it, so that no caller's path (a
+-- session's, a database default's, the worker's) can put another schema's function or operator
+-- in front of pg_catalog's. An exact-type function planted in public beats pg_catalog's
+-- VARIADIC "any" one, whatever the path's order: the only defence is public not being on the
+-- path at all (docs/design.md, "search_path"). That is every SQL and PL/pgSQL function, and the
+-- C function that runs SQL (_validate_contract reads the contract table). The other C functions
+-- run no SQL and resolve no name; a SET clause would cost each call a save and restore of the
+-- setting (they sit on the per-message path), so they are left as they are. The regression test
+-- `search_path` checks this list and plants the shadows.
+--
+-- The statements are built from catalog identities (regprocedure prints a qualified, quoted
+-- signature), never from a user's string.
+-------------------------------------------------------------------------------------------------
+DO $pin$
+DECLARE
+    f regprocedure;
+BEGIN
+    FOR f IN SELECT p.oid::regprocedure
+               FROM pg_catalog.pg_proc p
+              WHERE p.pronamespace = 'pgflow'::regnamespace
+                AND (p.prolang <> (SELECT l.oid FROM pg_catalog.pg_language l WHERE l.lanname = 'c')
+                     OR p.proname = '_validate_contract')
+              ORDER BY p.oid LOOP
+        EXECUTE pg_catalog.format('ALTER FUNCTION %s SET search_path = pg_catalog, pgflow, pg_temp', f);
+    END LOOP;
+END
+$pin$;
+
+-------------------------------------------------------------------------------------------------
+-- Roles and ownership (docs/operations.md, "Roles and grants"). Four NOLOGIN roles, created
+-- when missing (roles belong to the cluster: a second database's install finds them, and
+-- DROP EXTENSION leaves them):
+--   pgflow_owner     owns every pgflow object and nothing else, and is no superuser. The
+--                    user-facing functions are SECURITY DEFINER, so they run as this role;
+--                    so do the worker's rounds. It may read every backend's statistics
+--                    (pg_read_all_stats), for horizon().
+--   pgflow_producer  may call the producing functions; pgflow_consumer the consuming ones;
+--                    both the read-only ones. Which queues: their per-queue grants
+--                    (pgflow.grant).
+--   pgflow_admin     may call every user-facing function, on every queue.
+-- PUBLIC may call nothing and reaches no table. pg_monitor may call the observing functions
+-- and sees every queue's figures. This block is also the last step of every upgrade script
+-- (tests/upgrade/upgrade.sh appends it), so an upgraded install ends exactly like a fresh one;
+-- it may run again.
+-------------------------------------------------------------------------------------------------
+DO $roles$
+DECLARE
+    r text;
+BEGIN
+    FOREACH r IN ARRAY ARRAY['pgflow_owner', 'pgflow_producer', 'pgflow_consumer', 'pgflow_admin'] LOOP
+        IF NOT EXISTS (SELECT 1 FROM pg_catalog.pg_roles WHERE rolname = r) THEN
+            EXECUTE pg_catalog.format('CREATE ROLE %I NOLOGIN', r);
+        END IF;
+    END LOOP;
+    IF NOT EXISTS (SELECT 1 FROM pg_catalog.pg_auth_members m
+                    WHERE m.roleid = 'pg_read_all_stats'::regrole AND m.member = 'pgflow_owner'::regrole) THEN
+        GRANT pg_read_all_stats TO pgflow_owner;
+    END IF;
+END
+$roles$;
+
+DO $own$
+DECLARE
+    o record;
+BEGIN
+    ALTER SCHEMA pgflow OWNER TO pgflow_owner;
+    -- Tables carry their indexes and the sequences they own; then the other sequences
+    -- (per-queue ones included), the composite types and the functions.
+    FOR o IN SELECT c.oid::regclass AS rel, c.relkind
+               FROM pg_catalog.pg_class c
+              WHERE c.relnamespace = 'pgflow'::regnamespace AND c.relkind IN ('r', 'S')
+                AND NOT EXISTS (SELECT 1 FROM pg_catalog.pg_depend d
+                                 WHERE d.classid = 'pg_catalog.pg_class'::regclass AND d.objid = c.oid
+                                   AND d.deptype IN ('a', 'i'))
+              ORDER BY c.relkind, c.oid LOOP
+        EXECUTE pg_catalog.format(CASE o.relkind WHEN 'r' THEN 'ALTER TABLE %s OWNER TO pgflow_owner'
+                                                 ELSE 'ALTER SEQUENCE %s OWNER TO pgflow_owner' END, o.rel);
+    END LOOP;
+    FOR o IN SELECT t.oid::regtype AS typ
+               FROM pg_catalog.pg_type t JOIN pg_catalog.pg_class c ON c.oid = t.typrelid
+              WHERE t.typnamespace = 'pgflow'::regnamespace AND c.relkind = 'c'
+              ORDER BY t.oid LOOP
+        EXECUTE pg_catalog.format('ALTER TYPE %s OWNER TO pgflow_owner', o.typ);
+    END LOOP;
+    FOR o IN SELECT p.oid::regprocedure AS fn, p.proname
+               FROM pg_catalog.pg_proc p
+              WHERE p.pronamespace = 'pgflow'::regnamespace
+              ORDER BY p.oid LOOP
+        EXECUTE pg_catalog.format('ALTER FUNCTION %s OWNER TO pgflow_owner', o.fn);
+        -- Every user-facing function but worker_status (which reads shared memory and checks
+        -- the caller itself) runs as the owner; the internal ones run as their caller, which
+        -- is then the owner.
+        EXECUTE pg_catalog.format(CASE WHEN o.proname LIKE '\_%' OR o.proname = 'worker_status'
+                                       THEN 'ALTER FUNCTION %s SECURITY INVOKER'
+                                       ELSE 'ALTER FUNCTION %s SECURITY DEFINER' END, o.fn);
+    END LOOP;
+END
+$own$;
+
+REVOKE ALL ON SCHEMA pgflow FROM PUBLIC;
+GRANT USAGE ON SCHEMA pgflow TO pgflow_producer, pgflow_consumer, pgflow_admin, pg_monitor;
+REVOKE ALL ON ALL TABLES IN SCHEMA pgflow FROM PUBLIC;
+REVOKE ALL ON ALL SEQUENCES IN SCHEMA pgflow FROM PUBLIC;
+REVOKE EXECUTE ON ALL FUNCTIONS IN SCHEMA pgflow FROM PUBLIC;
+
+DO $grants$
+DECLARE
+    g record;
+BEGIN
+    FOR g IN SELECT p.oid::regprocedure AS fn, r.role
+               FROM pg_catalog.pg_proc p
+               JOIN (VALUES
+                   ('pgflow_producer', ARRAY['send', 'send_batch', 'publish']),
+                   ('pgflow_consumer', ARRAY['read', 'pop', 'archive', 'archive_read', 'delete',
+                                             'set_vt', 'nack', 'list_pending']),
+                   ('pgflow_producer', ARRAY['list_queues', 'metrics', 'metrics_all', 'list_contracts',
+                                             'list_bindings', 'retry_schedule', 'worker_status']),
+                   ('pgflow_consumer', ARRAY['list_queues', 'metrics', 'metrics_all', 'list_contracts',
+                                             'list_bindings', 'retry_schedule', 'worker_status']),
+                   ('pg_monitor', ARRAY['list_queues', 'metrics', 'metrics_all', 'list_bindings',
+                                        'worker_status', 'horizon', 'cursor_status']))
+                 AS r(role, names) ON p.proname = ANY (r.names)
+              WHERE p.pronamespace = 'pgflow'::regnamespace
+             UNION ALL
+             SELECT p.oid::regprocedure, 'pgflow_admin'
+               FROM pg_catalog.pg_proc p
+              WHERE p.pronamespace = 'pgflow'::regnamespace AND p.proname NOT LIKE '\_%'
+              ORDER BY 1, 2 LOOP
+        EXECUTE pg_catalog.format('GRANT EXECUTE ON FUNCTION %s TO %I', g.fn, g.role);
+    END LOOP;
+END
+$grants$;
+
+-------------------------------------------------------------------------------------------------
+-- Last: ask the launcher for this database's worker once CREATE EXTENSION commits (a no-op
+-- when pgflow is not in shared_preload_libraries).
+-------------------------------------------------------------------------------------------------
+SELECT pgflow._worker_wake();

@@ -16,7 +16,7 @@ CREATE FUNCTION pgflow.send(
 RETURNS bigint
 LANGUAGE plpgsql VOLATILE AS $$
 DECLARE
-    q pgflow.queue := pgflow._queue(queue_name);
+    q pgflow.queue := pgflow._queue(queue_name, 'produce');
     v_now timestamptz := clock_timestamp();
     v_id bigint;
     v_vt timestamptz;
@@ -98,7 +98,7 @@ CREATE FUNCTION pgflow.send_batch(
 RETURNS SETOF bigint
 LANGUAGE plpgsql VOLATILE AS $$
 DECLARE
-    q pgflow.queue := pgflow._queue(queue_name);
+    q pgflow.queue := pgflow._queue(queue_name, 'produce');
     v_now timestamptz := clock_timestamp();
     v_bad record;
     v_ids bigint[];

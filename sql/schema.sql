@@ -167,6 +167,18 @@ CREATE TABLE pgflow.binding (
     PRIMARY KEY (pattern, queue_id)
 );
 
+-- Per-queue grants (pgflow.grant): which roles may produce to, consume from or administer a
+-- queue. A role's members have its grants. grantee is a regrole, so pg_dump writes role names
+-- and a restore into another cluster finds the roles by name; a grant of a role dropped since
+-- is ignored (docs/operations.md, "Roles and grants").
+CREATE TABLE pgflow.queue_grant (
+    queue_id   integer     NOT NULL,
+    grantee    regrole     NOT NULL,
+    privilege  text        NOT NULL CHECK (privilege IN ('produce', 'consume', 'admin')),
+    granted_at timestamptz NOT NULL DEFAULT now(),
+    PRIMARY KEY (queue_id, grantee, privilege)
+);
+
 -- Queues and their messages are user data: pg_dump must include them.
 SELECT pg_catalog.pg_extension_config_dump('pgflow.queue', '');
 SELECT pg_catalog.pg_extension_config_dump('pgflow.message', '');
@@ -175,5 +187,6 @@ SELECT pg_catalog.pg_extension_config_dump('pgflow.dead', '');
 SELECT pg_catalog.pg_extension_config_dump('pgflow.dedup', '');
 SELECT pg_catalog.pg_extension_config_dump('pgflow.binding', '');
 SELECT pg_catalog.pg_extension_config_dump('pgflow.contract', '');
+SELECT pg_catalog.pg_extension_config_dump('pgflow.queue_grant', '');
 SELECT pg_catalog.pg_extension_config_dump('pgflow.contract_revision', '');
 SELECT pg_catalog.pg_extension_config_dump('pgflow.queue_queue_id_seq', '');

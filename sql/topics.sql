@@ -9,7 +9,7 @@ CREATE FUNCTION pgflow.bind(pattern text, queue_name text)
 RETURNS boolean
 LANGUAGE plpgsql VOLATILE AS $$
 DECLARE
-    q pgflow.queue := pgflow._queue(queue_name);
+    q pgflow.queue := pgflow._queue(queue_name, 'admin');
 BEGIN
     PERFORM pgflow._check_topic_pattern(pattern);
     INSERT INTO pgflow.binding (pattern, queue_id) VALUES (bind.pattern, q.queue_id)
@@ -22,19 +22,20 @@ CREATE FUNCTION pgflow.unbind(pattern text, queue_name text)
 RETURNS boolean
 LANGUAGE plpgsql VOLATILE AS $$
 DECLARE
-    q pgflow.queue := pgflow._queue(queue_name);
+    q pgflow.queue := pgflow._queue(queue_name, 'admin');
 BEGIN
     PERFORM pgflow._require(pattern, 'pattern');
     DELETE FROM pgflow.binding b WHERE b.pattern = unbind.pattern AND b.queue_id = q.queue_id;
     RETURN FOUND;
 END $$;
 
--- list_bindings: every binding, by pattern and queue.
+-- list_bindings: every binding of a queue the caller sees, by pattern and queue.
 CREATE FUNCTION pgflow.list_bindings()
 RETURNS TABLE (pattern text, queue_name text, created_at timestamptz)
 LANGUAGE sql STABLE AS $$
     SELECT b.pattern, q.queue_name, b.created_at
       FROM pgflow.binding b JOIN pgflow.queue q USING (queue_id)
+     WHERE pgflow._visible(q.queue_id)
      ORDER BY b.pattern, q.queue_name;
 $$;
 

@@ -40,8 +40,15 @@ extension_sql_file!(
         api::_check_queue_name,
         api::wait::_announce,
         api::cursor::_ready,
-        api::cursor::_due_at
+        api::cursor::_due_at,
+        api::access::_caller,
+        api::access::_caller_class
     ]
+);
+extension_sql_file!(
+    "../sql/access.sql",
+    name = "access",
+    requires = ["internal"]
 );
 extension_sql_file!(
     "../sql/admin.sql",

@@ -6,6 +6,7 @@ use pgrx::prelude::*;
 use crate::error::PgflowError;
 use crate::queue::name;
 
+pub mod access;
 pub mod cursor;
 pub mod wait;
 pub mod worker;

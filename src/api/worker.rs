@@ -12,7 +12,8 @@ fn ts(t: i64) -> Option<TimestampWithTimeZone> {
 }
 
 /// One row per database the launcher knows: its worker's state and what it has done since the
-/// server started. Raises 55000 when pgflow is not in shared_preload_libraries (no workers).
+/// server started. A caller outside pg_monitor and pgflow_admin sees only its own database's
+/// row. Raises 55000 when pgflow is not in shared_preload_libraries (no workers).
 #[pg_extern(volatile, parallel_restricted)]
 #[allow(clippy::type_complexity)]
 fn worker_status() -> Result<
@@ -43,11 +44,14 @@ fn worker_status() -> Result<
         .set_hint("Add pgflow to shared_preload_libraries and restart the server."));
     }
     let now = worker::now();
+    // Other databases' workers only for pg_monitor (and pgflow_admin, superusers).
+    let all = crate::api::access::class() != crate::api::access::Class::Grants;
+    let mine = unsafe { pg_sys::MyDatabaseId }.to_u32();
     let reg = REGISTRY.share();
     let mut rows: Vec<_> = reg
         .slots
         .iter()
-        .filter(|s| s.state != SlotState::Free)
+        .filter(|s| s.state != SlotState::Free && (all || s.dboid == mine))
         .map(|s| {
             let detail = match (s.state, s.idle_reason, s.held) {
                 (_, _, true) => Some("held by a database-level command".to_owned()),

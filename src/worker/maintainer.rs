@@ -109,6 +109,21 @@ fn round(batch: i32, prune_batch: i32) -> Option<(i64, i64, i64)> {
             c"pgflow.maintain()".as_ptr(),
         );
     }
+    // The round runs as pgflow_owner, the role that owns pgflow's objects and nothing else
+    // (sql/finalize.sql), not as the bootstrap superuser the worker connected as. Before
+    // ALTER EXTENSION pgflow UPDATE from 0.1.0 that role may not exist yet: then it runs as
+    // before. An error ends the process, so only the normal path restores the user.
+    let owner = unsafe { pg_sys::get_role_oid(c"pgflow_owner".as_ptr(), true) };
+    let (mut saved_user, mut saved_context) = (pg_sys::InvalidOid, 0);
+    if owner != pg_sys::InvalidOid {
+        unsafe {
+            pg_sys::GetUserIdAndSecContext(&mut saved_user, &mut saved_context);
+            pg_sys::SetUserIdAndSecContext(
+                owner,
+                saved_context | pg_sys::SECURITY_LOCAL_USERID_CHANGE as i32,
+            );
+        }
+    }
     let result = if extension_exists() {
         // An ERROR here propagates and ends the process; Postgres rolls the transaction back.
         // `select`, not pgrx's `get_*_with_args`: those force a transaction id (and a commit
@@ -128,6 +143,9 @@ fn round(batch: i32, prune_batch: i32) -> Option<(i64, i64, i64)> {
     } else {
         None
     };
+    if owner != pg_sys::InvalidOid {
+        unsafe { pg_sys::SetUserIdAndSecContext(saved_user, saved_context) };
+    }
     unsafe {
         pg_sys::PopActiveSnapshot();
         pg_sys::CommitTransactionCommand();

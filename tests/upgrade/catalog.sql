@@ -26,6 +26,15 @@ SELECT kind, ident, def FROM (
                     '')
       FROM members m
     UNION ALL
+    SELECT 'owner', pg_catalog.pg_describe_object(m.classid, m.objid, 0),
+           coalesce((SELECT p.proowner::regrole::text || CASE WHEN p.prosecdef THEN ' definer' ELSE '' END
+                       FROM pg_catalog.pg_proc p WHERE m.classid = 'pg_catalog.pg_proc'::regclass AND p.oid = m.objid),
+                    (SELECT c.relowner::regrole::text FROM pg_catalog.pg_class c WHERE m.classid = 'pg_catalog.pg_class'::regclass AND c.oid = m.objid),
+                    (SELECT n.nspowner::regrole::text FROM pg_catalog.pg_namespace n WHERE m.classid = 'pg_catalog.pg_namespace'::regclass AND n.oid = m.objid),
+                    (SELECT t.typowner::regrole::text FROM pg_catalog.pg_type t WHERE m.classid = 'pg_catalog.pg_type'::regclass AND t.oid = m.objid),
+                    '')
+      FROM members m
+    UNION ALL
     SELECT 'type', t.oid::regtype::text,
            coalesce((SELECT string_agg(a.attname || ' ' || pg_catalog.format_type(a.atttypid, a.atttypmod), ', ' ORDER BY a.attnum)
                        FROM pg_catalog.pg_attribute a

@@ -50,9 +50,16 @@ if [ "$generate" = --generate ]; then
     echo "-- pgflow.message for as long as the build takes)."
     echo '\echo Use "ALTER EXTENSION pgflow UPDATE" to load this file. \quit'
     echo
+    # Hand-written steps: .pre.sql before the drafted part (new tables, which SQL-language
+    # bodies need at creation), .sql after it; then sql/finalize.sql (search_path, roles,
+    # owner, grants), so that the upgraded install ends as a fresh one does.
+    steps=$ROOT/scripts/upgrade-steps/0.1.0--$new
+    if [ -f "$steps.pre.sql" ]; then cat "$steps.pre.sql"; echo; fi
     python3 "$ROOT/scripts/upgrade_sql.py" "$tmp/old.catalog" "$tmp/new.catalog"
-    steps=$ROOT/scripts/upgrade-steps/0.1.0--$new.sql
-    if [ -f "$steps" ]; then cat "$steps"; fi
+    if [ -f "$steps.sql" ]; then cat "$steps.sql"; fi
+    echo
+    echo "-- sql/finalize.sql, as at the end of the install script."
+    cat "$ROOT/sql/finalize.sql"
   } >"$upgrade"
   echo "wrote $upgrade"
 fi
