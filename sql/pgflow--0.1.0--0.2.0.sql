@@ -22,6 +22,7 @@ DROP FUNCTION pgflow._check_contract_schema(jsonb);
 DROP FUNCTION pgflow._promote_queue(integer,timestamp with time zone,integer);
 DROP FUNCTION pgflow._queue(text);
 DROP FUNCTION pgflow._validate_contract(integer,text,text,bigint,jsonb,integer);
+DROP FUNCTION pgflow._wait_sleep(timestamp with time zone,boolean);
 
 -- Composite types: new ones, and attributes appended to existing ones.
 CREATE TYPE pgflow.grant_info AS (queue_name text, role regrole, privilege text, granted_at timestamp with time zone);
@@ -143,6 +144,12 @@ CREATE OR REPLACE FUNCTION pgflow._validate_contract(queue_id integer, queue_nam
  STABLE PARALLEL SAFE
  SET search_path TO 'pg_catalog', 'pgflow', 'pg_temp'
 AS 'MODULE_PATHNAME', $function$_validate_contract_text_wrapper$function$;
+
+CREATE OR REPLACE FUNCTION pgflow._wait_for(until timestamp with time zone, woken boolean)
+ RETURNS boolean
+ LANGUAGE c
+ STRICT
+AS 'MODULE_PATHNAME', $function$_wait_for_wrapper$function$;
 
 CREATE OR REPLACE FUNCTION pgflow."grant"(queue_name text, role regrole, privilege text)
  RETURNS boolean
@@ -1217,6 +1224,7 @@ DECLARE
     v_next timestamptz;
     v_from bigint[];
     v_probe integer;
+    v_backoff interval;
     n bigint;
 BEGIN
     -- The checks' fast path inline; the helpers raise the precise error.
@@ -1276,15 +1284,20 @@ BEGIN
         END IF;
         EXIT WHEN n > 0 OR v_deadline IS NULL OR v_now >= v_deadline;
         -- Sleep at most until the next delayed message or lease comes due: the queue's due
-        -- time when shared memory knows it (when it has passed, another reader is
-        -- recomputing it: look again shortly), else from the table.
+        -- time when shared memory knows it, else from the table. When that has passed and
+        -- still nothing could be claimed (another reader is recomputing it, or the due lease
+        -- is row-locked by an open transaction, such as a consumer archiving inside a longer
+        -- one), back off: 10 ms, doubling up to 1 s, or until a wake-up.
         v_next := pgflow._due(q.queue_id, q.msg_seq::oid);
         IF v_next IS NULL THEN
             v_next := pgflow._next_due(q.queue_id);
-        ELSIF v_next <= v_now THEN
-            v_next := v_now + interval '10 ms';
         END IF;
-        PERFORM pgflow._wait_sleep(least(v_deadline, v_next), v_woken);
+        IF v_next <= v_now THEN
+            v_backoff := least(coalesce(v_backoff * 2, interval '10 ms'), interval '1 s');
+            v_next := v_now + v_backoff;
+        END IF;
+        -- False when the extension, its schema or the database is being dropped.
+        EXIT WHEN NOT pgflow._wait_for(least(v_deadline, v_next), v_woken);
         v_now := clock_timestamp();
     END LOOP;
     IF v_deadline IS NOT NULL THEN

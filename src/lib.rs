@@ -92,7 +92,7 @@ extension_sql_file!(
         "failure",
         api::wait::_wait_begin,
         api::wait::_wait_end,
-        api::wait::_wait_sleep,
+        api::wait::_wait_for,
         api::cursor::_claim_begin,
         api::cursor::_claim_note,
         api::cursor::_claim_end,

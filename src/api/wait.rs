@@ -18,8 +18,20 @@ fn _wait_end() {
 }
 
 /// Sleeps until `until`, a wake-up, or an interrupt (a cancel or statement_timeout raises
-/// here); at most a short poll interval when `woken` is false.
+/// here); at most a short poll interval when `woken` is false. False when the reader must stop
+/// waiting: the extension, its schema or the database is being dropped.
 #[pg_extern(volatile, strict, parallel_unsafe)]
+fn _wait_for(until: TimestampWithTimeZone, woken: bool) -> bool {
+    if waiters::released() {
+        return false;
+    }
+    waiters::sleep_until(until.into(), woken);
+    !waiters::released()
+}
+
+/// 0.1.0's `_wait_sleep`, kept for its install script until `ALTER EXTENSION pgflow UPDATE`
+/// replaces it with `_wait_for` (no SQL of its own in 0.2.0).
+#[pg_extern(volatile, strict, parallel_unsafe, sql = false)]
 fn _wait_sleep(until: TimestampWithTimeZone, woken: bool) {
     waiters::sleep_until(until.into(), woken);
 }

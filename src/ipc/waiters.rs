@@ -33,6 +33,8 @@ struct Waiter {
     dboid: u32,
     queue_id: i32,
     latch: LatchRef,
+    /// Set (with the latch) by `release_database`: stop waiting.
+    released: bool,
 }
 
 #[derive(Copy, Clone)]
@@ -95,6 +97,7 @@ pub fn begin(queue_id: i32) -> bool {
         dboid: unsafe { pg_sys::MyDatabaseId }.to_u32(),
         queue_id,
         latch: super::my_latch(),
+        released: false,
     };
     {
         let mut w = WAITERS.exclusive();
@@ -140,6 +143,38 @@ pub fn sleep_until(until: i64, woken: bool) {
         super::sleep(ms);
     }
     pgrx::pg_sys::check_for_interrupts!();
+}
+
+/// Whether this backend's registration was released (`release_database`): its read stops
+/// waiting and returns what it has.
+pub fn released() -> bool {
+    if !preloaded() || !REGISTERED.with(|r| r.borrow().0) {
+        return false;
+    }
+    let me = unsafe { pg_sys::MyProcPid };
+    WAITERS
+        .share()
+        .slots
+        .iter()
+        .any(|s| s.pid == me && s.released)
+}
+
+/// Wakes every reader waiting in database `dboid` for good: `DROP EXTENSION pgflow`,
+/// `DROP SCHEMA pgflow` and `DROP DATABASE` call it before they run, so that no long-poll holds
+/// the locks (or the session) they wait for until its wait runs out.
+pub fn release_database(dboid: u32) {
+    if !preloaded() || WAITING.get().load(Ordering::SeqCst) == 0 {
+        return;
+    }
+    let mut w = WAITERS.exclusive();
+    for s in w
+        .slots
+        .iter_mut()
+        .filter(|s| s.pid != 0 && s.dboid == dboid)
+    {
+        s.released = true;
+        super::set_latch(s.latch);
+    }
 }
 
 /// Remembers `queue_id` for the commit's wake-up. Cheap: a lookup in a backend-local list.

@@ -6,6 +6,10 @@
 //! worker and waits (at most 10 s, cancellable) for it to exit. When the command's transaction
 //! ends, the hold is released: after a commit of DROP DATABASE the launcher finds the database
 //! gone and frees the slot; otherwise it starts the worker again.
+//!
+//! `DROP EXTENSION pgflow`, `DROP SCHEMA pgflow` and `DROP DATABASE` also wake the long-poll
+//! readers of their database for good first (`ipc::waiters::release_database`): a reader
+//! returns what it has instead of holding its locks, or its session, until its wait runs out.
 use std::ffi::CStr;
 
 use pgrx::prelude::*;
@@ -143,6 +147,45 @@ fn hold(dbname: &str) {
     }
 }
 
+/// The database whose long-poll readers must stop waiting before a statement runs:
+/// `DROP EXTENSION pgflow` and `DROP SCHEMA pgflow` (this database; their locks wait for every
+/// reader's), `DROP DATABASE d` (d's readers, whose sessions it waits for).
+unsafe fn database_of_waiters_to_release(node: *mut pg_sys::Node) -> Option<pg_sys::Oid> {
+    if node.is_null() {
+        return None;
+    }
+    unsafe {
+        match (*node).type_ {
+            pg_sys::NodeTag::T_DropdbStmt => {
+                let name = (*(node as *mut pg_sys::DropdbStmt)).dbname;
+                let oid = pg_sys::get_database_oid(name, true);
+                (oid != pg_sys::InvalidOid).then_some(oid)
+            }
+            pg_sys::NodeTag::T_DropStmt => {
+                let stmt = node as *mut pg_sys::DropStmt;
+                let kind = (*stmt).removeType;
+                if kind != pg_sys::ObjectType::OBJECT_EXTENSION
+                    && kind != pg_sys::ObjectType::OBJECT_SCHEMA
+                {
+                    return None;
+                }
+                let objects = (*stmt).objects;
+                if objects.is_null() {
+                    return None;
+                }
+                let names_pgflow = (0..(*objects).length as usize).any(|i| {
+                    let n = (*(*objects).elements.add(i)).ptr_value as *mut pg_sys::Node;
+                    !n.is_null()
+                        && (*n).type_ == pg_sys::NodeTag::T_String
+                        && CStr::from_ptr((*(n as *mut pg_sys::String)).sval) == c"pgflow"
+                });
+                names_pgflow.then_some(pg_sys::MyDatabaseId)
+            }
+            _ => None,
+        }
+    }
+}
+
 #[pg_guard]
 #[allow(clippy::too_many_arguments)]
 unsafe extern "C-unwind" fn process_utility(
@@ -156,6 +199,9 @@ unsafe extern "C-unwind" fn process_utility(
     qc: *mut pg_sys::QueryCompletion,
 ) {
     if crate::ipc::preloaded() {
+        if let Some(dboid) = unsafe { database_of_waiters_to_release((*pstmt).utilityStmt) } {
+            crate::ipc::waiters::release_database(dboid.to_u32());
+        }
         if let Some(dbname) = unsafe { database_needed_alone((*pstmt).utilityStmt) } {
             hold(&dbname);
         }
