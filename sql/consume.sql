@@ -152,10 +152,15 @@ BEGIN
                SET state = 'l', vt = v_now + v_vt, read_ct = m.read_ct + 1
              WHERE m.queue_id = q.queue_id AND m.msg_id = ANY (ARRAY(SELECT p.msg_id FROM picked p))
             RETURNING m.msg_id, m.read_ct, m.enqueued_at, m.vt, m.message, m.headers, m.priority
+        ), noted AS (
+            -- What the claim took, noted for the claim cursor in one call.
+            SELECT pgflow._claim_span(min(ARRAY[-(l.priority::bigint), l.msg_id]),
+                                      max(ARRAY[-(l.priority::bigint), l.msg_id]), count(*)) AS ok
+              FROM leased l
         )
         SELECT l.msg_id, l.read_ct, l.enqueued_at, l.vt, l.message, l.headers
-          FROM leased l
-         WHERE pgflow._claim_note(l.priority, l.msg_id)
+          FROM leased l, noted
+         WHERE noted.ok
          ORDER BY l.priority DESC, l.msg_id;
         GET DIAGNOSTICS n = ROW_COUNT;
         PERFORM pgflow._claim_end(qty);
@@ -216,10 +221,14 @@ BEGIN
         DELETE FROM pgflow.message m
          WHERE m.queue_id = q.queue_id AND m.msg_id = ANY (ARRAY(SELECT p.msg_id FROM picked p))
         RETURNING m.msg_id, m.read_ct, m.enqueued_at, m.vt, m.message, m.headers, m.priority
+    ), noted AS (
+        SELECT pgflow._claim_span(min(ARRAY[-(p.priority::bigint), p.msg_id]),
+                                  max(ARRAY[-(p.priority::bigint), p.msg_id]), count(*)) AS ok
+          FROM popped p
     )
     SELECT p.msg_id, p.read_ct + 1, p.enqueued_at, v_now, p.message, p.headers
-      FROM popped p
-     WHERE pgflow._claim_note(p.priority, p.msg_id)
+      FROM popped p, noted
+     WHERE noted.ok
      ORDER BY p.priority DESC, p.msg_id;
     PERFORM pgflow._claim_end(qty);
 END $$;

@@ -61,11 +61,11 @@ CREATE OR REPLACE FUNCTION pgflow._claim_end(qty integer)
  STRICT
 AS 'MODULE_PATHNAME', $function$_claim_end_wrapper$function$;
 
-CREATE OR REPLACE FUNCTION pgflow._claim_note(priority smallint, msg_id bigint)
+CREATE OR REPLACE FUNCTION pgflow._claim_span(first bigint[], last bigint[], n bigint)
  RETURNS boolean
  LANGUAGE c
  STRICT
-AS 'MODULE_PATHNAME', $function$_claim_note_wrapper$function$;
+AS 'MODULE_PATHNAME', $function$_claim_span_wrapper$function$;
 
 CREATE OR REPLACE FUNCTION pgflow._cursor_check(queue_id integer, seq oid, now timestamp with time zone)
  RETURNS bigint[]
@@ -142,7 +142,6 @@ CREATE OR REPLACE FUNCTION pgflow._validate_contract(queue_id integer, queue_nam
  RETURNS void
  LANGUAGE c
  STABLE PARALLEL SAFE
- SET search_path TO 'pg_catalog', 'pgflow', 'pg_temp'
 AS 'MODULE_PATHNAME', $function$_validate_contract_text_wrapper$function$;
 
 CREATE OR REPLACE FUNCTION pgflow._wait_for(until timestamp with time zone, woken boolean)
@@ -150,6 +149,13 @@ CREATE OR REPLACE FUNCTION pgflow._wait_for(until timestamp with time zone, woke
  LANGUAGE c
  STRICT
 AS 'MODULE_PATHNAME', $function$_wait_for_wrapper$function$;
+
+CREATE OR REPLACE FUNCTION pgflow.worker_status()
+ RETURNS TABLE(datname text, state text, pid integer, started_at timestamp with time zone, last_tick_at timestamp with time zone, ticks bigint, expired bigint, promoted bigint, pruned bigint, restarts integer, detail text)
+ LANGUAGE c
+ PARALLEL RESTRICTED STRICT
+ SET search_path TO 'pg_catalog', 'pgflow', 'pg_temp'
+AS 'MODULE_PATHNAME', $function$worker_status_wrapper$function$;
 
 CREATE OR REPLACE FUNCTION pgflow."grant"(queue_name text, role regrole, privilege text)
  RETURNS boolean
@@ -171,7 +177,6 @@ END $function$;
 CREATE OR REPLACE FUNCTION pgflow._before_claim(q pgflow.queue, p_now timestamp with time zone, qty integer, v_probe integer)
  RETURNS void
  LANGUAGE plpgsql
- SET search_path TO 'pg_catalog', 'pgflow', 'pg_temp'
 AS $function$
 BEGIN
     IF EXISTS (SELECT 1 FROM pgflow.message m
@@ -192,7 +197,6 @@ CREATE OR REPLACE FUNCTION pgflow._check_contract(q pgflow.queue, message jsonb,
  RETURNS void
  LANGUAGE plpgsql
  STABLE
- SET search_path TO 'pg_catalog', 'pgflow', 'pg_temp'
 AS $function$
 DECLARE
     v_version text := coalesce(headers ->> 'schema_version', q.contract_version);
@@ -214,26 +218,10 @@ BEGIN
                                       message::text, pos);
 END $function$;
 
-CREATE OR REPLACE FUNCTION pgflow._check_int(value bigint, arg text, min_value bigint)
- RETURNS void
- LANGUAGE plpgsql
- IMMUTABLE PARALLEL SAFE
- SET search_path TO 'pg_catalog', 'pgflow', 'pg_temp'
-AS $function$
-BEGIN
-    IF value IS NULL THEN
-        RAISE EXCEPTION '% must not be NULL', arg USING ERRCODE = 'null_value_not_allowed';
-    ELSIF value < min_value THEN
-        RAISE EXCEPTION '% must be at least %, got %', arg, min_value, value
-            USING ERRCODE = 'invalid_parameter_value';
-    END IF;
-END $function$;
-
 CREATE OR REPLACE FUNCTION pgflow._check_interval(value interval, arg text, allow_zero boolean)
  RETURNS void
  LANGUAGE plpgsql
  IMMUTABLE PARALLEL SAFE
- SET search_path TO 'pg_catalog', 'pgflow', 'pg_temp'
 AS $function$
 BEGIN
     IF value IS NULL THEN
@@ -252,7 +240,6 @@ CREATE OR REPLACE FUNCTION pgflow._check_key(value text, arg text)
  RETURNS void
  LANGUAGE plpgsql
  IMMUTABLE PARALLEL SAFE
- SET search_path TO 'pg_catalog', 'pgflow', 'pg_temp'
 AS $function$
 BEGIN
     IF octet_length(value) > 512 THEN
@@ -261,43 +248,10 @@ BEGIN
     END IF;
 END $function$;
 
-CREATE OR REPLACE FUNCTION pgflow._check_payload(message jsonb, headers jsonb)
- RETURNS void
- LANGUAGE plpgsql
- IMMUTABLE PARALLEL SAFE
- SET search_path TO 'pg_catalog', 'pgflow', 'pg_temp'
-AS $function$
-BEGIN
-    IF message IS NULL THEN
-        RAISE EXCEPTION 'message must not be NULL' USING ERRCODE = 'null_value_not_allowed';
-    ELSIF jsonb_typeof(message) <> 'object' THEN
-        RAISE EXCEPTION 'message must be a JSON object, got %', jsonb_typeof(message)
-            USING ERRCODE = 'invalid_parameter_value',
-                  HINT = 'Wrap the value, e.g. jsonb_build_object(''value'', ...).';
-    ELSIF headers IS NOT NULL AND jsonb_typeof(headers) <> 'object' THEN
-        RAISE EXCEPTION 'headers must be a JSON object or NULL, got %', jsonb_typeof(headers)
-            USING ERRCODE = 'invalid_parameter_value';
-    END IF;
-END $function$;
-
-CREATE OR REPLACE FUNCTION pgflow._check_priority(value integer, arg text)
- RETURNS void
- LANGUAGE plpgsql
- IMMUTABLE
- SET search_path TO 'pg_catalog', 'pgflow', 'pg_temp'
-AS $function$
-BEGIN
-    IF value < -32768 OR value > 32767 THEN
-        RAISE EXCEPTION '% must be between -32768 and 32767, got %', arg, value
-            USING ERRCODE = 'invalid_parameter_value';
-    END IF;
-END $function$;
-
 CREATE OR REPLACE FUNCTION pgflow._check_privilege(privilege text)
  RETURNS void
  LANGUAGE plpgsql
  IMMUTABLE PARALLEL SAFE
- SET search_path TO 'pg_catalog', 'pgflow', 'pg_temp'
 AS $function$
 BEGIN
     IF privilege IS NULL THEN
@@ -312,7 +266,6 @@ CREATE OR REPLACE FUNCTION pgflow._check_retry_policy(backoff double precision, 
  RETURNS void
  LANGUAGE plpgsql
  IMMUTABLE PARALLEL SAFE
- SET search_path TO 'pg_catalog', 'pgflow', 'pg_temp'
 AS $function$
 BEGIN
     IF backoff IS NULL OR delay_max IS NULL OR jitter IS NULL THEN
@@ -334,7 +287,6 @@ CREATE OR REPLACE FUNCTION pgflow._each_queue(job text, p_now timestamp with tim
  RETURNS bigint
  LANGUAGE plpgsql
  SET enable_seqscan TO 'off'
- SET search_path TO 'pg_catalog', 'pgflow', 'pg_temp'
 AS $function$
 DECLARE
     q pgflow.queue;
@@ -384,7 +336,6 @@ CREATE OR REPLACE FUNCTION pgflow._expire_queue(q pgflow.queue, p_now timestamp 
  RETURNS bigint
  LANGUAGE plpgsql
  SET enable_seqscan TO 'off'
- SET search_path TO 'pg_catalog', 'pgflow', 'pg_temp'
 AS $function$
 DECLARE
     ids bigint[];
@@ -437,27 +388,10 @@ BEGIN
     RETURN NULL;
 END $function$;
 
-CREATE OR REPLACE FUNCTION pgflow._group_state(p_queue_id integer, key text, first_state "char")
- RETURNS "char"
- LANGUAGE plpgsql
- SET search_path TO 'pg_catalog', 'pgflow', 'pg_temp'
-AS $function$
-BEGIN
-    IF key IS NULL THEN
-        RETURN first_state;
-    END IF;
-    PERFORM pg_advisory_xact_lock(p_queue_id, hashtext(key));
-    IF EXISTS (SELECT 1 FROM pgflow.message m WHERE m.queue_id = p_queue_id AND m.group_key = key) THEN
-        RETURN 'g';
-    END IF;
-    RETURN first_state;
-END $function$;
-
 CREATE OR REPLACE FUNCTION pgflow._may(p_queue_id integer, need text)
  RETURNS boolean
  LANGUAGE plpgsql
  STABLE PARALLEL SAFE
- SET search_path TO 'pg_catalog', 'pgflow', 'pg_temp'
 AS $function$
 BEGIN
     RETURN EXISTS (
@@ -472,7 +406,6 @@ CREATE OR REPLACE FUNCTION pgflow._promote_queue(q pgflow.queue, p_now timestamp
  RETURNS bigint
  LANGUAGE plpgsql
  SET enable_seqscan TO 'off'
- SET search_path TO 'pg_catalog', 'pgflow', 'pg_temp'
 AS $function$
 DECLARE
     n bigint;
@@ -503,7 +436,6 @@ CREATE OR REPLACE FUNCTION pgflow._prune_archive_queue(q pgflow.queue, p_now tim
  RETURNS bigint
  LANGUAGE plpgsql
  SET enable_seqscan TO 'off'
- SET search_path TO 'pg_catalog', 'pgflow', 'pg_temp'
 AS $function$
 DECLARE
     n bigint;
@@ -524,7 +456,6 @@ CREATE OR REPLACE FUNCTION pgflow._prune_dedup_queue(p_queue_id integer, p_now t
  RETURNS bigint
  LANGUAGE plpgsql
  SET enable_seqscan TO 'off'
- SET search_path TO 'pg_catalog', 'pgflow', 'pg_temp'
 AS $function$
 DECLARE
     n bigint;
@@ -544,7 +475,6 @@ CREATE OR REPLACE FUNCTION pgflow._queue(queue_name text, need text)
  RETURNS pgflow.queue
  LANGUAGE plpgsql
  STABLE PARALLEL SAFE
- SET search_path TO 'pg_catalog', 'pgflow', 'pg_temp'
 AS $function$
 DECLARE
     q pgflow.queue;
@@ -568,23 +498,10 @@ BEGIN
     RETURN q;
 END $function$;
 
-CREATE OR REPLACE FUNCTION pgflow._require(value anyelement, arg text)
- RETURNS void
- LANGUAGE plpgsql
- IMMUTABLE PARALLEL SAFE
- SET search_path TO 'pg_catalog', 'pgflow', 'pg_temp'
-AS $function$
-BEGIN
-    IF value IS NULL THEN
-        RAISE EXCEPTION '% must not be NULL', arg USING ERRCODE = 'null_value_not_allowed';
-    END IF;
-END $function$;
-
 CREATE OR REPLACE FUNCTION pgflow._visible(p_queue_id integer)
  RETURNS boolean
  LANGUAGE plpgsql
  STABLE PARALLEL SAFE
- SET search_path TO 'pg_catalog', 'pgflow', 'pg_temp'
 AS $function$
 BEGIN
     RETURN pgflow._caller_class() > 0 OR pgflow._may(p_queue_id, 'see');
@@ -1161,10 +1078,14 @@ BEGIN
         DELETE FROM pgflow.message m
          WHERE m.queue_id = q.queue_id AND m.msg_id = ANY (ARRAY(SELECT p.msg_id FROM picked p))
         RETURNING m.msg_id, m.read_ct, m.enqueued_at, m.vt, m.message, m.headers, m.priority
+    ), noted AS (
+        SELECT pgflow._claim_span(min(ARRAY[-(p.priority::bigint), p.msg_id]),
+                                  max(ARRAY[-(p.priority::bigint), p.msg_id]), count(*)) AS ok
+          FROM popped p
     )
     SELECT p.msg_id, p.read_ct + 1, p.enqueued_at, v_now, p.message, p.headers
-      FROM popped p
-     WHERE pgflow._claim_note(p.priority, p.msg_id)
+      FROM popped p, noted
+     WHERE noted.ok
      ORDER BY p.priority DESC, p.msg_id;
     PERFORM pgflow._claim_end(qty);
 END $function$;
@@ -1272,10 +1193,15 @@ BEGIN
                SET state = 'l', vt = v_now + v_vt, read_ct = m.read_ct + 1
              WHERE m.queue_id = q.queue_id AND m.msg_id = ANY (ARRAY(SELECT p.msg_id FROM picked p))
             RETURNING m.msg_id, m.read_ct, m.enqueued_at, m.vt, m.message, m.headers, m.priority
+        ), noted AS (
+            -- What the claim took, noted for the claim cursor in one call.
+            SELECT pgflow._claim_span(min(ARRAY[-(l.priority::bigint), l.msg_id]),
+                                      max(ARRAY[-(l.priority::bigint), l.msg_id]), count(*)) AS ok
+              FROM leased l
         )
         SELECT l.msg_id, l.read_ct, l.enqueued_at, l.vt, l.message, l.headers
-          FROM leased l
-         WHERE pgflow._claim_note(l.priority, l.msg_id)
+          FROM leased l, noted
+         WHERE noted.ok
          ORDER BY l.priority DESC, l.msg_id;
         GET DIAGNOSTICS n = ROW_COUNT;
         PERFORM pgflow._claim_end(qty);
@@ -1576,7 +1502,6 @@ END $function$;
 CREATE OR REPLACE FUNCTION pgflow._fail(q pgflow.queue, ids bigint[], err text, retry_after interval, p_now timestamp with time zone, dead_reason text)
  RETURNS SETOF pgflow.nack_result
  LANGUAGE sql
- SET search_path TO 'pg_catalog', 'pgflow', 'pg_temp'
 AS $function$
     WITH target AS (
         SELECT m.msg_id, m.read_ct, m.errors
@@ -1629,7 +1554,6 @@ CREATE OR REPLACE FUNCTION pgflow._metrics(p_queue_id integer, p_now timestamp w
  RETURNS SETOF pgflow.queue_metrics
  LANGUAGE sql
  STABLE
- SET search_path TO 'pg_catalog', 'pgflow', 'pg_temp'
 AS $function$
     SELECT q.queue_name,
            coalesce(s.length, 0),
@@ -1670,7 +1594,6 @@ CREATE OR REPLACE FUNCTION pgflow._next_due(p_queue_id integer)
  RETURNS timestamp with time zone
  LANGUAGE sql
  STABLE
- SET search_path TO 'pg_catalog', 'pgflow', 'pg_temp'
 AS $function$
     SELECT min(x.vt)
       FROM (SELECT min(m.vt) AS vt FROM pgflow.message m
@@ -1678,17 +1601,6 @@ AS $function$
             UNION ALL
             SELECT min(m.vt) FROM pgflow.message m
              WHERE m.queue_id = p_queue_id AND m.state = 'l') x;
-$function$;
-
-CREATE OR REPLACE FUNCTION pgflow._retry_interval(q pgflow.queue, attempt integer, u double precision)
- RETURNS interval
- LANGUAGE sql
- IMMUTABLE PARALLEL SAFE
- SET search_path TO 'pg_catalog', 'pgflow', 'pg_temp'
-AS $function$
-    SELECT make_interval(secs => pgflow._retry_delay(
-        extract(epoch FROM q.retry_delay)::float8, q.retry_backoff,
-        extract(epoch FROM q.retry_delay_max)::float8, q.retry_jitter, attempt, u));
 $function$;
 
 CREATE OR REPLACE FUNCTION pgflow.cursor_status()
@@ -1829,15 +1741,17 @@ UPDATE pgflow.queue
 
 -- sql/finalize.sql, as at the end of the install script.
 -------------------------------------------------------------------------------------------------
--- search_path: every function that resolves a name pins it, so that no caller's path (a
--- session's, a database default's, the worker's) can put another schema's function or operator
--- in front of pg_catalog's. An exact-type function planted in public beats pg_catalog's
--- VARIADIC "any" one, whatever the path's order: the only defence is public not being on the
--- path at all (docs/design.md, "search_path"). That is every SQL and PL/pgSQL function, and the
--- C function that runs SQL (_validate_contract reads the contract table). The other C functions
--- run no SQL and resolve no name; a SET clause would cost each call a save and restore of the
--- setting (they sit on the per-message path), so they are left as they are. The regression test
--- `search_path` checks this list and plants the shadows.
+-- search_path: every function that code outside pgflow can enter pins it (pg_catalog, pgflow,
+-- pg_temp), so that no caller's path (a session's, a database default's, the worker's) can put
+-- another schema's function or operator in front of pg_catalog's. An exact-type function
+-- planted in public beats pg_catalog's VARIADIC "any" one, whatever the path's order: the only
+-- defence is public not being on the path at all (docs/design.md, "search_path"). Those are the
+-- user-facing functions and the trigger function. The internal `_` functions run only inside
+-- them, under the path they pinned: no role but pgflow_owner may execute one (the grants
+-- below). They have no SET clause of their own because a nested one costs every call a save
+-- and restore of the setting: on 15, a send's backend CPU grew 7% with every SQL and PL/pgSQL
+-- function pinned, 15% with the C functions too, and 1% with the entry points alone
+-- (docs/design.md). The regression test `hardening` checks both halves and plants the shadows.
 --
 -- The statements are built from catalog identities (regprocedure prints a qualified, quoted
 -- signature), never from a user's string.
@@ -1849,8 +1763,7 @@ BEGIN
     FOR f IN SELECT p.oid::regprocedure
                FROM pg_catalog.pg_proc p
               WHERE p.pronamespace = 'pgflow'::regnamespace
-                AND (p.prolang <> (SELECT l.oid FROM pg_catalog.pg_language l WHERE l.lanname = 'c')
-                     OR p.proname = '_validate_contract')
+                AND (p.proname NOT LIKE '\_%' OR p.prorettype = 'pg_catalog.trigger'::pg_catalog.regtype)
               ORDER BY p.oid LOOP
         EXECUTE pg_catalog.format('ALTER FUNCTION %s SET search_path = pg_catalog, pgflow, pg_temp', f);
     END LOOP;

@@ -94,7 +94,7 @@ extension_sql_file!(
         api::wait::_wait_end,
         api::wait::_wait_for,
         api::cursor::_claim_begin,
-        api::cursor::_claim_note,
+        api::cursor::_claim_span,
         api::cursor::_claim_end,
         api::cursor::_due_begin,
         api::cursor::_due_end,

@@ -17,10 +17,14 @@ fn _claim_begin(queue_id: i32, seq: pg_sys::Oid) -> Vec<i64> {
     vec![i64::from(k.p), k.id]
 }
 
-/// One claimed message; true, so that it can sit in a claim's WHERE.
+/// The messages a claim took: how many, and the lowest and highest of their keys as
+/// `ARRAY[-priority, msg_id]` (an aggregate over the claim's rows, so one call per claim);
+/// true, so that it can sit in the claim's WHERE.
 #[pg_extern(volatile, strict, parallel_unsafe)]
-fn _claim_note(priority: i16, msg_id: i64) -> bool {
-    cursor::claim_note(priority, msg_id);
+fn _claim_span(first: Vec<i64>, last: Vec<i64>, n: i64) -> bool {
+    if let (Some(first), Some(last)) = (Key::from_pair(&first), Key::from_pair(&last)) {
+        cursor::claim_span(first, last, n);
+    }
     true
 }
 

@@ -94,6 +94,18 @@ impl Key {
         }
     }
 
+    /// From SQL's `ARRAY[-priority, msg_id]` (the order of the ready index); None when it is
+    /// not such a pair.
+    pub fn from_pair(pair: &[i64]) -> Option<Key> {
+        match pair {
+            [p, id] => Some(Key {
+                p: i32::try_from(*p).ok()?,
+                id: *id,
+            }),
+            _ => None,
+        }
+    }
+
     /// The smallest key above this one (`succ().pred()` is this key).
     fn succ(self) -> Key {
         if self.p == i32::MIN {
@@ -585,17 +597,17 @@ pub fn claim_begin(queue_id: i32, seq: u32) -> Key {
     })
 }
 
-/// One claimed message (called for each row the claim returns).
-pub fn claim_note(priority: i16, msg_id: i64) {
-    if !preloaded() {
+/// The messages one claim took: `n` of them, keys from `first` to `last` (once per claim, from
+/// an aggregate over its rows).
+pub fn claim_span(first: Key, last: Key, n: i64) {
+    if !preloaded() || n <= 0 {
         return;
     }
-    let k = Key::of(priority, msg_id);
     XACT.with(|x| {
         if let Some(c) = x.borrow_mut().current.as_mut() {
-            c.count += 1;
-            c.first = c.first.min(k);
-            c.last = c.last.max(k);
+            c.count += n;
+            c.first = c.first.min(first);
+            c.last = c.last.max(last);
         }
     });
 }

@@ -8,19 +8,24 @@ BEGIN EXECUTE stmt; RETURN 'ok';
 EXCEPTION WHEN OTHERS THEN RETURN SQLSTATE || ': ' || SQLERRM; END $$;
 
 -------------------------------------------------------------------------------------------------
--- search_path. Every function that resolves a name pins its path; the C functions that do not
--- are these, and run no SQL (sql/finalize.sql).
-SELECT p.oid::regprocedure AS unpinned
+-- search_path. Every function code outside pgflow can enter (the user-facing ones and the
+-- trigger function) pins its path; the internal ones, which run only inside those, may be
+-- executed by no role but their owner (sql/finalize.sql).
+SELECT p.oid::regprocedure AS entry_point_unpinned
   FROM pg_proc p
  WHERE p.pronamespace = 'pgflow'::regnamespace
+   AND (p.proname NOT LIKE '\_%' OR p.prorettype = 'trigger'::regtype)
    AND NOT coalesce('search_path=pg_catalog, pgflow, pg_temp' = ANY (p.proconfig), false)
-   AND p.prolang <> (SELECT oid FROM pg_language WHERE lanname = 'c')
  ORDER BY 1;
-SELECT p.proname AS c_function, 'search_path=pg_catalog, pgflow, pg_temp' = ANY (p.proconfig) AS pinned
-  FROM pg_proc p
- WHERE p.pronamespace = 'pgflow'::regnamespace
-   AND p.prolang = (SELECT oid FROM pg_language WHERE lanname = 'c')
- ORDER BY 1;
+SELECT p.oid::regprocedure AS internal_executable, r.rolname
+  FROM pg_proc p, pg_roles r
+ WHERE p.pronamespace = 'pgflow'::regnamespace AND p.proname LIKE '\_%'
+   AND r.rolname <> 'pgflow_owner' AND NOT r.rolsuper
+   AND has_function_privilege(r.oid, p.oid, 'EXECUTE')
+ ORDER BY 1, 2;
+SELECT count(*) FILTER (WHERE proconfig IS NOT NULL) > 40 AS pinned,
+       count(*) FILTER (WHERE proname LIKE '\_%') > 40 AS internal
+  FROM pg_proc WHERE pronamespace = 'pgflow'::regnamespace;
 
 -- Shadows as a database owner could plant them in public (issue #14: an exact-type
 -- jsonb_build_object beat pg_catalog's VARIADIC "any" one inside the worker's _fail). Each
