@@ -31,15 +31,49 @@ fn member_of(user: pg_sys::Oid, name: &std::ffi::CStr) -> bool {
     r != pg_sys::InvalidOid && unsafe { pg_sys::has_privs_of_role(user, r) }
 }
 
+thread_local! {
+    /// The last caller's class, until a role or a membership changes (the syscache
+    /// invalidations below): every verb asks, and the answer rarely changes.
+    static CACHED: std::cell::Cell<Option<(pg_sys::Oid, Class)>> = const { std::cell::Cell::new(None) };
+    static WATCHING: std::cell::Cell<bool> = const { std::cell::Cell::new(false) };
+}
+
+unsafe extern "C-unwind" fn forget(_arg: pg_sys::Datum, _cache: std::ffi::c_int, _hash: u32) {
+    CACHED.with(|c| c.set(None));
+}
+
 pub fn class() -> Class {
     let user = caller();
-    if unsafe { pg_sys::superuser_arg(user) } || member_of(user, c"pgflow_admin") {
+    if let Some((u, c)) = CACHED.with(|c| c.get()) {
+        if u == user {
+            return c;
+        }
+    }
+    if !WATCHING.with(|w| w.replace(true)) {
+        // ALTER ROLE (superuser, rename, drop) and GRANT/REVOKE of memberships.
+        for cache in [
+            pg_sys::SysCacheIdentifier::AUTHOID,
+            pg_sys::SysCacheIdentifier::AUTHMEMROLEMEM,
+            pg_sys::SysCacheIdentifier::AUTHMEMMEMROLE,
+        ] {
+            unsafe {
+                pg_sys::CacheRegisterSyscacheCallback(
+                    cache as i32,
+                    Some(forget),
+                    pg_sys::Datum::from(0),
+                )
+            };
+        }
+    }
+    let c = if unsafe { pg_sys::superuser_arg(user) } || member_of(user, c"pgflow_admin") {
         Class::Admin
     } else if member_of(user, c"pg_monitor") {
         Class::Monitor
     } else {
         Class::Grants
-    }
+    };
+    CACHED.with(|cell| cell.set(Some((user, c))));
+    c
 }
 
 /// The calling role (for the per-queue grant check).

@@ -155,3 +155,30 @@ SELECT pgflow.drop_queue('h_typed'), pgflow.drop_queue('h_plain');
 SELECT pg_temp.err($$SELECT pgflow._topic_matches(repeat('a.', 99999) || 'a', repeat('a.', 99999) || 'a')$$);
 SELECT pg_temp.err($$SELECT pgflow._topic_matches('#', repeat('a.', 200) || 'a')$$);
 SELECT pgflow._topic_matches('#.a', repeat('a.', 127) || 'a') AS longest_matches;
+
+-------------------------------------------------------------------------------------------------
+-- The caller's class is cached per backend until a role or a membership changes: a GRANT or
+-- REVOKE of pgflow_admin applies at the role's next call (SET ROLE is the caller, too).
+SELECT pgflow.create_queue('h_roles');
+CREATE ROLE pgflow_h_role;
+GRANT pgflow_producer TO pgflow_h_role;
+SET ROLE pgflow_h_role;
+SELECT count(*) AS seen_without_grants FROM pgflow.metrics_all();
+SELECT pg_temp.err($$SELECT pgflow.send('h_roles', '{}')$$);
+RESET ROLE;
+GRANT pgflow_admin TO pgflow_h_role;
+SET ROLE pgflow_h_role;
+SELECT count(*) > 0 AS seen_as_admin FROM pgflow.metrics_all();
+SELECT pgflow.send('h_roles', '{}') > 0 AS sent_as_admin;
+RESET ROLE;
+REVOKE pgflow_admin FROM pgflow_h_role;
+SET ROLE pgflow_h_role;
+SELECT count(*) AS seen_after_revoke FROM pgflow.metrics_all();
+SELECT pg_temp.err($$SELECT pgflow.send('h_roles', '{}')$$);
+RESET ROLE;
+SELECT pgflow.grant('h_roles', 'pgflow_h_role', 'produce');
+SET ROLE pgflow_h_role;
+SELECT pgflow.send('h_roles', '{}') > 0 AS sent_with_grant;
+RESET ROLE;
+SELECT pgflow.drop_queue('h_roles');
+DROP ROLE pgflow_h_role;
