@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # The evolution scenario (examples/evolution/) against a running server with pgflow:
-# topology and contracts, every hop of scenario.sql, 4 Genesis workers in parallel, and the
+# topology, contracts and roles, every hop of scenario.sql, 4 Genesis workers in parallel, and the
 # report with its checks. Used by the demo (README command 1) and by the test suite.
 # Usage: evolution.sh BINDIR PORT DBNAME   (the database must exist; the extension is created)
 # PGFLOW_HOST (default 127.0.0.1) and PGFLOW_USER (default postgres) pick the server and role;
@@ -15,6 +15,7 @@ psql_() { "$bindir/psql" -X -h "$host" -p "$port" -U "$user" -d "$db" -v ON_ERRO
 psql_ -q -c 'CREATE EXTENSION IF NOT EXISTS pgflow' >/dev/null
 psql_ -q -f "$ex/topology.sql" >/dev/null
 psql_ -q -f "$ex/contracts.sql" >/dev/null
+psql_ -q -f "$ex/roles.sql" >/dev/null
 psql_ -f "$ex/scenario.sql"
 
 pids=()
