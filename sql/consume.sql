@@ -95,10 +95,20 @@ RETURNS SETOF pgflow.message_record
 LANGUAGE plpgsql VOLATILE
 SET enable_seqscan = off  -- see the header of sql/internal.sql
 AS $$
+BEGIN
+    RETURN QUERY SELECT * FROM pgflow._read(pgflow._queue(queue_name, 'consume'), vt, qty, wait);
+END $$;
+
+-- _read: read's body, for read and archive_read (which call it with their queue row, checked,
+-- so a consumer's round trip looks the queue up once and nests no entry point). No SET clause
+-- of its own (see _before_claim): both callers set enable_seqscan = off.
+CREATE FUNCTION pgflow._read(q pgflow.queue, vt interval, qty integer, wait interval)
+RETURNS SETOF pgflow.message_record
+LANGUAGE plpgsql VOLATILE
+AS $$
 DECLARE
-    q pgflow.queue := pgflow._queue(queue_name, 'consume');
     v_now timestamptz := clock_timestamp();
-    v_vt interval := coalesce(read.vt, q.visibility_timeout);
+    v_vt interval := coalesce(_read.vt, q.visibility_timeout);
     v_deadline timestamptz;
     v_woken boolean;
     v_next timestamptz;
@@ -242,11 +252,21 @@ SET enable_seqscan = off  -- see the header of sql/internal.sql
 AS $$
 DECLARE
     q pgflow.queue := pgflow._queue(queue_name, 'consume');
-    v_now timestamptz := clock_timestamp();
 BEGIN
     IF msg_ids IS NULL THEN
         PERFORM pgflow._require(msg_ids, 'msg_ids');
     END IF;
+    RETURN QUERY SELECT * FROM pgflow._archive(q, msg_ids);
+END $$;
+
+-- _archive: archive's body, for both archives and archive_read (with their checked queue row).
+-- No SET clause of its own: every caller sets enable_seqscan = off.
+CREATE FUNCTION pgflow._archive(q pgflow.queue, msg_ids bigint[])
+RETURNS SETOF bigint
+LANGUAGE plpgsql VOLATILE AS $$
+DECLARE
+    v_now timestamptz := clock_timestamp();
+BEGIN
     PERFORM pgflow._touch(q.queue_id, q.msg_seq::oid);
     RETURN QUERY
     WITH moved AS (
@@ -268,10 +288,14 @@ END $$;
 -- archive (one id): true when the message was archived.
 CREATE FUNCTION pgflow.archive(queue_name text, msg_id bigint)
 RETURNS boolean
-LANGUAGE plpgsql VOLATILE AS $$
+LANGUAGE plpgsql VOLATILE
+SET enable_seqscan = off  -- see the header of sql/internal.sql
+AS $$
+DECLARE
+    q pgflow.queue := pgflow._queue(queue_name, 'consume');
 BEGIN
     PERFORM pgflow._require(msg_id, 'msg_id');
-    RETURN EXISTS (SELECT 1 FROM pgflow.archive(queue_name, ARRAY[msg_id]));
+    RETURN EXISTS (SELECT 1 FROM pgflow._archive(q, ARRAY[msg_id]));
 END $$;
 
 -- delete: remove messages without keeping them. Returns the ids that were deleted.
@@ -350,7 +374,9 @@ END $$;
 CREATE FUNCTION pgflow.archive_read(queue_name text, msg_ids bigint[], vt interval DEFAULT NULL,
                                     qty integer DEFAULT 1, wait interval DEFAULT NULL)
 RETURNS SETOF pgflow.message_record
-LANGUAGE plpgsql VOLATILE AS $$
+LANGUAGE plpgsql VOLATILE
+SET enable_seqscan = off  -- see the header of sql/internal.sql
+AS $$
 DECLARE
     q pgflow.queue := pgflow._queue(queue_name, 'consume');
 BEGIN
@@ -362,8 +388,9 @@ BEGIN
     IF wait IS NOT NULL THEN
         PERFORM pgflow._check_interval(wait, 'wait', true);
     END IF;
+    -- The bodies, not the entry points: one queue lookup and no nested SET per round trip.
     IF cardinality(msg_ids) > 0 THEN
-        PERFORM pgflow.archive(q.queue_name, msg_ids);
+        PERFORM pgflow._archive(q, msg_ids);
     END IF;
-    RETURN QUERY SELECT * FROM pgflow.read(q.queue_name, vt, qty, wait);
+    RETURN QUERY SELECT * FROM pgflow._read(q, vt, qty, wait);
 END $$;

@@ -174,6 +174,31 @@ BEGIN
     RETURN FOUND;
 END $function$;
 
+CREATE OR REPLACE FUNCTION pgflow._archive(q pgflow.queue, msg_ids bigint[])
+ RETURNS SETOF bigint
+ LANGUAGE plpgsql
+AS $function$
+DECLARE
+    v_now timestamptz := clock_timestamp();
+BEGIN
+    PERFORM pgflow._touch(q.queue_id, q.msg_seq::oid);
+    RETURN QUERY
+    WITH moved AS (
+        DELETE FROM pgflow.message m
+         WHERE m.queue_id = q.queue_id AND m.msg_id = ANY (msg_ids)
+        RETURNING m.*
+    ), archived AS (
+        INSERT INTO pgflow.archive (queue_id, read_ct, msg_id, enqueued_at, archived_at,
+                                    priority, message, headers, group_key)
+        SELECT mv.queue_id, mv.read_ct, mv.msg_id, mv.enqueued_at, v_now,
+               mv.priority, mv.message, mv.headers, mv.group_key
+          FROM moved mv
+        RETURNING archive.msg_id
+    )
+    -- nextval once per archived row keeps the archived total without a shared counter row.
+    SELECT a.msg_id FROM archived a WHERE nextval(q.archived_seq) > 0;
+END $function$;
+
 CREATE OR REPLACE FUNCTION pgflow._before_claim(q pgflow.queue, p_now timestamp with time zone, qty integer, v_probe integer)
  RETURNS void
  LANGUAGE plpgsql
@@ -498,6 +523,104 @@ BEGIN
     RETURN q;
 END $function$;
 
+CREATE OR REPLACE FUNCTION pgflow._read(q pgflow.queue, vt interval, qty integer, wait interval)
+ RETURNS SETOF pgflow.message_record
+ LANGUAGE plpgsql
+AS $function$
+DECLARE
+    v_now timestamptz := clock_timestamp();
+    v_vt interval := coalesce(_read.vt, q.visibility_timeout);
+    v_deadline timestamptz;
+    v_woken boolean;
+    v_next timestamptz;
+    v_from bigint[];
+    v_probe integer;
+    v_backoff interval;
+    n bigint;
+BEGIN
+    -- The checks' fast path inline; the helpers raise the precise error.
+    IF v_vt IS NULL OR v_vt <= interval '0' OR v_vt > interval '100 years' THEN
+        PERFORM pgflow._check_interval(v_vt, 'vt', false);
+    END IF;
+    IF qty IS NULL OR qty < 1 THEN
+        PERFORM pgflow._check_int(qty, 'qty', 1);
+    END IF;
+    IF wait IS NOT NULL AND wait > interval '0' THEN
+        PERFORM pgflow._check_interval(wait, 'wait', true);
+        IF current_setting('transaction_isolation') <> 'read committed' THEN
+            RAISE EXCEPTION 'read with wait needs READ COMMITTED, not %',
+                            current_setting('transaction_isolation')
+                USING ERRCODE = 'feature_not_supported',
+                      HINT = 'A snapshot that never changes would never see a new message.';
+        END IF;
+        v_deadline := v_now + wait;
+        -- Register before the first look, so a send that commits after it wakes us.
+        v_woken := pgflow._wait_begin(q.queue_id);
+    ELSIF wait IS NOT NULL THEN
+        PERFORM pgflow._check_interval(wait, 'wait', true);
+    END IF;
+    LOOP
+        v_probe := pgflow._due_begin(q.queue_id, q.msg_seq::oid, v_now);
+        IF v_probe > 0 THEN
+            PERFORM pgflow._before_claim(q, v_now, qty, v_probe);
+        END IF;
+        -- The claim starts after the queue's claim cursor (a statement of its own, before the
+        -- claim's snapshot; src/ipc/cursor.rs has the rules that keep it safe).
+        v_from := pgflow._claim_begin(q.queue_id, q.msg_seq::oid);
+        RETURN QUERY
+        WITH picked AS (
+            SELECT m.msg_id FROM pgflow.message m
+             WHERE m.queue_id = q.queue_id AND m.state = 'r'
+               AND (-(m.priority::integer), m.msg_id) > (v_from[1]::integer, v_from[2])
+             ORDER BY -(m.priority::integer), m.msg_id
+             LIMIT qty
+               FOR UPDATE SKIP LOCKED
+        ), leased AS (
+            -- The picked ids as an array, so both key columns are the index condition: a join
+            -- with picked let a plan cached on a near-empty table (a fresh install) scan every
+            -- row of the queue on each claim, for the life of the session.
+            UPDATE pgflow.message m
+               SET state = 'l', vt = v_now + v_vt, read_ct = m.read_ct + 1
+             WHERE m.queue_id = q.queue_id AND m.msg_id = ANY (ARRAY(SELECT p.msg_id FROM picked p))
+            RETURNING m.msg_id, m.read_ct, m.enqueued_at, m.vt, m.message, m.headers, m.priority
+        ), noted AS (
+            -- What the claim took, noted for the claim cursor in one call.
+            SELECT pgflow._claim_span(min(ARRAY[-(l.priority::bigint), l.msg_id]),
+                                      max(ARRAY[-(l.priority::bigint), l.msg_id]), count(*)) AS ok
+              FROM leased l
+        )
+        SELECT l.msg_id, l.read_ct, l.enqueued_at, l.vt, l.message, l.headers
+          FROM leased l, noted
+         WHERE noted.ok
+         ORDER BY l.priority DESC, l.msg_id;
+        GET DIAGNOSTICS n = ROW_COUNT;
+        PERFORM pgflow._claim_end(qty);
+        IF n > 0 THEN
+            PERFORM pgflow._due_at(q.queue_id, q.msg_seq::oid, v_now + v_vt);
+        END IF;
+        EXIT WHEN n > 0 OR v_deadline IS NULL OR v_now >= v_deadline;
+        -- Sleep at most until the next delayed message or lease comes due: the queue's due
+        -- time when shared memory knows it, else from the table. When that has passed and
+        -- still nothing could be claimed (another reader is recomputing it, or the due lease
+        -- is row-locked by an open transaction, such as a consumer archiving inside a longer
+        -- one), back off: 10 ms, doubling up to 1 s, or until a wake-up.
+        v_next := pgflow._due(q.queue_id, q.msg_seq::oid);
+        IF v_next IS NULL THEN
+            v_next := pgflow._next_due(q.queue_id);
+        END IF;
+        IF v_next <= v_now THEN
+            v_backoff := least(coalesce(v_backoff * 2, interval '10 ms'), interval '1 s');
+            v_next := v_now + v_backoff;
+        END IF;
+        -- False when the extension, its schema or the database is being dropped.
+        EXIT WHEN NOT pgflow._wait_for(least(v_deadline, v_next), v_woken);
+        v_now := clock_timestamp();
+    END LOOP;
+    IF v_deadline IS NOT NULL THEN
+        PERFORM pgflow._wait_end();
+    END IF;
+END $function$;
+
 CREATE OR REPLACE FUNCTION pgflow._visible(p_queue_id integer)
  RETURNS boolean
  LANGUAGE plpgsql
@@ -564,11 +687,14 @@ CREATE OR REPLACE FUNCTION pgflow.archive(queue_name text, msg_id bigint)
  RETURNS boolean
  LANGUAGE plpgsql
  SECURITY DEFINER
+ SET enable_seqscan TO 'off'
  SET search_path TO 'pg_catalog', 'pgflow', 'pg_temp'
 AS $function$
+DECLARE
+    q pgflow.queue := pgflow._queue(queue_name, 'consume');
 BEGIN
     PERFORM pgflow._require(msg_id, 'msg_id');
-    RETURN EXISTS (SELECT 1 FROM pgflow.archive(queue_name, ARRAY[msg_id]));
+    RETURN EXISTS (SELECT 1 FROM pgflow._archive(q, ARRAY[msg_id]));
 END $function$;
 
 CREATE OR REPLACE FUNCTION pgflow.archive(queue_name text, msg_ids bigint[])
@@ -580,33 +706,18 @@ CREATE OR REPLACE FUNCTION pgflow.archive(queue_name text, msg_ids bigint[])
 AS $function$
 DECLARE
     q pgflow.queue := pgflow._queue(queue_name, 'consume');
-    v_now timestamptz := clock_timestamp();
 BEGIN
     IF msg_ids IS NULL THEN
         PERFORM pgflow._require(msg_ids, 'msg_ids');
     END IF;
-    PERFORM pgflow._touch(q.queue_id, q.msg_seq::oid);
-    RETURN QUERY
-    WITH moved AS (
-        DELETE FROM pgflow.message m
-         WHERE m.queue_id = q.queue_id AND m.msg_id = ANY (msg_ids)
-        RETURNING m.*
-    ), archived AS (
-        INSERT INTO pgflow.archive (queue_id, read_ct, msg_id, enqueued_at, archived_at,
-                                    priority, message, headers, group_key)
-        SELECT mv.queue_id, mv.read_ct, mv.msg_id, mv.enqueued_at, v_now,
-               mv.priority, mv.message, mv.headers, mv.group_key
-          FROM moved mv
-        RETURNING archive.msg_id
-    )
-    -- nextval once per archived row keeps the archived total without a shared counter row.
-    SELECT a.msg_id FROM archived a WHERE nextval(q.archived_seq) > 0;
+    RETURN QUERY SELECT * FROM pgflow._archive(q, msg_ids);
 END $function$;
 
 CREATE OR REPLACE FUNCTION pgflow.archive_read(queue_name text, msg_ids bigint[], vt interval DEFAULT NULL::interval, qty integer DEFAULT 1, wait interval DEFAULT NULL::interval)
  RETURNS SETOF pgflow.message_record
  LANGUAGE plpgsql
  SECURITY DEFINER
+ SET enable_seqscan TO 'off'
  SET search_path TO 'pg_catalog', 'pgflow', 'pg_temp'
 AS $function$
 DECLARE
@@ -620,10 +731,11 @@ BEGIN
     IF wait IS NOT NULL THEN
         PERFORM pgflow._check_interval(wait, 'wait', true);
     END IF;
+    -- The bodies, not the entry points: one queue lookup and no nested SET per round trip.
     IF cardinality(msg_ids) > 0 THEN
-        PERFORM pgflow.archive(q.queue_name, msg_ids);
+        PERFORM pgflow._archive(q, msg_ids);
     END IF;
-    RETURN QUERY SELECT * FROM pgflow.read(q.queue_name, vt, qty, wait);
+    RETURN QUERY SELECT * FROM pgflow._read(q, vt, qty, wait);
 END $function$;
 
 CREATE OR REPLACE FUNCTION pgflow.bind(pattern text, queue_name text)
@@ -1136,99 +1248,8 @@ CREATE OR REPLACE FUNCTION pgflow.read(queue_name text, vt interval DEFAULT NULL
  SET enable_seqscan TO 'off'
  SET search_path TO 'pg_catalog', 'pgflow', 'pg_temp'
 AS $function$
-DECLARE
-    q pgflow.queue := pgflow._queue(queue_name, 'consume');
-    v_now timestamptz := clock_timestamp();
-    v_vt interval := coalesce(read.vt, q.visibility_timeout);
-    v_deadline timestamptz;
-    v_woken boolean;
-    v_next timestamptz;
-    v_from bigint[];
-    v_probe integer;
-    v_backoff interval;
-    n bigint;
 BEGIN
-    -- The checks' fast path inline; the helpers raise the precise error.
-    IF v_vt IS NULL OR v_vt <= interval '0' OR v_vt > interval '100 years' THEN
-        PERFORM pgflow._check_interval(v_vt, 'vt', false);
-    END IF;
-    IF qty IS NULL OR qty < 1 THEN
-        PERFORM pgflow._check_int(qty, 'qty', 1);
-    END IF;
-    IF wait IS NOT NULL AND wait > interval '0' THEN
-        PERFORM pgflow._check_interval(wait, 'wait', true);
-        IF current_setting('transaction_isolation') <> 'read committed' THEN
-            RAISE EXCEPTION 'read with wait needs READ COMMITTED, not %',
-                            current_setting('transaction_isolation')
-                USING ERRCODE = 'feature_not_supported',
-                      HINT = 'A snapshot that never changes would never see a new message.';
-        END IF;
-        v_deadline := v_now + wait;
-        -- Register before the first look, so a send that commits after it wakes us.
-        v_woken := pgflow._wait_begin(q.queue_id);
-    ELSIF wait IS NOT NULL THEN
-        PERFORM pgflow._check_interval(wait, 'wait', true);
-    END IF;
-    LOOP
-        v_probe := pgflow._due_begin(q.queue_id, q.msg_seq::oid, v_now);
-        IF v_probe > 0 THEN
-            PERFORM pgflow._before_claim(q, v_now, qty, v_probe);
-        END IF;
-        -- The claim starts after the queue's claim cursor (a statement of its own, before the
-        -- claim's snapshot; src/ipc/cursor.rs has the rules that keep it safe).
-        v_from := pgflow._claim_begin(q.queue_id, q.msg_seq::oid);
-        RETURN QUERY
-        WITH picked AS (
-            SELECT m.msg_id FROM pgflow.message m
-             WHERE m.queue_id = q.queue_id AND m.state = 'r'
-               AND (-(m.priority::integer), m.msg_id) > (v_from[1]::integer, v_from[2])
-             ORDER BY -(m.priority::integer), m.msg_id
-             LIMIT qty
-               FOR UPDATE SKIP LOCKED
-        ), leased AS (
-            -- The picked ids as an array, so both key columns are the index condition: a join
-            -- with picked let a plan cached on a near-empty table (a fresh install) scan every
-            -- row of the queue on each claim, for the life of the session.
-            UPDATE pgflow.message m
-               SET state = 'l', vt = v_now + v_vt, read_ct = m.read_ct + 1
-             WHERE m.queue_id = q.queue_id AND m.msg_id = ANY (ARRAY(SELECT p.msg_id FROM picked p))
-            RETURNING m.msg_id, m.read_ct, m.enqueued_at, m.vt, m.message, m.headers, m.priority
-        ), noted AS (
-            -- What the claim took, noted for the claim cursor in one call.
-            SELECT pgflow._claim_span(min(ARRAY[-(l.priority::bigint), l.msg_id]),
-                                      max(ARRAY[-(l.priority::bigint), l.msg_id]), count(*)) AS ok
-              FROM leased l
-        )
-        SELECT l.msg_id, l.read_ct, l.enqueued_at, l.vt, l.message, l.headers
-          FROM leased l, noted
-         WHERE noted.ok
-         ORDER BY l.priority DESC, l.msg_id;
-        GET DIAGNOSTICS n = ROW_COUNT;
-        PERFORM pgflow._claim_end(qty);
-        IF n > 0 THEN
-            PERFORM pgflow._due_at(q.queue_id, q.msg_seq::oid, v_now + v_vt);
-        END IF;
-        EXIT WHEN n > 0 OR v_deadline IS NULL OR v_now >= v_deadline;
-        -- Sleep at most until the next delayed message or lease comes due: the queue's due
-        -- time when shared memory knows it, else from the table. When that has passed and
-        -- still nothing could be claimed (another reader is recomputing it, or the due lease
-        -- is row-locked by an open transaction, such as a consumer archiving inside a longer
-        -- one), back off: 10 ms, doubling up to 1 s, or until a wake-up.
-        v_next := pgflow._due(q.queue_id, q.msg_seq::oid);
-        IF v_next IS NULL THEN
-            v_next := pgflow._next_due(q.queue_id);
-        END IF;
-        IF v_next <= v_now THEN
-            v_backoff := least(coalesce(v_backoff * 2, interval '10 ms'), interval '1 s');
-            v_next := v_now + v_backoff;
-        END IF;
-        -- False when the extension, its schema or the database is being dropped.
-        EXIT WHEN NOT pgflow._wait_for(least(v_deadline, v_next), v_woken);
-        v_now := clock_timestamp();
-    END LOOP;
-    IF v_deadline IS NOT NULL THEN
-        PERFORM pgflow._wait_end();
-    END IF;
+    RETURN QUERY SELECT * FROM pgflow._read(pgflow._queue(queue_name, 'consume'), vt, qty, wait);
 END $function$;
 
 CREATE OR REPLACE FUNCTION pgflow.retry_schedule(queue_name text)
