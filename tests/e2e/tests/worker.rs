@@ -305,7 +305,16 @@ fn settings_stop_and_start_workers_on_reload() {
         );
     }
 
-    // Off for one database: its worker stops at its next start and stays stopped.
+    // Off for one database: its worker stops at its next start and stays stopped. A slot is
+    // "running" from the moment its worker attaches, before it connects and reads the
+    // database's settings; wait for a round after the start so that the worker below is one
+    // that has read them (it would otherwise see the setting at its connection and go idle by
+    // itself, with no pid left to terminate).
+    let ticked = format!(
+        "SELECT coalesce((SELECT state = 'running' AND last_tick_at >= started_at
+                            FROM pgflow.worker_status() WHERE datname = '{a}'), false)"
+    );
+    assert!(eventually(&mut admin, &ticked, DEADLINE), "a never ticked");
     admin
         .batch_execute(&format!("ALTER DATABASE {a} SET pgflow.enabled = off"))
         .unwrap();
