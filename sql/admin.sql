@@ -77,6 +77,8 @@ BEGIN
     IF contract IS NOT NULL THEN
         PERFORM pgflow.set_contract(queue_name, contract);
     END IF;
+    -- Its statistics start empty, and exact, when this commits (src/ipc/stats.rs).
+    PERFORM pgflow._stats_created(v_id, queue_name);
     RETURN true;
 END $$;
 
@@ -190,6 +192,7 @@ BEGIN
     DELETE FROM pgflow.queue u WHERE u.queue_id = q.queue_id;
     PERFORM pgflow._notify_forget(q.queue_id);
     PERFORM pgflow._cursor_forget(q.queue_id);
+    PERFORM pgflow._stats_dropped(q.queue_id);
     -- regclass values print as qualified, quoted names: safe to splice.
     EXECUTE 'DROP SEQUENCE ' || q.msg_seq::text || ', ' || q.archived_seq::text;
     RETURN true;

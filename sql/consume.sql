@@ -218,6 +218,8 @@ BEGIN
         PERFORM pgflow._before_claim(q, v_now, qty, v_probe);
     END IF;
     v_from := pgflow._claim_begin(q.queue_id, q.msg_seq::oid);
+    -- The statistics count what the delete removes as delivered (src/ipc/stats.rs).
+    PERFORM pgflow._stats_mode('pop');
     RETURN QUERY
     WITH picked AS (
         SELECT m.msg_id FROM pgflow.message m
@@ -240,6 +242,7 @@ BEGIN
       FROM popped p, noted
      WHERE noted.ok
      ORDER BY p.priority DESC, p.msg_id;
+    PERFORM pgflow._stats_mode('plain');
     PERFORM pgflow._claim_end(qty);
 END $$;
 

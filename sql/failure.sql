@@ -152,6 +152,7 @@ SET enable_seqscan = off  -- see the header of sql/internal.sql
 AS $$
 DECLARE
     ids bigint[];
+    n bigint;
 BEGIN
     PERFORM pgflow._touch(q.queue_id, q.msg_seq::oid);
     SELECT array_agg(e.msg_id) INTO ids
@@ -163,8 +164,12 @@ BEGIN
     IF ids IS NULL THEN
         RETURN 0;
     END IF;
-    RETURN (SELECT count(*) FROM pgflow._fail(q, ids, 'visibility timeout expired', NULL, p_now,
-                                              'visibility timeout expired'));
+    -- The statistics count these failures as expired leases, not nacks (src/ipc/stats.rs).
+    PERFORM pgflow._stats_mode('expire');
+    n := (SELECT count(*) FROM pgflow._fail(q, ids, 'visibility timeout expired', NULL, p_now,
+                                            'visibility timeout expired'));
+    PERFORM pgflow._stats_mode('plain');
+    RETURN n;
 END $$;
 
 -------------------------------------------------------------------------------------------------
@@ -202,6 +207,8 @@ DECLARE
     d record;
     v_state "char";
 BEGIN
+    -- The statistics count the new messages as redriven, not sent (src/ipc/stats.rs).
+    PERFORM pgflow._stats_mode('redrive');
     -- One insert per dead letter, in id order: a grouped one goes back behind its group's live
     -- messages, and each sees the one redriven before it.
     FOR d IN
@@ -227,6 +234,7 @@ BEGIN
         PERFORM pgflow._announce(q.queue_id, q.queue_name, q.notify);
         RETURN NEXT;
     END LOOP;
+    PERFORM pgflow._stats_mode('plain');
 END $$;
 
 -- dlq_retry (one): the new id, or NULL when the message is not in the dead-letter queue.

@@ -21,7 +21,10 @@ BEGIN
     FOR f IN SELECT p.oid::regprocedure
                FROM pg_catalog.pg_proc p
               WHERE p.pronamespace = 'pgflow'::regnamespace
-                AND (p.proname NOT LIKE '\_%' OR p.prorettype = 'pg_catalog.trigger'::pg_catalog.regtype)
+                -- A trigger written in C runs no SQL: nothing to pin (and no SET to pay per row).
+                AND (p.proname NOT LIKE '\_%' OR (p.prorettype = 'pg_catalog.trigger'::pg_catalog.regtype
+                                                   AND p.prolang <> (SELECT l.oid FROM pg_catalog.pg_language l
+                                                                      WHERE l.lanname = 'c')))
               ORDER BY p.oid LOOP
         EXECUTE pg_catalog.format('ALTER FUNCTION %s SET search_path = pg_catalog, pgflow, pg_temp', f);
     END LOOP;
@@ -115,11 +118,11 @@ BEGIN
                    ('pgflow_producer', ARRAY['send', 'send_batch', 'publish']),
                    ('pgflow_consumer', ARRAY['read', 'pop', 'archive', 'archive_read', 'delete',
                                              'set_vt', 'nack', 'list_pending']),
-                   ('pgflow_producer', ARRAY['list_queues', 'metrics', 'metrics_all', 'list_contracts',
+                   ('pgflow_producer', ARRAY['list_queues', 'metrics', 'metrics_all', 'metrics_text', 'list_contracts',
                                              'list_bindings', 'retry_schedule', 'worker_status']),
-                   ('pgflow_consumer', ARRAY['list_queues', 'metrics', 'metrics_all', 'list_contracts',
+                   ('pgflow_consumer', ARRAY['list_queues', 'metrics', 'metrics_all', 'metrics_text', 'list_contracts',
                                              'list_bindings', 'retry_schedule', 'worker_status']),
-                   ('pg_monitor', ARRAY['list_queues', 'metrics', 'metrics_all', 'list_bindings',
+                   ('pg_monitor', ARRAY['list_queues', 'metrics', 'metrics_all', 'metrics_text', 'list_bindings',
                                         'worker_status', 'horizon', 'cursor_status']))
                  AS r(role, names) ON p.proname = ANY (r.names)
               WHERE p.pronamespace = 'pgflow'::regnamespace

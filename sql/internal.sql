@@ -61,7 +61,22 @@ CREATE TYPE pgflow.queue_metrics AS (
     scrape_time        timestamptz,
     waiting            bigint,            -- grouped messages waiting behind an earlier one
     horizon_age_sec    double precision,  -- how long the oldest holder of the xmin horizon has held it
-    horizon_holder     text               -- who that is (see horizon()); NULL when nothing holds it back
+    horizon_holder     text,              -- who that is (see horizon()); NULL when nothing holds it back
+    -- From the statistics in shared memory (src/ipc/stats.rs); NULL without them:
+    exact              boolean,           -- the depths above were counted (not read from the statistics)
+    sent               bigint,            -- committed sends since stats_reset_at (dlq redrives apart)
+    delivered          bigint,            -- deliveries (read, pop), redeliveries included
+    archived           bigint,
+    deleted            bigint,            -- delete, pop, purge_queue
+    nacked             bigint,
+    expired            bigint,            -- leases that ran out
+    dead_lettered      bigint,
+    redriven           bigint,            -- dlq_retry
+    wait_p50_sec       double precision,  -- enqueue to first delivery, median (histogram estimate)
+    wait_p99_sec       double precision,
+    end_to_end_p50_sec double precision,  -- enqueue to archive
+    end_to_end_p99_sec double precision,
+    stats_reset_at     timestamptz        -- since when the counters and histograms count
 );
 
 -- What holds back the xmin horizon, as horizon returns it.

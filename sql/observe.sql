@@ -37,29 +37,40 @@ LANGUAGE sql STABLE AS $$
      ORDER BY h.xmin_age DESC, h.since;
 $$;
 
--- _metrics: one row per queue (all queues when queue_id is NULL). Counts scan the queue's
--- rows; totals come from the per-queue sequences (no count on any hot path).
-CREATE FUNCTION pgflow._metrics(p_queue_id integer, p_now timestamptz)
+-- _metrics: one row per queue (all queues the caller sees when queue_id is NULL). The depths
+-- come from the statistics in shared memory when they are exact for the queue (O(1)), else,
+-- or with p_exact, from counting the queue's rows; the ages from the ends of the queue's
+-- primary key; the totals from the per-queue sequences.
+CREATE FUNCTION pgflow._metrics(p_queue_id integer, p_now timestamptz, p_exact boolean)
 RETURNS SETOF pgflow.queue_metrics
-LANGUAGE sql STABLE AS $$
+LANGUAGE sql VOLATILE AS $$
     SELECT q.queue_name,
-           coalesce(s.length, 0),
-           coalesce(s.visible, 0),
-           coalesce(s.in_flight, 0),
-           coalesce(s.delayed, 0),
-           extract(epoch FROM p_now - s.oldest)::double precision,
-           extract(epoch FROM p_now - s.newest)::double precision,
+           coalesce(st.ready + st.delayed + st.in_flight + st.waiting, s.length, 0),
+           coalesce(st.ready, s.visible, 0),
+           coalesce(st.in_flight, s.in_flight, 0),
+           coalesce(st.delayed, s.delayed, 0),
+           extract(epoch FROM p_now - coalesce(s.oldest, o.oldest))::double precision,
+           extract(epoch FROM p_now - coalesce(s.newest, o.newest))::double precision,
            coalesce(pg_catalog.pg_sequence_last_value(q.msg_seq), 0),
            coalesce(pg_catalog.pg_sequence_last_value(q.archived_seq), 0),
-           (SELECT count(*) FROM pgflow.archive a WHERE a.queue_id = q.queue_id),
-           (SELECT count(*) FROM pgflow.dead d WHERE d.queue_id = q.queue_id),
+           coalesce(st.archived_rows, (SELECT count(*) FROM pgflow.archive a WHERE a.queue_id = q.queue_id)),
+           coalesce(st.dead, (SELECT count(*) FROM pgflow.dead d WHERE d.queue_id = q.queue_id)),
            p_now,
-           coalesce(s.waiting, 0),
+           coalesce(st.waiting, s.waiting, 0),
            extract(epoch FROM p_now - h.since)::double precision,
-           h.holder || coalesce(' ' || h.pid, '') || ': ' || h.detail
+           h.holder || coalesce(' ' || h.pid, '') || ': ' || h.detail,
+           st.ready IS NULL,
+           c.sent, c.delivered, c.archived, c.deleted, c.nacked, c.expired, c.dead_lettered,
+           c.redriven, c.wait_p50, c.wait_p99, c.end_to_end_p50, c.end_to_end_p99, c.reset_at
       FROM pgflow.queue q
       -- The oldest holder of the horizon, looked up once for all queues.
       LEFT JOIN (SELECT * FROM pgflow.horizon() LIMIT 1) h ON true
+      LEFT JOIN LATERAL (SELECT * FROM pgflow._stats(q.queue_id)) c ON true
+      -- The gauges, when they are exact and wanted.
+      LEFT JOIN LATERAL (SELECT c.ready, c.delayed, c.in_flight, c.waiting, c.dead, c.archived_rows
+                          WHERE c.valid AND NOT p_exact) st ON true
+      -- Otherwise the rows, counted (the WHERE on st is a one-time filter: no scan when the
+      -- gauges are used).
       LEFT JOIN LATERAL (
         SELECT count(*) AS length,
                count(*) FILTER (WHERE m.state = 'r' OR (m.state = 'd' AND m.vt <= p_now)) AS visible,
@@ -70,26 +81,36 @@ LANGUAGE sql STABLE AS $$
                min(m.enqueued_at) AS oldest,
                max(m.enqueued_at) AS newest
           FROM pgflow.message m
-         WHERE m.queue_id = q.queue_id
+         WHERE m.queue_id = q.queue_id AND st.ready IS NULL
       ) s ON true
+      -- With the gauges: the oldest and newest live message by id, one index probe each.
+      LEFT JOIN LATERAL (
+        SELECT (SELECT m.enqueued_at FROM pgflow.message m WHERE m.queue_id = q.queue_id
+                 ORDER BY m.msg_id LIMIT 1) AS oldest,
+               (SELECT m.enqueued_at FROM pgflow.message m WHERE m.queue_id = q.queue_id
+                 ORDER BY m.msg_id DESC LIMIT 1) AS newest
+         WHERE st.ready IS NOT NULL
+      ) o ON true
      -- Every queue the caller sees (metrics_all), or the one metrics checked.
      WHERE (p_queue_id IS NULL AND pgflow._visible(q.queue_id)) OR q.queue_id = p_queue_id
      ORDER BY q.queue_name;
 $$;
 
--- metrics: depth and counters of one queue.
-CREATE FUNCTION pgflow.metrics(queue_name text)
+-- metrics: depth and counters of one queue; exact counts its rows instead of reading the
+-- statistics.
+CREATE FUNCTION pgflow.metrics(queue_name text, exact boolean DEFAULT false)
 RETURNS SETOF pgflow.queue_metrics
-LANGUAGE plpgsql STABLE AS $$
+LANGUAGE plpgsql VOLATILE AS $$
 BEGIN
-    RETURN QUERY SELECT * FROM pgflow._metrics((pgflow._queue(queue_name, 'see')).queue_id, clock_timestamp());
+    RETURN QUERY SELECT * FROM pgflow._metrics((pgflow._queue(queue_name, 'see')).queue_id,
+                                               clock_timestamp(), coalesce(exact, false));
 END $$;
 
 -- metrics_all: metrics of every queue, by name.
-CREATE FUNCTION pgflow.metrics_all()
+CREATE FUNCTION pgflow.metrics_all(exact boolean DEFAULT false)
 RETURNS SETOF pgflow.queue_metrics
-LANGUAGE sql STABLE AS $$
-    SELECT * FROM pgflow._metrics(NULL, clock_timestamp());
+LANGUAGE sql VOLATILE AS $$
+    SELECT * FROM pgflow._metrics(NULL, clock_timestamp(), coalesce(exact, false));
 $$;
 
 -- list_pending: look at what waits in a queue without leasing anything: deliverable messages

@@ -19,16 +19,33 @@ SELECT pg_catalog.pg_extension_config_dump('pgflow.queue_grant', '');
 
 -- Functions 0.2.0 no longer has, or whose arguments or result changed.
 DROP FUNCTION pgflow._check_contract_schema(jsonb);
+DROP FUNCTION pgflow._metrics(integer,timestamp with time zone);
 DROP FUNCTION pgflow._promote_queue(integer,timestamp with time zone,integer);
 DROP FUNCTION pgflow._queue(text);
 DROP FUNCTION pgflow._validate_contract(integer,text,text,bigint,jsonb,integer);
 DROP FUNCTION pgflow._wait_sleep(timestamp with time zone,boolean);
+DROP FUNCTION pgflow.metrics(text);
+DROP FUNCTION pgflow.metrics_all();
 
 -- Composite types: new ones, and attributes appended to existing ones.
 CREATE TYPE pgflow.grant_info AS (queue_name text, role regrole, privilege text, granted_at timestamp with time zone);
 CREATE TYPE pgflow.horizon_holder AS (holder text, pid integer, xmin_age integer, since timestamp with time zone, detail text);
 ALTER TYPE pgflow.queue_metrics ADD ATTRIBUTE horizon_age_sec double precision;
 ALTER TYPE pgflow.queue_metrics ADD ATTRIBUTE horizon_holder text;
+ALTER TYPE pgflow.queue_metrics ADD ATTRIBUTE exact boolean;
+ALTER TYPE pgflow.queue_metrics ADD ATTRIBUTE sent bigint;
+ALTER TYPE pgflow.queue_metrics ADD ATTRIBUTE delivered bigint;
+ALTER TYPE pgflow.queue_metrics ADD ATTRIBUTE archived bigint;
+ALTER TYPE pgflow.queue_metrics ADD ATTRIBUTE deleted bigint;
+ALTER TYPE pgflow.queue_metrics ADD ATTRIBUTE nacked bigint;
+ALTER TYPE pgflow.queue_metrics ADD ATTRIBUTE expired bigint;
+ALTER TYPE pgflow.queue_metrics ADD ATTRIBUTE dead_lettered bigint;
+ALTER TYPE pgflow.queue_metrics ADD ATTRIBUTE redriven bigint;
+ALTER TYPE pgflow.queue_metrics ADD ATTRIBUTE wait_p50_sec double precision;
+ALTER TYPE pgflow.queue_metrics ADD ATTRIBUTE wait_p99_sec double precision;
+ALTER TYPE pgflow.queue_metrics ADD ATTRIBUTE end_to_end_p50_sec double precision;
+ALTER TYPE pgflow.queue_metrics ADD ATTRIBUTE end_to_end_p99_sec double precision;
+ALTER TYPE pgflow.queue_metrics ADD ATTRIBUTE stats_reset_at timestamp with time zone;
 
 -- Functions, new or changed (C, PL/pgSQL, SQL, then BEGIN ATOMIC bodies).
 CREATE OR REPLACE FUNCTION pgflow._caller()
@@ -126,11 +143,68 @@ CREATE OR REPLACE FUNCTION pgflow._due_end(queue_id integer, seq oid, next times
  LANGUAGE c
 AS 'MODULE_PATHNAME', $function$_due_end_wrapper$function$;
 
+CREATE OR REPLACE FUNCTION pgflow._metrics_text(queue_ids integer[], horizon_age double precision, horizon_xmin_age integer)
+ RETURNS text
+ LANGUAGE c
+AS 'MODULE_PATHNAME', $function$_metrics_text_wrapper$function$;
+
 CREATE OR REPLACE FUNCTION pgflow._ready(queue_id integer, seq oid, priority smallint, msg_id bigint)
  RETURNS boolean
  LANGUAGE c
  STRICT
 AS 'MODULE_PATHNAME', $function$_ready_wrapper$function$;
+
+CREATE OR REPLACE FUNCTION pgflow._stats(queue_id integer)
+ RETURNS TABLE(valid boolean, ready bigint, delayed bigint, in_flight bigint, waiting bigint, dead bigint, archived_rows bigint, sent bigint, delivered bigint, archived bigint, deleted bigint, nacked bigint, expired bigint, dead_lettered bigint, redriven bigint, wait_p50 double precision, wait_p99 double precision, end_to_end_p50 double precision, end_to_end_p99 double precision, reset_at timestamp with time zone)
+ LANGUAGE c
+ STRICT
+AS 'MODULE_PATHNAME', $function$_stats_wrapper$function$;
+
+CREATE OR REPLACE FUNCTION pgflow._stats_created(queue_id integer, queue_name text)
+ RETURNS void
+ LANGUAGE c
+ STRICT
+AS 'MODULE_PATHNAME', $function$_stats_created_wrapper$function$;
+
+CREATE OR REPLACE FUNCTION pgflow._stats_dropped(queue_id integer)
+ RETURNS void
+ LANGUAGE c
+ STRICT
+AS 'MODULE_PATHNAME', $function$_stats_dropped_wrapper$function$;
+
+CREATE OR REPLACE FUNCTION pgflow._stats_enabled()
+ RETURNS boolean
+ LANGUAGE c
+ STRICT
+AS 'MODULE_PATHNAME', $function$_stats_enabled_wrapper$function$;
+
+CREATE OR REPLACE FUNCTION pgflow._stats_load(queue_ids integer[], names text[], ready bigint[], delayed bigint[], in_flight bigint[], waiting bigint[], dead bigint[], archived bigint[])
+ RETURNS bigint
+ LANGUAGE c
+ STRICT
+AS 'MODULE_PATHNAME', $function$_stats_load_wrapper$function$;
+
+CREATE OR REPLACE FUNCTION pgflow._stats_mode(mode text)
+ RETURNS void
+ LANGUAGE c
+ STRICT
+AS 'MODULE_PATHNAME', $function$_stats_mode_wrapper$function$;
+
+CREATE OR REPLACE FUNCTION pgflow._stats_needs_rebuild(queue_ids integer[])
+ RETURNS boolean
+ LANGUAGE c
+ STRICT
+AS 'MODULE_PATHNAME', $function$_stats_needs_rebuild_wrapper$function$;
+
+CREATE OR REPLACE FUNCTION pgflow._stats_note()
+ RETURNS trigger
+ LANGUAGE c
+AS 'MODULE_PATHNAME', $function$_stats_note_wrapper$function$;
+
+CREATE OR REPLACE FUNCTION pgflow._stats_reset(queue_id integer)
+ RETURNS void
+ LANGUAGE c
+AS 'MODULE_PATHNAME', $function$_stats_reset_wrapper$function$;
 
 CREATE OR REPLACE FUNCTION pgflow._touch(queue_id integer, seq oid)
  RETURNS void
@@ -364,6 +438,7 @@ CREATE OR REPLACE FUNCTION pgflow._expire_queue(q pgflow.queue, p_now timestamp 
 AS $function$
 DECLARE
     ids bigint[];
+    n bigint;
 BEGIN
     PERFORM pgflow._touch(q.queue_id, q.msg_seq::oid);
     SELECT array_agg(e.msg_id) INTO ids
@@ -375,8 +450,12 @@ BEGIN
     IF ids IS NULL THEN
         RETURN 0;
     END IF;
-    RETURN (SELECT count(*) FROM pgflow._fail(q, ids, 'visibility timeout expired', NULL, p_now,
-                                              'visibility timeout expired'));
+    -- The statistics count these failures as expired leases, not nacks (src/ipc/stats.rs).
+    PERFORM pgflow._stats_mode('expire');
+    n := (SELECT count(*) FROM pgflow._fail(q, ids, 'visibility timeout expired', NULL, p_now,
+                                            'visibility timeout expired'));
+    PERFORM pgflow._stats_mode('plain');
+    RETURN n;
 END $function$;
 
 CREATE OR REPLACE FUNCTION pgflow._group_advance()
@@ -621,6 +700,56 @@ BEGIN
     END IF;
 END $function$;
 
+CREATE OR REPLACE FUNCTION pgflow._stats_rebuild(lock_wait interval DEFAULT '00:00:01'::interval)
+ RETURNS boolean
+ LANGUAGE plpgsql
+AS $function$
+BEGIN
+    PERFORM pg_catalog.set_config('lock_timeout', (extract(epoch FROM lock_wait) * 1000)::bigint::text,
+                                  true);
+    LOCK TABLE pgflow.message, pgflow.dead, pgflow.archive IN SHARE MODE;
+    PERFORM pgflow._stats_load(coalesce(array_agg(q.queue_id ORDER BY q.queue_id), '{}'),
+                               coalesce(array_agg(q.queue_name ORDER BY q.queue_id), '{}'),
+                               coalesce(array_agg(coalesce(m.r, 0) ORDER BY q.queue_id), '{}'),
+                               coalesce(array_agg(coalesce(m.d, 0) ORDER BY q.queue_id), '{}'),
+                               coalesce(array_agg(coalesce(m.l, 0) ORDER BY q.queue_id), '{}'),
+                               coalesce(array_agg(coalesce(m.g, 0) ORDER BY q.queue_id), '{}'),
+                               coalesce(array_agg(coalesce(x.n, 0) ORDER BY q.queue_id), '{}'),
+                               coalesce(array_agg(coalesce(a.n, 0) ORDER BY q.queue_id), '{}'))
+      FROM pgflow.queue q
+      LEFT JOIN (SELECT s.queue_id,
+                        count(*) FILTER (WHERE s.state = 'r') AS r,
+                        count(*) FILTER (WHERE s.state = 'd') AS d,
+                        count(*) FILTER (WHERE s.state = 'l') AS l,
+                        count(*) FILTER (WHERE s.state = 'g') AS g
+                   FROM pgflow.message s GROUP BY s.queue_id) m ON m.queue_id = q.queue_id
+      LEFT JOIN (SELECT t.queue_id, count(*) AS n FROM pgflow.dead t GROUP BY t.queue_id) x
+             ON x.queue_id = q.queue_id
+      LEFT JOIN (SELECT t.queue_id, count(*) AS n FROM pgflow.archive t GROUP BY t.queue_id) a
+             ON a.queue_id = q.queue_id;
+    RETURN true;
+EXCEPTION WHEN lock_not_available THEN
+    RETURN false;
+END $function$;
+
+CREATE OR REPLACE FUNCTION pgflow._stats_tick(OUT rebuilt boolean, OUT horizon_age double precision, OUT horizon_xmin_age integer)
+ RETURNS record
+ LANGUAGE plpgsql
+AS $function$
+BEGIN
+    rebuilt := false;
+    IF pgflow._stats_enabled()
+       AND pgflow._stats_needs_rebuild(ARRAY(SELECT q.queue_id FROM pgflow.queue q)) THEN
+        rebuilt := pgflow._stats_rebuild();
+    END IF;
+    SELECT coalesce(extract(epoch FROM clock_timestamp() - h.since)::float8, 0), h.xmin_age
+      INTO horizon_age, horizon_xmin_age
+      FROM pgflow.horizon() h
+     LIMIT 1;
+    horizon_age := coalesce(horizon_age, 0);
+    horizon_xmin_age := coalesce(horizon_xmin_age, 0);
+END $function$;
+
 CREATE OR REPLACE FUNCTION pgflow._visible(p_queue_id integer)
  RETURNS boolean
  LANGUAGE plpgsql
@@ -854,6 +983,8 @@ BEGIN
     IF contract IS NOT NULL THEN
         PERFORM pgflow.set_contract(queue_name, contract);
     END IF;
+    -- Its statistics start empty, and exact, when this commits (src/ipc/stats.rs).
+    PERFORM pgflow._stats_created(v_id, queue_name);
     RETURN true;
 END $function$;
 
@@ -944,6 +1075,8 @@ DECLARE
     d record;
     v_state "char";
 BEGIN
+    -- The statistics count the new messages as redriven, not sent (src/ipc/stats.rs).
+    PERFORM pgflow._stats_mode('redrive');
     -- One insert per dead letter, in id order: a grouped one goes back behind its group's live
     -- messages, and each sees the one redriven before it.
     FOR d IN
@@ -969,6 +1102,7 @@ BEGIN
         PERFORM pgflow._announce(q.queue_id, q.queue_name, q.notify);
         RETURN NEXT;
     END LOOP;
+    PERFORM pgflow._stats_mode('plain');
 END $function$;
 
 CREATE OR REPLACE FUNCTION pgflow.drop_contract(queue_name text, version text)
@@ -1027,6 +1161,7 @@ BEGIN
     DELETE FROM pgflow.queue u WHERE u.queue_id = q.queue_id;
     PERFORM pgflow._notify_forget(q.queue_id);
     PERFORM pgflow._cursor_forget(q.queue_id);
+    PERFORM pgflow._stats_dropped(q.queue_id);
     -- regclass values print as qualified, quoted names: safe to splice.
     EXECUTE 'DROP SEQUENCE ' || q.msg_seq::text || ', ' || q.archived_seq::text;
     RETURN true;
@@ -1110,14 +1245,15 @@ BEGIN
     job := 'check_cursors';   processed := pgflow.check_cursors(v_now);               RETURN NEXT;
 END $function$;
 
-CREATE OR REPLACE FUNCTION pgflow.metrics(queue_name text)
+CREATE OR REPLACE FUNCTION pgflow.metrics(queue_name text, exact boolean DEFAULT false)
  RETURNS SETOF pgflow.queue_metrics
  LANGUAGE plpgsql
- STABLE SECURITY DEFINER
+ SECURITY DEFINER
  SET search_path TO 'pg_catalog', 'pgflow', 'pg_temp'
 AS $function$
 BEGIN
-    RETURN QUERY SELECT * FROM pgflow._metrics((pgflow._queue(queue_name, 'see')).queue_id, clock_timestamp());
+    RETURN QUERY SELECT * FROM pgflow._metrics((pgflow._queue(queue_name, 'see')).queue_id,
+                                               clock_timestamp(), coalesce(exact, false));
 END $function$;
 
 CREATE OR REPLACE FUNCTION pgflow.nack(queue_name text, msg_id bigint, error text DEFAULT NULL::text, retry_after interval DEFAULT NULL::interval, read_ct integer DEFAULT NULL::integer, now timestamp with time zone DEFAULT NULL::timestamp with time zone)
@@ -1177,6 +1313,8 @@ BEGIN
         PERFORM pgflow._before_claim(q, v_now, qty, v_probe);
     END IF;
     v_from := pgflow._claim_begin(q.queue_id, q.msg_seq::oid);
+    -- The statistics count what the delete removes as delivered (src/ipc/stats.rs).
+    PERFORM pgflow._stats_mode('pop');
     RETURN QUERY
     WITH picked AS (
         SELECT m.msg_id FROM pgflow.message m
@@ -1199,6 +1337,7 @@ BEGIN
       FROM popped p, noted
      WHERE noted.ok
      ORDER BY p.priority DESC, p.msg_id;
+    PERFORM pgflow._stats_mode('plain');
     PERFORM pgflow._claim_end(qty);
 END $function$;
 
@@ -1506,6 +1645,29 @@ BEGIN
     END IF;
 END $function$;
 
+CREATE OR REPLACE FUNCTION pgflow.stats_reset(queue_name text DEFAULT NULL::text)
+ RETURNS bigint
+ LANGUAGE plpgsql
+ SECURITY DEFINER
+ SET search_path TO 'pg_catalog', 'pgflow', 'pg_temp'
+AS $function$
+DECLARE
+    q pgflow.queue;
+BEGIN
+    IF queue_name IS NULL THEN
+        IF pgflow._caller_class() < 2 THEN
+            RAISE EXCEPTION 'permission denied to reset the statistics of every queue'
+                USING ERRCODE = 'insufficient_privilege',
+                      HINT = 'Name a queue you administer, or be a member of pgflow_admin.';
+        END IF;
+        PERFORM pgflow._stats_reset(NULL);
+        RETURN (SELECT count(*) FROM pgflow.queue);
+    END IF;
+    q := pgflow._queue(queue_name, 'admin');
+    PERFORM pgflow._stats_reset(q.queue_id);
+    RETURN 1;
+END $function$;
+
 CREATE OR REPLACE FUNCTION pgflow.unbind(pattern text, queue_name text)
  RETURNS boolean
  LANGUAGE plpgsql
@@ -1571,29 +1733,37 @@ AS $function$
      WHERE d.msg_id IN (SELECT b.msg_id FROM buried b);
 $function$;
 
-CREATE OR REPLACE FUNCTION pgflow._metrics(p_queue_id integer, p_now timestamp with time zone)
+CREATE OR REPLACE FUNCTION pgflow._metrics(p_queue_id integer, p_now timestamp with time zone, p_exact boolean)
  RETURNS SETOF pgflow.queue_metrics
  LANGUAGE sql
- STABLE
 AS $function$
     SELECT q.queue_name,
-           coalesce(s.length, 0),
-           coalesce(s.visible, 0),
-           coalesce(s.in_flight, 0),
-           coalesce(s.delayed, 0),
-           extract(epoch FROM p_now - s.oldest)::double precision,
-           extract(epoch FROM p_now - s.newest)::double precision,
+           coalesce(st.ready + st.delayed + st.in_flight + st.waiting, s.length, 0),
+           coalesce(st.ready, s.visible, 0),
+           coalesce(st.in_flight, s.in_flight, 0),
+           coalesce(st.delayed, s.delayed, 0),
+           extract(epoch FROM p_now - coalesce(s.oldest, o.oldest))::double precision,
+           extract(epoch FROM p_now - coalesce(s.newest, o.newest))::double precision,
            coalesce(pg_catalog.pg_sequence_last_value(q.msg_seq), 0),
            coalesce(pg_catalog.pg_sequence_last_value(q.archived_seq), 0),
-           (SELECT count(*) FROM pgflow.archive a WHERE a.queue_id = q.queue_id),
-           (SELECT count(*) FROM pgflow.dead d WHERE d.queue_id = q.queue_id),
+           coalesce(st.archived_rows, (SELECT count(*) FROM pgflow.archive a WHERE a.queue_id = q.queue_id)),
+           coalesce(st.dead, (SELECT count(*) FROM pgflow.dead d WHERE d.queue_id = q.queue_id)),
            p_now,
-           coalesce(s.waiting, 0),
+           coalesce(st.waiting, s.waiting, 0),
            extract(epoch FROM p_now - h.since)::double precision,
-           h.holder || coalesce(' ' || h.pid, '') || ': ' || h.detail
+           h.holder || coalesce(' ' || h.pid, '') || ': ' || h.detail,
+           st.ready IS NULL,
+           c.sent, c.delivered, c.archived, c.deleted, c.nacked, c.expired, c.dead_lettered,
+           c.redriven, c.wait_p50, c.wait_p99, c.end_to_end_p50, c.end_to_end_p99, c.reset_at
       FROM pgflow.queue q
       -- The oldest holder of the horizon, looked up once for all queues.
       LEFT JOIN (SELECT * FROM pgflow.horizon() LIMIT 1) h ON true
+      LEFT JOIN LATERAL (SELECT * FROM pgflow._stats(q.queue_id)) c ON true
+      -- The gauges, when they are exact and wanted.
+      LEFT JOIN LATERAL (SELECT c.ready, c.delayed, c.in_flight, c.waiting, c.dead, c.archived_rows
+                          WHERE c.valid AND NOT p_exact) st ON true
+      -- Otherwise the rows, counted (the WHERE on st is a one-time filter: no scan when the
+      -- gauges are used).
       LEFT JOIN LATERAL (
         SELECT count(*) AS length,
                count(*) FILTER (WHERE m.state = 'r' OR (m.state = 'd' AND m.vt <= p_now)) AS visible,
@@ -1604,8 +1774,16 @@ AS $function$
                min(m.enqueued_at) AS oldest,
                max(m.enqueued_at) AS newest
           FROM pgflow.message m
-         WHERE m.queue_id = q.queue_id
+         WHERE m.queue_id = q.queue_id AND st.ready IS NULL
       ) s ON true
+      -- With the gauges: the oldest and newest live message by id, one index probe each.
+      LEFT JOIN LATERAL (
+        SELECT (SELECT m.enqueued_at FROM pgflow.message m WHERE m.queue_id = q.queue_id
+                 ORDER BY m.msg_id LIMIT 1) AS oldest,
+               (SELECT m.enqueued_at FROM pgflow.message m WHERE m.queue_id = q.queue_id
+                 ORDER BY m.msg_id DESC LIMIT 1) AS newest
+         WHERE st.ready IS NOT NULL
+      ) o ON true
      -- Every queue the caller sees (metrics_all), or the one metrics checked.
      WHERE (p_queue_id IS NULL AND pgflow._visible(q.queue_id)) OR q.queue_id = p_queue_id
      ORDER BY q.queue_name;
@@ -1697,13 +1875,28 @@ AS $function$
      ORDER BY q.queue_name;
 $function$;
 
-CREATE OR REPLACE FUNCTION pgflow.metrics_all()
+CREATE OR REPLACE FUNCTION pgflow.metrics_all(exact boolean DEFAULT false)
  RETURNS SETOF pgflow.queue_metrics
  LANGUAGE sql
- STABLE SECURITY DEFINER
+ SECURITY DEFINER
  SET search_path TO 'pg_catalog', 'pgflow', 'pg_temp'
 AS $function$
-    SELECT * FROM pgflow._metrics(NULL, clock_timestamp());
+    SELECT * FROM pgflow._metrics(NULL, clock_timestamp(), coalesce(exact, false));
+$function$;
+
+CREATE OR REPLACE FUNCTION pgflow.metrics_text()
+ RETURNS text
+ LANGUAGE sql
+ SECURITY DEFINER
+ SET search_path TO 'pg_catalog', 'pgflow', 'pg_temp'
+AS $function$
+    SELECT pgflow._metrics_text(ARRAY(SELECT q.queue_id FROM pgflow.queue q
+                                       WHERE pgflow._visible(q.queue_id)),
+                                h.age, h.xmin_age)
+      FROM (SELECT NULL::float8 AS age, NULL::integer AS xmin_age) n
+      LEFT JOIN LATERAL (SELECT coalesce(extract(epoch FROM clock_timestamp() - x.since)::float8, 0) AS age,
+                                x.xmin_age
+                           FROM pgflow.horizon() x LIMIT 1) h ON true;
 $function$;
 
 CREATE OR REPLACE FUNCTION pgflow.expire_leases(now timestamp with time zone DEFAULT NULL::timestamp with time zone, batch integer DEFAULT 1000)
@@ -1747,6 +1940,11 @@ END;
 DROP INDEX pgflow.message_ready;
 CREATE INDEX message_ready ON pgflow.message USING btree (queue_id, ((- (priority)::integer)), msg_id) WHERE (state = 'r'::"char");
 
+-- Triggers that changed.
+CREATE TRIGGER archive_stats BEFORE INSERT OR DELETE ON pgflow.archive FOR EACH ROW EXECUTE FUNCTION pgflow._stats_note('archive');
+CREATE TRIGGER dead_stats BEFORE INSERT OR DELETE ON pgflow.dead FOR EACH ROW EXECUTE FUNCTION pgflow._stats_note('dead');
+CREATE TRIGGER message_stats BEFORE INSERT OR DELETE OR UPDATE OF state, read_ct ON pgflow.message FOR EACH ROW EXECUTE FUNCTION pgflow._stats_note('message');
+
 -- Hand-written steps (scripts/upgrade-steps/0.1.0--0.2.0.sql, appended by upgrade.sh --generate).
 -- 0.2.0 limits every interval to 100 years (docs/api.md, "Limits"). 0.1.0 accepted any, and a
 -- queue set beyond that stopped maintenance for its whole database: such settings come down to
@@ -1784,7 +1982,10 @@ BEGIN
     FOR f IN SELECT p.oid::regprocedure
                FROM pg_catalog.pg_proc p
               WHERE p.pronamespace = 'pgflow'::regnamespace
-                AND (p.proname NOT LIKE '\_%' OR p.prorettype = 'pg_catalog.trigger'::pg_catalog.regtype)
+                -- A trigger written in C runs no SQL: nothing to pin (and no SET to pay per row).
+                AND (p.proname NOT LIKE '\_%' OR (p.prorettype = 'pg_catalog.trigger'::pg_catalog.regtype
+                                                   AND p.prolang <> (SELECT l.oid FROM pg_catalog.pg_language l
+                                                                      WHERE l.lanname = 'c')))
               ORDER BY p.oid LOOP
         EXECUTE pg_catalog.format('ALTER FUNCTION %s SET search_path = pg_catalog, pgflow, pg_temp', f);
     END LOOP;
@@ -1878,11 +2079,11 @@ BEGIN
                    ('pgflow_producer', ARRAY['send', 'send_batch', 'publish']),
                    ('pgflow_consumer', ARRAY['read', 'pop', 'archive', 'archive_read', 'delete',
                                              'set_vt', 'nack', 'list_pending']),
-                   ('pgflow_producer', ARRAY['list_queues', 'metrics', 'metrics_all', 'list_contracts',
+                   ('pgflow_producer', ARRAY['list_queues', 'metrics', 'metrics_all', 'metrics_text', 'list_contracts',
                                              'list_bindings', 'retry_schedule', 'worker_status']),
-                   ('pgflow_consumer', ARRAY['list_queues', 'metrics', 'metrics_all', 'list_contracts',
+                   ('pgflow_consumer', ARRAY['list_queues', 'metrics', 'metrics_all', 'metrics_text', 'list_contracts',
                                              'list_bindings', 'retry_schedule', 'worker_status']),
-                   ('pg_monitor', ARRAY['list_queues', 'metrics', 'metrics_all', 'list_bindings',
+                   ('pg_monitor', ARRAY['list_queues', 'metrics', 'metrics_all', 'metrics_text', 'list_bindings',
                                         'worker_status', 'horizon', 'cursor_status']))
                  AS r(role, names) ON p.proname = ANY (r.names)
               WHERE p.pronamespace = 'pgflow'::regnamespace

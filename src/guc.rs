@@ -34,6 +34,28 @@ pub static PRUNE_BATCH_SIZE: GucSetting<i32> = GucSetting::<i32>::new(10_000);
 /// every send.
 pub static NOTIFY_INTERVAL_MS: GucSetting<i32> = GucSetting::<i32>::new(100);
 
+/// `pgflow.stats` (default on): keep per-queue statistics in shared memory (ipc/stats.rs), so
+/// `metrics()` costs O(1) and the endpoint has counters and histograms. Off, `metrics()`
+/// counts rows; turned back on, each database's worker rebuilds the gauges from the tables.
+/// Cluster-wide (a session cannot turn it off for itself, which would leave the gauges wrong).
+pub static STATS: GucSetting<bool> = GucSetting::<bool>::new(true);
+
+/// `pgflow.metrics_listen` (default empty: off): the address the Prometheus endpoint listens
+/// on, `host:port` (for example `127.0.0.1:9187`). Unauthenticated: keep it on loopback or a
+/// trusted network. Read at server start.
+pub static METRICS_LISTEN: GucSetting<Option<std::ffi::CString>> =
+    GucSetting::<Option<std::ffi::CString>>::new(None);
+
+/// `pgflow.metrics_databases` (default empty: all): the databases the endpoint serves,
+/// comma-separated.
+pub static METRICS_DATABASES: GucSetting<Option<std::ffi::CString>> =
+    GucSetting::<Option<std::ffi::CString>>::new(None);
+
+/// `pgflow.metrics_on_standby` (default off): serve the endpoint on a hot standby too. Off,
+/// the endpoint starts once the server accepts writes (after a promotion). Read at server
+/// start.
+pub static METRICS_ON_STANDBY: GucSetting<bool> = GucSetting::<bool>::new(false);
+
 /// Registers the settings; called from `_PG_init` in every process that loads the library.
 pub fn init() {
     GucRegistry::define_bool_guc(
@@ -81,6 +103,38 @@ pub fn init() {
         1,
         1_000_000,
         GucContext::Sighup,
+        GucFlags::default(),
+    );
+    GucRegistry::define_bool_guc(
+        c"pgflow.stats",
+        c"Keeps per-queue statistics in shared memory.",
+        c"Off, metrics() counts rows; turned back on, the workers rebuild the gauges.",
+        &STATS,
+        GucContext::Sighup,
+        GucFlags::default(),
+    );
+    GucRegistry::define_string_guc(
+        c"pgflow.metrics_listen",
+        c"Address (host:port) of pgflow's Prometheus endpoint; empty: none.",
+        c"Unauthenticated: keep it on loopback or a trusted network.",
+        &METRICS_LISTEN,
+        GucContext::Postmaster,
+        GucFlags::default(),
+    );
+    GucRegistry::define_string_guc(
+        c"pgflow.metrics_databases",
+        c"Databases the Prometheus endpoint serves (comma-separated; empty means all).",
+        c"",
+        &METRICS_DATABASES,
+        GucContext::Sighup,
+        GucFlags::default(),
+    );
+    GucRegistry::define_bool_guc(
+        c"pgflow.metrics_on_standby",
+        c"Serves the Prometheus endpoint on a hot standby too.",
+        c"Off, the endpoint starts once the server accepts writes.",
+        &METRICS_ON_STANDBY,
+        GucContext::Postmaster,
         GucFlags::default(),
     );
     GucRegistry::define_int_guc(

@@ -9,7 +9,8 @@
 //! - `src/queue/`: queue semantics that need no Postgres (name rules, the retry formula, topic
 //!   matching, the contract checker), tested with plain `#[test]`s;
 //! - `src/contract_cache.rs`: the per-backend cache of parsed contract schemas;
-//! - `src/ipc/`: shared memory and wake-ups by latch (long-poll waiters, the NOTIFY throttle);
+//! - `src/ipc/`: shared memory and wake-ups by latch (long-poll waiters, the NOTIFY throttle,
+//!   the claim cursor, the per-queue statistics);
 //! - `src/worker/`: the launcher, the per-database maintenance workers and the utility hook;
 //! - `src/guc.rs`: every setting;
 //! - `src/error.rs`: every error a user can cause, each with its SQLSTATE.
@@ -58,7 +59,9 @@ extension_sql_file!(
         api::_check_contract_schema_text,
         api::wait::_notify_forget,
         api::cursor::_cursor_forget,
-        api::cursor::_touch
+        api::cursor::_touch,
+        api::stats::_stats_created,
+        api::stats::_stats_dropped
     ]
 );
 extension_sql_file!(
@@ -82,7 +85,8 @@ extension_sql_file!(
         "internal",
         api::_retry_delay,
         api::wait::_announce,
-        api::cursor::_touch
+        api::cursor::_touch,
+        api::stats::_stats_mode
     ]
 );
 extension_sql_file!(
@@ -115,7 +119,20 @@ extension_sql_file!(
 extension_sql_file!(
     "../sql/observe.sql",
     name = "observe",
-    requires = ["internal", api::cursor::_cursor_status]
+    requires = ["internal", api::cursor::_cursor_status, api::stats::_stats]
+);
+extension_sql_file!(
+    "../sql/stats.sql",
+    name = "stats",
+    requires = [
+        "observe",
+        api::stats::_stats_note,
+        api::stats::_stats_load,
+        api::stats::_stats_needs_rebuild,
+        api::stats::_stats_enabled,
+        api::stats::_stats_reset,
+        api::stats::_metrics_text
+    ]
 );
 extension_sql_file!(
     "../sql/topics.sql",

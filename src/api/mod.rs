@@ -8,6 +8,7 @@ use crate::queue::name;
 
 pub mod access;
 pub mod cursor;
+pub mod stats;
 pub mod wait;
 pub mod worker;
 

@@ -17,6 +17,7 @@ use pgrx::{pg_shmem_init, PGRXSharedMemory, PgLwLock};
 
 pub mod cursor;
 pub mod notify;
+pub mod stats;
 pub mod waiters;
 
 /// Databases whose worker can be woken at once (the worker registry has the same size).
@@ -67,6 +68,7 @@ pub fn init() {
     waiters::init();
     notify::init();
     cursor::init();
+    stats::init();
     pg_shmem_init!(WORKER_LATCHES);
 }
 

@@ -177,6 +177,22 @@ pub fn release_database(dboid: u32) {
     }
 }
 
+/// Readers now waiting in long-poll, per (database, queue).
+pub fn waiting_by_queue() -> Vec<(u32, i32, i64)> {
+    if !preloaded() || WAITING.get().load(Ordering::SeqCst) == 0 {
+        return Vec::new();
+    }
+    let mut out: Vec<(u32, i32, i64)> = Vec::new();
+    let w = WAITERS.share();
+    for s in w.slots.iter().filter(|s| s.pid != 0 && !s.released) {
+        match out.iter_mut().find(|o| o.0 == s.dboid && o.1 == s.queue_id) {
+            Some(o) => o.2 += 1,
+            None => out.push((s.dboid, s.queue_id, 1)),
+        }
+    }
+    out
+}
+
 /// Remembers `queue_id` for the commit's wake-up. Cheap: a lookup in a backend-local list.
 pub fn wake_on_commit(queue_id: i32) {
     if !preloaded() {

@@ -201,6 +201,8 @@ unsafe extern "C-unwind" fn process_utility(
     if crate::ipc::preloaded() {
         if let Some(dboid) = unsafe { database_of_waiters_to_release((*pstmt).utilityStmt) } {
             crate::ipc::waiters::release_database(dboid.to_u32());
+            // Its queues' statistics go with it, if the command commits.
+            crate::ipc::stats::drop_database_entries(dboid.to_u32());
         }
         if let Some(dbname) = unsafe { database_needed_alone((*pstmt).utilityStmt) } {
             hold(&dbname);

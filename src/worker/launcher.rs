@@ -223,10 +223,12 @@ pub extern "C-unwind" fn pgflow_launcher_main(_arg: pg_sys::Datum) {
             }
         }
     }
+    crate::ipc::stats::sync_enabled();
     pgrx::log!("pgflow launcher started");
     let mut handles: HashMap<u32, DynamicBackgroundWorker> = HashMap::new();
     loop {
         if handle_interrupts() {
+            crate::ipc::stats::sync_enabled();
             // A reload may have re-enabled databases whose workers stopped by themselves
             // (ALTER DATABASE ... RESET pgflow.enabled): look at them again.
             let mut reg = REGISTRY.exclusive();

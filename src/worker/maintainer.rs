@@ -94,20 +94,13 @@ fn extension_exists() -> bool {
     unsafe { pg_sys::get_extension_oid(c"pgflow".as_ptr(), true) != pg_sys::InvalidOid }
 }
 
-/// One round of maintenance in its own transaction; None when the extension is gone.
-fn round(batch: i32, prune_batch: i32) -> Option<(i64, i64, i64)> {
-    let sql = "SELECT coalesce(sum(processed) FILTER (WHERE job = 'expire_leases'), 0)::int8, \
-                      coalesce(sum(processed) FILTER (WHERE job = 'promote_delayed'), 0)::int8, \
-                      coalesce(sum(processed) FILTER (WHERE job = 'prune_archive'), 0)::int8 \
-                 FROM pgflow.maintain(NULL, $1, $2)";
+/// Runs `f` in a transaction of its own, as pgflow_owner; None when the extension is gone.
+fn as_owner<T>(activity: &std::ffi::CStr, f: impl FnOnce() -> T) -> Option<T> {
     unsafe {
         pg_sys::SetCurrentStatementStartTimestamp();
         pg_sys::StartTransactionCommand();
         pg_sys::PushActiveSnapshot(pg_sys::GetTransactionSnapshot());
-        pg_sys::pgstat_report_activity(
-            pg_sys::BackendState::STATE_RUNNING,
-            c"pgflow.maintain()".as_ptr(),
-        );
+        pg_sys::pgstat_report_activity(pg_sys::BackendState::STATE_RUNNING, activity.as_ptr());
     }
     // The round runs as pgflow_owner, the role that owns pgflow's objects and nothing else
     // (sql/finalize.sql), not as the bootstrap superuser the worker connected as. Before
@@ -124,25 +117,8 @@ fn round(batch: i32, prune_batch: i32) -> Option<(i64, i64, i64)> {
             );
         }
     }
-    let result = if extension_exists() {
-        // An ERROR here propagates and ends the process; Postgres rolls the transaction back.
-        // `select`, not pgrx's `get_*_with_args`: those force a transaction id (and a commit
-        // record) even when the round changes nothing, which an idle server should not pay.
-        let counts = Spi::connect(|client| {
-            let row = client
-                .select(sql, Some(1), &[batch.into(), prune_batch.into()])?
-                .first();
-            Ok::<_, pgrx::spi::SpiError>((
-                row.get::<i64>(1)?.unwrap_or(0),
-                row.get::<i64>(2)?.unwrap_or(0),
-                row.get::<i64>(3)?.unwrap_or(0),
-            ))
-        })
-        .unwrap_or_else(|e| pgrx::error!("pgflow.maintain() failed: {e}"));
-        Some(counts)
-    } else {
-        None
-    };
+    // An ERROR in `f` propagates and ends the process; Postgres rolls the transaction back.
+    let result = extension_exists().then(f);
     if owner != pg_sys::InvalidOid {
         unsafe { pg_sys::SetUserIdAndSecContext(saved_user, saved_context) };
     }
@@ -153,6 +129,72 @@ fn round(batch: i32, prune_batch: i32) -> Option<(i64, i64, i64)> {
         pg_sys::pgstat_report_activity(pg_sys::BackendState::STATE_IDLE, std::ptr::null());
     }
     result
+}
+
+/// One round of maintenance in its own transaction; None when the extension is gone.
+fn round(batch: i32, prune_batch: i32) -> Option<(i64, i64, i64)> {
+    let sql = "SELECT coalesce(sum(processed) FILTER (WHERE job = 'expire_leases'), 0)::int8, \
+                      coalesce(sum(processed) FILTER (WHERE job = 'promote_delayed'), 0)::int8, \
+                      coalesce(sum(processed) FILTER (WHERE job = 'prune_archive'), 0)::int8 \
+                 FROM pgflow.maintain(NULL, $1, $2)";
+    as_owner(c"pgflow.maintain()", || {
+        // `select`, not pgrx's `get_*_with_args`: those force a transaction id (and a commit
+        // record) even when the round changes nothing, which an idle server should not pay.
+        Spi::connect(|client| {
+            let row = client
+                .select(sql, Some(1), &[batch.into(), prune_batch.into()])?
+                .first();
+            Ok::<_, pgrx::spi::SpiError>((
+                row.get::<i64>(1)?.unwrap_or(0),
+                row.get::<i64>(2)?.unwrap_or(0),
+                row.get::<i64>(3)?.unwrap_or(0),
+            ))
+        })
+        .unwrap_or_else(|e| pgrx::error!("pgflow.maintain() failed: {e}"))
+    })
+}
+
+/// Once per tick, in a transaction of its own: rebuilds the queues' statistics when shared
+/// memory lacks them (after a restart, or `pgflow.stats` turned back on; see ipc/stats.rs),
+/// and notes what holds back the horizon for the exporter. A database whose extension is
+/// older than this library (before ALTER EXTENSION UPDATE) has no `_stats_tick`: skipped.
+fn stats_tick(dboid: u32) {
+    let looked = as_owner(c"pgflow._stats_tick()", || {
+        Spi::connect(|client| {
+            let has = client
+                .select(
+                    "SELECT pg_catalog.to_regprocedure('pgflow._stats_tick()') IS NOT NULL",
+                    Some(1),
+                    &[],
+                )?
+                .first()
+                .get::<bool>(1)?
+                .unwrap_or(false);
+            if !has {
+                return Ok::<_, pgrx::spi::SpiError>(None);
+            }
+            let row = client
+                .select(
+                    "SELECT horizon_age, horizon_xmin_age FROM pgflow._stats_tick()",
+                    Some(1),
+                    &[],
+                )?
+                .first();
+            Ok(Some((
+                row.get::<f64>(1)?.unwrap_or(0.0),
+                row.get::<i32>(2)?.unwrap_or(0),
+            )))
+        })
+        .unwrap_or_else(|e| pgrx::error!("pgflow._stats_tick() failed: {e}"))
+    });
+    if let Some(Some((age, xids))) = looked {
+        let mut reg = REGISTRY.exclusive();
+        if let Some(slot) = reg.find(dboid) {
+            slot.horizon_age = age;
+            slot.horizon_xmin_age = xids;
+            slot.horizon_at = now();
+        }
+    }
 }
 
 #[pg_guard]
@@ -190,9 +232,12 @@ pub extern "C-unwind" fn pgflow_worker_main(arg: pg_sys::Datum) {
     let mut next_round = 0i64;
     loop {
         // A reload re-reads the settings below; per-database settings apply at the next start.
-        handle_interrupts();
+        if handle_interrupts() {
+            ipc::stats::sync_enabled();
+        }
         let tick = i64::from(guc::TICK_MS.get()) * 1000;
         if now() >= next_round {
+            stats_tick(dboid);
             let batch = guc::BATCH_SIZE.get();
             let prune_batch = guc::PRUNE_BATCH_SIZE.get();
             for _ in 0..MAX_ROUNDS {

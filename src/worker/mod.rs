@@ -30,6 +30,8 @@ use pgrx::{pg_shmem_init, PGRXSharedMemory, PgLwLock};
 
 use crate::ipc::{set_latch, LatchRef};
 
+pub mod exporter;
+pub mod exposition;
 pub mod hook;
 pub mod launcher;
 pub mod maintainer;
@@ -112,6 +114,11 @@ pub struct Slot {
     pub pruned: i64,
     pub restarts: i32,
     pub failures: i32,
+    /// The worker's last look at what holds back the database's xmin horizon: for how long
+    /// (seconds, 0 for nothing) and how many transactions, and when it looked (0: never).
+    pub horizon_age: f64,
+    pub horizon_xmin_age: i32,
+    pub horizon_at: i64,
 }
 
 impl Slot {
@@ -134,6 +141,9 @@ impl Slot {
         pruned: 0,
         restarts: 0,
         failures: 0,
+        horizon_age: 0.0,
+        horizon_xmin_age: 0,
+        horizon_at: 0,
     };
 
     pub fn name(&self) -> String {
@@ -213,6 +223,7 @@ pub static REGISTRY: PgLwLock<Registry> = unsafe { PgLwLock::new(c"pgflow_worker
 pub fn init() {
     pg_shmem_init!(REGISTRY);
     launcher::register();
+    exporter::register();
     hook::install();
 }
 

@@ -9,12 +9,14 @@ EXCEPTION WHEN OTHERS THEN RETURN SQLSTATE || ': ' || SQLERRM; END $$;
 
 -------------------------------------------------------------------------------------------------
 -- search_path. Every function code outside pgflow can enter (the user-facing ones and the
--- trigger function) pins its path; the internal ones, which run only inside those, may be
--- executed by no role but their owner (sql/finalize.sql).
+-- trigger functions written in SQL) pins its path; the internal ones, which run only inside
+-- those, may be executed by no role but their owner (sql/finalize.sql). The statistics trigger
+-- is C and runs no SQL.
 SELECT p.oid::regprocedure AS entry_point_unpinned
   FROM pg_proc p
  WHERE p.pronamespace = 'pgflow'::regnamespace
-   AND (p.proname NOT LIKE '\_%' OR p.prorettype = 'trigger'::regtype)
+   AND (p.proname NOT LIKE '\_%' OR (p.prorettype = 'trigger'::regtype
+                                      AND p.prolang <> (SELECT oid FROM pg_language WHERE lanname = 'c')))
    AND NOT coalesce('search_path=pg_catalog, pgflow, pg_temp' = ANY (p.proconfig), false)
  ORDER BY 1;
 SELECT p.oid::regprocedure AS internal_executable, r.rolname

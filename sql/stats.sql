@@ -1,0 +1,114 @@
+-- Statistics: the triggers that feed the per-queue statistics in shared memory
+-- (src/ipc/stats.rs), their rebuild from the tables, stats_reset and metrics_text. metrics()
+-- and metrics_all() read them (observe.sql).
+
+-- One C row trigger per table, BEFORE so that it sees each row once and queues nothing: it
+-- notes the change in the transaction's statistics, which its commit applies. UPDATE only of
+-- the columns whose change is counted (state, read_ct); a heartbeat's vt alone is not.
+CREATE TRIGGER message_stats
+    BEFORE INSERT OR DELETE OR UPDATE OF state, read_ct ON pgflow.message
+    FOR EACH ROW EXECUTE FUNCTION pgflow._stats_note('message');
+CREATE TRIGGER archive_stats
+    BEFORE INSERT OR DELETE ON pgflow.archive
+    FOR EACH ROW EXECUTE FUNCTION pgflow._stats_note('archive');
+CREATE TRIGGER dead_stats
+    BEFORE INSERT OR DELETE ON pgflow.dead
+    FOR EACH ROW EXECUTE FUNCTION pgflow._stats_note('dead');
+
+-- _stats_rebuild: counts every queue's rows by state, its dead letters and archived rows, and
+-- loads them as the gauges (the counters are kept). The SHARE lock waits for every writer in
+-- progress to end (their deltas are applied by then) and keeps new ones out until this
+-- transaction ends, so no change is counted twice or missed. It blocks producers and
+-- consumers for the length of one pass over the three tables; the worker runs it only when
+-- shared memory lacks the gauges (after a restart, or pgflow.stats turned back on). False
+-- when the lock was not had within lock_wait (a long transaction writing to the tables, or a
+-- prepared one): the worker tries again at its next tick.
+CREATE FUNCTION pgflow._stats_rebuild(lock_wait interval DEFAULT '1 second')
+RETURNS boolean
+LANGUAGE plpgsql VOLATILE AS $$
+BEGIN
+    PERFORM pg_catalog.set_config('lock_timeout', (extract(epoch FROM lock_wait) * 1000)::bigint::text,
+                                  true);
+    LOCK TABLE pgflow.message, pgflow.dead, pgflow.archive IN SHARE MODE;
+    PERFORM pgflow._stats_load(coalesce(array_agg(q.queue_id ORDER BY q.queue_id), '{}'),
+                               coalesce(array_agg(q.queue_name ORDER BY q.queue_id), '{}'),
+                               coalesce(array_agg(coalesce(m.r, 0) ORDER BY q.queue_id), '{}'),
+                               coalesce(array_agg(coalesce(m.d, 0) ORDER BY q.queue_id), '{}'),
+                               coalesce(array_agg(coalesce(m.l, 0) ORDER BY q.queue_id), '{}'),
+                               coalesce(array_agg(coalesce(m.g, 0) ORDER BY q.queue_id), '{}'),
+                               coalesce(array_agg(coalesce(x.n, 0) ORDER BY q.queue_id), '{}'),
+                               coalesce(array_agg(coalesce(a.n, 0) ORDER BY q.queue_id), '{}'))
+      FROM pgflow.queue q
+      LEFT JOIN (SELECT s.queue_id,
+                        count(*) FILTER (WHERE s.state = 'r') AS r,
+                        count(*) FILTER (WHERE s.state = 'd') AS d,
+                        count(*) FILTER (WHERE s.state = 'l') AS l,
+                        count(*) FILTER (WHERE s.state = 'g') AS g
+                   FROM pgflow.message s GROUP BY s.queue_id) m ON m.queue_id = q.queue_id
+      LEFT JOIN (SELECT t.queue_id, count(*) AS n FROM pgflow.dead t GROUP BY t.queue_id) x
+             ON x.queue_id = q.queue_id
+      LEFT JOIN (SELECT t.queue_id, count(*) AS n FROM pgflow.archive t GROUP BY t.queue_id) a
+             ON a.queue_id = q.queue_id;
+    RETURN true;
+EXCEPTION WHEN lock_not_available THEN
+    RETURN false;
+END $$;
+
+-- _stats_tick: the worker's statistics step, once per tick. Rebuilds the gauges when shared
+-- memory lacks them (none while pgflow.stats is off), and returns what holds back the horizon
+-- (for the endpoint; 0 when nothing does).
+CREATE FUNCTION pgflow._stats_tick(OUT rebuilt boolean, OUT horizon_age float8,
+                                   OUT horizon_xmin_age integer)
+LANGUAGE plpgsql VOLATILE AS $$
+BEGIN
+    rebuilt := false;
+    IF pgflow._stats_enabled()
+       AND pgflow._stats_needs_rebuild(ARRAY(SELECT q.queue_id FROM pgflow.queue q)) THEN
+        rebuilt := pgflow._stats_rebuild();
+    END IF;
+    SELECT coalesce(extract(epoch FROM clock_timestamp() - h.since)::float8, 0), h.xmin_age
+      INTO horizon_age, horizon_xmin_age
+      FROM pgflow.horizon() h
+     LIMIT 1;
+    horizon_age := coalesce(horizon_age, 0);
+    horizon_xmin_age := coalesce(horizon_xmin_age, 0);
+END $$;
+
+-- stats_reset: zero the counters and histograms of one queue, or of every queue of the
+-- database (NULL). The gauges are not touched: they are what the tables hold. metrics() shows
+-- since when they count (stats_reset_at). Returns how many queues were reset.
+CREATE FUNCTION pgflow.stats_reset(queue_name text DEFAULT NULL)
+RETURNS bigint
+LANGUAGE plpgsql VOLATILE AS $$
+DECLARE
+    q pgflow.queue;
+BEGIN
+    IF queue_name IS NULL THEN
+        IF pgflow._caller_class() < 2 THEN
+            RAISE EXCEPTION 'permission denied to reset the statistics of every queue'
+                USING ERRCODE = 'insufficient_privilege',
+                      HINT = 'Name a queue you administer, or be a member of pgflow_admin.';
+        END IF;
+        PERFORM pgflow._stats_reset(NULL);
+        RETURN (SELECT count(*) FROM pgflow.queue);
+    END IF;
+    q := pgflow._queue(queue_name, 'admin');
+    PERFORM pgflow._stats_reset(q.queue_id);
+    RETURN 1;
+END $$;
+
+-- metrics_text: this database's statistics in the Prometheus text format, as the endpoint
+-- (pgflow.metrics_listen) serves them, for the queues the caller sees; for a scrape through
+-- a sidecar or postgres_exporter where no port may be opened. Raises 55000 without
+-- shared_preload_libraries (there are no statistics then).
+CREATE FUNCTION pgflow.metrics_text()
+RETURNS text
+LANGUAGE sql VOLATILE AS $$
+    SELECT pgflow._metrics_text(ARRAY(SELECT q.queue_id FROM pgflow.queue q
+                                       WHERE pgflow._visible(q.queue_id)),
+                                h.age, h.xmin_age)
+      FROM (SELECT NULL::float8 AS age, NULL::integer AS xmin_age) n
+      LEFT JOIN LATERAL (SELECT coalesce(extract(epoch FROM clock_timestamp() - x.since)::float8, 0) AS age,
+                                x.xmin_age
+                           FROM pgflow.horizon() x LIMIT 1) h ON true;
+$$;

@@ -1,0 +1,350 @@
+//! The SQL face of the per-queue statistics (`ipc::stats`): the row trigger that notes every
+//! change, the shims `metrics()`, the rebuild and `stats_reset()` call, and `metrics_text()`.
+use pgrx::pg_sys::panic::ErrorReport;
+use pgrx::prelude::*;
+use pgrx::{PgSqlErrorCode, PgTriggerError, WhoAllocated};
+
+use crate::ipc::stats::{self, Counted, Mode};
+
+/// Which table a trigger sits on (its argument), and where its columns are.
+#[derive(Copy, Clone, PartialEq, Eq)]
+enum Table {
+    Message,
+    Archive,
+    Dead,
+}
+
+/// Attribute numbers of the columns the trigger reads, the same in `message`, `archive` and
+/// `dead` for the first four (sql/schema.sql; a test checks them).
+const QUEUE_ID: i32 = 1;
+const READ_CT: i32 = 2;
+const ENQUEUED_AT: i32 = 4;
+/// `message.state`; `archive.archived_at`.
+const STATE: i32 = 7;
+const ARCHIVED_AT: i32 = 5;
+
+unsafe fn attr<T: FromDatum>(
+    tuple: *mut pg_sys::HeapTupleData,
+    desc: pg_sys::TupleDesc,
+    n: i32,
+) -> Option<T> {
+    let mut isnull = false;
+    unsafe {
+        let d = pg_sys::heap_getattr(tuple, n, desc, &mut isnull);
+        T::from_polymorphic_datum(d, isnull, pg_sys::InvalidOid)
+    }
+}
+
+fn gauge_of(state: i8) -> Option<usize> {
+    match state as u8 {
+        b'r' => Some(stats::READY),
+        b'd' => Some(stats::DELAYED),
+        b'l' => Some(stats::IN_FLIGHT),
+        b'g' => Some(stats::WAITING),
+        _ => None,
+    }
+}
+
+/// The row trigger on `message`, `archive` and `dead` (BEFORE, so it sees each row once, with
+/// no after-trigger queue): notes the change in this transaction's statistics, applied at its
+/// commit. Returns the row unchanged.
+#[pg_trigger]
+fn _stats_note<'a>(
+    trigger: &'a PgTrigger<'a>,
+) -> Result<Option<PgHeapTuple<'a, impl WhoAllocated>>, PgTriggerError> {
+    let td = trigger.trigger_data();
+    let event = td.tg_event;
+    let op = event & pg_sys::TRIGGER_EVENT_OPMASK;
+    let (insert, update) = (
+        op == pg_sys::TRIGGER_EVENT_INSERT,
+        op == pg_sys::TRIGGER_EVENT_UPDATE,
+    );
+    let ret = if insert || update {
+        trigger.new()
+    } else {
+        trigger.old()
+    };
+    if !stats::enabled() {
+        return Ok(ret);
+    }
+    let tg = trigger.trigger();
+    let table = if tg.tgnargs < 1 {
+        return Ok(ret);
+    } else {
+        // SAFETY: tgargs has tgnargs C strings.
+        match unsafe { std::ffi::CStr::from_ptr(*tg.tgargs) }.to_bytes() {
+            b"message" => Table::Message,
+            b"archive" => Table::Archive,
+            b"dead" => Table::Dead,
+            _ => return Ok(ret),
+        }
+    };
+    // SAFETY: a row trigger's relation and tuples, as Postgres passed them.
+    unsafe {
+        let desc = (*td.tg_relation).rd_att;
+        let row = td.tg_trigtuple; // the new row for INSERT, the old one otherwise
+        let Some(queue_id) = attr::<i32>(row, desc, QUEUE_ID) else {
+            return Ok(ret);
+        };
+        let now = pg_sys::GetCurrentTimestamp();
+        let mode = stats::mode();
+        stats::with_delta(queue_id, |d| match (table, insert, update) {
+            (Table::Message, true, _) => {
+                if let Some(g) = attr::<i8>(row, desc, STATE).and_then(gauge_of) {
+                    d.gauges[g] += 1;
+                }
+                d.events[if mode == Mode::Redrive {
+                    stats::REDRIVEN
+                } else {
+                    stats::SENT
+                }] += 1;
+            }
+            (Table::Message, false, true) => {
+                let new = td.tg_newtuple;
+                let (so, sn) = (
+                    attr::<i8>(row, desc, STATE).unwrap_or(0),
+                    attr::<i8>(new, desc, STATE).unwrap_or(0),
+                );
+                if so != sn {
+                    if let Some(g) = gauge_of(so) {
+                        d.gauges[g] -= 1;
+                    }
+                    if let Some(g) = gauge_of(sn) {
+                        d.gauges[g] += 1;
+                    }
+                }
+                let (ro, rn) = (
+                    attr::<i32>(row, desc, READ_CT).unwrap_or(0),
+                    attr::<i32>(new, desc, READ_CT).unwrap_or(0),
+                );
+                if rn > ro {
+                    d.events[stats::DELIVERED] += i64::from(rn - ro);
+                    if ro == 0 {
+                        if let Some(at) = attr::<i64>(row, desc, ENQUEUED_AT) {
+                            d.observe(stats::WAIT, now - at);
+                        }
+                    }
+                } else if so as u8 == b'l' && sn as u8 == b'd' {
+                    // A lease given back with a failure (nack, or an expired lease) that will
+                    // be retried; set_vt keeps a lease 'l' or hands it back as 'r'.
+                    d.events[failure(mode)] += 1;
+                }
+            }
+            (Table::Message, false, false) => {
+                if let Some(g) = attr::<i8>(row, desc, STATE).and_then(gauge_of) {
+                    d.gauges[g] -= 1;
+                }
+                d.removed += 1;
+                if mode == Mode::Pop {
+                    d.events[stats::DELIVERED] += 1;
+                    if attr::<i32>(row, desc, READ_CT) == Some(0) {
+                        if let Some(at) = attr::<i64>(row, desc, ENQUEUED_AT) {
+                            d.observe(stats::WAIT, now - at);
+                        }
+                    }
+                }
+            }
+            (Table::Archive, true, _) => {
+                d.gauges[stats::ARCHIVED_ROWS] += 1;
+                d.events[stats::ARCHIVED] += 1;
+                if let (Some(from), Some(to)) = (
+                    attr::<i64>(row, desc, ENQUEUED_AT),
+                    attr::<i64>(row, desc, ARCHIVED_AT),
+                ) {
+                    d.observe(stats::END_TO_END, to - from);
+                }
+            }
+            (Table::Archive, false, false) => d.gauges[stats::ARCHIVED_ROWS] -= 1,
+            (Table::Dead, true, _) => {
+                d.gauges[stats::DEAD] += 1;
+                d.events[stats::DEAD_LETTERED] += 1;
+                d.events[failure(mode)] += 1;
+            }
+            (Table::Dead, false, false) => d.gauges[stats::DEAD] -= 1,
+            // An UPDATE of an archived or dead row changes no statistic.
+            (_, false, true) => {}
+        });
+    }
+    Ok(ret)
+}
+
+fn failure(mode: Mode) -> usize {
+    if mode == Mode::Expire {
+        stats::EXPIRED
+    } else {
+        stats::NACKED
+    }
+}
+
+/// Says what the next row changes of this transaction mean: 'pop', 'expire', 'redrive', or
+/// 'plain' to end it (a transaction's or subtransaction's end ends it too).
+#[pg_extern(volatile, strict, parallel_unsafe)]
+fn _stats_mode(mode: &str) -> Result<(), ErrorReport> {
+    let m = match mode {
+        "plain" => Mode::Plain,
+        "pop" => Mode::Pop,
+        "expire" => Mode::Expire,
+        "redrive" => Mode::Redrive,
+        _ => {
+            return Err(ErrorReport::new(
+                PgSqlErrorCode::ERRCODE_INVALID_PARAMETER_VALUE,
+                format!("unknown statistics mode \"{mode}\""),
+                "pgflow",
+            ))
+        }
+    };
+    stats::set_mode(m);
+    Ok(())
+}
+
+/// create_queue: the queue's statistics start empty at this transaction's commit.
+#[pg_extern(volatile, strict, parallel_unsafe)]
+fn _stats_created(queue_id: i32, queue_name: &str) {
+    stats::created(queue_id, queue_name);
+}
+
+/// drop_queue: the queue's statistics go at this transaction's commit.
+#[pg_extern(volatile, strict, parallel_unsafe)]
+fn _stats_dropped(queue_id: i32) {
+    stats::dropped(queue_id);
+}
+
+/// Loads counted gauges (`_stats_rebuild`, which holds the tables' SHARE lock); arrays by
+/// position, gauges in `ipc::stats::GAUGES` order. Returns how many queues got an entry.
+#[pg_extern(volatile, parallel_unsafe)]
+#[allow(clippy::too_many_arguments)] // one array per gauge, as SQL aggregates them
+fn _stats_load(
+    queue_ids: Vec<i32>,
+    names: Vec<String>,
+    ready: Vec<i64>,
+    delayed: Vec<i64>,
+    in_flight: Vec<i64>,
+    waiting: Vec<i64>,
+    dead: Vec<i64>,
+    archived: Vec<i64>,
+) -> i64 {
+    let counted: Vec<Counted> = (0..queue_ids.len())
+        .map(|i| {
+            let g = |v: &Vec<i64>| v.get(i).copied().unwrap_or(0);
+            Counted {
+                queue_id: queue_ids[i],
+                name: names.get(i).cloned().unwrap_or_default(),
+                gauges: [
+                    g(&ready),
+                    g(&delayed),
+                    g(&in_flight),
+                    g(&waiting),
+                    g(&dead),
+                    g(&archived),
+                ],
+            }
+        })
+        .collect();
+    stats::load(&counted)
+}
+
+/// Whether any of these queues' gauges need a rebuild (false without preload, or when
+/// `pgflow.stats` is off).
+#[pg_extern(volatile, parallel_unsafe)]
+fn _stats_needs_rebuild(queue_ids: Vec<i32>) -> bool {
+    stats::enabled() && stats::needs_rebuild(&queue_ids)
+}
+
+/// Whether the statistics are kept: the library preloaded and `pgflow.stats` on (as the
+/// launcher last saw it; see `ipc::stats::sync_enabled`).
+#[pg_extern(volatile, parallel_unsafe)]
+fn _stats_enabled() -> bool {
+    stats::enabled()
+}
+
+/// Zeroes the counters and histograms of one queue (or all of this database's, for NULL).
+#[pg_extern(volatile, parallel_unsafe)]
+fn _stats_reset(queue_id: Option<i32>) {
+    stats::reset(queue_id);
+}
+
+/// One queue's statistics, for `metrics()`: no row when it has none (no preload, the table is
+/// full, or `pgflow.stats` off); `valid` false when its gauges wait for a rebuild.
+#[pg_extern(volatile, parallel_unsafe)]
+#[allow(clippy::type_complexity)]
+fn _stats(
+    queue_id: i32,
+) -> TableIterator<
+    'static,
+    (
+        name!(valid, bool),
+        name!(ready, i64),
+        name!(delayed, i64),
+        name!(in_flight, i64),
+        name!(waiting, i64),
+        name!(dead, i64),
+        name!(archived_rows, i64),
+        name!(sent, i64),
+        name!(delivered, i64),
+        name!(archived, i64),
+        name!(deleted, i64),
+        name!(nacked, i64),
+        name!(expired, i64),
+        name!(dead_lettered, i64),
+        name!(redriven, i64),
+        name!(wait_p50, Option<f64>),
+        name!(wait_p99, Option<f64>),
+        name!(end_to_end_p50, Option<f64>),
+        name!(end_to_end_p99, Option<f64>),
+        name!(reset_at, Option<TimestampWithTimeZone>),
+    ),
+> {
+    let rows = stats::get(queue_id).filter(|_| stats::enabled()).map(|e| {
+        let g = e.gauges;
+        let c = e.events.map(|v| v as i64);
+        (
+            e.valid,
+            g[0],
+            g[1],
+            g[2],
+            g[3],
+            g[4],
+            g[5],
+            c[0],
+            c[1],
+            c[2],
+            c[3],
+            c[4],
+            c[5],
+            c[6],
+            c[7],
+            crate::worker::exposition::quantile(&e.hist[stats::WAIT], 0.5),
+            crate::worker::exposition::quantile(&e.hist[stats::WAIT], 0.99),
+            crate::worker::exposition::quantile(&e.hist[stats::END_TO_END], 0.5),
+            crate::worker::exposition::quantile(&e.hist[stats::END_TO_END], 0.99),
+            TimestampWithTimeZone::try_from(e.reset_at).ok(),
+        )
+    });
+    TableIterator::new(rows)
+}
+
+/// The Prometheus text of this database's queues among `queue_ids` (the ones the caller may
+/// see), its worker and `horizon` (age in seconds and in transactions), as the endpoint
+/// serves it.
+#[pg_extern(volatile, parallel_unsafe)]
+fn _metrics_text(
+    queue_ids: Vec<i32>,
+    horizon_age: Option<f64>,
+    horizon_xmin_age: Option<i32>,
+) -> Result<String, ErrorReport> {
+    if !crate::ipc::preloaded() {
+        return Err(ErrorReport::new(
+            PgSqlErrorCode::ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE,
+            "pgflow's statistics need pgflow in shared_preload_libraries",
+            "pgflow",
+        )
+        .set_hint("Add pgflow to shared_preload_libraries and restart the server; until then metrics() counts rows."));
+    }
+    let db = unsafe { pg_sys::MyDatabaseId }.to_u32();
+    let horizon = horizon_age.map(|a| (a, horizon_xmin_age.unwrap_or(0)));
+    Ok(crate::worker::exposition::render(
+        &|d| d == db,
+        &|d, q| d == db && queue_ids.contains(&q),
+        Some((db, horizon)),
+    ))
+}

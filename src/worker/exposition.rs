@@ -1,0 +1,304 @@
+//! The Prometheus text exposition format (version 0.0.4) of pgflow's statistics: what the
+//! endpoint (`exporter.rs`) serves and `pgflow.metrics_text()` returns. Everything comes from
+//! shared memory: the queues' statistics (`ipc::stats`), the long-poll waiters and the worker
+//! slots, so a scrape runs no query and costs O(queues).
+use std::fmt::Write;
+
+use crate::ipc::stats::{self, Hist, BOUNDS_US};
+use crate::ipc::waiters;
+
+use super::{SlotState, REGISTRY};
+
+/// Microseconds from the Unix epoch to Postgres's (2000-01-01).
+const PG_EPOCH_UNIX_US: i64 = 946_684_800_000_000;
+
+/// A label value, escaped as the format asks (backslash, double quote, newline).
+fn esc(s: &str) -> String {
+    let mut o = String::with_capacity(s.len());
+    for c in s.chars() {
+        match c {
+            '\\' => o.push_str("\\\\"),
+            '"' => o.push_str("\\\""),
+            '\n' => o.push_str("\\n"),
+            c => o.push(c),
+        }
+    }
+    o
+}
+
+fn unix_secs(pg_us: i64) -> f64 {
+    (pg_us + PG_EPOCH_UNIX_US) as f64 / 1e6
+}
+
+/// Estimates quantile `q` (0..1) of a histogram in seconds, by linear interpolation inside
+/// the bucket (as Prometheus's histogram_quantile does); None when it is empty. Above the
+/// last bound it answers the last bound.
+pub fn quantile(h: &Hist, q: f64) -> Option<f64> {
+    let total = h.count();
+    if total == 0 {
+        return None;
+    }
+    let rank = q * total as f64;
+    let mut seen = 0u64;
+    for (i, &n) in h.buckets.iter().enumerate() {
+        if n > 0 && (seen + n) as f64 >= rank {
+            if i == BOUNDS_US.len() {
+                return Some(BOUNDS_US[i - 1] as f64 / 1e6);
+            }
+            let lo = if i == 0 { 0 } else { BOUNDS_US[i - 1] } as f64;
+            let hi = BOUNDS_US[i] as f64;
+            let within = ((rank - seen as f64) / n as f64).clamp(0.0, 1.0);
+            return Some((lo + (hi - lo) * within) / 1e6);
+        }
+        seen += n;
+    }
+    Some(BOUNDS_US[BOUNDS_US.len() - 1] as f64 / 1e6)
+}
+
+fn header(out: &mut String, name: &str, kind: &str, help: &str) {
+    let _ = writeln!(out, "# HELP {name} {help}");
+    let _ = writeln!(out, "# TYPE {name} {kind}");
+}
+
+/// Renders the databases `keep_db` accepts and, of their queues, those `keep_queue` accepts.
+/// `sql_horizon`, from `metrics_text()`, gives one database's horizon as just measured
+/// (seconds and transactions, None when nothing holds it); otherwise each worker's last
+/// measurement is used.
+pub fn render(
+    keep_db: &dyn Fn(u32) -> bool,
+    keep_queue: &dyn Fn(u32, i32) -> bool,
+    sql_horizon: Option<(u32, Option<(f64, i32)>)>,
+) -> String {
+    let slots: Vec<super::Slot> = {
+        let reg = REGISTRY.share();
+        reg.slots
+            .iter()
+            .filter(|s| s.state != SlotState::Free && keep_db(s.dboid))
+            .copied()
+            .collect()
+    };
+    let db_name = |db: u32| {
+        slots
+            .iter()
+            .find(|s| s.dboid == db)
+            .map_or_else(|| db.to_string(), |s| s.name())
+    };
+    let entries: Vec<stats::Entry> = stats::snapshot(keep_db)
+        .into_iter()
+        .filter(|e| keep_queue(e.dboid, e.queue_id))
+        .collect();
+    let waiting = waiters::waiting_by_queue();
+    let labels: Vec<String> = entries
+        .iter()
+        .map(|e| {
+            format!(
+                "database=\"{}\",queue=\"{}\"",
+                esc(&db_name(e.dboid)),
+                esc(e.name())
+            )
+        })
+        .collect();
+    let mut out = String::with_capacity(1024 + entries.len() * 3000);
+
+    header(
+        &mut out,
+        "pgflow_queue_messages",
+        "gauge",
+        "Messages of a queue by state (archived: rows kept in the audit trail).",
+    );
+    for (e, l) in entries.iter().zip(&labels) {
+        // Gauges waiting for a rebuild are left out rather than shown wrong.
+        if !e.valid {
+            continue;
+        }
+        for (state, v) in stats::GAUGES.iter().zip(e.gauges) {
+            let _ = writeln!(out, "pgflow_queue_messages{{{l},state=\"{state}\"}} {v}");
+        }
+    }
+    header(
+        &mut out,
+        "pgflow_messages_total",
+        "counter",
+        "Message events of a queue since its statistics were reset.",
+    );
+    for (e, l) in entries.iter().zip(&labels) {
+        for (event, v) in stats::EVENTS.iter().zip(e.events) {
+            let _ = writeln!(out, "pgflow_messages_total{{{l},event=\"{event}\"}} {v}");
+        }
+    }
+    for (h, (name, help)) in [
+        (
+            "pgflow_wait_seconds",
+            "Time from enqueue to first delivery.",
+        ),
+        ("pgflow_end_to_end_seconds", "Time from enqueue to archive."),
+    ]
+    .iter()
+    .enumerate()
+    {
+        header(&mut out, name, "histogram", help);
+        for (e, l) in entries.iter().zip(&labels) {
+            let hist = &e.hist[h];
+            let mut cum = 0u64;
+            for (i, n) in hist.buckets.iter().enumerate() {
+                cum += n;
+                let le = match BOUNDS_US.get(i) {
+                    Some(b) => format!("{}", *b as f64 / 1e6),
+                    None => "+Inf".to_owned(),
+                };
+                let _ = writeln!(out, "{name}_bucket{{{l},le=\"{le}\"}} {cum}");
+            }
+            let _ = writeln!(out, "{name}_sum{{{l}}} {}", hist.sum_us as f64 / 1e6);
+            let _ = writeln!(out, "{name}_count{{{l}}} {cum}");
+        }
+    }
+    header(
+        &mut out,
+        "pgflow_waiting_consumers",
+        "gauge",
+        "Readers waiting in long-poll on a queue.",
+    );
+    for (e, l) in entries.iter().zip(&labels) {
+        let n = waiting
+            .iter()
+            .find(|w| w.0 == e.dboid && w.1 == e.queue_id)
+            .map_or(0, |w| w.2);
+        let _ = writeln!(out, "pgflow_waiting_consumers{{{l}}} {n}");
+    }
+    header(
+        &mut out,
+        "pgflow_stats_reset_timestamp_seconds",
+        "gauge",
+        "When a queue's counters and histograms started (Unix time).",
+    );
+    for (e, l) in entries.iter().zip(&labels) {
+        let _ = writeln!(
+            out,
+            "pgflow_stats_reset_timestamp_seconds{{{l}}} {}",
+            unix_secs(e.reset_at)
+        );
+    }
+
+    // The workers, and what holds back each database's xmin horizon.
+    header(
+        &mut out,
+        "pgflow_worker_up",
+        "gauge",
+        "1 when the database's maintenance worker is running.",
+    );
+    for s in &slots {
+        let up = u8::from(s.state == SlotState::Running);
+        let _ = writeln!(
+            out,
+            "pgflow_worker_up{{database=\"{}\",state=\"{}\"}} {up}",
+            esc(&s.name()),
+            s.state.label()
+        );
+    }
+    header(
+        &mut out,
+        "pgflow_worker_ticks_total",
+        "counter",
+        "Maintenance rounds since the server started.",
+    );
+    for s in &slots {
+        let _ = writeln!(
+            out,
+            "pgflow_worker_ticks_total{{database=\"{}\"}} {}",
+            esc(&s.name()),
+            s.ticks
+        );
+    }
+    header(
+        &mut out,
+        "pgflow_worker_restarts_total",
+        "counter",
+        "Unplanned worker exits since the server started.",
+    );
+    for s in &slots {
+        let _ = writeln!(
+            out,
+            "pgflow_worker_restarts_total{{database=\"{}\"}} {}",
+            esc(&s.name()),
+            s.restarts
+        );
+    }
+    header(
+        &mut out,
+        "pgflow_worker_jobs_total",
+        "counter",
+        "Messages the worker's jobs processed since the server started.",
+    );
+    for s in &slots {
+        for (job, n) in [
+            ("expire_leases", s.expired),
+            ("promote_delayed", s.promoted),
+            ("prune_archive", s.pruned),
+        ] {
+            let _ = writeln!(
+                out,
+                "pgflow_worker_jobs_total{{database=\"{}\",job=\"{job}\"}} {n}",
+                esc(&s.name())
+            );
+        }
+    }
+    header(
+        &mut out,
+        "pgflow_horizon_age_seconds",
+        "gauge",
+        "How long the oldest holder of the database's xmin horizon has held it (0: none).",
+    );
+    let horizons: Vec<(String, f64, i32)> = slots
+        .iter()
+        .filter_map(|s| match sql_horizon {
+            Some((db, h)) if db == s.dboid => {
+                let (age, xids) = h.unwrap_or((0.0, 0));
+                Some((s.name(), age, xids))
+            }
+            Some(_) => None,
+            None => (s.horizon_at != 0).then(|| (s.name(), s.horizon_age, s.horizon_xmin_age)),
+        })
+        .collect();
+    for (name, age, _) in &horizons {
+        let _ = writeln!(
+            out,
+            "pgflow_horizon_age_seconds{{database=\"{}\"}} {age}",
+            esc(name)
+        );
+    }
+    header(
+        &mut out,
+        "pgflow_horizon_xmin_age",
+        "gauge",
+        "Transactions since the horizon the oldest holder keeps (0: none).",
+    );
+    for (name, _, xids) in &horizons {
+        let _ = writeln!(
+            out,
+            "pgflow_horizon_xmin_age{{database=\"{}\"}} {xids}",
+            esc(name)
+        );
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn quantiles_interpolate_inside_the_bucket() {
+        let mut h = Hist::default();
+        assert_eq!(quantile(&h, 0.5), None);
+        h.buckets[1] = 10; // (1 ms, 5 ms]
+        let p50 = quantile(&h, 0.5).unwrap();
+        assert!((p50 - 0.003).abs() < 1e-9, "{p50}");
+        h.buckets[BOUNDS_US.len()] = 1000;
+        assert_eq!(quantile(&h, 0.99), Some(3600.0));
+    }
+
+    #[test]
+    fn label_values_are_escaped() {
+        assert_eq!(esc("a\"b\\c\nd"), "a\\\"b\\\\c\\nd");
+    }
+}
