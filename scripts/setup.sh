@@ -185,12 +185,14 @@ PY
   rm -rf "$tmp"
 }
 
-# The benchmark's plots (W10): matplotlib 3.9.2 from PyPI in a venv of its own.
+# A Python venv of pgflow's own, from PyPI: matplotlib 3.9.2 for the benchmark's plots (W10),
+# prometheus-client 0.26.0 for the metrics layer, which parses the endpoint's text with it.
 part_plot() {
-  "$PLOT_PYTHON" -c 'import matplotlib' 2>/dev/null && return 0
-  log "pip install matplotlib==3.9.2 (a venv in $TOOLS/plot, for the benchmark's plots)"
-  python3 -m venv "$TOOLS/plot" 2>/dev/null || { apt_install python3-venv && python3 -m venv "$TOOLS/plot"; }
-  "$TOOLS/plot/bin/pip" install -q --only-binary=:all: matplotlib==3.9.2
+  "$PLOT_PYTHON" -c 'import matplotlib, prometheus_client' 2>/dev/null && return 0
+  log "pip install matplotlib==3.9.2 prometheus-client==0.26.0 (a venv in $TOOLS/plot)"
+  [ -x "$PLOT_PYTHON" ] || python3 -m venv "$TOOLS/plot" 2>/dev/null \
+    || { apt_install python3-venv && python3 -m venv "$TOOLS/plot"; }
+  "$TOOLS/plot/bin/pip" install -q --only-binary=:all: matplotlib==3.9.2 prometheus-client==0.26.0
 }
 
 # cargo pgrx init, pointed at every installed major's pg_config (its own downloads fail here);

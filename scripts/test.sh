@@ -3,14 +3,15 @@
 #
 # Per version: plain #[test]s and #[pg_test]s (cargo pgrx test), then against a throwaway
 # cluster with pgflow preloaded: pg_regress golden tests, isolation specs, the upgrade from
-# 0.1.0, the role model over SCRAM logins, the fuzz layer, the worker lifecycle (hot standby, crash) on clusters of its own, the evolution
+# 0.1.0, the role model over SCRAM logins, the fuzz layer, the worker lifecycle (hot standby,
+# crash) and the statistics with their Prometheus endpoint on clusters of their own, the evolution
 # scenario, the end-to-end tests over real connections, the Rust and Elixir clients; then the
 # benchmark in smoke mode.
 #
 # Narrowing (CONTRIBUTING.md has examples):
 #   PG="15 17"        the versions (default: all of 15 16 17 18; PG_VERSIONS is the old name)
-#   LAYER=a,b         the layers: pgrx regress isolation upgrade roles fuzz lifecycle evolution e2e
-#                     rust elixir bench
+#   LAYER=a,b         the layers: pgrx regress isolation upgrade roles fuzz lifecycle metrics
+#                     evolution e2e rust elixir bench
 #   TEST=name         with one LAYER: one test of it (a pg_regress file or isolation spec name,
 #                     a cargo test filter, or an ExUnit path such as test/consumer_test.exs:42)
 set -euo pipefail
@@ -18,7 +19,7 @@ set -euo pipefail
 
 versions=${PG:-${PG_VERSIONS:-$PG_MAJORS}}
 versions=${versions//,/ }
-all_layers="pgrx regress isolation upgrade roles fuzz lifecycle evolution e2e rust elixir bench"
+all_layers="pgrx regress isolation upgrade roles fuzz lifecycle metrics evolution e2e rust elixir bench"
 layers=${LAYER:-$all_layers}
 layers=${layers//,/ }
 one=${TEST:-}
@@ -34,6 +35,7 @@ parts=(build)
 for v in $versions; do parts+=("pg$v"); done
 want elixir && parts+=(elixir)
 want bench && parts+=(peers plot)
+want metrics && parts+=(plot)
 "$ROOT/scripts/setup.sh" "${parts[@]}"
 
 failed=()
@@ -113,6 +115,9 @@ cluster_layers() {
 
   want lifecycle && run_layer "pg$ver: worker lifecycle (hot standby, crash)" \
     bash "$ROOT/tests/cluster/worker_lifecycle.sh" "$ver"
+
+  want metrics && run_layer "pg$ver: statistics and the Prometheus endpoint" \
+    bash "$ROOT/tests/metrics/metrics.sh" "$ver"
 
   want evolution && run_layer "pg$ver: evolution scenario, Genesis runner, operator scripts" bash -c "
     set -e

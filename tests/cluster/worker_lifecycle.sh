@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Worker lifecycle at the cluster level, which no in-server test can reach:
-#  1. on a hot standby the launcher waits; after promotion it starts and the database gets its
-#     worker;
+#  1. on a hot standby the launcher and the Prometheus endpoint wait; after promotion they
+#     start and the database gets its worker;
 #  2. a worker killed with SIGKILL (a crash) makes the postmaster reinitialize, and the launcher
 #     and the worker come back by themselves;
 #  3. when the postmaster dies, the launcher and the worker exit.
@@ -13,7 +13,7 @@ ver=$1
 bindir=$("$(pg_config_for "$ver")" --bindir)
 primary=/tmp/pgflow-life-primary-$ver
 standby=/tmp/pgflow-life-standby-$ver
-pport=$(free_port); sport=$(free_port)
+pport=$(free_port); sport=$(free_port); mport=$(free_port)
 trap 'cluster_stop "$ver" "$standby"; cluster_stop "$ver" "$primary"' EXIT
 
 psql_at() { local port=$1; shift; as_postgres "$bindir/psql" -X -At -h 127.0.0.1 -p "$port" -U postgres "$@"; }
@@ -48,6 +48,8 @@ as_postgres "$bindir/pg_basebackup" -h 127.0.0.1 -p "$pport" -U postgres -D "$st
   echo "port = $sport"
   echo "unix_socket_directories = '$standby'"
   echo "hot_standby = on"
+  # The Prometheus endpoint, which must not run on a standby unless asked to.
+  echo "pgflow.metrics_listen = '127.0.0.1:$mport'"
 } | as_postgres tee -a "$standby/postgresql.conf" >/dev/null
 as_postgres "$bindir/pg_ctl" -D "$standby" -l "$standby/server.log" -w -t 60 start >/dev/null
 [ "$(psql_at "$sport" -d life -c 'SELECT pg_is_in_recovery()')" = t ] || fail "standby not in recovery"
@@ -60,6 +62,18 @@ as_postgres "$bindir/pg_ctl" -D "$standby" -w promote >/dev/null
 poll "$sport" life "SELECT EXISTS (SELECT 1 FROM pg_stat_activity
                      WHERE backend_type = 'pgflow worker' AND datname = 'life')"
 echo "ok: after promotion the former standby runs the launcher and the worker"
+poll "$sport" life "SELECT EXISTS (SELECT 1 FROM pg_stat_activity WHERE backend_type = 'pgflow exporter')"
+python3 - "$mport" <<'PY' || fail "the endpoint does not answer after promotion"
+import sys, time, urllib.request
+for _ in range(600):
+    try:
+        body = urllib.request.urlopen(f"http://127.0.0.1:{sys.argv[1]}/metrics", timeout=10).read()
+        sys.exit(0 if b"pgflow_worker_up" in body else 1)
+    except OSError:
+        time.sleep(0.05)
+sys.exit(1)
+PY
+echo "ok: the endpoint, not started on the hot standby, serves after promotion"
 cluster_stop "$ver" "$standby"
 
 # 2. A crash under load: SIGKILL the worker while producers and consumers run; the postmaster

@@ -1,0 +1,389 @@
+"""The metrics layer's checks (tests/metrics/metrics.sh starts the cluster and runs this).
+
+Every SQL call goes through psql over TCP; the endpoint is scraped with urllib and parsed with
+prometheus_client's text parser. Waits are bounded polls of the server's own state, never a
+sleep followed by an assertion.
+"""
+import os
+import socket
+import subprocess
+import sys
+import threading
+import time
+import urllib.error
+import urllib.request
+
+from prometheus_client.parser import text_string_to_metric_families
+
+PSQL = os.environ["PSQL"]
+PORT = os.environ["PGPORT"]
+MPORT = int(os.environ["METRICS_PORT"])
+DB = "pgflow_metrics"
+DB_B = "pgflow_metrics_b"
+DEADLINE = 60.0
+DEPTHS = ["queue_length", "visible", "in_flight", "delayed", "waiting", "archive_length", "dlq_length"]
+
+
+def fail(msg):
+    print(f"FAIL: {msg}", file=sys.stderr)
+    sys.exit(1)
+
+
+def ok(msg):
+    print(f"ok: {msg}", flush=True)
+
+
+def sql(query, db=DB, check=True):
+    """Runs SQL; returns the rows as lists of strings."""
+    p = subprocess.run(
+        [PSQL, "-X", "-q", "-At", "-F", "\t", "-v", "ON_ERROR_STOP=1", "-h", "127.0.0.1",
+         "-p", PORT, "-U", "postgres", "-d", db, "-c", query],
+        capture_output=True, text=True)
+    if check and p.returncode != 0:
+        fail(f"{query}: {p.stderr.strip()}")
+    return [line.split("\t") for line in p.stdout.splitlines() if line != ""]
+
+
+def setting(line):
+    """ALTER SYSTEM line, then a reload (ALTER SYSTEM runs outside a transaction block)."""
+    sql(f"ALTER SYSTEM {line}", db="postgres")
+    sql("SELECT pg_reload_conf()", db="postgres")
+
+
+def one(query, db=DB):
+    rows = sql(query, db)
+    return rows[0][0] if rows else None
+
+
+def poll(what, cond):
+    """Until cond() is truthy, at most DEADLINE seconds; returns its last value."""
+    end = time.monotonic() + DEADLINE
+    while True:
+        v = cond()
+        if v:
+            return v
+        if time.monotonic() > end:
+            fail(f"timed out waiting for: {what}")
+        time.sleep(0.05)
+
+
+def metrics(queue, exact, db=DB):
+    cols = ", ".join(DEPTHS)
+    row = sql(f"SELECT {cols}, exact FROM pgflow.metrics('{queue}', exact => {exact})", db)[0]
+    return dict(zip(DEPTHS + ["exact"], row))
+
+
+def agree(queue, db=DB):
+    """metrics() from the statistics equals the exact count (and came from the statistics)."""
+    fast, exact = metrics(queue, "false", db), metrics(queue, "true", db)
+    if fast["exact"] != "f":
+        return None
+    f = {k: fast[k] for k in DEPTHS}
+    e = {k: exact[k] for k in DEPTHS}
+    return f == e and (f, e)
+
+
+def scrape(path="/metrics"):
+    with urllib.request.urlopen(f"http://127.0.0.1:{MPORT}{path}", timeout=30) as r:
+        if r.status != 200:
+            fail(f"GET {path}: {r.status}")
+        ctype = r.headers.get("Content-Type", "")
+        if not ctype.startswith("text/plain; version=0.0.4"):
+            fail(f"content type {ctype}")
+        return r.read().decode()
+
+
+def parse(text):
+    """{(name, frozenset(labels)): value} of every sample, through prometheus_client's parser."""
+    out = {}
+    for fam in text_string_to_metric_families(text):
+        for s in fam.samples:
+            out[(s.name, frozenset(s.labels.items()))] = s.value
+    return out
+
+
+def sample(samples, name, **labels):
+    return samples.get((name, frozenset(labels.items())))
+
+
+def raw(request, read_timeout=30.0):
+    """Sends bytes on a plain socket; returns the status line of the answer ('' if none)."""
+    with socket.create_connection(("127.0.0.1", MPORT), timeout=read_timeout) as s:
+        try:
+            if request:
+                s.sendall(request)
+        except OSError:
+            pass  # the server may answer and close before taking all of it
+        data = b""
+        try:
+            while b"\r\n" not in data:
+                chunk = s.recv(4096)
+                if not chunk:
+                    break
+                data += chunk
+        except OSError:
+            pass
+        return data.split(b"\r\n", 1)[0].decode(errors="replace")
+
+
+# --- Setup -----------------------------------------------------------------------------------
+for d in (DB, DB_B):
+    sql(f"DROP DATABASE IF EXISTS {d}", db="postgres")
+    sql(f"CREATE DATABASE {d}", db="postgres")
+    sql("CREATE EXTENSION pgflow", db=d)
+poll("the workers", lambda: one(
+    f"SELECT count(*) = 2 FROM pgflow.worker_status() WHERE state = 'running' "
+    f"AND datname IN ('{DB}', '{DB_B}')") == "t")
+sql("""SELECT pgflow.create_queue('work', max_retries => 1, retry_delay => '0', retry_jitter => 0,
+                                 visibility_timeout => '30 s');
+       SELECT pgflow.create_queue('other');
+       SELECT pgflow.create_queue('grouped');""")
+sql("SELECT pgflow.create_queue('b_queue')", db=DB_B)
+
+# --- A concurrent workload --------------------------------------------------------------------
+# Each client does a fixed script; what it committed is known in advance.
+PRODUCERS, SENDS = 4, 200
+producer = f"""
+DO $$
+BEGIN
+  FOR i IN 1..{SENDS} LOOP
+    PERFORM pgflow.send('work', jsonb_build_object('i', i));
+    IF i % 10 = 0 THEN
+      BEGIN  -- a savepoint that rolls back: its send must not count
+        PERFORM pgflow.send('work', '{{"lost": true}}');
+        RAISE EXCEPTION 'roll back';
+      EXCEPTION WHEN raise_exception THEN NULL;
+      END;
+    END IF;
+  END LOOP;
+END $$;
+BEGIN; SELECT pgflow.send('work', '{{"rolled back": true}}'); ROLLBACK;
+SELECT pgflow.send_batch('other', ARRAY['{{"a":1}}', '{{"a":2}}', '{{"a":3}}']::jsonb[]);
+SELECT pgflow.send('grouped', '{{}}', group_key => 'g') FROM generate_series(1, 3);
+"""
+CONSUMERS = 3
+consumer = """
+DO $$
+DECLARE m record; n int := 0;
+BEGIN
+  LOOP
+    SELECT * INTO m FROM pgflow.read('work', qty => 1, wait => '1 s');
+    EXIT WHEN NOT FOUND;
+    n := n + 1;
+    IF m.msg_id % 7 = 0 THEN
+      PERFORM pgflow.nack('work', m.msg_id, 'boom');
+    ELSIF m.msg_id % 11 = 0 THEN
+      -- Handed back, then popped (whichever message pop takes first).
+      PERFORM pgflow.set_vt('work', m.msg_id, '0');
+      PERFORM pgflow.pop('work');
+    ELSE
+      PERFORM pgflow.archive('work', m.msg_id);
+    END IF;
+    COMMIT;
+  END LOOP;
+END $$;
+"""
+threads = []
+errors = []
+
+
+def run(script):
+    p = subprocess.run(
+        [PSQL, "-X", "-q", "-v", "ON_ERROR_STOP=1", "-h", "127.0.0.1", "-p", PORT, "-U",
+         "postgres", "-d", DB], input=script, capture_output=True, text=True)
+    if p.returncode != 0:
+        errors.append(p.stderr)
+
+
+for _ in range(PRODUCERS):
+    threads.append(threading.Thread(target=run, args=(producer,)))
+for _ in range(CONSUMERS):
+    threads.append(threading.Thread(target=run, args=(consumer,)))
+for t in threads:
+    t.start()
+for t in threads:
+    t.join()
+if errors:
+    fail("workload: " + errors[0])
+
+# What the consumers left is leased for 1 ms at a time until it is gone: each lease runs out
+# (expiry, by the worker or the next read), the message is retried once (max_retries 1) and
+# then dead-lettered. Then every dead letter is redriven and the same happens again; then the
+# dead-letter queue is purged.
+def drain(queue):
+    sql(f"SELECT count(*) FROM pgflow.read('{queue}', vt => '1 ms', qty => 1000)")
+    return one("SELECT count(*) FROM pgflow.message m JOIN pgflow.queue q USING (queue_id) "
+               f"WHERE q.queue_name = '{queue}'") == "0"
+
+
+sql("SELECT pgflow.send('work', '{\"expire\": 1}') FROM generate_series(1, 5)")
+poll("'work' drained by expiries", lambda: drain("work"))
+redriven = int(one("SELECT count(*) FROM pgflow.dlq_retry('work')"))
+poll("'work' drained again", lambda: drain("work"))
+purged_dead = int(one("SELECT pgflow.dlq_purge('work')"))
+sql("SELECT pgflow.archive('grouped', (SELECT min(msg_id) FROM pgflow.message m JOIN pgflow.queue q "
+    "USING (queue_id) WHERE q.queue_name = 'grouped'))")
+purged = int(one("SELECT pgflow.purge_queue('other')"))
+
+# A prepared transaction's send counts at its PREPARE (and commits here).
+sql("BEGIN; SELECT pgflow.send('other', '{}'); PREPARE TRANSACTION 'p1';")
+sql("COMMIT PREPARED 'p1'")
+
+for q in ("work", "other", "grouped"):
+    f, e = poll(f"metrics('{q}') agreeing with the exact count", lambda q=q: agree(q))
+ok(f"after the workload metrics() from the statistics equals metrics(exact => true): {f}")
+
+# Counters against what the clients did.
+c = dict(zip(
+    ["sent", "delivered", "archived", "deleted", "nacked", "expired", "dead_lettered", "redriven"],
+    map(int, sql("SELECT sent, delivered, archived, deleted, nacked, expired, dead_lettered, "
+                 "redriven FROM pgflow.metrics('work')")[0])))
+want_sent = PRODUCERS * SENDS + 5
+if c["sent"] != want_sent:
+    fail(f"sent {c['sent']}, want {want_sent} (rolled-back sends must not count)")
+archived_rows = int(one("SELECT count(*) FROM pgflow.archive a JOIN pgflow.queue q USING (queue_id) "
+                        "WHERE q.queue_name = 'work'"))
+if c["archived"] != archived_rows:
+    fail(f"archived {c['archived']}, archive rows {archived_rows}")
+dead_rows = int(one("SELECT count(*) FROM pgflow.dead d JOIN pgflow.queue q USING (queue_id) "
+                    "WHERE q.queue_name = 'work'"))
+if c["dead_lettered"] != dead_rows + redriven + purged_dead:
+    fail(f"dead_lettered {c['dead_lettered']}, want {dead_rows} + {redriven} + {purged_dead}")
+if c["redriven"] != redriven or redriven == 0:
+    fail(f"redriven {c['redriven']}, want {redriven} (> 0)")
+if c["expired"] < 5 or c["nacked"] == 0 or c["deleted"] == 0:
+    fail(f"expired/nacked/deleted: {c}")
+# Every message sent or redriven to 'work' left it: archived, dead-lettered or deleted (pop).
+if c["sent"] + c["redriven"] != c["archived"] + c["dead_lettered"] + c["deleted"]:
+    fail(f"sent + redriven != archived + dead_lettered + deleted: {c}")
+other = dict(zip(["sent", "deleted"], map(int, sql(
+    "SELECT sent, deleted FROM pgflow.metrics('other')")[0])))
+if other != {"sent": PRODUCERS * 3 + 1, "deleted": purged}:
+    fail(f"other: {other}, want sent {PRODUCERS * 3 + 1}, deleted {purged}")
+ok(f"counters match the clients: {c}")
+
+# --- The endpoint ----------------------------------------------------------------------------
+text = scrape()
+s = parse(text)
+for q in ("work", "other", "grouped"):
+    m = metrics(q, "true")
+    lab = {"database": DB, "queue": q}
+    for state, col in (("ready", "visible"), ("delayed", "delayed"), ("in_flight", "in_flight"),
+                       ("waiting", "waiting"), ("dead", "dlq_length"), ("archived", "archive_length")):
+        got = sample(s, "pgflow_queue_messages", state=state, **lab)
+        if got is None or int(got) != int(m[col]):
+            fail(f"{q} {state}: endpoint {got}, metrics {m[col]}")
+    for event in ("sent", "archived", "dead_lettered"):
+        got = sample(s, "pgflow_messages_total", event=event, **lab)
+        if q == "work" and int(got) != c[event]:
+            fail(f"{q} {event}: endpoint {got}, metrics {c[event]}")
+lab = {"database": DB, "queue": "work"}
+count = sample(s, "pgflow_wait_seconds_count", **lab)
+inf = sample(s, "pgflow_wait_seconds_bucket", le="+Inf", **lab)
+if not count or count != inf:
+    fail(f"wait histogram: count {count}, +Inf bucket {inf}")
+e2e = sample(s, "pgflow_end_to_end_seconds_count", **lab)
+if e2e != c["archived"]:
+    fail(f"end-to-end histogram count {e2e}, archived {c['archived']}")
+if sample(s, "pgflow_worker_up", database=DB, state="running") != 1:
+    fail("pgflow_worker_up")
+if sample(s, "pgflow_queue_messages", database=DB_B, queue="b_queue", state="ready") != 0:
+    fail("the other database's queue is not served")
+ok(f"the endpoint parses ({len(text)} bytes) and agrees with metrics(); wait count {count}")
+
+# metrics_text() gives the same queue families for its database.
+own = parse(one("SELECT pgflow.metrics_text()"))
+for key, v in own.items():
+    if key[0].startswith(("pgflow_queue_messages", "pgflow_messages_total", "pgflow_wait_seconds")):
+        if s.get(key) != v:
+            fail(f"metrics_text {key}: {v}, endpoint {s.get(key)}")
+if any(dict(k[1]).get("database") == DB_B for k in own):
+    fail("metrics_text shows another database")
+ok("metrics_text() equals the endpoint for its database")
+
+# --- Bad requests ----------------------------------------------------------------------------
+for request, want in ((b"garbage\r\n\r\n", "400"), (b"\x00\xff\xfe junk\r\n\r\n", "400"),
+                      (b"POST /metrics HTTP/1.1\r\n\r\n", "405"),
+                      (b"GET /nope HTTP/1.1\r\n\r\n", "404"),
+                      (b"GET /metrics HTTP/1.1\r\nX: " + b"a" * 9000 + b"\r\n\r\n", "431"),
+                      (b"GET /metrics HTTP/1.1\r\n", "408")):
+    status = raw(request)
+    if not status.startswith("HTTP/1.1 " + want):
+        fail(f"{request[:30]!r}: {status!r}, want {want}")
+raw(b"")  # connects and says nothing
+try:
+    urllib.request.urlopen(f"http://127.0.0.1:{MPORT}/", timeout=30)
+    fail("/ answered 200")
+except urllib.error.HTTPError as e:
+    if e.code != 404:
+        fail(f"/: {e.code}")
+scrape()
+ok("bad requests get 400, 404, 405, 408 and 431, and the endpoint keeps serving")
+
+# --- The database filter ---------------------------------------------------------------------
+setting(f"SET pgflow.metrics_databases = '{DB_B}'")
+poll("the filter", lambda: not any(dict(k[1]).get("database") == DB for k in parse(scrape()))
+     and any(dict(k[1]).get("database") == DB_B for k in parse(scrape())))
+setting("RESET pgflow.metrics_databases")
+poll("the filter reset", lambda: any(dict(k[1]).get("database") == DB for k in parse(scrape())))
+ok("pgflow.metrics_databases narrows what the endpoint serves")
+
+# --- pgflow.stats off, then on ---------------------------------------------------------------
+setting("SET pgflow.stats = off")
+poll("metrics() counting", lambda: metrics("work", "false")["exact"] == "t")
+sql("SELECT pgflow.send('work', '{}') FROM generate_series(1, 7)")
+setting("RESET pgflow.stats")
+poll("metrics('work') agreeing after the rebuild", lambda: agree("work"))
+ok("with pgflow.stats off metrics() counts rows; back on, the rebuild makes it agree again")
+
+# --- 1,000 queues ----------------------------------------------------------------------------
+sql("SELECT count(pgflow.create_queue('many_' || i)) FROM generate_series(1, 1000) i;"
+    "SELECT count(pgflow.send('many_' || i, '{}')) FROM generate_series(1, 1000) i")
+t0 = time.monotonic()
+text = scrape()
+took = time.monotonic() - t0
+s = parse(text)
+served = {dict(k[1]).get("queue") for k in s if k[0] == "pgflow_queue_messages"}
+if len([q for q in served if q and q.startswith("many_")]) != 1000:
+    fail(f"{len(served)} queues served")
+if sample(s, "pgflow_queue_messages", database=DB, queue="many_1000", state="ready") != 1:
+    fail("many_1000 ready")
+ok(f"1,000 more queues served in one scrape: {len(text)} bytes in {took * 1000:.0f} ms")
+
+# --- A crash: shared memory starts over, the worker rebuilds ---------------------------------
+before = one("SELECT stats_reset_at FROM pgflow.metrics('work')")
+victim = subprocess.Popen(
+    [PSQL, "-X", "-At", "-h", "127.0.0.1", "-p", PORT, "-U", "postgres", "-d", DB, "-c",
+     "SELECT pg_sleep(600)"],
+    env=dict(os.environ, PGAPPNAME="pgflow_metrics_victim"),
+    stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+pid = int(poll("the victim's backend", lambda: one(
+    "SELECT pid FROM pg_stat_activity WHERE application_name = 'pgflow_metrics_victim'")))
+os.kill(pid, 9)
+victim.wait()
+
+
+def back():
+    p = subprocess.run([PSQL, "-X", "-At", "-h", "127.0.0.1", "-p", PORT, "-U", "postgres", "-d",
+                        DB, "-c", "SELECT 1"], capture_output=True, text=True)
+    return p.returncode == 0
+
+
+poll("the server back after the crash", back)
+poll("metrics('work') agreeing after the crash", lambda: agree("work"))
+after = sql("SELECT stats_reset_at > %s::timestamptz, sent FROM pgflow.metrics('work')"
+            % ("'" + before + "'"))[0]
+if after != ["t", "0"]:
+    fail(f"after the crash: reset later {after[0]}, sent {after[1]} (want t, 0)")
+
+
+def endpoint_back():
+    try:
+        return sample(parse(scrape()), "pgflow_queue_messages", database=DB, queue="many_1",
+                      state="ready") == 1
+    except (urllib.error.URLError, ConnectionError):
+        return False
+
+
+poll("the endpoint back", endpoint_back)
+ok("after a crash the worker rebuilt the gauges from the tables; counters start again")

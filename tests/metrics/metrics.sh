@@ -1,0 +1,30 @@
+#!/usr/bin/env bash
+# The statistics and the Prometheus endpoint (issue #15), on a cluster of their own (the
+# endpoint's address is read at server start, and one check crashes a backend):
+#  - after a concurrent workload (commits, rollbacks, savepoint rollbacks, nacks, expired
+#    leases, dead letters, redrives, pops, purges), metrics() from shared memory agrees with
+#    metrics(exact => true), and the counters with what the clients did;
+#  - the endpoint, scraped with a real HTTP client and parsed with prometheus_client's parser,
+#    says the same as metrics() and as metrics_text();
+#  - bad requests get a short HTTP error and the endpoint keeps serving; 1,000 queues are
+#    served (the time is printed, not asserted);
+#  - pgflow.metrics_databases narrows what it serves;
+#  - pgflow.stats off, then on: metrics() counts rows, then agrees again after the rebuild;
+#  - a crashed backend (the postmaster reinitializes shared memory): the worker rebuilds the
+#    gauges from the tables, and the counters start again.
+# Usage: metrics.sh VERSION. Every wait is a bounded poll on the server's own state.
+set -euo pipefail
+. "$(dirname "$0")/../../scripts/lib.sh"
+
+ver=$1
+bindir=$("$(pg_config_for "$ver")" --bindir)
+dir=/tmp/pgflow-metrics-$ver
+port=$(free_port)
+mport=$(free_port)
+while [ "$mport" = "$port" ]; do mport=$(free_port); done
+trap 'cluster_stop "$ver" "$dir"' EXIT
+
+cluster_start "$ver" "$dir" "$port" \
+  "pgflow.metrics_listen = '127.0.0.1:$mport'" "pgflow.tick = 200ms" "max_prepared_transactions = 4"
+PSQL="$bindir/psql" PGPORT=$port METRICS_PORT=$mport PGDATA_DIR=$dir \
+  "$PLOT_PYTHON" "$(dirname "$0")/check.py"
