@@ -21,7 +21,7 @@ use std::thread;
 use plan::{Mode, Plan};
 use report::{markdown, Report, Results};
 use systems::Sys;
-use workloads::{w10, w1_w2, w3, w4, w5, w7, w8, w9, Ctx};
+use workloads::{w10, w11, w1_w2, w3, w4, w5, w7, w8, w9, Ctx};
 
 /// 277 bytes: a seeds' proposal_for_consensus message, valid under its contract (W9).
 pub(crate) const PAYLOAD: &str = r#"{"type":"proposal_for_consensus","proposal_id":"123e4567-e89b-12d3-a456-426614174000","instance_id":"singularity_1","agent_type":"BugFixerAgent","code_change":{"file":"lib/cache.ex","change":"bound table"},"impact_score":8.0,"risk_score":1.0,"timestamp":"2026-11-22T10:00:00Z"}"#;
@@ -90,7 +90,7 @@ fn main() -> Res<()> {
         })
         .collect::<Result<_, _>>()?;
     let workloads =
-        arg(&args, "--workloads").unwrap_or_else(|| "W1,W2,W3,W4,W5,W6,W7,W8,W9,W10".into());
+        arg(&args, "--workloads").unwrap_or_else(|| "W1,W2,W3,W4,W5,W6,W7,W8,W9,W10,W11".into());
     let tables = arg(&args, "--tables").unwrap_or_else(|| "aged".into());
     let clean_tables = match tables.as_str() {
         "aged" => false,
@@ -208,7 +208,7 @@ fn main() -> Res<()> {
     };
 
     type Workload = fn(&Ctx, &mut Results) -> Res<()>;
-    let all: [(&str, &[&str], Workload); 8] = [
+    let all: [(&str, &[&str], Workload); 9] = [
         (
             "W1/W2: send throughput (pgbench -M prepared)",
             &["W1", "W2"],
@@ -224,6 +224,11 @@ fn main() -> Res<()> {
             "W10: production mimic (held snapshots at intervals)",
             &["W10"],
             w10,
+        ),
+        (
+            "W11: statistics cost (pgflow.stats on and off)",
+            &["W11"],
+            w11,
         ),
     ];
     let mut failures = Vec::new();

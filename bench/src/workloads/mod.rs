@@ -13,6 +13,7 @@ use crate::systems::{connect, spawn_ticker, Consumer, Sys};
 use crate::{Res, PAYLOAD, QUEUE};
 
 mod w10;
+mod w11;
 mod w1_w2;
 mod w3;
 mod w4;
@@ -21,6 +22,7 @@ mod w7;
 mod w8;
 
 pub(crate) use w10::w10;
+pub(crate) use w11::w11;
 pub(crate) use w1_w2::{w1_w2, w9};
 pub(crate) use w3::w3;
 pub(crate) use w4::w4;
