@@ -78,6 +78,9 @@ pub const EXPIRED: usize = 5;
 pub const DEAD_LETTERED: usize = 6;
 pub const REDRIVEN: usize = 7;
 
+/// Alert kinds, in `alerts` order (the exporter's `alert` label).
+pub const ALERTS: [&str; 3] = ["dlq", "age", "depth"];
+
 /// Histogram names, in `hist` order.
 pub const HISTOGRAMS: [&str; 2] = ["wait", "end_to_end"];
 pub const WAIT: usize = 0;
@@ -127,6 +130,9 @@ impl Hist {
 pub struct Entry {
     pub dboid: u32, // 0: free
     pub queue_id: i32,
+    /// Was ever taken: a freed entry keeps it (a tombstone), so that a lookup, which stops at
+    /// the first never-used entry, still finds the entries placed after it.
+    used: bool,
     name: [u8; NAME_LEN],
     name_len: u8,
     /// The gauges are exact (created empty, or rebuilt from the tables).
@@ -138,12 +144,15 @@ pub struct Entry {
     pub reset_at: i64,
     /// When the gauges were last loaded from the tables (0: never, they were made empty).
     pub rebuilt_at: i64,
+    /// Since when each alert fires (0: it does not), as the worker's last check found it.
+    pub alerts: [i64; ALERTS.len()],
 }
 
 impl Entry {
     const EMPTY: Entry = Entry {
         dboid: 0,
         queue_id: 0,
+        used: false,
         name: [0; NAME_LEN],
         name_len: 0,
         valid: false,
@@ -155,12 +164,20 @@ impl Entry {
         }; HISTOGRAMS.len()],
         reset_at: 0,
         rebuilt_at: 0,
+        alerts: [0; ALERTS.len()],
+    };
+
+    /// A freed entry (see `used`).
+    const FREED: Entry = Entry {
+        used: true,
+        ..Entry::EMPTY
     };
 
     fn fresh(dboid: u32, queue_id: i32, now: i64) -> Entry {
         Entry {
             dboid,
             queue_id,
+            used: true,
             reset_at: now,
             ..Entry::EMPTY
         }
@@ -258,25 +275,51 @@ fn now() -> i64 {
     unsafe { pg_sys::GetCurrentTimestamp() }
 }
 
+/// Where a queue's entry is looked for first (open addressing, linear probing from there): a
+/// commit touches a few entries, never the whole table (1,024 entries of 480 bytes).
+fn slot_of(db: u32, queue_id: i32) -> usize {
+    (queue_id as u32 as usize)
+        .wrapping_mul(2_654_435_761)
+        .wrapping_add(db as usize)
+        % MAX_QUEUES
+}
+
 impl Stats {
     fn index(&self, db: u32, queue_id: i32) -> Option<usize> {
-        self.entries
-            .iter()
-            .position(|e| e.dboid == db && e.queue_id == queue_id)
+        let start = slot_of(db, queue_id);
+        for i in 0..MAX_QUEUES {
+            let idx = (start + i) % MAX_QUEUES;
+            let e = &self.entries[idx];
+            if e.dboid == db && e.queue_id == queue_id {
+                return Some(idx);
+            }
+            if !e.used {
+                return None;
+            }
+        }
+        None
     }
 
     /// The entry of a queue, made (not valid, counting from now) when there is none; None when
     /// the table is full.
-    fn find(&mut self, db: u32, queue_id: i32) -> Option<&mut Entry> {
+    fn find(&mut self, db: u32, queue_id: i32, now: i64) -> Option<&mut Entry> {
         let idx = match self.index(db, queue_id) {
             Some(i) => i,
             None => {
-                let i = self.entries.iter().position(|e| e.dboid == 0)?;
-                self.entries[i] = Entry::fresh(db, queue_id, now());
+                let start = slot_of(db, queue_id);
+                let i = (0..MAX_QUEUES)
+                    .map(|i| (start + i) % MAX_QUEUES)
+                    .find(|&i| self.entries[i].dboid == 0)?;
+                self.entries[i] = Entry::fresh(db, queue_id, now);
                 i
             }
         };
         Some(&mut self.entries[idx])
+    }
+
+    /// Frees an entry, leaving a tombstone.
+    fn free(&mut self, idx: usize) {
+        self.entries[idx] = Entry::FREED;
     }
 }
 
@@ -490,20 +533,20 @@ fn apply(x: Xact) {
     let t = now();
     let mut s = STATS.exclusive();
     // Drops first: a queue dropped and created in one transaction starts over.
-    for e in s
-        .entries
-        .iter_mut()
-        .filter(|e| x.drop_all.contains(&e.dboid))
-    {
-        *e = Entry::EMPTY;
+    if !x.drop_all.is_empty() {
+        for i in 0..MAX_QUEUES {
+            if s.entries[i].dboid != 0 && x.drop_all.contains(&s.entries[i].dboid) {
+                s.free(i);
+            }
+        }
     }
     for &(_, q) in &x.dropped {
         if let Some(i) = s.index(db, q) {
-            s.entries[i] = Entry::EMPTY;
+            s.free(i);
         }
     }
     for (_, q, name) in &x.created {
-        if let Some(e) = s.find(db, *q) {
+        if let Some(e) = s.find(db, *q, t) {
             *e = Entry::fresh(db, *q, t);
             e.set_name(name);
             // Exact only if the changes that follow are noted.
@@ -517,7 +560,7 @@ fn apply(x: Xact) {
         if x.dropped.iter().any(|&(_, dq)| dq == *q) && !x.created.iter().any(|c| c.1 == *q) {
             continue;
         }
-        if let Some(e) = s.find(db, *q) {
+        if let Some(e) = s.find(db, *q, t) {
             e.apply(d);
         }
     }
@@ -540,14 +583,15 @@ pub fn load(queues: &[Counted]) -> i64 {
     let db = my_db();
     let t = now();
     let mut s = STATS.exclusive();
-    for e in s.entries.iter_mut().filter(|e| e.dboid == db) {
-        if !queues.iter().any(|q| q.queue_id == e.queue_id) {
-            *e = Entry::EMPTY;
+    for i in 0..MAX_QUEUES {
+        let e = &s.entries[i];
+        if e.dboid == db && !queues.iter().any(|q| q.queue_id == e.queue_id) {
+            s.free(i);
         }
     }
     let mut n = 0;
     for q in queues {
-        if let Some(e) = s.find(db, q.queue_id) {
+        if let Some(e) = s.find(db, q.queue_id, t) {
             e.set_name(&q.name);
             e.gauges = q.gauges;
             e.valid = true;
@@ -569,6 +613,22 @@ pub fn needs_rebuild(queues: &[i32]) -> bool {
         Some(i) => !s.entries[i].valid,
         None => s.entries.iter().any(|e| e.dboid == 0),
     })
+}
+
+/// The alerts firing in this database, (queue, kind, since), as the worker's check found them:
+/// every other alert of the database's entries is cleared.
+pub fn set_alerts(firing: &[(i32, usize, i64)]) {
+    if !preloaded() {
+        return;
+    }
+    let db = my_db();
+    let mut s = STATS.exclusive();
+    for e in s.entries.iter_mut().filter(|e| e.dboid == db) {
+        e.alerts = [0; ALERTS.len()];
+        for &(_, kind, since) in firing.iter().filter(|f| f.0 == e.queue_id) {
+            e.alerts[kind] = since;
+        }
+    }
 }
 
 /// Zeroes counters and histograms: of one queue, or of every queue of this database.
@@ -626,6 +686,26 @@ mod tests {
         assert_eq!(bucket_of(1_001), 1);
         assert_eq!(bucket_of(3_600_000_000), BOUNDS_US.len() - 1);
         assert_eq!(bucket_of(i64::MAX), BOUNDS_US.len());
+    }
+
+    #[test]
+    fn a_lookup_finds_entries_past_a_freed_one_and_a_free_slot_is_reused() {
+        let mut s = Box::new(Stats::default());
+        // Three queues of one database that hash to the same slot take consecutive entries.
+        let start = slot_of(7, 1);
+        let same: Vec<i32> = (1..100_000)
+            .filter(|&q| slot_of(7, q) == start)
+            .take(3)
+            .collect();
+        for &q in &same {
+            s.find(7, q, 0).unwrap();
+        }
+        let first = s.index(7, same[0]).unwrap();
+        s.free(first);
+        assert_eq!(s.index(7, same[0]), None);
+        assert_eq!(s.index(7, same[2]), Some((start + 2) % MAX_QUEUES));
+        s.find(7, 424_242, 0).unwrap();
+        assert!(s.index(7, 424_242).is_some());
     }
 
     #[test]
