@@ -57,11 +57,19 @@ def main(old_path, new_path):
     out = []
     say = out.append
 
+    say("-- Tables: columns appended (nullable, no default: no row is rewritten). Their CHECKs come")
+    say("-- with the constraints below.")
     for kind in ("relation",):
         for ident, d in sorted(new.get(kind, {}).items()):
             o = old.get(kind, {}).get(ident)
-            if o is not None and o != d:
+            if o is None or o == d:
+                continue
+            added = d[len(o) + 2:].split(", ") if d.startswith(o + ", ") else None
+            if added is None or not all(re.fullmatch(r"\w+ [a-z ]+", a) and " not null" not in a
+                                        for a in added):
                 sys.exit(f"{kind} {ident} changed shape: write that step by hand\n  old: {o}\n  new: {d}")
+            for a in added:
+                say(f"ALTER TABLE {ident} ADD COLUMN {a};")
 
     of, nf = old.get("function", {}), new.get("function", {})
     gone = sorted(set(of) - set(nf))

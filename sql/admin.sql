@@ -16,7 +16,10 @@ CREATE FUNCTION pgflow.create_queue(
     default_priority   integer  DEFAULT 0,
     dedup_window       interval DEFAULT '5 minutes',
     notify             boolean  DEFAULT false,
-    contract           jsonb    DEFAULT NULL    -- a JSON Schema: becomes contract version '1'
+    contract           jsonb    DEFAULT NULL,   -- a JSON Schema: becomes contract version '1'
+    alert_dlq          bigint   DEFAULT NULL,   -- alert thresholds (NULL, -1 or '0': none)
+    alert_age          interval DEFAULT NULL,
+    alert_depth        bigint   DEFAULT NULL
 )
 RETURNS boolean
 LANGUAGE plpgsql VOLATILE AS $$
@@ -39,6 +42,9 @@ BEGIN
     IF contract IS NOT NULL THEN
         PERFORM pgflow._check_contract_schema(contract::text);
     END IF;
+    PERFORM pgflow._alert_count(alert_dlq, 'alert_dlq');
+    PERFORM pgflow._alert_count(alert_depth, 'alert_depth');
+    PERFORM pgflow._alert_age(alert_age, 'alert_age');
 
     IF EXISTS (SELECT 1 FROM pgflow.queue q WHERE q.queue_name = create_queue.queue_name) THEN
         IF if_not_exists THEN
@@ -59,11 +65,12 @@ BEGIN
     INSERT INTO pgflow.queue (queue_id, queue_name, visibility_timeout, max_retries, retry_delay,
                               retry_backoff, retry_delay_max, retry_jitter,
                               archive_retention, msg_seq, archived_seq, default_priority,
-                              dedup_window, notify)
+                              dedup_window, notify, alert_dlq, alert_age, alert_depth)
     VALUES (v_id, queue_name, visibility_timeout, max_retries, retry_delay,
             retry_backoff, retry_delay_max, retry_jitter,
             archive_retention, v_msg_seq::regclass, v_archived_seq::regclass, default_priority,
-            dedup_window, notify)
+            dedup_window, notify, nullif(alert_dlq, -1), nullif(alert_age, interval '0'),
+            nullif(alert_depth, -1))
     ON CONFLICT ON CONSTRAINT queue_queue_name_key DO NOTHING;
 
     IF NOT FOUND THEN
@@ -89,7 +96,8 @@ RETURNS SETOF pgflow.queue_info
 LANGUAGE sql STABLE PARALLEL SAFE AS $$
     SELECT q.queue_name, q.visibility_timeout, q.max_retries, q.retry_delay, q.retry_backoff,
            q.retry_delay_max, q.retry_jitter, q.archive_retention, q.created_at,
-           q.default_priority, q.dedup_window, q.notify, q.contract_version
+           q.default_priority, q.dedup_window, q.notify, q.contract_version,
+           q.alert_dlq, q.alert_age, q.alert_depth
       FROM pgflow.queue q
      WHERE pgflow._visible(q.queue_id)
      ORDER BY q.queue_name;
@@ -109,7 +117,10 @@ CREATE FUNCTION pgflow.alter_queue(
     default_priority   integer  DEFAULT NULL,
     dedup_window       interval DEFAULT NULL,
     notify             boolean  DEFAULT NULL,
-    contract           jsonb    DEFAULT NULL    -- replaces the default contract version (or makes '1')
+    contract           jsonb    DEFAULT NULL,   -- replaces the default contract version (or makes '1')
+    alert_dlq          bigint   DEFAULT NULL,   -- alert thresholds; -1 or '0' removes one
+    alert_age          interval DEFAULT NULL,
+    alert_depth        bigint   DEFAULT NULL
 )
 RETURNS SETOF pgflow.queue_info
 LANGUAGE plpgsql VOLATILE AS $$
@@ -138,6 +149,9 @@ BEGIN
         PERFORM pgflow.set_contract(alter_queue.queue_name, alter_queue.contract,
                                     coalesce(q.contract_version, '1'));
     END IF;
+    PERFORM pgflow._alert_count(alter_queue.alert_dlq, 'alert_dlq');
+    PERFORM pgflow._alert_count(alter_queue.alert_depth, 'alert_depth');
+    PERFORM pgflow._alert_age(alter_queue.alert_age, 'alert_age');
     PERFORM pgflow._check_retry_policy(coalesce(alter_queue.retry_backoff, q.retry_backoff),
                                        coalesce(alter_queue.retry_delay_max, q.retry_delay_max),
                                        coalesce(alter_queue.retry_jitter, q.retry_jitter));
@@ -153,11 +167,18 @@ BEGIN
            retry_jitter       = coalesce(alter_queue.retry_jitter, u.retry_jitter),
            default_priority   = coalesce(alter_queue.default_priority, u.default_priority),
            dedup_window       = coalesce(alter_queue.dedup_window, u.dedup_window),
-           notify             = coalesce(alter_queue.notify, u.notify)
+           notify             = coalesce(alter_queue.notify, u.notify),
+           alert_dlq          = CASE WHEN alter_queue.alert_dlq IS NULL THEN u.alert_dlq
+                                     ELSE nullif(alter_queue.alert_dlq, -1) END,
+           alert_age          = CASE WHEN alter_queue.alert_age IS NULL THEN u.alert_age
+                                     ELSE nullif(alter_queue.alert_age, interval '0') END,
+           alert_depth        = CASE WHEN alter_queue.alert_depth IS NULL THEN u.alert_depth
+                                     ELSE nullif(alter_queue.alert_depth, -1) END
      WHERE u.queue_id = q.queue_id
     RETURNING u.queue_name, u.visibility_timeout, u.max_retries, u.retry_delay, u.retry_backoff,
               u.retry_delay_max, u.retry_jitter, u.archive_retention, u.created_at,
-              u.default_priority, u.dedup_window, u.notify, u.contract_version;
+              u.default_priority, u.dedup_window, u.notify, u.contract_version,
+              u.alert_dlq, u.alert_age, u.alert_depth;
 END $$;
 
 -- drop_queue: the queue, its live messages, its archive, its dead letters and its sequences. An unknown queue
@@ -189,6 +210,7 @@ BEGIN
     DELETE FROM pgflow.binding b WHERE b.queue_id = q.queue_id;
     DELETE FROM pgflow.queue_grant g WHERE g.queue_id = q.queue_id;
     DELETE FROM pgflow.contract c WHERE c.queue_id = q.queue_id;
+    DELETE FROM pgflow.alert x WHERE x.queue_id = q.queue_id;
     DELETE FROM pgflow.queue u WHERE u.queue_id = q.queue_id;
     PERFORM pgflow._notify_forget(q.queue_id);
     PERFORM pgflow._cursor_forget(q.queue_id);

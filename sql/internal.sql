@@ -42,7 +42,10 @@ CREATE TYPE pgflow.queue_info AS (
     default_priority   smallint,
     dedup_window       interval,
     notify             boolean,
-    contract_version   text          -- the default contract version; NULL: no contract
+    contract_version   text,         -- the default contract version; NULL: no contract
+    alert_dlq          bigint,       -- alert thresholds; NULL: none (pgflow.alerts())
+    alert_age          interval,
+    alert_depth        bigint
 );
 
 -- Queue statistics, as metrics and metrics_all return them.
@@ -319,4 +322,29 @@ BEGIN
         RAISE EXCEPTION 'headers must be a JSON object or NULL, got %', jsonb_typeof(headers)
             USING ERRCODE = 'invalid_parameter_value';
     END IF;
+END $$;
+
+-- _alert_count, _alert_age: an alert threshold as given to create_queue or alter_queue. NULL
+-- stays NULL (alter_queue: leave it); -1 (a count) or '0' (an age) means none, returned as
+-- the sentinel -1 / '0' for alter_queue to clear; anything else below that, or an age beyond
+-- 100 years, is 22023.
+CREATE FUNCTION pgflow._alert_count(value bigint, arg text)
+RETURNS bigint
+LANGUAGE plpgsql IMMUTABLE PARALLEL SAFE AS $$
+BEGIN
+    IF value < -1 THEN
+        RAISE EXCEPTION '% must be a count (0 or more), or -1 for none, got %', arg, value
+            USING ERRCODE = 'invalid_parameter_value';
+    END IF;
+    RETURN value;
+END $$;
+
+CREATE FUNCTION pgflow._alert_age(value interval, arg text)
+RETURNS interval
+LANGUAGE plpgsql IMMUTABLE PARALLEL SAFE AS $$
+BEGIN
+    IF value IS NOT NULL THEN
+        PERFORM pgflow._check_interval(value, arg, true);
+    END IF;
+    RETURN value;
 END $$;

@@ -17,6 +17,21 @@ CREATE TABLE pgflow.queue_grant (
 );
 SELECT pg_catalog.pg_extension_config_dump('pgflow.queue_grant', '');
 
+-- Alerts now firing (sql/schema.sql has the same definition). The queue's alert thresholds are
+-- appended columns: scripts/upgrade_sql.py adds them, and their CHECKs, itself.
+CREATE TABLE pgflow.alert (
+    queue_id  integer          NOT NULL,
+    alert     text             NOT NULL CHECK (alert IN ('dlq', 'age', 'depth')),
+    since     timestamptz      NOT NULL,
+    threshold double precision NOT NULL,
+    PRIMARY KEY (queue_id, alert)
+);
+
+-- Tables: columns appended (nullable, no default: no row is rewritten). Their CHECKs come
+-- with the constraints below.
+ALTER TABLE pgflow.queue ADD COLUMN alert_dlq bigint;
+ALTER TABLE pgflow.queue ADD COLUMN alert_age interval;
+ALTER TABLE pgflow.queue ADD COLUMN alert_depth bigint;
 -- Functions 0.2.0 no longer has, or whose arguments or result changed.
 DROP FUNCTION pgflow._check_contract_schema(jsonb);
 DROP FUNCTION pgflow._metrics(integer,timestamp with time zone);
@@ -24,12 +39,17 @@ DROP FUNCTION pgflow._promote_queue(integer,timestamp with time zone,integer);
 DROP FUNCTION pgflow._queue(text);
 DROP FUNCTION pgflow._validate_contract(integer,text,text,bigint,jsonb,integer);
 DROP FUNCTION pgflow._wait_sleep(timestamp with time zone,boolean);
+DROP FUNCTION pgflow.alter_queue(text,interval,integer,interval,interval,double precision,interval,double precision,integer,interval,boolean,jsonb);
+DROP FUNCTION pgflow.create_queue(text,interval,integer,interval,interval,boolean,double precision,interval,double precision,integer,interval,boolean,jsonb);
 DROP FUNCTION pgflow.metrics(text);
 DROP FUNCTION pgflow.metrics_all();
 
 -- Composite types: new ones, and attributes appended to existing ones.
 CREATE TYPE pgflow.grant_info AS (queue_name text, role regrole, privilege text, granted_at timestamp with time zone);
 CREATE TYPE pgflow.horizon_holder AS (holder text, pid integer, xmin_age integer, since timestamp with time zone, detail text);
+ALTER TYPE pgflow.queue_info ADD ATTRIBUTE alert_dlq bigint;
+ALTER TYPE pgflow.queue_info ADD ATTRIBUTE alert_age interval;
+ALTER TYPE pgflow.queue_info ADD ATTRIBUTE alert_depth bigint;
 ALTER TYPE pgflow.queue_metrics ADD ATTRIBUTE horizon_age_sec double precision;
 ALTER TYPE pgflow.queue_metrics ADD ATTRIBUTE horizon_holder text;
 ALTER TYPE pgflow.queue_metrics ADD ATTRIBUTE exact boolean;
@@ -160,6 +180,12 @@ CREATE OR REPLACE FUNCTION pgflow._stats(queue_id integer)
  STRICT
 AS 'MODULE_PATHNAME', $function$_stats_wrapper$function$;
 
+CREATE OR REPLACE FUNCTION pgflow._stats_alerts(queue_ids integer[], alerts text[], since timestamp with time zone[])
+ RETURNS void
+ LANGUAGE c
+ STRICT
+AS 'MODULE_PATHNAME', $function$_stats_alerts_wrapper$function$;
+
 CREATE OR REPLACE FUNCTION pgflow._stats_created(queue_id integer, queue_name text)
  RETURNS void
  LANGUAGE c
@@ -246,6 +272,76 @@ BEGIN
     VALUES (q.queue_id, role, privilege)
     ON CONFLICT ON CONSTRAINT queue_grant_pkey DO NOTHING;
     RETURN FOUND;
+END $function$;
+
+CREATE OR REPLACE FUNCTION pgflow._alert_age(value interval, arg text)
+ RETURNS interval
+ LANGUAGE plpgsql
+ IMMUTABLE PARALLEL SAFE
+AS $function$
+BEGIN
+    IF value IS NOT NULL THEN
+        PERFORM pgflow._check_interval(value, arg, true);
+    END IF;
+    RETURN value;
+END $function$;
+
+CREATE OR REPLACE FUNCTION pgflow._alert_count(value bigint, arg text)
+ RETURNS bigint
+ LANGUAGE plpgsql
+ IMMUTABLE PARALLEL SAFE
+AS $function$
+BEGIN
+    IF value < -1 THEN
+        RAISE EXCEPTION '% must be a count (0 or more), or -1 for none, got %', arg, value
+            USING ERRCODE = 'invalid_parameter_value';
+    END IF;
+    RETURN value;
+END $function$;
+
+CREATE OR REPLACE FUNCTION pgflow._alerts_check(p_now timestamp with time zone DEFAULT NULL::timestamp with time zone)
+ RETURNS TABLE(started bigint, cleared bigint)
+ LANGUAGE plpgsql
+AS $function$
+DECLARE
+    v_now timestamptz := coalesce(p_now, clock_timestamp());
+    r record;
+BEGIN
+    started := 0;
+    cleared := 0;
+    FOR r IN
+        WITH cur AS (
+            SELECT * FROM pgflow._alert_values(v_now) v WHERE v.value > v.threshold
+        ), ins AS (
+            INSERT INTO pgflow.alert AS x (queue_id, alert, since, threshold)
+            SELECT c.queue_id, c.alert, v_now, c.threshold FROM cur c
+            ON CONFLICT ON CONSTRAINT alert_pkey DO NOTHING
+            RETURNING x.queue_id, x.alert, x.since
+        ), del AS (
+            DELETE FROM pgflow.alert x
+             WHERE NOT EXISTS (SELECT 1 FROM cur c WHERE c.queue_id = x.queue_id AND c.alert = x.alert)
+            RETURNING x.queue_id, x.alert, x.since, x.threshold
+        )
+        SELECT 'firing' AS state, c.queue_name, c.alert, c.value, c.threshold, i.since
+          FROM ins i JOIN cur c USING (queue_id, alert)
+        UNION ALL
+        SELECT 'resolved', q.queue_name, d.alert, v.value, d.threshold, d.since
+          FROM del d
+          JOIN pgflow.queue q ON q.queue_id = d.queue_id
+          LEFT JOIN pgflow._alert_values(v_now) v ON v.queue_id = d.queue_id AND v.alert = d.alert
+    LOOP
+        IF r.state = 'firing' THEN started := started + 1; ELSE cleared := cleared + 1; END IF;
+        PERFORM pg_catalog.pg_notify('pgflow_alerts', pg_catalog.json_build_object(
+            'state', r.state, 'queue', r.queue_name, 'alert', r.alert, 'value', r.value,
+            'threshold', r.threshold, 'since', r.since)::text);
+        RAISE LOG 'pgflow alert %: queue "%" %: % (threshold %, since %)',
+            r.state, r.queue_name, r.alert, r.value, r.threshold, r.since;
+    END LOOP;
+    PERFORM pgflow._stats_alerts(coalesce(array_agg(a.queue_id), '{}'),
+                                 coalesce(array_agg(a.alert), '{}'),
+                                 coalesce(array_agg(a.since), '{}'))
+      FROM pgflow.alert a;
+    RETURN NEXT;
 END $function$;
 
 CREATE OR REPLACE FUNCTION pgflow._archive(q pgflow.queue, msg_ids bigint[])
@@ -742,6 +838,7 @@ BEGIN
        AND pgflow._stats_needs_rebuild(ARRAY(SELECT q.queue_id FROM pgflow.queue q)) THEN
         rebuilt := pgflow._stats_rebuild();
     END IF;
+    PERFORM pgflow._alerts_check();
     SELECT coalesce(extract(epoch FROM clock_timestamp() - h.since)::float8, 0), h.xmin_age
       INTO horizon_age, horizon_xmin_age
       FROM pgflow.horizon() h
@@ -759,7 +856,7 @@ BEGIN
     RETURN pgflow._caller_class() > 0 OR pgflow._may(p_queue_id, 'see');
 END $function$;
 
-CREATE OR REPLACE FUNCTION pgflow.alter_queue(queue_name text, visibility_timeout interval DEFAULT NULL::interval, max_retries integer DEFAULT NULL::integer, retry_delay interval DEFAULT NULL::interval, archive_retention interval DEFAULT NULL::interval, retry_backoff double precision DEFAULT NULL::double precision, retry_delay_max interval DEFAULT NULL::interval, retry_jitter double precision DEFAULT NULL::double precision, default_priority integer DEFAULT NULL::integer, dedup_window interval DEFAULT NULL::interval, notify boolean DEFAULT NULL::boolean, contract jsonb DEFAULT NULL::jsonb)
+CREATE OR REPLACE FUNCTION pgflow.alter_queue(queue_name text, visibility_timeout interval DEFAULT NULL::interval, max_retries integer DEFAULT NULL::integer, retry_delay interval DEFAULT NULL::interval, archive_retention interval DEFAULT NULL::interval, retry_backoff double precision DEFAULT NULL::double precision, retry_delay_max interval DEFAULT NULL::interval, retry_jitter double precision DEFAULT NULL::double precision, default_priority integer DEFAULT NULL::integer, dedup_window interval DEFAULT NULL::interval, notify boolean DEFAULT NULL::boolean, contract jsonb DEFAULT NULL::jsonb, alert_dlq bigint DEFAULT NULL::bigint, alert_age interval DEFAULT NULL::interval, alert_depth bigint DEFAULT NULL::bigint)
  RETURNS SETOF pgflow.queue_info
  LANGUAGE plpgsql
  SECURITY DEFINER
@@ -790,6 +887,9 @@ BEGIN
         PERFORM pgflow.set_contract(alter_queue.queue_name, alter_queue.contract,
                                     coalesce(q.contract_version, '1'));
     END IF;
+    PERFORM pgflow._alert_count(alter_queue.alert_dlq, 'alert_dlq');
+    PERFORM pgflow._alert_count(alter_queue.alert_depth, 'alert_depth');
+    PERFORM pgflow._alert_age(alter_queue.alert_age, 'alert_age');
     PERFORM pgflow._check_retry_policy(coalesce(alter_queue.retry_backoff, q.retry_backoff),
                                        coalesce(alter_queue.retry_delay_max, q.retry_delay_max),
                                        coalesce(alter_queue.retry_jitter, q.retry_jitter));
@@ -805,11 +905,18 @@ BEGIN
            retry_jitter       = coalesce(alter_queue.retry_jitter, u.retry_jitter),
            default_priority   = coalesce(alter_queue.default_priority, u.default_priority),
            dedup_window       = coalesce(alter_queue.dedup_window, u.dedup_window),
-           notify             = coalesce(alter_queue.notify, u.notify)
+           notify             = coalesce(alter_queue.notify, u.notify),
+           alert_dlq          = CASE WHEN alter_queue.alert_dlq IS NULL THEN u.alert_dlq
+                                     ELSE nullif(alter_queue.alert_dlq, -1) END,
+           alert_age          = CASE WHEN alter_queue.alert_age IS NULL THEN u.alert_age
+                                     ELSE nullif(alter_queue.alert_age, interval '0') END,
+           alert_depth        = CASE WHEN alter_queue.alert_depth IS NULL THEN u.alert_depth
+                                     ELSE nullif(alter_queue.alert_depth, -1) END
      WHERE u.queue_id = q.queue_id
     RETURNING u.queue_name, u.visibility_timeout, u.max_retries, u.retry_delay, u.retry_backoff,
               u.retry_delay_max, u.retry_jitter, u.archive_retention, u.created_at,
-              u.default_priority, u.dedup_window, u.notify, u.contract_version;
+              u.default_priority, u.dedup_window, u.notify, u.contract_version,
+              u.alert_dlq, u.alert_age, u.alert_depth;
 END $function$;
 
 CREATE OR REPLACE FUNCTION pgflow.archive(queue_name text, msg_id bigint)
@@ -920,7 +1027,7 @@ BEGIN
     RETURN n;
 END $function$;
 
-CREATE OR REPLACE FUNCTION pgflow.create_queue(queue_name text, visibility_timeout interval DEFAULT '00:00:30'::interval, max_retries integer DEFAULT 3, retry_delay interval DEFAULT '00:00:01'::interval, archive_retention interval DEFAULT '7 days'::interval, if_not_exists boolean DEFAULT false, retry_backoff double precision DEFAULT 2, retry_delay_max interval DEFAULT '01:00:00'::interval, retry_jitter double precision DEFAULT 0.1, default_priority integer DEFAULT 0, dedup_window interval DEFAULT '00:05:00'::interval, notify boolean DEFAULT false, contract jsonb DEFAULT NULL::jsonb)
+CREATE OR REPLACE FUNCTION pgflow.create_queue(queue_name text, visibility_timeout interval DEFAULT '00:00:30'::interval, max_retries integer DEFAULT 3, retry_delay interval DEFAULT '00:00:01'::interval, archive_retention interval DEFAULT '7 days'::interval, if_not_exists boolean DEFAULT false, retry_backoff double precision DEFAULT 2, retry_delay_max interval DEFAULT '01:00:00'::interval, retry_jitter double precision DEFAULT 0.1, default_priority integer DEFAULT 0, dedup_window interval DEFAULT '00:05:00'::interval, notify boolean DEFAULT false, contract jsonb DEFAULT NULL::jsonb, alert_dlq bigint DEFAULT NULL::bigint, alert_age interval DEFAULT NULL::interval, alert_depth bigint DEFAULT NULL::bigint)
  RETURNS boolean
  LANGUAGE plpgsql
  SECURITY DEFINER
@@ -945,6 +1052,9 @@ BEGIN
     IF contract IS NOT NULL THEN
         PERFORM pgflow._check_contract_schema(contract::text);
     END IF;
+    PERFORM pgflow._alert_count(alert_dlq, 'alert_dlq');
+    PERFORM pgflow._alert_count(alert_depth, 'alert_depth');
+    PERFORM pgflow._alert_age(alert_age, 'alert_age');
 
     IF EXISTS (SELECT 1 FROM pgflow.queue q WHERE q.queue_name = create_queue.queue_name) THEN
         IF if_not_exists THEN
@@ -965,11 +1075,12 @@ BEGIN
     INSERT INTO pgflow.queue (queue_id, queue_name, visibility_timeout, max_retries, retry_delay,
                               retry_backoff, retry_delay_max, retry_jitter,
                               archive_retention, msg_seq, archived_seq, default_priority,
-                              dedup_window, notify)
+                              dedup_window, notify, alert_dlq, alert_age, alert_depth)
     VALUES (v_id, queue_name, visibility_timeout, max_retries, retry_delay,
             retry_backoff, retry_delay_max, retry_jitter,
             archive_retention, v_msg_seq::regclass, v_archived_seq::regclass, default_priority,
-            dedup_window, notify)
+            dedup_window, notify, nullif(alert_dlq, -1), nullif(alert_age, interval '0'),
+            nullif(alert_depth, -1))
     ON CONFLICT ON CONSTRAINT queue_queue_name_key DO NOTHING;
 
     IF NOT FOUND THEN
@@ -1158,6 +1269,7 @@ BEGIN
     DELETE FROM pgflow.binding b WHERE b.queue_id = q.queue_id;
     DELETE FROM pgflow.queue_grant g WHERE g.queue_id = q.queue_id;
     DELETE FROM pgflow.contract c WHERE c.queue_id = q.queue_id;
+    DELETE FROM pgflow.alert x WHERE x.queue_id = q.queue_id;
     DELETE FROM pgflow.queue u WHERE u.queue_id = q.queue_id;
     PERFORM pgflow._notify_forget(q.queue_id);
     PERFORM pgflow._cursor_forget(q.queue_id);
@@ -1682,6 +1794,35 @@ BEGIN
     RETURN FOUND;
 END $function$;
 
+CREATE OR REPLACE FUNCTION pgflow._alert_values(p_now timestamp with time zone)
+ RETURNS TABLE(queue_id integer, queue_name text, alert text, value double precision, threshold double precision)
+ LANGUAGE sql
+AS $function$
+    SELECT q.queue_id, q.queue_name, a.alert, a.value, a.threshold
+      FROM pgflow.queue q
+      LEFT JOIN LATERAL (SELECT * FROM pgflow._stats(q.queue_id) s WHERE s.valid) st ON true
+      CROSS JOIN LATERAL (
+        SELECT 'dlq' AS alert,
+               coalesce(st.dead, (SELECT count(*) FROM pgflow.dead d WHERE d.queue_id = q.queue_id))::float8 AS value,
+               q.alert_dlq::float8 AS threshold
+         WHERE q.alert_dlq IS NOT NULL
+        UNION ALL
+        SELECT 'depth',
+               coalesce(st.ready, (SELECT count(*) FROM pgflow.message m
+                                    WHERE m.queue_id = q.queue_id AND m.state = 'r'))::float8,
+               q.alert_depth::float8
+         WHERE q.alert_depth IS NOT NULL
+        UNION ALL
+        SELECT 'age',
+               coalesce(extract(epoch FROM p_now - (SELECT m.enqueued_at FROM pgflow.message m
+                                                     WHERE m.queue_id = q.queue_id AND m.state = 'r'
+                                                     ORDER BY m.msg_id LIMIT 1))::float8, 0),
+               extract(epoch FROM q.alert_age)::float8
+         WHERE q.alert_age IS NOT NULL
+      ) a
+     WHERE q.alert_dlq IS NOT NULL OR q.alert_age IS NOT NULL OR q.alert_depth IS NOT NULL;
+$function$;
+
 CREATE OR REPLACE FUNCTION pgflow._fail(q pgflow.queue, ids bigint[], err text, retry_after interval, p_now timestamp with time zone, dead_reason text)
  RETURNS SETOF pgflow.nack_result
  LANGUAGE sql
@@ -1802,6 +1943,21 @@ AS $function$
              WHERE m.queue_id = p_queue_id AND m.state = 'l') x;
 $function$;
 
+CREATE OR REPLACE FUNCTION pgflow.alerts()
+ RETURNS TABLE(queue_name text, alert text, since timestamp with time zone, value double precision, threshold double precision)
+ LANGUAGE sql
+ SECURITY DEFINER
+ SET search_path TO 'pg_catalog', 'pgflow', 'pg_temp'
+AS $function$
+    SELECT q.queue_name, a.alert, a.since, v.value, a.threshold
+      FROM pgflow.alert a
+      JOIN pgflow.queue q ON q.queue_id = a.queue_id
+      LEFT JOIN pgflow._alert_values(clock_timestamp()) v
+             ON v.queue_id = a.queue_id AND v.alert = a.alert
+     WHERE pgflow._visible(q.queue_id)
+     ORDER BY a.since, q.queue_name, a.alert;
+$function$;
+
 CREATE OR REPLACE FUNCTION pgflow.cursor_status()
  RETURNS TABLE(queue_name text, mark_priority integer, mark_msg_id bigint, due timestamp with time zone, events bigint, frozen boolean)
  LANGUAGE sql
@@ -1869,7 +2025,8 @@ CREATE OR REPLACE FUNCTION pgflow.list_queues()
 AS $function$
     SELECT q.queue_name, q.visibility_timeout, q.max_retries, q.retry_delay, q.retry_backoff,
            q.retry_delay_max, q.retry_jitter, q.archive_retention, q.created_at,
-           q.default_priority, q.dedup_window, q.notify, q.contract_version
+           q.default_priority, q.dedup_window, q.notify, q.contract_version,
+           q.alert_dlq, q.alert_age, q.alert_depth
       FROM pgflow.queue q
      WHERE pgflow._visible(q.queue_id)
      ORDER BY q.queue_name;
@@ -1939,6 +2096,11 @@ END;
 -- Indexes that changed.
 DROP INDEX pgflow.message_ready;
 CREATE INDEX message_ready ON pgflow.message USING btree (queue_id, ((- (priority)::integer)), msg_id) WHERE (state = 'r'::"char");
+
+-- Constraints that changed.
+ALTER TABLE pgflow.queue ADD CONSTRAINT queue_alert_age_check CHECK (((alert_age > '00:00:00'::interval) AND (alert_age <= '100 years'::interval)));
+ALTER TABLE pgflow.queue ADD CONSTRAINT queue_alert_depth_check CHECK ((alert_depth >= 0));
+ALTER TABLE pgflow.queue ADD CONSTRAINT queue_alert_dlq_check CHECK ((alert_dlq >= 0));
 
 -- Triggers that changed.
 CREATE TRIGGER archive_stats BEFORE INSERT OR DELETE ON pgflow.archive FOR EACH ROW EXECUTE FUNCTION pgflow._stats_note('archive');

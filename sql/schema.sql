@@ -51,7 +51,13 @@ CREATE TABLE pgflow.queue (
     -- values are the "total sent" and "total archived" metrics, so no hot counter row exists.
     msg_seq            regclass    NOT NULL,
     archived_seq       regclass    NOT NULL,
-    created_at         timestamptz NOT NULL DEFAULT now()
+    created_at         timestamptz NOT NULL DEFAULT now(),
+    -- Alert thresholds (NULL: none): the worker raises an alert while the queue has more dead
+    -- letters than alert_dlq, more deliverable messages than alert_depth, or a deliverable
+    -- message older than alert_age (pgflow.alerts()).
+    alert_dlq          bigint      CHECK (alert_dlq >= 0),
+    alert_age          interval    CHECK (alert_age > interval '0' AND alert_age <= interval '100 years'),
+    alert_depth        bigint      CHECK (alert_depth >= 0)
 );
 COMMENT ON TABLE pgflow.queue IS 'pgflow queues and their policies; use pgflow.create_queue/alter_queue/drop_queue.';
 
@@ -177,6 +183,17 @@ CREATE TABLE pgflow.queue_grant (
     privilege  text        NOT NULL CHECK (privilege IN ('produce', 'consume', 'admin')),
     granted_at timestamptz NOT NULL DEFAULT now(),
     PRIMARY KEY (queue_id, grantee, privilege)
+);
+
+-- Alerts now firing, one row per queue and kind, written by the worker when one starts (and
+-- deleted when it clears), so that each is announced once and its start survives a restart.
+-- Derived state: not dumped.
+CREATE TABLE pgflow.alert (
+    queue_id  integer          NOT NULL,
+    alert     text             NOT NULL CHECK (alert IN ('dlq', 'age', 'depth')),
+    since     timestamptz      NOT NULL,
+    threshold double precision NOT NULL,
+    PRIMARY KEY (queue_id, alert)
 );
 
 -- Queues and their messages are user data: pg_dump must include them.

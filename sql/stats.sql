@@ -55,8 +55,8 @@ EXCEPTION WHEN lock_not_available THEN
 END $$;
 
 -- _stats_tick: the worker's statistics step, once per tick. Rebuilds the gauges when shared
--- memory lacks them (none while pgflow.stats is off), and returns what holds back the horizon
--- (for the endpoint; 0 when nothing does).
+-- memory lacks them (none while pgflow.stats is off), checks the alerts, and returns what
+-- holds back the horizon (for the endpoint; 0 when nothing does).
 CREATE FUNCTION pgflow._stats_tick(OUT rebuilt boolean, OUT horizon_age float8,
                                    OUT horizon_xmin_age integer)
 LANGUAGE plpgsql VOLATILE AS $$
@@ -66,6 +66,7 @@ BEGIN
        AND pgflow._stats_needs_rebuild(ARRAY(SELECT q.queue_id FROM pgflow.queue q)) THEN
         rebuilt := pgflow._stats_rebuild();
     END IF;
+    PERFORM pgflow._alerts_check();
     SELECT coalesce(extract(epoch FROM clock_timestamp() - h.since)::float8, 0), h.xmin_age
       INTO horizon_age, horizon_xmin_age
       FROM pgflow.horizon() h
@@ -111,4 +112,105 @@ LANGUAGE sql VOLATILE AS $$
       LEFT JOIN LATERAL (SELECT coalesce(extract(epoch FROM clock_timestamp() - x.since)::float8, 0) AS age,
                                 x.xmin_age
                            FROM pgflow.horizon() x LIMIT 1) h ON true;
+$$;
+
+-------------------------------------------------------------------------------------------------
+-- Alerts: per-queue thresholds (create_queue/alter_queue: alert_dlq, alert_age, alert_depth),
+-- checked by the worker every tick. Each alert is announced once when it starts firing and once
+-- when it clears: a NOTIFY on channel pgflow_alerts (a JSON payload) and a line in the server
+-- log. pgflow.alerts() lists those firing, since when.
+-------------------------------------------------------------------------------------------------
+
+-- _alert_values: every configured threshold of every queue with its current value: dead
+-- letters (dlq), deliverable messages (depth), and the age in seconds of the oldest
+-- deliverable message by id (age). From the statistics when they are exact (O(1)), else
+-- counted; the age is one index probe.
+CREATE FUNCTION pgflow._alert_values(p_now timestamptz)
+RETURNS TABLE (queue_id integer, queue_name text, alert text, value double precision,
+               threshold double precision)
+LANGUAGE sql VOLATILE AS $$
+    SELECT q.queue_id, q.queue_name, a.alert, a.value, a.threshold
+      FROM pgflow.queue q
+      LEFT JOIN LATERAL (SELECT * FROM pgflow._stats(q.queue_id) s WHERE s.valid) st ON true
+      CROSS JOIN LATERAL (
+        SELECT 'dlq' AS alert,
+               coalesce(st.dead, (SELECT count(*) FROM pgflow.dead d WHERE d.queue_id = q.queue_id))::float8 AS value,
+               q.alert_dlq::float8 AS threshold
+         WHERE q.alert_dlq IS NOT NULL
+        UNION ALL
+        SELECT 'depth',
+               coalesce(st.ready, (SELECT count(*) FROM pgflow.message m
+                                    WHERE m.queue_id = q.queue_id AND m.state = 'r'))::float8,
+               q.alert_depth::float8
+         WHERE q.alert_depth IS NOT NULL
+        UNION ALL
+        SELECT 'age',
+               coalesce(extract(epoch FROM p_now - (SELECT m.enqueued_at FROM pgflow.message m
+                                                     WHERE m.queue_id = q.queue_id AND m.state = 'r'
+                                                     ORDER BY m.msg_id LIMIT 1))::float8, 0),
+               extract(epoch FROM q.alert_age)::float8
+         WHERE q.alert_age IS NOT NULL
+      ) a
+     WHERE q.alert_dlq IS NOT NULL OR q.alert_age IS NOT NULL OR q.alert_depth IS NOT NULL;
+$$;
+
+-- _alerts_check: the worker's alert step. Starts the alerts whose value is over its threshold,
+-- clears the others, announces each change, and hands the firing ones to shared memory for
+-- the endpoint. Returns how many started and cleared.
+CREATE FUNCTION pgflow._alerts_check(p_now timestamptz DEFAULT NULL)
+RETURNS TABLE (started bigint, cleared bigint)
+LANGUAGE plpgsql VOLATILE AS $$
+DECLARE
+    v_now timestamptz := coalesce(p_now, clock_timestamp());
+    r record;
+BEGIN
+    started := 0;
+    cleared := 0;
+    FOR r IN
+        WITH cur AS (
+            SELECT * FROM pgflow._alert_values(v_now) v WHERE v.value > v.threshold
+        ), ins AS (
+            INSERT INTO pgflow.alert AS x (queue_id, alert, since, threshold)
+            SELECT c.queue_id, c.alert, v_now, c.threshold FROM cur c
+            ON CONFLICT ON CONSTRAINT alert_pkey DO NOTHING
+            RETURNING x.queue_id, x.alert, x.since
+        ), del AS (
+            DELETE FROM pgflow.alert x
+             WHERE NOT EXISTS (SELECT 1 FROM cur c WHERE c.queue_id = x.queue_id AND c.alert = x.alert)
+            RETURNING x.queue_id, x.alert, x.since, x.threshold
+        )
+        SELECT 'firing' AS state, c.queue_name, c.alert, c.value, c.threshold, i.since
+          FROM ins i JOIN cur c USING (queue_id, alert)
+        UNION ALL
+        SELECT 'resolved', q.queue_name, d.alert, v.value, d.threshold, d.since
+          FROM del d
+          JOIN pgflow.queue q ON q.queue_id = d.queue_id
+          LEFT JOIN pgflow._alert_values(v_now) v ON v.queue_id = d.queue_id AND v.alert = d.alert
+    LOOP
+        IF r.state = 'firing' THEN started := started + 1; ELSE cleared := cleared + 1; END IF;
+        PERFORM pg_catalog.pg_notify('pgflow_alerts', pg_catalog.json_build_object(
+            'state', r.state, 'queue', r.queue_name, 'alert', r.alert, 'value', r.value,
+            'threshold', r.threshold, 'since', r.since)::text);
+        RAISE LOG 'pgflow alert %: queue "%" %: % (threshold %, since %)',
+            r.state, r.queue_name, r.alert, r.value, r.threshold, r.since;
+    END LOOP;
+    PERFORM pgflow._stats_alerts(coalesce(array_agg(a.queue_id), '{}'),
+                                 coalesce(array_agg(a.alert), '{}'),
+                                 coalesce(array_agg(a.since), '{}'))
+      FROM pgflow.alert a;
+    RETURN NEXT;
+END $$;
+
+-- alerts: the alerts firing on the queues the caller sees, oldest first, with the value now.
+CREATE FUNCTION pgflow.alerts()
+RETURNS TABLE (queue_name text, alert text, since timestamptz, value double precision,
+               threshold double precision)
+LANGUAGE sql VOLATILE AS $$
+    SELECT q.queue_name, a.alert, a.since, v.value, a.threshold
+      FROM pgflow.alert a
+      JOIN pgflow.queue q ON q.queue_id = a.queue_id
+      LEFT JOIN pgflow._alert_values(clock_timestamp()) v
+             ON v.queue_id = a.queue_id AND v.alert = a.alert
+     WHERE pgflow._visible(q.queue_id)
+     ORDER BY a.since, q.queue_name, a.alert;
 $$;

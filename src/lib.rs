@@ -131,6 +131,7 @@ extension_sql_file!(
         api::stats::_stats_needs_rebuild,
         api::stats::_stats_enabled,
         api::stats::_stats_reset,
+        api::stats::_stats_alerts,
         api::stats::_metrics_text
     ]
 );

@@ -8,3 +8,13 @@ CREATE TABLE pgflow.queue_grant (
     PRIMARY KEY (queue_id, grantee, privilege)
 );
 SELECT pg_catalog.pg_extension_config_dump('pgflow.queue_grant', '');
+
+-- Alerts now firing (sql/schema.sql has the same definition). The queue's alert thresholds are
+-- appended columns: scripts/upgrade_sql.py adds them, and their CHECKs, itself.
+CREATE TABLE pgflow.alert (
+    queue_id  integer          NOT NULL,
+    alert     text             NOT NULL CHECK (alert IN ('dlq', 'age', 'depth')),
+    since     timestamptz      NOT NULL,
+    threshold double precision NOT NULL,
+    PRIMARY KEY (queue_id, alert)
+);

@@ -250,6 +250,21 @@ fn _stats_needs_rebuild(queue_ids: Vec<i32>) -> bool {
     stats::enabled() && stats::needs_rebuild(&queue_ids)
 }
 
+/// The alerts now firing in this database (`_alerts_check`), by position, for the endpoint.
+#[pg_extern(volatile, parallel_unsafe)]
+fn _stats_alerts(queue_ids: Vec<i32>, alerts: Vec<String>, since: Vec<TimestampWithTimeZone>) {
+    let firing: Vec<(i32, usize, i64)> = queue_ids
+        .iter()
+        .zip(&alerts)
+        .zip(&since)
+        .filter_map(|((&q, a), &t)| {
+            let kind = stats::ALERTS.iter().position(|k| k == a)?;
+            Some((q, kind, pg_sys::TimestampTz::from(t)))
+        })
+        .collect();
+    stats::set_alerts(&firing);
+}
+
 /// Whether the statistics are kept: the library preloaded and `pgflow.stats` on (as the
 /// launcher last saw it; see `ipc::stats::sync_enabled`).
 #[pg_extern(volatile, parallel_unsafe)]

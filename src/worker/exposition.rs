@@ -167,6 +167,23 @@ pub fn render(
     }
     header(
         &mut out,
+        "pgflow_alert_firing_since_timestamp_seconds",
+        "gauge",
+        "Since when a queue's alert (dlq, age, depth) fires, as the worker last checked; only firing alerts have a line.",
+    );
+    for (e, l) in entries.iter().zip(&labels) {
+        for (alert, since) in stats::ALERTS.iter().zip(e.alerts) {
+            if since != 0 {
+                let _ = writeln!(
+                    out,
+                    "pgflow_alert_firing_since_timestamp_seconds{{{l},alert=\"{alert}\"}} {}",
+                    unix_secs(since)
+                );
+            }
+        }
+    }
+    header(
+        &mut out,
         "pgflow_stats_reset_timestamp_seconds",
         "gauge",
         "When a queue's counters and histograms started (Unix time).",

@@ -3,7 +3,11 @@
 \pset format unaligned
 \pset footer off
 -- up_poison's settings are clamped by the update on purpose (fill.sql, api.sql).
-SELECT 'queue', q.* FROM pgflow.queue q WHERE q.queue_name <> 'up_poison' ORDER BY queue_id;
+-- 0.1.0's columns (0.2.0 appends the alert thresholds, NULL after the update).
+SELECT 'queue', q.queue_id, q.queue_name, q.visibility_timeout, q.max_retries, q.retry_delay,
+       q.retry_backoff, q.retry_delay_max, q.retry_jitter, q.archive_retention, q.default_priority,
+       q.dedup_window, q.notify, q.contract_version, q.msg_seq, q.archived_seq, q.created_at
+  FROM pgflow.queue q WHERE q.queue_name <> 'up_poison' ORDER BY queue_id;
 SELECT 'message', m.* FROM pgflow.message m ORDER BY queue_id, msg_id;
 SELECT 'archive', a.* FROM pgflow.archive a ORDER BY queue_id, msg_id;
 SELECT 'dead', d.* FROM pgflow.dead d ORDER BY queue_id, msg_id;
