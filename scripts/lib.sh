@@ -14,6 +14,7 @@ PG_MAJORS="15 16 17 18"
 PGMQ_SQL=$TOOLS/peers/pgmq-1.1.4.sql
 # The Python that draws the benchmark's plots (a venv with matplotlib from PyPI).
 PLOT_PYTHON=$TOOLS/plot/bin/python
+PROMTOOL=$TOOLS/promtool/promtool
 
 # Where a major's pg_config is once scripts/setup.sh has installed it. 15 is Debian's; 16, 17
 # and 18 come from PyPI wheels unpacked under $TOOLS/pgNN (see setup.sh for which and why).

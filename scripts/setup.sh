@@ -9,7 +9,8 @@
 #                           packages, the benchmark's peers and its plotting venv (its smoke
 #                           run is in the suite)
 #   setup.sh bench [MAJOR]  what `make bench` needs: one Postgres plus pgmq, PgQ and matplotlib
-#   setup.sh PART...        single parts: build, pg15, pg16, pg17, pg18, elixir, peers, plot
+#   setup.sh PART...        single parts: build, pg15, pg16, pg17, pg18, elixir, peers, plot,
+#                           promtool
 #   setup.sh abi-check MAJOR  compare an installed major's headers with its binaries again
 #
 # Where each Postgres comes from (no source packages: Debian no longer serves them):
@@ -195,6 +196,21 @@ part_plot() {
   "$TOOLS/plot/bin/pip" install -q --only-binary=:all: matplotlib==3.9.2 prometheus-client==0.26.0
 }
 
+# promtool, to check examples/prometheus/alerts.yml and lint the endpoint's output (the
+# metrics layer): taken out of Debian's prometheus package with dpkg-deb -x, not installed
+# (installing it would set up a Prometheus server).
+part_promtool() {
+  [ -x "$PROMTOOL" ] && return 0
+  local tmp; tmp=$(mktemp -d); chmod 777 "$tmp"  # apt's _apt user writes the download
+  if [ $apt_updated = 0 ]; then as_root apt-get update -qq; apt_updated=1; fi
+  log "apt-get download prometheus (for promtool, unpacked into $TOOLS/promtool)"
+  (cd "$tmp" && apt-get download -qq prometheus >/dev/null)
+  dpkg-deb -x "$tmp"/prometheus_*.deb "$tmp/x"
+  as_root mkdir -p "$TOOLS/promtool"
+  as_root cp "$tmp/x/usr/bin/promtool" "$PROMTOOL"
+  rm -rf "$tmp"
+}
+
 # cargo pgrx init, pointed at every installed major's pg_config (its own downloads fail here);
 # rerun only when the configuration lacks one of them.
 pgrx_init() {
@@ -217,14 +233,14 @@ case "$1" in
   demo) parts=(build "pg${2:-15}") ;;
   bench) parts=(build "pg${2:-15}" peers plot) ;;
   abi-check) abi_check "${2:?abi-check needs a major version}"; exit 0 ;;
-  test) parts=(build elixir peers plot); for v in $PG_MAJORS; do parts+=("pg$v"); done ;;
+  test) parts=(build elixir peers plot promtool); for v in $PG_MAJORS; do parts+=("pg$v"); done ;;
   *) parts=("$@") ;;
 esac
 as_root mkdir -p "$TOOLS"
 for p in "${parts[@]}"; do
   case "$p" in
-    build|pg15|pg16|pg17|pg18|elixir|peers|plot) "part_$p" ;;
-    *) die "setup.sh: unknown part '$p' (demo, test, bench, build, pg15..pg18, elixir, peers, plot)" ;;
+    build|pg15|pg16|pg17|pg18|elixir|peers|plot|promtool) "part_$p" ;;
+    *) die "setup.sh: unknown part '$p' (demo, test, bench, build, pg15..pg18, elixir, peers, plot, promtool)" ;;
   esac
 done
 pgrx_init

@@ -301,6 +301,52 @@ if any(dict(k[1]).get("database") == DB_B for k in own):
     fail("metrics_text shows another database")
 ok("metrics_text() equals the endpoint for its database")
 
+# promtool's linter on the endpoint's text (naming, HELP and TYPE lines, suffixes).
+lint = subprocess.run([os.environ["PROMTOOL"], "check", "metrics"], input=text,
+                      capture_output=True, text=True)
+if lint.returncode != 0 or lint.stdout.strip() or lint.stderr.strip():
+    fail(f"promtool check metrics: {lint.stdout}{lint.stderr}")
+ok("promtool check metrics finds nothing to say about the endpoint's text")
+
+# --- Alerts ----------------------------------------------------------------------------------
+# A listener on channel pgflow_alerts: psql prints a notification after the command during
+# which it arrived.
+listener = subprocess.Popen(
+    [PSQL, "-X", "-q", "-h", "127.0.0.1", "-p", PORT, "-U", "postgres", "-d", DB, "-c",
+     "LISTEN pgflow_alerts"] + ["-c", "SELECT pg_sleep(0.5)"] * 120,
+    stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
+notes = []
+threading.Thread(target=lambda: notes.extend(iter(listener.stdout.readline, "")), daemon=True).start()
+sql("SELECT pgflow.send('work', '{\"poison\": 1}')")
+sql("SELECT pgflow.nack('work', msg_id, 'poison', read_ct => read_ct) FROM pgflow.read('work', qty => 1)")
+poll("the poison message retried", lambda: drain("work"))
+poll("the poison message dead", lambda: int(one("SELECT count(*) FROM pgflow.dead")) > 0)
+bad = sql("SELECT pgflow.alter_queue('work', alert_dlq => -2)", check=False)
+if bad:
+    fail("alert_dlq -2 accepted")
+sql("SELECT pgflow.alter_queue('work', alert_dlq => 0, alert_age => '1 hour')")
+firing = poll("the dlq alert", lambda: sql(
+    "SELECT alert, value, threshold FROM pgflow.alerts() WHERE queue_name = 'work'"))
+if firing != [["dlq", "1", "0"]]:
+    fail(f"alerts(): {firing}")
+poll("the endpoint's alert line", lambda: sample(parse(scrape()), "pgflow_alert_firing_since_timestamp_seconds",
+                                                  database=DB, queue="work", alert="dlq"))
+poll("a firing notification", lambda: any('"state" : "firing"' in n and '"queue" : "work"' in n for n in notes))
+sql("SELECT pgflow.dlq_purge('work')")
+poll("the alert cleared", lambda: not sql("SELECT 1 FROM pgflow.alerts()"))
+poll("a resolved notification", lambda: any('"state" : "resolved"' in n for n in notes))
+if sample(parse(scrape()), "pgflow_alert_firing_since_timestamp_seconds", database=DB, queue="work",
+          alert="dlq") is not None:
+    fail("the endpoint still shows the cleared alert")
+listener.kill()
+log = open(os.path.join(os.environ["PGDATA_DIR"], "server.log")).read()
+if 'pgflow alert firing: queue "work" dlq' not in log or 'pgflow alert resolved: queue "work" dlq' not in log:
+    fail("no log line for the alert")
+sql("SELECT pgflow.alter_queue('work', alert_dlq => -1, alert_age => '0')")
+if sql("SELECT alert_dlq, alert_age FROM pgflow.list_queues() WHERE queue_name = 'work'") != [["", ""]]:
+    fail("alert thresholds not removed")
+ok("alert_dlq fires once (alerts(), a NOTIFY, a log line, the endpoint) and clears once")
+
 # --- Bad requests ----------------------------------------------------------------------------
 for request, want in ((b"garbage\r\n\r\n", "400"), (b"\x00\xff\xfe junk\r\n\r\n", "400"),
                       (b"POST /metrics HTTP/1.1\r\n\r\n", "405"),

@@ -5,7 +5,9 @@
 #    leases, dead letters, redrives, pops, purges), metrics() from shared memory agrees with
 #    metrics(exact => true), and the counters with what the clients did;
 #  - the endpoint, scraped with a real HTTP client and parsed with prometheus_client's parser,
-#    says the same as metrics() and as metrics_text();
+#    says the same as metrics() and as metrics_text(), and promtool's linter passes it;
+#  - an alert threshold fires once and clears once (alerts(), NOTIFY, the log, the endpoint);
+#  - examples/prometheus/alerts.yml passes promtool check rules;
 #  - bad requests get a short HTTP error and the endpoint keeps serving; 1,000 queues are
 #    served (the time is printed, not asserted);
 #  - pgflow.metrics_databases narrows what it serves;
@@ -26,5 +28,6 @@ trap 'cluster_stop "$ver" "$dir"' EXIT
 
 cluster_start "$ver" "$dir" "$port" \
   "pgflow.metrics_listen = '127.0.0.1:$mport'" "pgflow.tick = 200ms" "max_prepared_transactions = 4"
-PSQL="$bindir/psql" PGPORT=$port METRICS_PORT=$mport PGDATA_DIR=$dir \
+"$PROMTOOL" check rules "$ROOT/examples/prometheus/alerts.yml"
+PSQL="$bindir/psql" PGPORT=$port METRICS_PORT=$mport PROMTOOL=$PROMTOOL PGDATA_DIR=$dir \
   "$PLOT_PYTHON" "$(dirname "$0")/check.py"
