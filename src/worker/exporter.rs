@@ -1,6 +1,6 @@
 //! The Prometheus endpoint: a static background worker, registered when
 //! `pgflow.metrics_listen` is set, that serves `GET /metrics` (the text of `exposition.rs`)
-//! over plain HTTP/1.x.
+//! over plain HTTP/1.x, and `GET /`, a status page for people (`status_page.rs`).
 //!
 //! It connects to no database (only to shared memory, as the launcher does, so that it shows
 //! in pg_stat_activity): everything it prints is in shared memory, so a scrape runs no query,
@@ -22,8 +22,11 @@ use std::time::Duration;
 use pgrx::bgworkers::{BackgroundWorkerBuilder, BgWorkerStartTime};
 use pgrx::prelude::*;
 
-use super::{exposition, handle_interrupts, policy, setup_signals, SlotState, REGISTRY};
+use super::{
+    exposition, handle_interrupts, now, policy, setup_signals, status_page, SlotState, REGISTRY,
+};
 use crate::guc;
+use crate::ipc::stats;
 
 /// Bytes a request (line and headers) may take.
 const MAX_REQUEST: usize = 8192;
@@ -63,6 +66,7 @@ pub fn register() {
 #[derive(Debug, PartialEq, Eq)]
 pub enum Route {
     Metrics { head: bool },
+    Page { head: bool },
     Error(u16, &'static str),
 }
 
@@ -99,6 +103,7 @@ pub fn route(head: &[u8], complete: bool) -> Route {
     };
     match path {
         "/metrics" => Route::Metrics { head },
+        "/" => Route::Page { head },
         _ => Route::Error(404, "Not Found"),
     }
 }
@@ -165,7 +170,15 @@ fn served(dboid: u32) -> bool {
     policy::allows(list.as_deref(), &name)
 }
 
-fn serve(mut stream: TcpStream) {
+fn db_name(dboid: u32) -> String {
+    let reg = REGISTRY.share();
+    reg.slots
+        .iter()
+        .find(|s| s.state != SlotState::Free && s.dboid == dboid)
+        .map_or_else(|| dboid.to_string(), |s| s.name())
+}
+
+fn serve(mut stream: TcpStream, history: &status_page::History) {
     let _ = stream.set_nonblocking(false);
     let _ = stream.set_read_timeout(Some(READ_TIMEOUT));
     let _ = stream.set_write_timeout(Some(WRITE_TIMEOUT));
@@ -182,6 +195,17 @@ fn serve(mut stream: TcpStream) {
                 "OK",
                 "text/plain; version=0.0.4; charset=utf-8",
                 text.as_bytes(),
+                head,
+            );
+        }
+        Route::Page { head } => {
+            let page = status_page::render(&stats::snapshot(served), &db_name, history);
+            respond(
+                &mut stream,
+                200,
+                "OK",
+                "text/html; charset=utf-8",
+                page.as_bytes(),
                 head,
             );
         }
@@ -219,8 +243,14 @@ pub extern "C-unwind" fn pgflow_exporter_main(_arg: pg_sys::Datum) {
         unsafe { pg_sys::proc_exit(1) };
     }
     pgrx::log!("pgflow exporter listening on {addr}");
+    let mut history = status_page::History::default();
+    let mut sampled = 0i64;
     loop {
         handle_interrupts();
+        if now() - sampled >= status_page::SAMPLE_EVERY_US {
+            sampled = now();
+            history.sample(&stats::snapshot(served), sampled);
+        }
         unsafe {
             pg_sys::WaitLatchOrSocket(
                 pg_sys::MyLatch,
@@ -236,7 +266,7 @@ pub extern "C-unwind" fn pgflow_exporter_main(_arg: pg_sys::Datum) {
         }
         // Every connection waiting now, one at a time.
         while let Ok((stream, _)) = listener.accept() {
-            serve(stream);
+            serve(stream, &history);
             handle_interrupts();
         }
     }
@@ -261,6 +291,7 @@ mod tests {
             ok("GET /nope HTTP/1.1\r\n\r\n"),
             Route::Error(404, "Not Found")
         );
+        assert_eq!(ok("GET / HTTP/1.1\r\n\r\n"), Route::Page { head: false });
         assert_eq!(
             ok("POST /metrics HTTP/1.1\r\n\r\n"),
             Route::Error(405, "Method Not Allowed")

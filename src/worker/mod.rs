@@ -36,6 +36,7 @@ pub mod hook;
 pub mod launcher;
 pub mod maintainer;
 pub mod policy;
+pub mod status_page;
 
 /// Databases that can have a worker at once; a database beyond this gets none (the launcher
 /// logs a WARNING). Each slot takes about 170 bytes of shared memory.
