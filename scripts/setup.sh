@@ -10,7 +10,7 @@
 #                           run is in the suite)
 #   setup.sh bench [MAJOR]  what `make bench` needs: one Postgres plus pgmq, PgQ and matplotlib
 #   setup.sh PART...        single parts: build, pg15, pg16, pg17, pg18, elixir, peers, plot,
-#                           promtool
+#                           promtool, chromium
 #   setup.sh abi-check MAJOR  compare an installed major's headers with its binaries again
 #
 # Where each Postgres comes from (no source packages: Debian no longer serves them):
@@ -211,6 +211,11 @@ part_promtool() {
   rm -rf "$tmp"
 }
 
+# Debian's chromium, headless, to load the endpoint's status page in the metrics layer.
+part_chromium() {
+  apt_install chromium
+}
+
 # cargo pgrx init, pointed at every installed major's pg_config (its own downloads fail here);
 # rerun only when the configuration lacks one of them.
 pgrx_init() {
@@ -233,14 +238,14 @@ case "$1" in
   demo) parts=(build "pg${2:-15}") ;;
   bench) parts=(build "pg${2:-15}" peers plot) ;;
   abi-check) abi_check "${2:?abi-check needs a major version}"; exit 0 ;;
-  test) parts=(build elixir peers plot promtool); for v in $PG_MAJORS; do parts+=("pg$v"); done ;;
+  test) parts=(build elixir peers plot promtool chromium); for v in $PG_MAJORS; do parts+=("pg$v"); done ;;
   *) parts=("$@") ;;
 esac
 as_root mkdir -p "$TOOLS"
 for p in "${parts[@]}"; do
   case "$p" in
-    build|pg15|pg16|pg17|pg18|elixir|peers|plot|promtool) "part_$p" ;;
-    *) die "setup.sh: unknown part '$p' (demo, test, bench, build, pg15..pg18, elixir, peers, plot, promtool)" ;;
+    build|pg15|pg16|pg17|pg18|elixir|peers|plot|promtool|chromium) "part_$p" ;;
+    *) die "setup.sh: unknown part '$p' (demo, test, bench, build, pg15..pg18, elixir, peers, plot, promtool, chromium)" ;;
   esac
 done
 pgrx_init

@@ -35,7 +35,7 @@ parts=(build)
 for v in $versions; do parts+=("pg$v"); done
 want elixir && parts+=(elixir)
 want bench && parts+=(peers plot)
-want metrics && parts+=(plot promtool)
+want metrics && parts+=(plot promtool chromium)
 "$ROOT/scripts/setup.sh" "${parts[@]}"
 
 failed=()

@@ -12,6 +12,7 @@ import threading
 import time
 import urllib.error
 import urllib.request
+from html.parser import HTMLParser
 
 from prometheus_client.parser import text_string_to_metric_families
 
@@ -104,6 +105,44 @@ def parse(text):
 
 def sample(samples, name, **labels):
     return samples.get((name, frozenset(labels.items())))
+
+
+class Rows(HTMLParser):
+    """The status page's queue rows: {queue: {cell class: text}}."""
+
+    def __init__(self):
+        super().__init__()
+        self.rows, self.row, self.cell = {}, None, None
+
+    def handle_starttag(self, tag, attrs):
+        a = dict(attrs)
+        if tag == "tr" and "data-queue" in a:
+            self.row = self.rows.setdefault((a["data-database"], a["data-queue"]), {})
+        elif tag == "td" and self.row is not None:
+            self.cell = a.get("class")
+            if self.cell:
+                self.row[self.cell] = ""
+
+    def handle_endtag(self, tag):
+        if tag == "td":
+            self.cell = None
+        elif tag == "tr":
+            self.row = None
+
+    def handle_data(self, data):
+        if self.row is not None and self.cell:
+            self.row[self.cell] += data.strip()
+
+
+def chromium(*args):
+    """Headless Chromium (Debian's), as the issue asks; returns its stdout."""
+    p = subprocess.run(
+        ["chromium", "--headless", "--no-sandbox", "--disable-gpu",
+         "--disable-background-networking", f"--user-data-dir={os.environ['OUT_DIR']}/chromium",
+         *args], capture_output=True, text=True, timeout=120)
+    if p.returncode != 0:
+        fail(f"chromium {args}: {p.stderr[-2000:]}")
+    return p.stdout
 
 
 def raw(request, read_timeout=30.0):
@@ -332,6 +371,25 @@ if firing != [["dlq", "1", "0"]]:
 poll("the endpoint's alert line", lambda: sample(parse(scrape()), "pgflow_alert_firing_since_timestamp_seconds",
                                                   database=DB, queue="work", alert="dlq"))
 poll("a firing notification", lambda: any('"state" : "firing"' in n and '"queue" : "work"' in n for n in notes))
+# The status page, loaded in headless Chromium while the alert fires: its numbers are
+# metrics()'s, and a screenshot goes to the test's output.
+def page_agrees():
+    rows = Rows()
+    rows.feed(chromium("--dump-dom", f"http://127.0.0.1:{MPORT}/"))
+    row = rows.rows.get((DB, "work"))
+    m = metrics("work", "true")
+    want = {"ready": m["visible"], "delayed": m["delayed"], "in_flight": m["in_flight"],
+            "waiting": m["waiting"], "dead": m["dlq_length"], "alert": "dlq"}
+    return row is not None and all(row.get(k) == v for k, v in want.items()) and row
+
+
+row = poll("the status page showing metrics() and the alert", page_agrees)
+shot = os.path.join(os.environ["OUT_DIR"], "status-page.png")
+chromium(f"--screenshot={shot}", "--window-size=1500,700", "--hide-scrollbars",
+         f"http://127.0.0.1:{MPORT}/")
+if not os.path.getsize(shot):
+    fail("no screenshot")
+ok(f"headless Chromium shows the page's numbers equal to metrics() ({row}); screenshot {shot}")
 sql("SELECT pgflow.dlq_purge('work')")
 poll("the alert cleared", lambda: not sql("SELECT 1 FROM pgflow.alerts()"))
 poll("a resolved notification", lambda: any('"state" : "resolved"' in n for n in notes))
@@ -358,11 +416,11 @@ for request, want in ((b"garbage\r\n\r\n", "400"), (b"\x00\xff\xfe junk\r\n\r\n"
         fail(f"{request[:30]!r}: {status!r}, want {want}")
 raw(b"")  # connects and says nothing
 try:
-    urllib.request.urlopen(f"http://127.0.0.1:{MPORT}/", timeout=30)
-    fail("/ answered 200")
+    urllib.request.urlopen(f"http://127.0.0.1:{MPORT}/nothing", timeout=30)
+    fail("/nothing answered 200")
 except urllib.error.HTTPError as e:
     if e.code != 404:
-        fail(f"/: {e.code}")
+        fail(f"/nothing: {e.code}")
 scrape()
 ok("bad requests get 400, 404, 405, 408 and 431, and the endpoint keeps serving")
 

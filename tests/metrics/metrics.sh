@@ -7,6 +7,8 @@
 #  - the endpoint, scraped with a real HTTP client and parsed with prometheus_client's parser,
 #    says the same as metrics() and as metrics_text(), and promtool's linter passes it;
 #  - an alert threshold fires once and clears once (alerts(), NOTIFY, the log, the endpoint);
+#  - the status page at /, loaded in headless Chromium, shows metrics()'s numbers and the alert
+#    (a screenshot goes to /tmp/pgflow-out-VERSION/metrics/status-page.png);
 #  - examples/prometheus/alerts.yml passes promtool check rules;
 #  - bad requests get a short HTTP error and the endpoint keeps serving; 1,000 queues are
 #    served (the time is printed, not asserted);
@@ -29,5 +31,7 @@ trap 'cluster_stop "$ver" "$dir"' EXIT
 cluster_start "$ver" "$dir" "$port" \
   "pgflow.metrics_listen = '127.0.0.1:$mport'" "pgflow.tick = 200ms" "max_prepared_transactions = 4"
 "$PROMTOOL" check rules "$ROOT/examples/prometheus/alerts.yml"
-PSQL="$bindir/psql" PGPORT=$port METRICS_PORT=$mport PROMTOOL=$PROMTOOL PGDATA_DIR=$dir \
+out=/tmp/pgflow-out-$ver/metrics
+rm -rf "$out"; mkdir -p "$out"
+PSQL="$bindir/psql" PGPORT=$port METRICS_PORT=$mport PROMTOOL=$PROMTOOL PGDATA_DIR=$dir OUT_DIR=$out \
   "$PLOT_PYTHON" "$(dirname "$0")/check.py"
