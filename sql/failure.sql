@@ -193,6 +193,43 @@ BEGIN
      LIMIT qty;
 END $$;
 
+-- dlq_list_all: the dead letters of every queue the caller administers (every queue for
+-- pgflow_admin), with their queue's name, oldest death first: an operator's view across
+-- queues.
+CREATE FUNCTION pgflow.dlq_list_all(qty integer DEFAULT 100)
+RETURNS TABLE (queue_name text, msg_id bigint, read_ct integer, enqueued_at timestamptz,
+               died_at timestamptz, reason text, first_error text, last_error text,
+               errors jsonb, message jsonb, headers jsonb)
+LANGUAGE plpgsql STABLE AS $$
+DECLARE
+    v_all boolean := pgflow._caller_class() = 2;
+BEGIN
+    PERFORM pgflow._check_int(qty, 'qty', 1);
+    RETURN QUERY
+    SELECT q.queue_name, d.msg_id, d.read_ct, d.enqueued_at, d.died_at, d.reason,
+           d.errors -> 0 ->> 'error', d.errors -> -1 ->> 'error', d.errors, d.message, d.headers
+      FROM pgflow.dead d
+      JOIN pgflow.queue q ON q.queue_id = d.queue_id
+     WHERE v_all OR pgflow._may(q.queue_id, 'admin')
+     ORDER BY d.died_at, q.queue_name, d.msg_id
+     LIMIT qty;
+END $$;
+
+-- dlq_delete: remove dead letters by id, without redriving them. Returns the ids removed; an
+-- id not in the queue's dead-letter queue is skipped.
+CREATE FUNCTION pgflow.dlq_delete(queue_name text, msg_ids bigint[])
+RETURNS SETOF bigint
+LANGUAGE plpgsql VOLATILE AS $$
+DECLARE
+    q pgflow.queue := pgflow._queue(queue_name, 'admin');
+BEGIN
+    PERFORM pgflow._require(msg_ids, 'msg_ids');
+    RETURN QUERY
+    DELETE FROM pgflow.dead d
+     WHERE d.queue_id = q.queue_id AND d.msg_id = ANY (msg_ids)
+    RETURNING d.msg_id;
+END $$;
+
 -- dlq_retry (a set): move dead letters back into their queue as new messages (new ids, read_ct
 -- 0, deliverable at once), in the caller's transaction. msg_ids NULL means all, died_before
 -- narrows to older deaths. Returns each dead letter's id and its new id. Two concurrent

@@ -1128,6 +1128,22 @@ BEGIN
     RETURNING m.msg_id;
 END $function$;
 
+CREATE OR REPLACE FUNCTION pgflow.dlq_delete(queue_name text, msg_ids bigint[])
+ RETURNS SETOF bigint
+ LANGUAGE plpgsql
+ SECURITY DEFINER
+ SET search_path TO 'pg_catalog', 'pgflow', 'pg_temp'
+AS $function$
+DECLARE
+    q pgflow.queue := pgflow._queue(queue_name, 'admin');
+BEGIN
+    PERFORM pgflow._require(msg_ids, 'msg_ids');
+    RETURN QUERY
+    DELETE FROM pgflow.dead d
+     WHERE d.queue_id = q.queue_id AND d.msg_id = ANY (msg_ids)
+    RETURNING d.msg_id;
+END $function$;
+
 CREATE OR REPLACE FUNCTION pgflow.dlq_list(queue_name text, qty integer DEFAULT 100)
  RETURNS SETOF pgflow.dead_message
  LANGUAGE plpgsql
@@ -1144,6 +1160,26 @@ BEGIN
       FROM pgflow.dead d
      WHERE d.queue_id = q.queue_id
      ORDER BY d.died_at, d.msg_id
+     LIMIT qty;
+END $function$;
+
+CREATE OR REPLACE FUNCTION pgflow.dlq_list_all(qty integer DEFAULT 100)
+ RETURNS TABLE(queue_name text, msg_id bigint, read_ct integer, enqueued_at timestamp with time zone, died_at timestamp with time zone, reason text, first_error text, last_error text, errors jsonb, message jsonb, headers jsonb)
+ LANGUAGE plpgsql
+ STABLE SECURITY DEFINER
+ SET search_path TO 'pg_catalog', 'pgflow', 'pg_temp'
+AS $function$
+DECLARE
+    v_all boolean := pgflow._caller_class() = 2;
+BEGIN
+    PERFORM pgflow._check_int(qty, 'qty', 1);
+    RETURN QUERY
+    SELECT q.queue_name, d.msg_id, d.read_ct, d.enqueued_at, d.died_at, d.reason,
+           d.errors -> 0 ->> 'error', d.errors -> -1 ->> 'error', d.errors, d.message, d.headers
+      FROM pgflow.dead d
+      JOIN pgflow.queue q ON q.queue_id = d.queue_id
+     WHERE v_all OR pgflow._may(q.queue_id, 'admin')
+     ORDER BY d.died_at, q.queue_name, d.msg_id
      LIMIT qty;
 END $function$;
 
