@@ -232,16 +232,18 @@ pub extern "C-unwind" fn pgflow_exporter_main(_arg: pg_sys::Datum) {
     }
     let Some(addr) = listen_address() else { return };
     let listener = match TcpListener::bind(&addr) {
-        Ok(l) => l,
+        Ok(l) => l.set_nonblocking(true).is_ok().then_some(l),
         Err(e) => {
-            // Exits with 1: the postmaster tries again after the restart time.
             pgrx::warning!("pgflow exporter: cannot listen on \"{addr}\": {e}");
-            unsafe { pg_sys::proc_exit(1) };
+            None
         }
     };
-    if listener.set_nonblocking(true).is_err() {
+    let Some(listener) = listener else {
+        // Exits with 1: the postmaster tries again after the restart time.
         unsafe { pg_sys::proc_exit(1) };
-    }
+        #[allow(unreachable_code)] // proc_exit returns `!` in some majors' bindings only
+        return;
+    };
     pgrx::log!("pgflow exporter listening on {addr}");
     let mut history = status_page::History::default();
     let mut sampled = 0i64;
