@@ -1397,6 +1397,7 @@ CREATE OR REPLACE FUNCTION pgflow.metrics(queue_name text, exact boolean DEFAULT
  RETURNS SETOF pgflow.queue_metrics
  LANGUAGE plpgsql
  SECURITY DEFINER
+ SET jit TO 'off'
  SET search_path TO 'pg_catalog', 'pgflow', 'pg_temp'
 AS $function$
 BEGIN
@@ -1833,6 +1834,7 @@ END $function$;
 CREATE OR REPLACE FUNCTION pgflow._alert_values(p_now timestamp with time zone)
  RETURNS TABLE(queue_id integer, queue_name text, alert text, value double precision, threshold double precision)
  LANGUAGE sql
+ SET jit TO 'off'
 AS $function$
     SELECT q.queue_id, q.queue_name, a.alert, a.value, a.threshold
       FROM pgflow.queue q
@@ -2072,6 +2074,7 @@ CREATE OR REPLACE FUNCTION pgflow.metrics_all(exact boolean DEFAULT false)
  RETURNS SETOF pgflow.queue_metrics
  LANGUAGE sql
  SECURITY DEFINER
+ SET jit TO 'off'
  SET search_path TO 'pg_catalog', 'pgflow', 'pg_temp'
 AS $function$
     SELECT * FROM pgflow._metrics(NULL, clock_timestamp(), coalesce(exact, false));
