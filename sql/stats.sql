@@ -62,12 +62,22 @@ CREATE FUNCTION pgflow._stats_tick(OUT rebuilt boolean, OUT horizon_age float8,
 LANGUAGE plpgsql VOLATILE AS $$
 BEGIN
     rebuilt := false;
-    IF pgflow._stats_enabled()
-       AND pgflow._stats_needs_rebuild(ARRAY(SELECT q.queue_id FROM pgflow.queue q)) THEN
-        rebuilt := pgflow._stats_rebuild();
-    END IF;
-    PERFORM pgflow._alerts_check();
-    SELECT coalesce(extract(epoch FROM clock_timestamp() - h.since)::float8, 0), h.xmin_age
+    horizon_age := 0;
+    horizon_xmin_age := 0;
+    -- A failure here (a statement_timeout set on the database, say) is a WARNING: it must not
+    -- end the worker, whose maintenance round comes next.
+    BEGIN
+        IF pgflow._stats_enabled()
+           AND pgflow._stats_needs_rebuild(ARRAY(SELECT q.queue_id FROM pgflow.queue q)) THEN
+            rebuilt := pgflow._stats_rebuild();
+        END IF;
+        PERFORM pgflow._alerts_check();
+    EXCEPTION WHEN query_canceled OR OTHERS THEN
+        RAISE WARNING 'pgflow: the statistics and alerts step failed, the maintenance goes on: % (%)',
+            SQLERRM, SQLSTATE;
+    END;
+    SELECT coalesce(extract(epoch FROM clock_timestamp() - h.since)::float8, 0),
+           coalesce(h.xmin_age, 0)
       INTO horizon_age, horizon_xmin_age
       FROM pgflow.horizon() h
      LIMIT 1;
