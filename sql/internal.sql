@@ -79,7 +79,9 @@ CREATE TYPE pgflow.queue_metrics AS (
     wait_p99_sec       double precision,
     end_to_end_p50_sec double precision,  -- enqueue to archive
     end_to_end_p99_sec double precision,
-    stats_reset_at     timestamptz        -- since when the counters and histograms count
+    stats_reset_at     timestamptz,       -- since when the counters and histograms count
+    processing_p50_sec double precision,  -- delivery to archive (when the session that leased it archives it)
+    processing_p99_sec double precision
 );
 
 -- What holds back the xmin horizon, as horizon returns it.

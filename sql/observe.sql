@@ -61,7 +61,8 @@ LANGUAGE sql VOLATILE AS $$
            h.holder || coalesce(' ' || h.pid, '') || ': ' || h.detail,
            st.ready IS NULL,
            c.sent, c.delivered, c.archived, c.deleted, c.nacked, c.expired, c.dead_lettered,
-           c.redriven, c.wait_p50, c.wait_p99, c.end_to_end_p50, c.end_to_end_p99, c.reset_at
+           c.redriven, c.wait_p50, c.wait_p99, c.end_to_end_p50, c.end_to_end_p99, c.reset_at,
+           c.processing_p50, c.processing_p99
       FROM pgflow.queue q
       -- The oldest holder of the horizon, looked up once for all queues.
       LEFT JOIN (SELECT * FROM pgflow.horizon() LIMIT 1) h ON true

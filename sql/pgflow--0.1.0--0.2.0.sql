@@ -66,6 +66,8 @@ ALTER TYPE pgflow.queue_metrics ADD ATTRIBUTE wait_p99_sec double precision;
 ALTER TYPE pgflow.queue_metrics ADD ATTRIBUTE end_to_end_p50_sec double precision;
 ALTER TYPE pgflow.queue_metrics ADD ATTRIBUTE end_to_end_p99_sec double precision;
 ALTER TYPE pgflow.queue_metrics ADD ATTRIBUTE stats_reset_at timestamp with time zone;
+ALTER TYPE pgflow.queue_metrics ADD ATTRIBUTE processing_p50_sec double precision;
+ALTER TYPE pgflow.queue_metrics ADD ATTRIBUTE processing_p99_sec double precision;
 
 -- Functions, new or changed (C, PL/pgSQL, SQL, then BEGIN ATOMIC bodies).
 CREATE OR REPLACE FUNCTION pgflow._caller()
@@ -175,7 +177,7 @@ CREATE OR REPLACE FUNCTION pgflow._ready(queue_id integer, seq oid, priority sma
 AS 'MODULE_PATHNAME', $function$_ready_wrapper$function$;
 
 CREATE OR REPLACE FUNCTION pgflow._stats(queue_id integer)
- RETURNS TABLE(valid boolean, ready bigint, delayed bigint, in_flight bigint, waiting bigint, dead bigint, archived_rows bigint, sent bigint, delivered bigint, archived bigint, deleted bigint, nacked bigint, expired bigint, dead_lettered bigint, redriven bigint, wait_p50 double precision, wait_p99 double precision, end_to_end_p50 double precision, end_to_end_p99 double precision, reset_at timestamp with time zone)
+ RETURNS TABLE(valid boolean, ready bigint, delayed bigint, in_flight bigint, waiting bigint, dead bigint, archived_rows bigint, sent bigint, delivered bigint, archived bigint, deleted bigint, nacked bigint, expired bigint, dead_lettered bigint, redriven bigint, wait_p50 double precision, wait_p99 double precision, end_to_end_p50 double precision, end_to_end_p99 double precision, processing_p50 double precision, processing_p99 double precision, reset_at timestamp with time zone)
  LANGUAGE c
  STRICT
 AS 'MODULE_PATHNAME', $function$_stats_wrapper$function$;
@@ -834,12 +836,22 @@ CREATE OR REPLACE FUNCTION pgflow._stats_tick(OUT rebuilt boolean, OUT horizon_a
 AS $function$
 BEGIN
     rebuilt := false;
-    IF pgflow._stats_enabled()
-       AND pgflow._stats_needs_rebuild(ARRAY(SELECT q.queue_id FROM pgflow.queue q)) THEN
-        rebuilt := pgflow._stats_rebuild();
-    END IF;
-    PERFORM pgflow._alerts_check();
-    SELECT coalesce(extract(epoch FROM clock_timestamp() - h.since)::float8, 0), h.xmin_age
+    horizon_age := 0;
+    horizon_xmin_age := 0;
+    -- A failure here (a statement_timeout set on the database, say) is a WARNING: it must not
+    -- end the worker, whose maintenance round comes next.
+    BEGIN
+        IF pgflow._stats_enabled()
+           AND pgflow._stats_needs_rebuild(ARRAY(SELECT q.queue_id FROM pgflow.queue q)) THEN
+            rebuilt := pgflow._stats_rebuild();
+        END IF;
+        PERFORM pgflow._alerts_check();
+    EXCEPTION WHEN query_canceled OR OTHERS THEN
+        RAISE WARNING 'pgflow: the statistics and alerts step failed, the maintenance goes on: % (%)',
+            SQLERRM, SQLSTATE;
+    END;
+    SELECT coalesce(extract(epoch FROM clock_timestamp() - h.since)::float8, 0),
+           coalesce(h.xmin_age, 0)
       INTO horizon_age, horizon_xmin_age
       FROM pgflow.horizon() h
      LIMIT 1;
@@ -1933,7 +1945,8 @@ AS $function$
            h.holder || coalesce(' ' || h.pid, '') || ': ' || h.detail,
            st.ready IS NULL,
            c.sent, c.delivered, c.archived, c.deleted, c.nacked, c.expired, c.dead_lettered,
-           c.redriven, c.wait_p50, c.wait_p99, c.end_to_end_p50, c.end_to_end_p99, c.reset_at
+           c.redriven, c.wait_p50, c.wait_p99, c.end_to_end_p50, c.end_to_end_p99, c.reset_at,
+           c.processing_p50, c.processing_p99
       FROM pgflow.queue q
       -- The oldest holder of the horizon, looked up once for all queues.
       LEFT JOIN (SELECT * FROM pgflow.horizon() LIMIT 1) h ON true

@@ -18,6 +18,7 @@ enum Table {
 /// `dead` for the first four (sql/schema.sql; a test checks them).
 const QUEUE_ID: i32 = 1;
 const READ_CT: i32 = 2;
+const MSG_ID: i32 = 3;
 const ENQUEUED_AT: i32 = 4;
 /// `message.state`; `archive.archived_at`.
 const STATE: i32 = 7;
@@ -33,6 +34,16 @@ unsafe fn attr<T: FromDatum>(
         let d = pg_sys::heap_getattr(tuple, n, desc, &mut isnull);
         T::from_polymorphic_datum(d, isnull, pg_sys::InvalidOid)
     }
+}
+
+/// Deliveries this session made, (queue, message) to when, so that its archive of the message
+/// can observe the processing time. Not transactional (a delivery rolled back leaves an entry
+/// that its next delivery or archive replaces) and bounded: at `LEASED_MAX` entries (a session
+/// that leases what others archive) it starts over.
+const LEASED_MAX: usize = 65_536;
+thread_local! {
+    static LEASED: std::cell::RefCell<std::collections::HashMap<(i32, i64), i64>> =
+        std::cell::RefCell::new(std::collections::HashMap::new());
 }
 
 fn gauge_of(state: i8) -> Option<usize> {
@@ -119,6 +130,15 @@ fn _stats_note<'a>(
                 );
                 if rn > ro {
                     d.events[stats::DELIVERED] += i64::from(rn - ro);
+                    if let Some(id) = attr::<i64>(row, desc, MSG_ID) {
+                        LEASED.with(|l| {
+                            let mut l = l.borrow_mut();
+                            if l.len() >= LEASED_MAX {
+                                l.clear();
+                            }
+                            l.insert((queue_id, id), now);
+                        });
+                    }
                     if ro == 0 {
                         if let Some(at) = attr::<i64>(row, desc, ENQUEUED_AT) {
                             d.observe(stats::WAIT, now - at);
@@ -152,6 +172,14 @@ fn _stats_note<'a>(
                     attr::<i64>(row, desc, ARCHIVED_AT),
                 ) {
                     d.observe(stats::END_TO_END, to - from);
+                }
+                if let (Some(id), Some(to)) = (
+                    attr::<i64>(row, desc, MSG_ID),
+                    attr::<i64>(row, desc, ARCHIVED_AT),
+                ) {
+                    if let Some(at) = LEASED.with(|l| l.borrow_mut().remove(&(queue_id, id))) {
+                        d.observe(stats::PROCESSING, to - at);
+                    }
                 }
             }
             (Table::Archive, false, false) => d.gauges[stats::ARCHIVED_ROWS] -= 1,
@@ -306,6 +334,8 @@ fn _stats(
         name!(wait_p99, Option<f64>),
         name!(end_to_end_p50, Option<f64>),
         name!(end_to_end_p99, Option<f64>),
+        name!(processing_p50, Option<f64>),
+        name!(processing_p99, Option<f64>),
         name!(reset_at, Option<TimestampWithTimeZone>),
     ),
 > {
@@ -332,6 +362,8 @@ fn _stats(
             crate::worker::exposition::quantile(&e.hist[stats::WAIT], 0.99),
             crate::worker::exposition::quantile(&e.hist[stats::END_TO_END], 0.5),
             crate::worker::exposition::quantile(&e.hist[stats::END_TO_END], 0.99),
+            crate::worker::exposition::quantile(&e.hist[stats::PROCESSING], 0.5),
+            crate::worker::exposition::quantile(&e.hist[stats::PROCESSING], 0.99),
             TimestampWithTimeZone::try_from(e.reset_at).ok(),
         )
     });

@@ -6,8 +6,10 @@
 //!   archived rows;
 //! - **counters** since the entry's `reset_at`: sent, delivered, archived, deleted, nacked,
 //!   expired, dead-lettered, redriven;
-//! - **histograms** with log-spaced buckets: the wait from enqueue to first delivery, and the
-//!   time from enqueue to archive (end to end).
+//! - **histograms** with log-spaced buckets: the wait from enqueue to first delivery, the
+//!   processing time from delivery to archive (observed when the session that leased a message
+//!   archives it: `api::stats` keeps each session's recent deliveries), and the time from
+//!   enqueue to archive (end to end).
 //!
 //! **Where the numbers come from.** A C row trigger on `pgflow.message`, `pgflow.archive` and
 //! `pgflow.dead` (`api::stats`) notes each row's state change in this backend's pending
@@ -82,9 +84,10 @@ pub const REDRIVEN: usize = 7;
 pub const ALERTS: [&str; 3] = ["dlq", "age", "depth"];
 
 /// Histogram names, in `hist` order.
-pub const HISTOGRAMS: [&str; 2] = ["wait", "end_to_end"];
+pub const HISTOGRAMS: [&str; 3] = ["wait", "processing", "end_to_end"];
 pub const WAIT: usize = 0;
-pub const END_TO_END: usize = 1;
+pub const PROCESSING: usize = 1;
+pub const END_TO_END: usize = 2;
 /// Upper bounds of the buckets, in microseconds (1 ms to 1 h, log-spaced); one more bucket
 /// takes everything above.
 pub const BOUNDS_US: [i64; 14] = [

@@ -126,16 +126,23 @@ pub fn render(
             let _ = writeln!(out, "pgflow_messages_total{{{l},event=\"{event}\"}} {v}");
         }
     }
-    for (h, (name, help)) in [
+    for (h, name, help) in [
         (
+            stats::WAIT,
             "pgflow_wait_seconds",
             "Time from enqueue to first delivery.",
         ),
-        ("pgflow_end_to_end_seconds", "Time from enqueue to archive."),
-    ]
-    .iter()
-    .enumerate()
-    {
+        (
+            stats::PROCESSING,
+            "pgflow_processing_seconds",
+            "Time from delivery to archive, when the session that leased a message archives it.",
+        ),
+        (
+            stats::END_TO_END,
+            "pgflow_end_to_end_seconds",
+            "Time from enqueue to archive.",
+        ),
+    ] {
         header(&mut out, name, "histogram", help);
         for (e, l) in entries.iter().zip(&labels) {
             let hist = &e.hist[h];

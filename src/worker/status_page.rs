@@ -156,7 +156,8 @@ pub fn render(entries: &[Entry], db_name: &dyn Fn(u32) -> String, history: &Hist
         "<table id=\"queues\"><thead><tr><th>database</th><th>queue</th><th>ready</th>\
          <th>delayed</th><th>in flight</th><th>waiting</th><th>dead</th><th>sent/s</th>\
          <th>delivered/s</th><th>archived/s</th><th>wait p50</th><th>wait p99</th>\
-         <th>end to end p99</th><th>alerts</th><th>depth</th></tr></thead><tbody>\n",
+         <th>processing p99</th><th>end to end p99</th><th>alerts</th><th>depth</th></tr></thead>\
+         <tbody>\n",
     );
     for e in entries {
         let key = (e.dboid, e.queue_id);
@@ -183,7 +184,7 @@ pub fn render(entries: &[Entry], db_name: &dyn Fn(u32) -> String, history: &Hist
              <td class=\"name\">{q}</td><td class=\"ready\">{}</td><td class=\"delayed\">{}</td>\
              <td class=\"in_flight\">{}</td><td class=\"waiting\">{}</td><td class=\"dead\">{}</td>\
              <td class=\"sent\">{sent}</td><td class=\"delivered\">{delivered}</td>\
-             <td class=\"archived\">{archived}</td><td>{}</td><td>{}</td><td>{}</td>\
+             <td class=\"archived\">{archived}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td>\
              <td class=\"alert\">{}</td><td>{}</td></tr>",
             g(stats::READY),
             g(stats::DELAYED),
@@ -192,6 +193,7 @@ pub fn render(entries: &[Entry], db_name: &dyn Fn(u32) -> String, history: &Hist
             g(stats::DEAD),
             secs(quantile(&e.hist[stats::WAIT], 0.5)),
             secs(quantile(&e.hist[stats::WAIT], 0.99)),
+            secs(quantile(&e.hist[stats::PROCESSING], 0.99)),
             secs(quantile(&e.hist[stats::END_TO_END], 0.99)),
             alerts.join(" "),
             history.chart(key),

@@ -324,6 +324,10 @@ if not count or count != inf:
 e2e = sample(s, "pgflow_end_to_end_seconds_count", **lab)
 if e2e != c["archived"]:
     fail(f"end-to-end histogram count {e2e}, archived {c['archived']}")
+# Every archive of 'work' came from the session that had leased the message.
+processing = sample(s, "pgflow_processing_seconds_count", **lab)
+if processing != c["archived"]:
+    fail(f"processing histogram count {processing}, archived {c['archived']}")
 if sample(s, "pgflow_worker_up", database=DB, state="running") != 1:
     fail("pgflow_worker_up")
 if sample(s, "pgflow_queue_messages", database=DB_B, queue="b_queue", state="ready") != 0:

@@ -39,6 +39,11 @@ SELECT pgflow.delete('stats_q', 5::bigint) AS rolled_back_id, pgflow.delete('sta
 SELECT pg_temp.depths('stats_q', false) AS from_stats, pg_temp.depths('stats_q', true) AS counted;
 SELECT pg_temp.counters('stats_q');
 
+-- This session leased and archived message 1: its processing time was observed.
+SELECT processing_p50_sec IS NOT NULL AS processing_observed, wait_p50_sec IS NOT NULL AS wait_observed,
+       end_to_end_p50_sec IS NOT NULL AS end_to_end_observed
+  FROM pgflow.metrics('stats_q');
+
 -- Alerts: one dead letter is over alert_dlq 0; one deliverable message is not over
 -- alert_depth 2. The worker's check, run here by hand at a chosen now.
 SELECT * FROM pgflow._alerts_check('2030-01-01+00');
