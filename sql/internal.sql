@@ -81,7 +81,8 @@ CREATE TYPE pgflow.queue_metrics AS (
     end_to_end_p99_sec double precision,
     stats_reset_at     timestamptz,       -- since when the counters and histograms count
     processing_p50_sec double precision,  -- delivery to archive (when the session that leased it archives it)
-    processing_p99_sec double precision
+    processing_p99_sec double precision,
+    oldest_ready_age_sec double precision -- age of the oldest ready message (statistics: as of the worker's last tick)
 );
 
 -- What holds back the xmin horizon, as horizon returns it.

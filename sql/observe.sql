@@ -62,13 +62,15 @@ LANGUAGE sql VOLATILE AS $$
            st.ready IS NULL,
            c.sent, c.delivered, c.archived, c.deleted, c.nacked, c.expired, c.dead_lettered,
            c.redriven, c.wait_p50, c.wait_p99, c.end_to_end_p50, c.end_to_end_p99, c.reset_at,
-           c.processing_p50, c.processing_p99
+           c.processing_p50, c.processing_p99,
+           extract(epoch FROM p_now - coalesce(s.oldest_ready, st.oldest_ready_at))::double precision
       FROM pgflow.queue q
       -- The oldest holder of the horizon, looked up once for all queues.
       LEFT JOIN (SELECT * FROM pgflow.horizon() LIMIT 1) h ON true
       LEFT JOIN LATERAL (SELECT * FROM pgflow._stats(q.queue_id)) c ON true
       -- The gauges, when they are exact and wanted.
-      LEFT JOIN LATERAL (SELECT c.ready, c.delayed, c.in_flight, c.waiting, c.dead, c.archived_rows
+      LEFT JOIN LATERAL (SELECT c.ready, c.delayed, c.in_flight, c.waiting, c.dead, c.archived_rows,
+                                c.oldest_ready_at
                           WHERE c.valid AND NOT p_exact) st ON true
       -- Otherwise the rows, counted (the WHERE on st is a one-time filter: no scan when the
       -- gauges are used).
@@ -80,7 +82,8 @@ LANGUAGE sql VOLATILE AS $$
                count(*) FILTER (WHERE m.state = 'd' AND m.vt > p_now) AS delayed,
                count(*) FILTER (WHERE m.state = 'g') AS waiting,
                min(m.enqueued_at) AS oldest,
-               max(m.enqueued_at) AS newest
+               max(m.enqueued_at) AS newest,
+               min(m.enqueued_at) FILTER (WHERE m.state = 'r') AS oldest_ready
           FROM pgflow.message m
          WHERE m.queue_id = q.queue_id AND st.ready IS NULL
       ) s ON true

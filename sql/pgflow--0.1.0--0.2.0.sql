@@ -68,6 +68,7 @@ ALTER TYPE pgflow.queue_metrics ADD ATTRIBUTE end_to_end_p99_sec double precisio
 ALTER TYPE pgflow.queue_metrics ADD ATTRIBUTE stats_reset_at timestamp with time zone;
 ALTER TYPE pgflow.queue_metrics ADD ATTRIBUTE processing_p50_sec double precision;
 ALTER TYPE pgflow.queue_metrics ADD ATTRIBUTE processing_p99_sec double precision;
+ALTER TYPE pgflow.queue_metrics ADD ATTRIBUTE oldest_ready_age_sec double precision;
 
 -- Functions, new or changed (C, PL/pgSQL, SQL, then BEGIN ATOMIC bodies).
 CREATE OR REPLACE FUNCTION pgflow._caller()
@@ -177,7 +178,7 @@ CREATE OR REPLACE FUNCTION pgflow._ready(queue_id integer, seq oid, priority sma
 AS 'MODULE_PATHNAME', $function$_ready_wrapper$function$;
 
 CREATE OR REPLACE FUNCTION pgflow._stats(queue_id integer)
- RETURNS TABLE(valid boolean, ready bigint, delayed bigint, in_flight bigint, waiting bigint, dead bigint, archived_rows bigint, sent bigint, delivered bigint, archived bigint, deleted bigint, nacked bigint, expired bigint, dead_lettered bigint, redriven bigint, wait_p50 double precision, wait_p99 double precision, end_to_end_p50 double precision, end_to_end_p99 double precision, processing_p50 double precision, processing_p99 double precision, reset_at timestamp with time zone)
+ RETURNS TABLE(valid boolean, ready bigint, delayed bigint, in_flight bigint, waiting bigint, dead bigint, archived_rows bigint, sent bigint, delivered bigint, archived bigint, deleted bigint, nacked bigint, expired bigint, dead_lettered bigint, redriven bigint, wait_p50 double precision, wait_p99 double precision, end_to_end_p50 double precision, end_to_end_p99 double precision, processing_p50 double precision, processing_p99 double precision, reset_at timestamp with time zone, oldest_ready_at timestamp with time zone)
  LANGUAGE c
  STRICT
 AS 'MODULE_PATHNAME', $function$_stats_wrapper$function$;
@@ -228,6 +229,12 @@ CREATE OR REPLACE FUNCTION pgflow._stats_note()
  RETURNS trigger
  LANGUAGE c
 AS 'MODULE_PATHNAME', $function$_stats_note_wrapper$function$;
+
+CREATE OR REPLACE FUNCTION pgflow._stats_oldest(queue_ids integer[], oldest timestamp with time zone[])
+ RETURNS void
+ LANGUAGE c
+ STRICT
+AS 'MODULE_PATHNAME', $function$_stats_oldest_wrapper$function$;
 
 CREATE OR REPLACE FUNCTION pgflow._stats_reset(queue_id integer)
  RETURNS void
@@ -846,6 +853,15 @@ BEGIN
             rebuilt := pgflow._stats_rebuild();
         END IF;
         PERFORM pgflow._alerts_check();
+        -- The oldest ready message of every queue with ready messages, for the endpoint.
+        PERFORM pgflow._stats_oldest(coalesce(array_agg(o.queue_id), '{}'),
+                                     coalesce(array_agg(o.oldest), '{}'))
+          FROM (SELECT q.queue_id, pgflow._oldest_ready(q.queue_id, c.mark_priority, c.mark_msg_id) AS oldest
+                  FROM pgflow.queue q
+                  JOIN LATERAL pgflow._stats(q.queue_id) s ON s.valid AND s.ready > 0
+                  LEFT JOIN pgflow._cursor_status() c ON c.queue_id = q.queue_id AND c.seq = q.msg_seq::oid
+               ) o
+         WHERE o.oldest IS NOT NULL;
     EXCEPTION WHEN query_canceled OR OTHERS THEN
         RAISE WARNING 'pgflow: the statistics and alerts step failed, the maintenance goes on: % (%)',
             SQLERRM, SQLSTATE;
@@ -1946,13 +1962,15 @@ AS $function$
            st.ready IS NULL,
            c.sent, c.delivered, c.archived, c.deleted, c.nacked, c.expired, c.dead_lettered,
            c.redriven, c.wait_p50, c.wait_p99, c.end_to_end_p50, c.end_to_end_p99, c.reset_at,
-           c.processing_p50, c.processing_p99
+           c.processing_p50, c.processing_p99,
+           extract(epoch FROM p_now - coalesce(s.oldest_ready, st.oldest_ready_at))::double precision
       FROM pgflow.queue q
       -- The oldest holder of the horizon, looked up once for all queues.
       LEFT JOIN (SELECT * FROM pgflow.horizon() LIMIT 1) h ON true
       LEFT JOIN LATERAL (SELECT * FROM pgflow._stats(q.queue_id)) c ON true
       -- The gauges, when they are exact and wanted.
-      LEFT JOIN LATERAL (SELECT c.ready, c.delayed, c.in_flight, c.waiting, c.dead, c.archived_rows
+      LEFT JOIN LATERAL (SELECT c.ready, c.delayed, c.in_flight, c.waiting, c.dead, c.archived_rows,
+                                c.oldest_ready_at
                           WHERE c.valid AND NOT p_exact) st ON true
       -- Otherwise the rows, counted (the WHERE on st is a one-time filter: no scan when the
       -- gauges are used).
@@ -1964,7 +1982,8 @@ AS $function$
                count(*) FILTER (WHERE m.state = 'd' AND m.vt > p_now) AS delayed,
                count(*) FILTER (WHERE m.state = 'g') AS waiting,
                min(m.enqueued_at) AS oldest,
-               max(m.enqueued_at) AS newest
+               max(m.enqueued_at) AS newest,
+               min(m.enqueued_at) FILTER (WHERE m.state = 'r') AS oldest_ready
           FROM pgflow.message m
          WHERE m.queue_id = q.queue_id AND st.ready IS NULL
       ) s ON true
@@ -1992,6 +2011,33 @@ AS $function$
             UNION ALL
             SELECT min(m.vt) FROM pgflow.message m
              WHERE m.queue_id = p_queue_id AND m.state = 'l') x;
+$function$;
+
+CREATE OR REPLACE FUNCTION pgflow._oldest_ready(p_queue_id integer, p_from integer, p_from_id bigint)
+ RETURNS timestamp with time zone
+ LANGUAGE sql
+ STABLE
+ SET enable_seqscan TO 'off'
+AS $function$
+    WITH RECURSIVE heads AS (
+        (SELECT -(m.priority::integer) AS k, m.enqueued_at
+           FROM pgflow.message m
+          WHERE m.queue_id = p_queue_id AND m.state = 'r'
+            AND (-(m.priority::integer), m.msg_id)
+                > (coalesce(-p_from, -2147483648), coalesce(p_from_id, -9223372036854775808))
+          ORDER BY -(m.priority::integer), m.msg_id
+          LIMIT 1)
+        UNION ALL
+        SELECT n.k, n.enqueued_at
+          FROM heads h
+          CROSS JOIN LATERAL (SELECT -(m.priority::integer) AS k, m.enqueued_at
+                                FROM pgflow.message m
+                               WHERE m.queue_id = p_queue_id AND m.state = 'r'
+                                 AND -(m.priority::integer) > h.k
+                               ORDER BY -(m.priority::integer), m.msg_id
+                               LIMIT 1) n
+    )
+    SELECT min(h.enqueued_at) FROM heads h;
 $function$;
 
 CREATE OR REPLACE FUNCTION pgflow.alerts()

@@ -54,9 +54,42 @@ EXCEPTION WHEN lock_not_available THEN
     RETURN false;
 END $$;
 
+-- _oldest_ready: when the oldest ready message of a queue was enqueued (NULL: none). One
+-- probe of the ready index per priority that has ready messages (a loose index scan), the
+-- first starting at the queue's claim cursor (p_from, p_from_id: cursor_status's mark), so it
+-- does not walk the entries of messages claimed while a snapshot is held. Within a priority
+-- the lowest id is the oldest (ids follow enqueue order, and a promoted message keeps its
+-- id). A lower priority's head may still hold such entries.
+CREATE FUNCTION pgflow._oldest_ready(p_queue_id integer, p_from integer, p_from_id bigint)
+RETURNS timestamptz
+LANGUAGE sql STABLE
+SET enable_seqscan = off  -- see the header of sql/internal.sql
+AS $$
+    WITH RECURSIVE heads AS (
+        (SELECT -(m.priority::integer) AS k, m.enqueued_at
+           FROM pgflow.message m
+          WHERE m.queue_id = p_queue_id AND m.state = 'r'
+            AND (-(m.priority::integer), m.msg_id)
+                > (coalesce(-p_from, -2147483648), coalesce(p_from_id, -9223372036854775808))
+          ORDER BY -(m.priority::integer), m.msg_id
+          LIMIT 1)
+        UNION ALL
+        SELECT n.k, n.enqueued_at
+          FROM heads h
+          CROSS JOIN LATERAL (SELECT -(m.priority::integer) AS k, m.enqueued_at
+                                FROM pgflow.message m
+                               WHERE m.queue_id = p_queue_id AND m.state = 'r'
+                                 AND -(m.priority::integer) > h.k
+                               ORDER BY -(m.priority::integer), m.msg_id
+                               LIMIT 1) n
+    )
+    SELECT min(h.enqueued_at) FROM heads h;
+$$;
+
 -- _stats_tick: the worker's statistics step, once per tick. Rebuilds the gauges when shared
--- memory lacks them (none while pgflow.stats is off), checks the alerts, and returns what
--- holds back the horizon (for the endpoint; 0 when nothing does).
+-- memory lacks them (none while pgflow.stats is off), checks the alerts, notes each queue's
+-- oldest ready message, and returns what holds back the horizon (for the endpoint; 0 when
+-- nothing does).
 CREATE FUNCTION pgflow._stats_tick(OUT rebuilt boolean, OUT horizon_age float8,
                                    OUT horizon_xmin_age integer)
 LANGUAGE plpgsql VOLATILE AS $$
@@ -72,6 +105,15 @@ BEGIN
             rebuilt := pgflow._stats_rebuild();
         END IF;
         PERFORM pgflow._alerts_check();
+        -- The oldest ready message of every queue with ready messages, for the endpoint.
+        PERFORM pgflow._stats_oldest(coalesce(array_agg(o.queue_id), '{}'),
+                                     coalesce(array_agg(o.oldest), '{}'))
+          FROM (SELECT q.queue_id, pgflow._oldest_ready(q.queue_id, c.mark_priority, c.mark_msg_id) AS oldest
+                  FROM pgflow.queue q
+                  JOIN LATERAL pgflow._stats(q.queue_id) s ON s.valid AND s.ready > 0
+                  LEFT JOIN pgflow._cursor_status() c ON c.queue_id = q.queue_id AND c.seq = q.msg_seq::oid
+               ) o
+         WHERE o.oldest IS NOT NULL;
     EXCEPTION WHEN query_canceled OR OTHERS THEN
         RAISE WARNING 'pgflow: the statistics and alerts step failed, the maintenance goes on: % (%)',
             SQLERRM, SQLSTATE;

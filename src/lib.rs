@@ -132,6 +132,8 @@ extension_sql_file!(
         api::stats::_stats_enabled,
         api::stats::_stats_reset,
         api::stats::_stats_alerts,
+        api::stats::_stats_oldest,
+        api::cursor::_cursor_status,
         api::stats::_metrics_text
     ]
 );

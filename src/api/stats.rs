@@ -97,7 +97,8 @@ fn _stats_note<'a>(
         let Some(queue_id) = attr::<i32>(row, desc, QUEUE_ID) else {
             return Ok(ret);
         };
-        let now = pg_sys::GetCurrentTimestamp();
+        // The clock only for what needs it (a delivery): a send does not read it.
+        let now = || pg_sys::GetCurrentTimestamp();
         let mode = stats::mode();
         stats::with_delta(queue_id, |d| match (table, insert, update) {
             (Table::Message, true, _) => {
@@ -136,12 +137,12 @@ fn _stats_note<'a>(
                             if l.len() >= LEASED_MAX {
                                 l.clear();
                             }
-                            l.insert((queue_id, id), now);
+                            l.insert((queue_id, id), now());
                         });
                     }
                     if ro == 0 {
                         if let Some(at) = attr::<i64>(row, desc, ENQUEUED_AT) {
-                            d.observe(stats::WAIT, now - at);
+                            d.observe(stats::WAIT, now() - at);
                         }
                     }
                 } else if so as u8 == b'l' && sn as u8 == b'd' {
@@ -159,7 +160,7 @@ fn _stats_note<'a>(
                     d.events[stats::DELIVERED] += 1;
                     if attr::<i32>(row, desc, READ_CT) == Some(0) {
                         if let Some(at) = attr::<i64>(row, desc, ENQUEUED_AT) {
-                            d.observe(stats::WAIT, now - at);
+                            d.observe(stats::WAIT, now() - at);
                         }
                     }
                 }
@@ -293,6 +294,18 @@ fn _stats_alerts(queue_ids: Vec<i32>, alerts: Vec<String>, since: Vec<TimestampW
     stats::set_alerts(&firing);
 }
 
+/// The oldest ready message's enqueue time per queue of this database (`_stats_tick`), by
+/// position, for metrics() and the endpoint.
+#[pg_extern(volatile, parallel_unsafe)]
+fn _stats_oldest(queue_ids: Vec<i32>, oldest: Vec<TimestampWithTimeZone>) {
+    let pairs: Vec<(i32, i64)> = queue_ids
+        .iter()
+        .zip(&oldest)
+        .map(|(&q, &t)| (q, pg_sys::TimestampTz::from(t)))
+        .collect();
+    stats::set_oldest(&pairs);
+}
+
 /// Whether the statistics are kept: the library preloaded and `pgflow.stats` on (as the
 /// launcher last saw it; see `ipc::stats::sync_enabled`).
 #[pg_extern(volatile, parallel_unsafe)]
@@ -337,6 +350,7 @@ fn _stats(
         name!(processing_p50, Option<f64>),
         name!(processing_p99, Option<f64>),
         name!(reset_at, Option<TimestampWithTimeZone>),
+        name!(oldest_ready_at, Option<TimestampWithTimeZone>),
     ),
 > {
     let rows = stats::get(queue_id).filter(|_| stats::enabled()).map(|e| {
@@ -365,6 +379,9 @@ fn _stats(
             crate::worker::exposition::quantile(&e.hist[stats::PROCESSING], 0.5),
             crate::worker::exposition::quantile(&e.hist[stats::PROCESSING], 0.99),
             TimestampWithTimeZone::try_from(e.reset_at).ok(),
+            (e.oldest_ready != 0)
+                .then(|| TimestampWithTimeZone::try_from(e.oldest_ready).ok())
+                .flatten(),
         )
     });
     TableIterator::new(rows)

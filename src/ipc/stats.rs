@@ -149,6 +149,9 @@ pub struct Entry {
     pub rebuilt_at: i64,
     /// Since when each alert fires (0: it does not), as the worker's last check found it.
     pub alerts: [i64; ALERTS.len()],
+    /// When the oldest ready message was enqueued (0: none ready), as the worker's last tick
+    /// found it.
+    pub oldest_ready: i64,
 }
 
 impl Entry {
@@ -168,6 +171,7 @@ impl Entry {
         reset_at: 0,
         rebuilt_at: 0,
         alerts: [0; ALERTS.len()],
+        oldest_ready: 0,
     };
 
     /// A freed entry (see `used`).
@@ -631,6 +635,19 @@ pub fn set_alerts(firing: &[(i32, usize, i64)]) {
         for &(_, kind, since) in firing.iter().filter(|f| f.0 == e.queue_id) {
             e.alerts[kind] = since;
         }
+    }
+}
+
+/// The oldest ready message of each queue of this database that has one, (queue, enqueued
+/// at), as the worker's tick found them: every other entry of the database has none.
+pub fn set_oldest(oldest: &[(i32, i64)]) {
+    if !preloaded() {
+        return;
+    }
+    let db = my_db();
+    let mut s = STATS.exclusive();
+    for e in s.entries.iter_mut().filter(|e| e.dboid == db) {
+        e.oldest_ready = oldest.iter().find(|o| o.0 == e.queue_id).map_or(0, |o| o.1);
     }
 }
 

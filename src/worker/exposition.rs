@@ -174,6 +174,21 @@ pub fn render(
     }
     header(
         &mut out,
+        "pgflow_queue_oldest_ready_timestamp_seconds",
+        "gauge",
+        "When a queue's oldest deliverable message was enqueued (Unix time), as the worker's last tick found it; no line when none is.",
+    );
+    for (e, l) in entries.iter().zip(&labels) {
+        if e.valid && e.oldest_ready != 0 {
+            let _ = writeln!(
+                out,
+                "pgflow_queue_oldest_ready_timestamp_seconds{{{l}}} {}",
+                unix_secs(e.oldest_ready)
+            );
+        }
+    }
+    header(
+        &mut out,
         "pgflow_alert_firing_since_timestamp_seconds",
         "gauge",
         "Since when a queue's alert (dlq, age, depth) fires, as the worker last checked; only firing alerts have a line.",

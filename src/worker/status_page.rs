@@ -133,6 +133,7 @@ fn secs(v: Option<f64>) -> String {
 
 /// The page, for the entries served (sorted by database and queue) and their databases' names.
 pub fn render(entries: &[Entry], db_name: &dyn Fn(u32) -> String, history: &History) -> String {
+    let now = super::now();
     let mut out = String::with_capacity(4096 + entries.len() * 1500);
     out.push_str(
         "<!DOCTYPE html>\n<html lang=\"en\"><head><meta charset=\"utf-8\">\
@@ -154,7 +155,7 @@ pub fn render(entries: &[Entry], db_name: &dyn Fn(u32) -> String, history: &Hist
     );
     out.push_str(
         "<table id=\"queues\"><thead><tr><th>database</th><th>queue</th><th>ready</th>\
-         <th>delayed</th><th>in flight</th><th>waiting</th><th>dead</th><th>sent/s</th>\
+         <th>delayed</th><th>in flight</th><th>waiting</th><th>dead</th><th>oldest ready</th><th>sent/s</th>\
          <th>delivered/s</th><th>archived/s</th><th>wait p50</th><th>wait p99</th>\
          <th>processing p99</th><th>end to end p99</th><th>alerts</th><th>depth</th></tr></thead>\
          <tbody>\n",
@@ -183,6 +184,7 @@ pub fn render(entries: &[Entry], db_name: &dyn Fn(u32) -> String, history: &Hist
             "<tr data-database=\"{db}\" data-queue=\"{q}\"><td class=\"name\">{db}</td>\
              <td class=\"name\">{q}</td><td class=\"ready\">{}</td><td class=\"delayed\">{}</td>\
              <td class=\"in_flight\">{}</td><td class=\"waiting\">{}</td><td class=\"dead\">{}</td>\
+             <td class=\"oldest_ready\">{}</td>\
              <td class=\"sent\">{sent}</td><td class=\"delivered\">{delivered}</td>\
              <td class=\"archived\">{archived}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td>\
              <td class=\"alert\">{}</td><td>{}</td></tr>",
@@ -191,6 +193,7 @@ pub fn render(entries: &[Entry], db_name: &dyn Fn(u32) -> String, history: &Hist
             g(stats::IN_FLIGHT),
             g(stats::WAITING),
             g(stats::DEAD),
+            secs((e.valid && e.oldest_ready != 0).then(|| (now - e.oldest_ready) as f64 / 1e6)),
             secs(quantile(&e.hist[stats::WAIT], 0.5)),
             secs(quantile(&e.hist[stats::WAIT], 0.99)),
             secs(quantile(&e.hist[stats::PROCESSING], 0.99)),

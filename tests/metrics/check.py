@@ -334,6 +334,27 @@ if sample(s, "pgflow_queue_messages", database=DB_B, queue="b_queue", state="rea
     fail("the other database's queue is not served")
 ok(f"the endpoint parses ({len(text)} bytes) and agrees with metrics(); wait count {count}")
 
+# The oldest ready message, as the worker's tick notes it: exactly its enqueue time.
+want = float(one("SELECT extract(epoch FROM min(m.enqueued_at)) FROM pgflow.message m "
+                 "JOIN pgflow.queue q USING (queue_id) WHERE q.queue_name = 'other' AND m.state = 'r'"))
+
+
+def oldest_on_endpoint():
+    got = sample(parse(scrape()), "pgflow_queue_oldest_ready_timestamp_seconds", database=DB,
+                 queue="other")
+    return got is not None and abs(got - want) < 1e-5
+
+
+poll("the oldest ready message on the endpoint", oldest_on_endpoint)
+if sample(parse(scrape()), "pgflow_queue_oldest_ready_timestamp_seconds", database=DB, queue="work"):
+    fail("an oldest ready message for 'work', which has none")
+ages = sql("SELECT (SELECT oldest_ready_age_sec IS NOT NULL FROM pgflow.metrics('other')), "
+           "(SELECT oldest_ready_age_sec IS NULL FROM pgflow.metrics('work')), "
+           "(SELECT oldest_ready_age_sec IS NOT NULL FROM pgflow.metrics('other', exact => true))")[0]
+if ages != ["t", "t", "t"]:
+    fail(f"oldest_ready_age_sec: {ages}")
+ok("the oldest ready message's enqueue time is on the endpoint and its age in metrics()")
+
 # metrics_text() gives the same queue families for its database.
 own = parse(one("SELECT pgflow.metrics_text()"))
 for key, v in own.items():
