@@ -68,3 +68,18 @@ SELECT pg_temp.counters('stats_q');
 SELECT pg_temp.depths('stats_q', false) AS from_stats;
 SELECT pg_temp.err($$SELECT pgflow._stats_mode('sideways')$$);
 SELECT pgflow.drop_queue('stats_q');
+
+-- stats_reset of every queue needs pgflow_admin (or a superuser): 42501 for a role that was
+-- given EXECUTE on it, and 42501 from the queue lookup for a queue it does not administer.
+CREATE ROLE pgflow_regress_stats NOLOGIN;
+GRANT USAGE ON SCHEMA pgflow TO pgflow_regress_stats;
+GRANT EXECUTE ON FUNCTION pgflow.stats_reset(text) TO pgflow_regress_stats;
+SELECT pgflow.create_queue('stats_q2');
+SET ROLE pgflow_regress_stats;
+SELECT pg_temp.err($$SELECT pgflow.stats_reset()$$);
+SELECT pg_temp.err($$SELECT pgflow.stats_reset('stats_q2')$$);
+RESET ROLE;
+SELECT pgflow.drop_queue('stats_q2');
+REVOKE ALL ON FUNCTION pgflow.stats_reset(text) FROM pgflow_regress_stats;
+REVOKE ALL ON SCHEMA pgflow FROM pgflow_regress_stats;
+DROP ROLE pgflow_regress_stats;
