@@ -114,27 +114,11 @@ pub fn init() {
         GucFlags::default(),
     );
     GucRegistry::define_string_guc(
-        c"pgflow.metrics_listen",
-        c"Address (host:port) of pgflow's Prometheus endpoint; empty: none.",
-        c"Unauthenticated: keep it on loopback or a trusted network.",
-        &METRICS_LISTEN,
-        GucContext::Postmaster,
-        GucFlags::default(),
-    );
-    GucRegistry::define_string_guc(
         c"pgflow.metrics_databases",
         c"Databases the Prometheus endpoint serves (comma-separated; empty means all).",
         c"",
         &METRICS_DATABASES,
         GucContext::Sighup,
-        GucFlags::default(),
-    );
-    GucRegistry::define_bool_guc(
-        c"pgflow.metrics_on_standby",
-        c"Serves the Prometheus endpoint on a hot standby too.",
-        c"Off, the endpoint starts once the server accepts writes.",
-        &METRICS_ON_STANDBY,
-        GucContext::Postmaster,
         GucFlags::default(),
     );
     GucRegistry::define_int_guc(
@@ -147,4 +131,26 @@ pub fn init() {
         GucContext::Sighup,
         GucFlags::default(),
     );
+    // Server-start settings can only be defined while shared_preload_libraries loads: a
+    // backend that loads the library later (the SQL API without preloading) would stop with
+    // FATAL "cannot create PGC_POSTMASTER variables after startup". Without preloading there
+    // is no endpoint, so they stay placeholders.
+    if unsafe { pgrx::pg_sys::process_shared_preload_libraries_in_progress } {
+        GucRegistry::define_string_guc(
+            c"pgflow.metrics_listen",
+            c"Address (host:port) of pgflow's Prometheus endpoint; empty: none.",
+            c"Unauthenticated: keep it on loopback or a trusted network.",
+            &METRICS_LISTEN,
+            GucContext::Postmaster,
+            GucFlags::default(),
+        );
+        GucRegistry::define_bool_guc(
+            c"pgflow.metrics_on_standby",
+            c"Serves the Prometheus endpoint on a hot standby too.",
+            c"Off, the endpoint starts once the server accepts writes.",
+            &METRICS_ON_STANDBY,
+            GucContext::Postmaster,
+            GucFlags::default(),
+        );
+    }
 }

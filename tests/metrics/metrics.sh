@@ -15,7 +15,9 @@
 #  - pgflow.metrics_databases narrows what it serves;
 #  - pgflow.stats off, then on: metrics() counts rows, then agrees again after the rebuild;
 #  - a crashed backend (the postmaster reinitializes shared memory): the worker rebuilds the
-#    gauges from the tables, and the counters start again.
+#    gauges from the tables, and the counters start again;
+#  - restarted without shared_preload_libraries: metrics() counts rows and metrics_text()
+#    refuses with 55000.
 # Usage: metrics.sh VERSION. Every wait is a bounded poll on the server's own state.
 set -euo pipefail
 . "$(dirname "$0")/../../scripts/lib.sh"
@@ -35,3 +37,14 @@ out=/tmp/pgflow-out-$ver/metrics
 rm -rf "$out"; mkdir -p "$out"
 PSQL="$bindir/psql" PGPORT=$port METRICS_PORT=$mport PROMTOOL=$PROMTOOL PGDATA_DIR=$dir OUT_DIR=$out \
   "$PLOT_PYTHON" "$(dirname "$0")/check.py"
+
+# Without the library preloaded there is no shared memory: metrics() counts rows (exact), and
+# metrics_text(), which has nothing to print, says why with 55000.
+as_postgres "$bindir/pg_ctl" -D "$dir" -m fast -w -t 60 -o "-c shared_preload_libraries=''" restart >/dev/null
+q() { "$bindir/psql" -X -At -v ON_ERROR_STOP=1 -h 127.0.0.1 -p "$port" -U postgres -d pgflow_metrics "$@"; }
+depths="queue_length, visible, in_flight, delayed, waiting, archive_length, dlq_length"
+got=$(q -c "SHOW shared_preload_libraries" -c "SELECT m.exact, (SELECT ($depths) FROM pgflow.metrics('work', exact => true)) = ($depths) FROM pgflow.metrics('work') m")
+[ "$got" = $'\nt|t' ] || die "without preload, metrics('work') is not the exact count: '$got'"
+err=$(q -c '\set VERBOSITY sqlstate' -c "SELECT pgflow.metrics_text()" 2>&1) && die "metrics_text() worked without preload"
+[ "$err" = "ERROR:  55000" ] || die "without preload, metrics_text(): '$err' (want ERROR:  55000)"
+echo "ok: without preload, metrics() counts rows and metrics_text() refuses with 55000"
