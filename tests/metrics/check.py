@@ -118,6 +118,12 @@ class Rows(HTMLParser):
         a = dict(attrs)
         if tag == "tr" and "data-queue" in a:
             self.row = self.rows.setdefault((a["data-database"], a["data-queue"]), {})
+        elif tag == "svg" and self.row is not None:
+            self.row["chart_label"] = a.get("aria-label")
+            self.row["chart"] = []
+        elif tag == "polyline" and self.row is not None:
+            # The depth chart: (x, y) per sample, y = 1 at the chart's max, 39 at zero.
+            self.row["chart"] = [tuple(float(v) for v in p.split(",")) for p in a["points"].split()]
         elif tag == "td" and self.row is not None:
             self.cell = a.get("class")
             if self.cell:
@@ -415,6 +421,38 @@ chromium(f"--screenshot={shot}", "--window-size=1500,700", "--hide-scrollbars",
 if not os.path.getsize(shot):
     fail("no screenshot")
 ok(f"headless Chromium shows the page's numbers equal to metrics() ({row}); screenshot {shot}")
+
+# The chart: the exporter samples every queue's depth every 2 s into a ring, and draws it.
+sql("SELECT pgflow.create_queue('chart')")
+sql("SELECT pgflow.send_batch('chart', array_fill('{}'::jsonb, ARRAY[6]))")
+
+
+def chart_row():
+    rows = Rows()
+    rows.feed(chromium("--dump-dom", f"http://127.0.0.1:{MPORT}/"))
+    return rows.rows.get((DB, "chart")) or {}
+
+
+def chart_at(top):
+    """The chart's newest sample is at the right edge, at the top (depth = max) or bottom (0),
+    and the chart's max is the 6 messages sent."""
+    row = chart_row()
+    pts = row.get("chart") or []
+    return (len(pts) >= 2 and row.get("chart_label") == "depth, max 6"
+            and pts[-1] == (200.0, 1.0 if top else 39.0) and row)
+
+
+poll("the chart's newest sample at 6 messages", lambda: chart_at(True))
+sql("SELECT pgflow.archive('chart', array_agg(msg_id)) FROM pgflow.read('chart', qty => 6)")
+row = poll("the chart's newest sample at 0 messages", lambda: chart_at(False))
+if not any(y == 1.0 for _, y in row["chart"][:-1]):
+    fail(f"the chart lost the samples at 6 messages: {row['chart']}")
+xs = [x for x, _ in row["chart"]]
+if xs != sorted(xs) or xs[0] != 0.0:
+    fail(f"the chart's samples are not in time order from the left edge: {row['chart']}")
+ok(f"the status page's chart drew the queue's depth over time ({len(xs)} samples, 6 then 0)")
+sql("SELECT pgflow.drop_queue('chart')")
+
 sql("SELECT pgflow.dlq_purge('work')")
 poll("the alert cleared", lambda: not sql("SELECT 1 FROM pgflow.alerts()"))
 poll("a resolved notification", lambda: any('"state" : "resolved"' in n for n in notes))

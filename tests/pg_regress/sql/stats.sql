@@ -57,6 +57,8 @@ SELECT alert_dlq, alert_age, alert_depth FROM pgflow.alter_queue('stats_q', aler
 -- The dead letters of every queue, with their queue's name; one deleted by id.
 SELECT queue_name, msg_id, reason, last_error FROM pgflow.dlq_list_all();
 SELECT pg_temp.err($$SELECT pgflow.dlq_list_all(0)$$);
+SELECT pg_temp.err($$SELECT pgflow.dlq_delete('stats_q', NULL)$$);
+SELECT pg_temp.err($$SELECT pgflow.dlq_delete('no_such_q', ARRAY[2])$$);
 SELECT pgflow.dlq_delete('stats_q', ARRAY[2, 99]::bigint[]);
 SELECT * FROM pgflow._alerts_check('2030-01-01 00:02+00');  -- cleared
 SELECT count(*) AS firing FROM pgflow.alerts();
