@@ -1,8 +1,10 @@
 -- pgflow storage. See docs/design.md for the reasoning behind each choice.
 --
--- Invariants live here, in the DDL: the message state is an enum-like "char" with a CHECK,
--- each hot query has a partial index that matches it exactly, and queue settings carry CHECKs
--- so that no code path can store a policy the workers could not follow.
+-- Invariants live here, in the DDL: each hot query has a partial index that matches it exactly,
+-- and queue settings carry CHECKs so that no code path can store a policy the workers could not
+-- follow. The one exception is pgflow.message, the table every verb writes: its row invariants
+-- (state, read_ct, the JSON kinds) are checked by its C row trigger (sql/stats.sql), because
+-- Postgres rebuilds a table's CHECK expressions from text for every statement that writes it.
 
 -- Per-queue sequences are created by create_queue, after CREATE EXTENSION, so they are not
 -- members of the extension and DROP EXTENSION leaves them in schema pgflow. A later CREATE
@@ -71,22 +73,25 @@ COMMENT ON TABLE pgflow.queue IS 'pgflow queues and their policies; use pgflow.c
 -- There is deliberately no foreign key to pgflow.queue: an FK check takes a KEY SHARE lock on
 -- the queue row for every send, which turns concurrent producers into multixact traffic.
 -- The API keeps the reference valid (drop_queue deletes the queue's rows).
+-- No CHECK constraints either: the row trigger message_stats (sql/stats.sql, in C) checks
+-- state IN ('r', 'd', 'l', 'g'), read_ct >= 0, message and headers JSON objects and errors a
+-- JSON array on every INSERT and UPDATE, with SQLSTATE 23514 as a CHECK would.
 CREATE TABLE pgflow.message (
     queue_id    integer     NOT NULL,
-    read_ct     integer     NOT NULL DEFAULT 0 CHECK (read_ct >= 0),
+    read_ct     integer     NOT NULL DEFAULT 0,
     msg_id      bigint      NOT NULL,
     enqueued_at timestamptz NOT NULL,
     -- 'r': when it became deliverable; 'd': when it will; 'l': when the lease runs out.
     vt          timestamptz NOT NULL,
     priority    smallint    NOT NULL DEFAULT 0,
-    state       "char"      NOT NULL CHECK (state IN ('r', 'd', 'l', 'g')),
+    state       "char"      NOT NULL,
     -- Ordering key (SQS's MessageGroupId): one message of a group is live at a time.
     group_key   text,
-    message     jsonb       NOT NULL CHECK (jsonb_typeof(message) = 'object'),
-    headers     jsonb       CHECK (headers IS NULL OR jsonb_typeof(headers) = 'object'),
+    message     jsonb       NOT NULL,
+    headers     jsonb,
     -- Failed deliveries so far: [{"at", "attempt", "error"}, ...]; NULL until the first failure
     -- (a NULL costs one bit). Keeps the first and the last 19.
-    errors      jsonb       CHECK (errors IS NULL OR jsonb_typeof(errors) = 'array'),
+    errors      jsonb,
     PRIMARY KEY (queue_id, msg_id)
 );
 COMMENT ON TABLE pgflow.message IS 'Live pgflow messages (ready, delayed, leased) of all queues.';

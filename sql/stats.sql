@@ -3,10 +3,11 @@
 -- and metrics_all() read them (observe.sql).
 
 -- One C row trigger per table, BEFORE so that it sees each row once and queues nothing: it
--- notes the change in the transaction's statistics, which its commit applies. UPDATE only of
--- the columns whose change is counted (state, read_ct); a heartbeat's vt alone is not.
+-- notes the change in the transaction's statistics, which its commit applies. On message it
+-- fires on every UPDATE, not only of the counted columns (state, read_ct), because it also
+-- checks the row's invariants there (sql/schema.sql), whether pgflow.stats is on or off.
 CREATE TRIGGER message_stats
-    BEFORE INSERT OR DELETE OR UPDATE OF state, read_ct ON pgflow.message
+    BEFORE INSERT OR DELETE OR UPDATE ON pgflow.message
     FOR EACH ROW EXECUTE FUNCTION pgflow._stats_note('message');
 CREATE TRIGGER archive_stats
     BEFORE INSERT OR DELETE ON pgflow.archive

@@ -188,3 +188,31 @@ SELECT pgflow.send('h_roles', '{}') > 0 AS sent_with_grant;
 RESET ROLE;
 SELECT pgflow.drop_queue('h_roles');
 DROP ROLE pgflow_h_role;
+
+-------------------------------------------------------------------------------------------------
+-- The row invariants of pgflow.message, checked by its C trigger (they were CHECKs until 0.2.0),
+-- on any INSERT or UPDATE, even a superuser's by hand, with 23514. A large payload stored
+-- compressed or stored out of line is checked from its first word, and passes.
+SELECT pgflow.create_queue('inv_q');
+SELECT pgflow.send('inv_q', jsonb_build_object('big', repeat('x', 100000))) AS big_id \gset
+SELECT pgflow.send('inv_q', jsonb_build_object('md5', (SELECT string_agg(md5(i::text), '') FROM generate_series(1, 4000) i))) AS ext_id \gset
+SELECT pgflow.send('inv_q', '{"a": 1}') AS id \gset
+-- Rows whose stored payload is compressed, or out of line: an UPDATE carries the stored datum.
+SELECT pg_temp.err($$UPDATE pgflow.message SET read_ct = read_ct + 1 WHERE msg_id IN ($$ || :big_id || ', ' || :ext_id || ')');
+SELECT pg_temp.err($$UPDATE pgflow.message SET state = 'x' WHERE msg_id = $$ || :id);
+SELECT pg_temp.err($$UPDATE pgflow.message SET read_ct = -1 WHERE msg_id = $$ || :id);
+SELECT pg_temp.err($$UPDATE pgflow.message SET message = '[1]' WHERE msg_id = $$ || :id);
+SELECT pg_temp.err($$UPDATE pgflow.message SET message = '"s"' WHERE msg_id = $$ || :id);
+SELECT pg_temp.err($$UPDATE pgflow.message SET headers = '2' WHERE msg_id = $$ || :id);
+SELECT pg_temp.err($$UPDATE pgflow.message SET errors = '{}' WHERE msg_id = $$ || :id);
+SELECT pg_temp.err($$UPDATE pgflow.message SET message = jsonb_build_array(repeat('y', 100000)) WHERE msg_id = $$ || :id);
+SELECT pg_temp.err($$UPDATE pgflow.message SET errors = '[]', headers = NULL, message = '{}' WHERE msg_id = $$ || :id);
+SELECT pg_temp.err($$INSERT INTO pgflow.message (queue_id, msg_id, enqueued_at, vt, state, message)
+                     SELECT queue_id, 999, now(), now(), 'r', '[]' FROM pgflow.queue WHERE queue_name = 'inv_q'$$);
+SELECT pg_temp.err($$INSERT INTO pgflow.message (queue_id, msg_id, enqueued_at, vt, state, message)
+                     SELECT queue_id, 999, now(), now(), NULL, '{}' FROM pgflow.queue WHERE queue_name = 'inv_q'$$);
+SELECT msg_id = :id AS same, state, read_ct, message, headers, errors
+  FROM pgflow.message WHERE msg_id IN (:id, 999) ORDER BY msg_id;
+SELECT count(*) AS no_check_on_message FROM pg_constraint
+ WHERE conrelid = 'pgflow.message'::regclass AND contype = 'c';
+SELECT pgflow.drop_queue('inv_q');
