@@ -33,6 +33,9 @@ pub(crate) struct Plan {
     pub(crate) w10_hold: u64,
     pub(crate) w10_first_hold: u64,
     pub(crate) w10_rate: u64,
+    /// W11: on/off pairs, and the backlog each drain empties.
+    pub(crate) w11_pairs: usize,
+    pub(crate) w11_backlog: i64,
 }
 
 impl Plan {
@@ -60,6 +63,8 @@ impl Plan {
                 w10_hold: 1,
                 w10_first_hold: 2,
                 w10_rate: 50,
+                w11_pairs: 1,
+                w11_backlog: 500,
             },
             Mode::Quick => Plan {
                 repeats: 2,
@@ -83,6 +88,8 @@ impl Plan {
                 w10_hold: 24,
                 w10_first_hold: 12,
                 w10_rate: 700,
+                w11_pairs: 6,
+                w11_backlog: 20_000,
             },
             Mode::Full => Plan {
                 repeats: 3,
@@ -106,6 +113,8 @@ impl Plan {
                 w10_hold: 120,
                 w10_first_hold: 60,
                 w10_rate: 700,
+                w11_pairs: 10,
+                w11_backlog: 50_000,
             },
         }
     }

@@ -8,27 +8,39 @@ use postgres::Client;
 use crate::systems::Sys;
 use crate::Res;
 
-/// CPU seconds (user + system) a process has used, from /proc.
-pub(crate) fn cpu_secs(pid: i32) -> f64 {
+/// CPU seconds (user + system) a process has used, from /proc; with `reaped`, also what its
+/// children that exited and were waited for used.
+fn proc_cpu_secs(pid: i32, reaped: bool) -> f64 {
     let Ok(stat) = fs::read_to_string(format!("/proc/{pid}/stat")) else {
         return 0.0;
     };
-    // Fields after the ")" that closes the command name: state is field 3; utime 14, stime 15.
+    // Fields after the ")" that closes the command name: state is field 3; utime 14, stime 15,
+    // cutime 16, cstime 17.
     let rest = &stat[stat.rfind(')').map(|i| i + 2).unwrap_or(0)..];
     let f: Vec<&str> = rest.split_whitespace().collect();
-    let ticks: f64 = f.get(11).and_then(|x| x.parse().ok()).unwrap_or(0.0)
-        + f.get(12).and_then(|x| x.parse().ok()).unwrap_or(0.0);
+    let field = |n: usize| -> f64 { f.get(n - 3).and_then(|x| x.parse().ok()).unwrap_or(0.0) };
+    let mut ticks = field(14) + field(15);
+    if reaped {
+        ticks += field(16) + field(17);
+    }
     ticks / 100.0 // USER_HZ is 100 on Linux
 }
 
-/// CPU seconds used by every process of the cluster (postmaster and its children).
+/// CPU seconds (user + system) a process has used, from /proc.
+pub(crate) fn cpu_secs(pid: i32) -> f64 {
+    proc_cpu_secs(pid, false)
+}
+
+/// CPU seconds used by every process of the cluster: the postmaster, its live children, and
+/// the children that exited (a backend whose client disconnected), which the kernel adds to
+/// the postmaster's account when it reaps them. So the figure only grows.
 pub(crate) fn cluster_cpu_secs(c: &mut Client) -> Res<f64> {
     let data_dir: String = c
         .query_one("SELECT current_setting('data_directory')", &[])?
         .get(0);
     let pid_line = fs::read_to_string(format!("{data_dir}/postmaster.pid"))?;
     let postmaster: i32 = pid_line.lines().next().unwrap_or("0").trim().parse()?;
-    let mut total = cpu_secs(postmaster);
+    let mut total = proc_cpu_secs(postmaster, true);
     for entry in fs::read_dir("/proc")? {
         let name = entry?.file_name();
         let Some(pid) = name.to_str().and_then(|s| s.parse::<i32>().ok()) else {
