@@ -33,8 +33,10 @@ pub(crate) struct Plan {
     pub(crate) w10_hold: u64,
     pub(crate) w10_first_hold: u64,
     pub(crate) w10_rate: u64,
-    /// W11: on/off pairs, and the backlog each drain empties.
+    /// W11: on/off pairs (short and many, so that the machine's drift over minutes falls
+    /// within a pair), each half's send length (s), and the backlog each drain empties.
     pub(crate) w11_pairs: usize,
+    pub(crate) w11_secs: u32,
     pub(crate) w11_backlog: i64,
 }
 
@@ -64,6 +66,7 @@ impl Plan {
                 w10_first_hold: 2,
                 w10_rate: 50,
                 w11_pairs: 1,
+                w11_secs: 1,
                 w11_backlog: 500,
             },
             Mode::Quick => Plan {
@@ -88,8 +91,9 @@ impl Plan {
                 w10_hold: 24,
                 w10_first_hold: 12,
                 w10_rate: 700,
-                w11_pairs: 6,
-                w11_backlog: 20_000,
+                w11_pairs: 10,
+                w11_secs: 2,
+                w11_backlog: 5_000,
             },
             Mode::Full => Plan {
                 repeats: 3,
@@ -113,8 +117,9 @@ impl Plan {
                 w10_hold: 120,
                 w10_first_hold: 60,
                 w10_rate: 700,
-                w11_pairs: 10,
-                w11_backlog: 50_000,
+                w11_pairs: 30,
+                w11_secs: 3,
+                w11_backlog: 10_000,
             },
         }
     }

@@ -66,7 +66,7 @@ fn send(ctx: &Ctx, clients: u32) -> Res<Half> {
     let script = std::env::temp_dir().join(format!("pgflow-bench-w11-{}.sql", std::process::id()));
     fs::write(&script, sys.pgbench_script(1))?;
     let cpu0 = cluster_cpu_secs(&mut admin)?;
-    let tps = pgbench_tps(ctx, sys, &script, clients, ctx.plan.w12_secs);
+    let tps = pgbench_tps(ctx, sys, &script, clients, ctx.plan.w11_secs);
     // pgbench's backends exit after it returns: count their CPU once they are gone.
     let t0 = Instant::now();
     while admin
@@ -85,7 +85,7 @@ fn send(ctx: &Ctx, clients: u32) -> Res<Half> {
     let cpu = cluster_cpu_secs(&mut admin)? - cpu0;
     let _ = fs::remove_file(&script);
     let tps = tps?;
-    let sent = tps * f64::from(ctx.plan.w12_secs);
+    let sent = tps * f64::from(ctx.plan.w11_secs);
     sys.drop(&mut admin, QUEUE)?;
     Ok(Half {
         rate: tps,
@@ -125,6 +125,27 @@ fn drain(ctx: &Ctx, n: i64) -> Res<Half> {
         rate: n as f64 / secs,
         cpu_us: cpu / n as f64 * 1e6,
     })
+}
+
+/// The 95% bootstrap interval of the median of `v` (2,000 resamples with a fixed seed, so a
+/// result file can be recomputed): how far this machine's noise lets the median be trusted.
+fn median_interval(v: &[f64]) -> (f64, f64) {
+    if v.is_empty() {
+        return (f64::NAN, f64::NAN);
+    }
+    let mut state: u64 = 0x9E37_79B9_7F4A_7C15;
+    let mut next = |n: usize| {
+        // xorshift64*
+        state ^= state >> 12;
+        state ^= state << 25;
+        state ^= state >> 27;
+        (state.wrapping_mul(0x2545_F491_4F6C_DD1D) >> 33) as usize % n
+    };
+    let mut medians: Vec<f64> = (0..2000)
+        .map(|_| median(&(0..v.len()).map(|_| v[next(v.len())]).collect::<Vec<_>>()))
+        .collect();
+    medians.sort_by(|a, b| a.partial_cmp(b).unwrap());
+    (medians[50], medians[1949])
 }
 
 pub(crate) fn w11(ctx: &Ctx, res: &mut Results) -> Res<()> {
@@ -224,13 +245,14 @@ pub(crate) fn w11(ctx: &Ctx, res: &mut Results) -> Res<()> {
         let cpu_on = median(&pairs.iter().map(|p| p.0.cpu_us).collect::<Vec<_>>());
         let cpu_off = median(&pairs.iter().map(|p| p.1.cpu_us).collect::<Vec<_>>());
         let r = median(&ratios);
+        let (lo, hi) = median_interval(&ratios);
         if let Some(s) = res.series.iter_mut().find(|s| {
             s.workload == W
                 && s.variant == format!("{name}, on/off per pair")
                 && s.metric == "rate ratio"
         }) {
             s.note = Some(format!(
-                "median over {} pairs: the statistics keep {r:.3}x of the rate without them ({:.1}% cost); cluster CPU per message {cpu_on:.1} us on, {cpu_off:.1} us off ({:+.1}%)",
+                "median over {} pairs: the statistics keep {r:.3}x of the rate without them ({:.1}% cost; 95% interval of the median {lo:.3}x to {hi:.3}x); cluster CPU per message {cpu_on:.1} us on, {cpu_off:.1} us off ({:+.1}%)",
                 ratios.len(),
                 (1.0 - r) * 100.0,
                 (cpu_on / cpu_off - 1.0) * 100.0
