@@ -57,15 +57,19 @@ def main(old_path, new_path):
     out = []
     say = out.append
 
-    say("-- Tables: columns appended (nullable, no default: no row is rewritten). Their CHECKs come")
-    say("-- with the constraints below.")
+    say("-- Tables: columns appended (nullable with no default, or NOT NULL with a constant default:")
+    say("-- no row is rewritten). Their CHECKs come with the constraints below.")
     for kind in ("relation",):
         for ident, d in sorted(new.get(kind, {}).items()):
             o = old.get(kind, {}).get(ident)
             if o is None or o == d:
                 continue
             added = d[len(o) + 2:].split(", ") if d.startswith(o + ", ") else None
+            # Nullable with no default, or NOT NULL with a constant default: since Postgres 11
+            # both are added without rewriting a row.
             if added is None or not all(re.fullmatch(r"\w+ [a-z ]+", a) and " not null" not in a
+                                        or re.fullmatch(r"\w+ [a-z ]+ not null default "
+                                                        r"(true|false|-?\d+(\.\d+)?|'[^']*'::[a-z ]+)", a)
                                         for a in added):
                 sys.exit(f"{kind} {ident} changed shape: write that step by hand\n  old: {o}\n  new: {d}")
             for a in added:

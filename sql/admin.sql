@@ -19,7 +19,8 @@ CREATE FUNCTION pgflow.create_queue(
     contract           jsonb    DEFAULT NULL,   -- a JSON Schema: becomes contract version '1'
     alert_dlq          bigint   DEFAULT NULL,   -- alert thresholds (NULL, -1 or '0': none)
     alert_age          interval DEFAULT NULL,
-    alert_depth        bigint   DEFAULT NULL
+    alert_depth        bigint   DEFAULT NULL,
+    session_leases     boolean  DEFAULT false   -- leases also end with the reading session
 )
 RETURNS boolean
 LANGUAGE plpgsql VOLATILE AS $$
@@ -39,6 +40,7 @@ BEGIN
     PERFORM pgflow._check_priority(default_priority, 'default_priority');
     PERFORM pgflow._check_interval(dedup_window, 'dedup_window', false);
     PERFORM pgflow._require(notify, 'notify');
+    PERFORM pgflow._require(session_leases, 'session_leases');
     IF contract IS NOT NULL THEN
         PERFORM pgflow._check_contract_schema(contract::text);
     END IF;
@@ -65,12 +67,13 @@ BEGIN
     INSERT INTO pgflow.queue (queue_id, queue_name, visibility_timeout, max_retries, retry_delay,
                               retry_backoff, retry_delay_max, retry_jitter,
                               archive_retention, msg_seq, archived_seq, default_priority,
-                              dedup_window, notify, alert_dlq, alert_age, alert_depth)
+                              dedup_window, notify, alert_dlq, alert_age, alert_depth,
+                              session_leases)
     VALUES (v_id, queue_name, visibility_timeout, max_retries, retry_delay,
             retry_backoff, retry_delay_max, retry_jitter,
             archive_retention, v_msg_seq::regclass, v_archived_seq::regclass, default_priority,
             dedup_window, notify, nullif(alert_dlq, -1), nullif(alert_age, interval '0'),
-            nullif(alert_depth, -1))
+            nullif(alert_depth, -1), session_leases)
     ON CONFLICT ON CONSTRAINT queue_queue_name_key DO NOTHING;
 
     IF NOT FOUND THEN
@@ -97,7 +100,7 @@ LANGUAGE sql STABLE PARALLEL SAFE AS $$
     SELECT q.queue_name, q.visibility_timeout, q.max_retries, q.retry_delay, q.retry_backoff,
            q.retry_delay_max, q.retry_jitter, q.archive_retention, q.created_at,
            q.default_priority, q.dedup_window, q.notify, q.contract_version,
-           q.alert_dlq, q.alert_age, q.alert_depth
+           q.alert_dlq, q.alert_age, q.alert_depth, q.session_leases
       FROM pgflow.queue q
      WHERE pgflow._visible(q.queue_id)
      ORDER BY q.queue_name;
@@ -120,7 +123,8 @@ CREATE FUNCTION pgflow.alter_queue(
     contract           jsonb    DEFAULT NULL,   -- replaces the default contract version (or makes '1')
     alert_dlq          bigint   DEFAULT NULL,   -- alert thresholds; -1 or '0' removes one
     alert_age          interval DEFAULT NULL,
-    alert_depth        bigint   DEFAULT NULL
+    alert_depth        bigint   DEFAULT NULL,
+    session_leases     boolean  DEFAULT NULL    -- for the leases read from now on
 )
 RETURNS SETOF pgflow.queue_info
 LANGUAGE plpgsql VOLATILE AS $$
@@ -173,12 +177,13 @@ BEGIN
            alert_age          = CASE WHEN alter_queue.alert_age IS NULL THEN u.alert_age
                                      ELSE nullif(alter_queue.alert_age, interval '0') END,
            alert_depth        = CASE WHEN alter_queue.alert_depth IS NULL THEN u.alert_depth
-                                     ELSE nullif(alter_queue.alert_depth, -1) END
+                                     ELSE nullif(alter_queue.alert_depth, -1) END,
+           session_leases     = coalesce(alter_queue.session_leases, u.session_leases)
      WHERE u.queue_id = q.queue_id
     RETURNING u.queue_name, u.visibility_timeout, u.max_retries, u.retry_delay, u.retry_backoff,
               u.retry_delay_max, u.retry_jitter, u.archive_retention, u.created_at,
               u.default_priority, u.dedup_window, u.notify, u.contract_version,
-              u.alert_dlq, u.alert_age, u.alert_depth;
+              u.alert_dlq, u.alert_age, u.alert_depth, u.session_leases;
 END $$;
 
 -- drop_queue: the queue, its live messages, its archive, its dead letters and its sequences. An unknown queue

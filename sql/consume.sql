@@ -159,7 +159,8 @@ BEGIN
             -- with picked let a plan cached on a near-empty table (a fresh install) scan every
             -- row of the queue on each claim, for the life of the session.
             UPDATE pgflow.message m
-               SET state = 'l', vt = v_now + v_vt, read_ct = m.read_ct + 1
+               SET state = 'l', vt = v_now + v_vt, read_ct = m.read_ct + 1,
+                   holder = CASE WHEN q.session_leases THEN pgflow._session_key() END
              WHERE m.queue_id = q.queue_id AND m.msg_id = ANY (ARRAY(SELECT p.msg_id FROM picked p))
             RETURNING m.msg_id, m.read_ct, m.enqueued_at, m.vt, m.message, m.headers, m.priority
         ), noted AS (

@@ -172,6 +172,65 @@ BEGIN
     RETURN n;
 END $$;
 
+-- _release_orphans: the session leases of one queue (session_leases) whose reading session
+-- has ended, oldest lease first, at most lim: each is a failed delivery ("lease holder
+-- disconnected"), as an expired lease is. The worker's expire_leases job calls it each tick,
+-- so a crashed consumer's messages come back within a tick plus the retry delay, not at the
+-- end of their visibility timeout. Returns how many it processed.
+--
+-- Which sessions still run comes from pg_stat_activity, read after the leases: a holder seen
+-- with a lease and missing from the later list has ended, and its key (pid and start second)
+-- is never reused. A session that claimed after the leases were read is not judged this
+-- round. If any session is hidden from this role (pgflow_owner has pg_read_all_stats; without
+-- it backend_start is NULL), nothing is judged: a live session's lease is never given away.
+CREATE FUNCTION pgflow._release_orphans(q pgflow.queue, p_now timestamptz, lim integer)
+RETURNS bigint
+LANGUAGE plpgsql VOLATILE
+SET enable_seqscan = off  -- see the header of sql/internal.sql
+AS $$
+DECLARE
+    v_held bigint[];
+    v_live bigint[];
+    ids bigint[];
+    n bigint;
+BEGIN
+    SELECT array_agg(DISTINCT m.holder) INTO v_held
+      FROM pgflow.message m
+     WHERE m.queue_id = q.queue_id AND m.state = 'l' AND m.holder IS NOT NULL;
+    IF v_held IS NULL THEN
+        RETURN 0;
+    END IF;
+    -- A fresh list: pg_stat_activity is read once per transaction unless cleared.
+    PERFORM pg_catalog.pg_stat_clear_snapshot();
+    SELECT CASE WHEN bool_and(a.backend_start IS NOT NULL)
+                THEN coalesce(array_agg((a.pid::bigint << 32)
+                                        | (floor(extract(epoch FROM a.backend_start))::bigint & 4294967295)),
+                              '{}')
+           END
+      INTO v_live
+      FROM pg_catalog.pg_stat_get_activity(NULL) a
+     WHERE a.pid IS NOT NULL;
+    IF v_live IS NULL THEN
+        RETURN 0;
+    END IF;
+    SELECT array_agg(e.msg_id) INTO ids
+      FROM (SELECT m.msg_id FROM pgflow.message m
+             WHERE m.queue_id = q.queue_id AND m.state = 'l'
+               AND m.holder = ANY (v_held) AND NOT (m.holder = ANY (v_live))
+             ORDER BY m.vt
+             LIMIT lim
+               FOR UPDATE SKIP LOCKED) e;
+    IF ids IS NULL THEN
+        RETURN 0;
+    END IF;
+    PERFORM pgflow._touch(q.queue_id, q.msg_seq::oid);
+    PERFORM pgflow._stats_mode('expire');
+    n := (SELECT count(*) FROM pgflow._fail(q, ids, 'lease holder disconnected', NULL, p_now,
+                                            'lease holder disconnected'));
+    PERFORM pgflow._stats_mode('plain');
+    RETURN n;
+END $$;
+
 -------------------------------------------------------------------------------------------------
 -- The dead-letter queue
 -------------------------------------------------------------------------------------------------

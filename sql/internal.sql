@@ -45,7 +45,8 @@ CREATE TYPE pgflow.queue_info AS (
     contract_version   text,         -- the default contract version; NULL: no contract
     alert_dlq          bigint,       -- alert thresholds; NULL: none (pgflow.alerts())
     alert_age          interval,
-    alert_depth        bigint
+    alert_depth        bigint,
+    session_leases     boolean       -- leases also end with the reading session
 );
 
 -- Queue statistics, as metrics and metrics_all return them.

@@ -25,7 +25,8 @@ BEGIN
               WHERE CASE job
                     WHEN 'expire_leases' THEN
                         EXISTS (SELECT 1 FROM pgflow.message m
-                                 WHERE m.queue_id = qq.queue_id AND m.state = 'l' AND m.vt <= p_now)
+                                 WHERE m.queue_id = qq.queue_id AND m.state = 'l'
+                                   AND (m.vt <= p_now OR qq.session_leases))
                     WHEN 'promote_delayed' THEN
                         EXISTS (SELECT 1 FROM pgflow.message m
                                  WHERE m.queue_id = qq.queue_id AND m.state = 'd' AND m.vt <= p_now)
@@ -44,6 +45,9 @@ BEGIN
         BEGIN
             n := n + CASE job
                      WHEN 'expire_leases'   THEN pgflow._expire_queue(q, p_now, batch)
+                                                 + CASE WHEN q.session_leases
+                                                        THEN pgflow._release_orphans(q, p_now, batch)
+                                                        ELSE 0 END
                      WHEN 'promote_delayed' THEN pgflow._promote_queue(q, p_now, batch)
                      WHEN 'prune_archive'   THEN pgflow._prune_archive_queue(q, p_now, batch)
                      WHEN 'prune_dedup'     THEN pgflow._prune_dedup_queue(q.queue_id, p_now, batch)

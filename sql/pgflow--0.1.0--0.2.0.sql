@@ -27,11 +27,13 @@ CREATE TABLE pgflow.alert (
     PRIMARY KEY (queue_id, alert)
 );
 
--- Tables: columns appended (nullable, no default: no row is rewritten). Their CHECKs come
--- with the constraints below.
+-- Tables: columns appended (nullable with no default, or NOT NULL with a constant default:
+-- no row is rewritten). Their CHECKs come with the constraints below.
+ALTER TABLE pgflow.message ADD COLUMN holder bigint;
 ALTER TABLE pgflow.queue ADD COLUMN alert_dlq bigint;
 ALTER TABLE pgflow.queue ADD COLUMN alert_age interval;
 ALTER TABLE pgflow.queue ADD COLUMN alert_depth bigint;
+ALTER TABLE pgflow.queue ADD COLUMN session_leases boolean not null default false;
 -- Functions 0.2.0 no longer has, or whose arguments or result changed.
 DROP FUNCTION pgflow._check_contract_schema(jsonb);
 DROP FUNCTION pgflow._metrics(integer,timestamp with time zone);
@@ -50,6 +52,7 @@ CREATE TYPE pgflow.horizon_holder AS (holder text, pid integer, xmin_age integer
 ALTER TYPE pgflow.queue_info ADD ATTRIBUTE alert_dlq bigint;
 ALTER TYPE pgflow.queue_info ADD ATTRIBUTE alert_age interval;
 ALTER TYPE pgflow.queue_info ADD ATTRIBUTE alert_depth bigint;
+ALTER TYPE pgflow.queue_info ADD ATTRIBUTE session_leases boolean;
 ALTER TYPE pgflow.queue_metrics ADD ATTRIBUTE horizon_age_sec double precision;
 ALTER TYPE pgflow.queue_metrics ADD ATTRIBUTE horizon_holder text;
 ALTER TYPE pgflow.queue_metrics ADD ATTRIBUTE exact boolean;
@@ -176,6 +179,12 @@ CREATE OR REPLACE FUNCTION pgflow._ready(queue_id integer, seq oid, priority sma
  LANGUAGE c
  STRICT
 AS 'MODULE_PATHNAME', $function$_ready_wrapper$function$;
+
+CREATE OR REPLACE FUNCTION pgflow._session_key()
+ RETURNS bigint
+ LANGUAGE c
+ STABLE PARALLEL SAFE STRICT
+AS 'MODULE_PATHNAME', $function$_session_key_wrapper$function$;
 
 CREATE OR REPLACE FUNCTION pgflow._stats(queue_id integer)
  RETURNS TABLE(valid boolean, ready bigint, delayed bigint, in_flight bigint, waiting bigint, dead bigint, archived_rows bigint, sent bigint, delivered bigint, archived bigint, deleted bigint, nacked bigint, expired bigint, dead_lettered bigint, redriven bigint, wait_p50 double precision, wait_p99 double precision, end_to_end_p50 double precision, end_to_end_p99 double precision, processing_p50 double precision, processing_p99 double precision, reset_at timestamp with time zone, oldest_ready_at timestamp with time zone)
@@ -505,7 +514,8 @@ BEGIN
               WHERE CASE job
                     WHEN 'expire_leases' THEN
                         EXISTS (SELECT 1 FROM pgflow.message m
-                                 WHERE m.queue_id = qq.queue_id AND m.state = 'l' AND m.vt <= p_now)
+                                 WHERE m.queue_id = qq.queue_id AND m.state = 'l'
+                                   AND (m.vt <= p_now OR qq.session_leases))
                     WHEN 'promote_delayed' THEN
                         EXISTS (SELECT 1 FROM pgflow.message m
                                  WHERE m.queue_id = qq.queue_id AND m.state = 'd' AND m.vt <= p_now)
@@ -524,6 +534,9 @@ BEGIN
         BEGIN
             n := n + CASE job
                      WHEN 'expire_leases'   THEN pgflow._expire_queue(q, p_now, batch)
+                                                 + CASE WHEN q.session_leases
+                                                        THEN pgflow._release_orphans(q, p_now, batch)
+                                                        ELSE 0 END
                      WHEN 'promote_delayed' THEN pgflow._promote_queue(q, p_now, batch)
                      WHEN 'prune_archive'   THEN pgflow._prune_archive_queue(q, p_now, batch)
                      WHEN 'prune_dedup'     THEN pgflow._prune_dedup_queue(q.queue_id, p_now, batch)
@@ -764,7 +777,8 @@ BEGIN
             -- with picked let a plan cached on a near-empty table (a fresh install) scan every
             -- row of the queue on each claim, for the life of the session.
             UPDATE pgflow.message m
-               SET state = 'l', vt = v_now + v_vt, read_ct = m.read_ct + 1
+               SET state = 'l', vt = v_now + v_vt, read_ct = m.read_ct + 1,
+                   holder = CASE WHEN q.session_leases THEN pgflow._session_key() END
              WHERE m.queue_id = q.queue_id AND m.msg_id = ANY (ARRAY(SELECT p.msg_id FROM picked p))
             RETURNING m.msg_id, m.read_ct, m.enqueued_at, m.vt, m.message, m.headers, m.priority
         ), noted AS (
@@ -803,6 +817,54 @@ BEGIN
     IF v_deadline IS NOT NULL THEN
         PERFORM pgflow._wait_end();
     END IF;
+END $function$;
+
+CREATE OR REPLACE FUNCTION pgflow._release_orphans(q pgflow.queue, p_now timestamp with time zone, lim integer)
+ RETURNS bigint
+ LANGUAGE plpgsql
+ SET enable_seqscan TO 'off'
+AS $function$
+DECLARE
+    v_held bigint[];
+    v_live bigint[];
+    ids bigint[];
+    n bigint;
+BEGIN
+    SELECT array_agg(DISTINCT m.holder) INTO v_held
+      FROM pgflow.message m
+     WHERE m.queue_id = q.queue_id AND m.state = 'l' AND m.holder IS NOT NULL;
+    IF v_held IS NULL THEN
+        RETURN 0;
+    END IF;
+    -- A fresh list: pg_stat_activity is read once per transaction unless cleared.
+    PERFORM pg_catalog.pg_stat_clear_snapshot();
+    SELECT CASE WHEN bool_and(a.backend_start IS NOT NULL)
+                THEN coalesce(array_agg((a.pid::bigint << 32)
+                                        | (floor(extract(epoch FROM a.backend_start))::bigint & 4294967295)),
+                              '{}')
+           END
+      INTO v_live
+      FROM pg_catalog.pg_stat_get_activity(NULL) a
+     WHERE a.pid IS NOT NULL;
+    IF v_live IS NULL THEN
+        RETURN 0;
+    END IF;
+    SELECT array_agg(e.msg_id) INTO ids
+      FROM (SELECT m.msg_id FROM pgflow.message m
+             WHERE m.queue_id = q.queue_id AND m.state = 'l'
+               AND m.holder = ANY (v_held) AND NOT (m.holder = ANY (v_live))
+             ORDER BY m.vt
+             LIMIT lim
+               FOR UPDATE SKIP LOCKED) e;
+    IF ids IS NULL THEN
+        RETURN 0;
+    END IF;
+    PERFORM pgflow._touch(q.queue_id, q.msg_seq::oid);
+    PERFORM pgflow._stats_mode('expire');
+    n := (SELECT count(*) FROM pgflow._fail(q, ids, 'lease holder disconnected', NULL, p_now,
+                                            'lease holder disconnected'));
+    PERFORM pgflow._stats_mode('plain');
+    RETURN n;
 END $function$;
 
 CREATE OR REPLACE FUNCTION pgflow._stats_rebuild(lock_wait interval DEFAULT '00:00:01'::interval)
@@ -884,7 +946,7 @@ BEGIN
     RETURN pgflow._caller_class() > 0 OR pgflow._may(p_queue_id, 'see');
 END $function$;
 
-CREATE OR REPLACE FUNCTION pgflow.alter_queue(queue_name text, visibility_timeout interval DEFAULT NULL::interval, max_retries integer DEFAULT NULL::integer, retry_delay interval DEFAULT NULL::interval, archive_retention interval DEFAULT NULL::interval, retry_backoff double precision DEFAULT NULL::double precision, retry_delay_max interval DEFAULT NULL::interval, retry_jitter double precision DEFAULT NULL::double precision, default_priority integer DEFAULT NULL::integer, dedup_window interval DEFAULT NULL::interval, notify boolean DEFAULT NULL::boolean, contract jsonb DEFAULT NULL::jsonb, alert_dlq bigint DEFAULT NULL::bigint, alert_age interval DEFAULT NULL::interval, alert_depth bigint DEFAULT NULL::bigint)
+CREATE OR REPLACE FUNCTION pgflow.alter_queue(queue_name text, visibility_timeout interval DEFAULT NULL::interval, max_retries integer DEFAULT NULL::integer, retry_delay interval DEFAULT NULL::interval, archive_retention interval DEFAULT NULL::interval, retry_backoff double precision DEFAULT NULL::double precision, retry_delay_max interval DEFAULT NULL::interval, retry_jitter double precision DEFAULT NULL::double precision, default_priority integer DEFAULT NULL::integer, dedup_window interval DEFAULT NULL::interval, notify boolean DEFAULT NULL::boolean, contract jsonb DEFAULT NULL::jsonb, alert_dlq bigint DEFAULT NULL::bigint, alert_age interval DEFAULT NULL::interval, alert_depth bigint DEFAULT NULL::bigint, session_leases boolean DEFAULT NULL::boolean)
  RETURNS SETOF pgflow.queue_info
  LANGUAGE plpgsql
  SECURITY DEFINER
@@ -939,12 +1001,13 @@ BEGIN
            alert_age          = CASE WHEN alter_queue.alert_age IS NULL THEN u.alert_age
                                      ELSE nullif(alter_queue.alert_age, interval '0') END,
            alert_depth        = CASE WHEN alter_queue.alert_depth IS NULL THEN u.alert_depth
-                                     ELSE nullif(alter_queue.alert_depth, -1) END
+                                     ELSE nullif(alter_queue.alert_depth, -1) END,
+           session_leases     = coalesce(alter_queue.session_leases, u.session_leases)
      WHERE u.queue_id = q.queue_id
     RETURNING u.queue_name, u.visibility_timeout, u.max_retries, u.retry_delay, u.retry_backoff,
               u.retry_delay_max, u.retry_jitter, u.archive_retention, u.created_at,
               u.default_priority, u.dedup_window, u.notify, u.contract_version,
-              u.alert_dlq, u.alert_age, u.alert_depth;
+              u.alert_dlq, u.alert_age, u.alert_depth, u.session_leases;
 END $function$;
 
 CREATE OR REPLACE FUNCTION pgflow.archive(queue_name text, msg_id bigint)
@@ -1055,7 +1118,7 @@ BEGIN
     RETURN n;
 END $function$;
 
-CREATE OR REPLACE FUNCTION pgflow.create_queue(queue_name text, visibility_timeout interval DEFAULT '00:00:30'::interval, max_retries integer DEFAULT 3, retry_delay interval DEFAULT '00:00:01'::interval, archive_retention interval DEFAULT '7 days'::interval, if_not_exists boolean DEFAULT false, retry_backoff double precision DEFAULT 2, retry_delay_max interval DEFAULT '01:00:00'::interval, retry_jitter double precision DEFAULT 0.1, default_priority integer DEFAULT 0, dedup_window interval DEFAULT '00:05:00'::interval, notify boolean DEFAULT false, contract jsonb DEFAULT NULL::jsonb, alert_dlq bigint DEFAULT NULL::bigint, alert_age interval DEFAULT NULL::interval, alert_depth bigint DEFAULT NULL::bigint)
+CREATE OR REPLACE FUNCTION pgflow.create_queue(queue_name text, visibility_timeout interval DEFAULT '00:00:30'::interval, max_retries integer DEFAULT 3, retry_delay interval DEFAULT '00:00:01'::interval, archive_retention interval DEFAULT '7 days'::interval, if_not_exists boolean DEFAULT false, retry_backoff double precision DEFAULT 2, retry_delay_max interval DEFAULT '01:00:00'::interval, retry_jitter double precision DEFAULT 0.1, default_priority integer DEFAULT 0, dedup_window interval DEFAULT '00:05:00'::interval, notify boolean DEFAULT false, contract jsonb DEFAULT NULL::jsonb, alert_dlq bigint DEFAULT NULL::bigint, alert_age interval DEFAULT NULL::interval, alert_depth bigint DEFAULT NULL::bigint, session_leases boolean DEFAULT false)
  RETURNS boolean
  LANGUAGE plpgsql
  SECURITY DEFINER
@@ -1077,6 +1140,7 @@ BEGIN
     PERFORM pgflow._check_priority(default_priority, 'default_priority');
     PERFORM pgflow._check_interval(dedup_window, 'dedup_window', false);
     PERFORM pgflow._require(notify, 'notify');
+    PERFORM pgflow._require(session_leases, 'session_leases');
     IF contract IS NOT NULL THEN
         PERFORM pgflow._check_contract_schema(contract::text);
     END IF;
@@ -1103,12 +1167,13 @@ BEGIN
     INSERT INTO pgflow.queue (queue_id, queue_name, visibility_timeout, max_retries, retry_delay,
                               retry_backoff, retry_delay_max, retry_jitter,
                               archive_retention, msg_seq, archived_seq, default_priority,
-                              dedup_window, notify, alert_dlq, alert_age, alert_depth)
+                              dedup_window, notify, alert_dlq, alert_age, alert_depth,
+                              session_leases)
     VALUES (v_id, queue_name, visibility_timeout, max_retries, retry_delay,
             retry_backoff, retry_delay_max, retry_jitter,
             archive_retention, v_msg_seq::regclass, v_archived_seq::regclass, default_priority,
             dedup_window, notify, nullif(alert_dlq, -1), nullif(alert_age, interval '0'),
-            nullif(alert_depth, -1))
+            nullif(alert_depth, -1), session_leases)
     ON CONFLICT ON CONSTRAINT queue_queue_name_key DO NOTHING;
 
     IF NOT FOUND THEN
@@ -2123,7 +2188,7 @@ AS $function$
     SELECT q.queue_name, q.visibility_timeout, q.max_retries, q.retry_delay, q.retry_backoff,
            q.retry_delay_max, q.retry_jitter, q.archive_retention, q.created_at,
            q.default_priority, q.dedup_window, q.notify, q.contract_version,
-           q.alert_dlq, q.alert_age, q.alert_depth
+           q.alert_dlq, q.alert_age, q.alert_depth, q.session_leases
       FROM pgflow.queue q
      WHERE pgflow._visible(q.queue_id)
      ORDER BY q.queue_name;

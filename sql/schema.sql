@@ -59,7 +59,11 @@ CREATE TABLE pgflow.queue (
     -- message older than alert_age (pgflow.alerts()).
     alert_dlq          bigint      CHECK (alert_dlq >= 0),
     alert_age          interval    CHECK (alert_age > interval '0' AND alert_age <= interval '100 years'),
-    alert_depth        bigint      CHECK (alert_depth >= 0)
+    alert_depth        bigint      CHECK (alert_depth >= 0),
+    -- Session leases: a lease is also held by the session (backend) that read it, and when that
+    -- session ends the worker gives the message back within a tick (as a failed delivery), not
+    -- at the end of its visibility timeout. Off for connections a pooler shares or recycles.
+    session_leases     boolean     NOT NULL DEFAULT false
 );
 COMMENT ON TABLE pgflow.queue IS 'pgflow queues and their policies; use pgflow.create_queue/alter_queue/drop_queue.';
 
@@ -92,6 +96,9 @@ CREATE TABLE pgflow.message (
     -- Failed deliveries so far: [{"at", "attempt", "error"}, ...]; NULL until the first failure
     -- (a NULL costs one bit). Keeps the first and the last 19.
     errors      jsonb,
+    -- 'l' in a queue with session_leases: the reading session's key (pgflow._session_key():
+    -- backend pid and start second); NULL otherwise.
+    holder      bigint,
     PRIMARY KEY (queue_id, msg_id)
 );
 COMMENT ON TABLE pgflow.message IS 'Live pgflow messages (ready, delayed, leased) of all queues.';

@@ -102,7 +102,8 @@ extension_sql_file!(
         api::cursor::_claim_end,
         api::cursor::_due_begin,
         api::cursor::_due_end,
-        api::cursor::_due
+        api::cursor::_due,
+        api::access::_session_key
     ]
 );
 extension_sql_file!(

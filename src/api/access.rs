@@ -88,3 +88,14 @@ fn _caller() -> pg_sys::Oid {
 fn _caller_class() -> i32 {
     class() as i32
 }
+
+/// This session's key for a session lease (a queue with `session_leases`): its backend's pid
+/// in the high 32 bits and its start time in whole seconds (low 32 bits), so that a pid the
+/// system gives to a later backend is another key. `pgflow._release_orphans` computes the
+/// same key from `pg_stat_activity` (`pid`, `backend_start`) to tell which holders still run.
+#[pg_extern(stable, parallel_safe)]
+fn _session_key() -> i64 {
+    // SAFETY: set once when the backend starts, read-only after.
+    let (pid, start) = unsafe { (pg_sys::MyProcPid, pg_sys::MyStartTime) };
+    (i64::from(pid) << 32) | (start & 0xffff_ffff)
+}

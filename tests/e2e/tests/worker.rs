@@ -403,3 +403,141 @@ fn a_failing_worker_never_stops_another_database_s_worker() {
         admin.batch_execute(&format!("DROP DATABASE {d}")).unwrap();
     }
 }
+
+/// Session leases: when the session that read a message ends (a consumer that crashed or lost
+/// its connection), the worker gives the message back as a failed delivery within a tick,
+/// long before its one-hour lease; a live session's lease stays, tick after tick.
+#[test]
+fn the_worker_gives_back_the_session_leases_of_a_session_that_ended() {
+    let _g = serial();
+    let mut admin = connect();
+    let db = "pgflow_w_session";
+    fresh_database(&mut admin, db);
+    let mut c = connect_to(db);
+    c.batch_execute("CREATE EXTENSION pgflow").unwrap();
+    assert!(
+        eventually(&mut admin, &state_is(db, "running"), DEADLINE),
+        "worker never started"
+    );
+    c.batch_execute(
+        "SELECT pgflow.create_queue('tied', visibility_timeout => '1 hour', retry_delay => '0',
+                                    session_leases => true);
+         SELECT pgflow.send('tied', '{\"n\": 1}');
+         SELECT pgflow.send('tied', '{\"n\": 2}');",
+    )
+    .unwrap();
+    let read_one = |client: &mut Client| -> (i64, i64) {
+        let id: i64 = client
+            .query_one("SELECT msg_id FROM pgflow.read('tied')", &[])
+            .unwrap()
+            .get(0);
+        // A statement of its own: the read's statement sees the row as it was before.
+        let holder: i64 = client
+            .query_one(
+                "SELECT holder FROM pgflow.message WHERE msg_id = $1 AND state = 'l'",
+                &[&id],
+            )
+            .unwrap()
+            .get(0);
+        (id, holder)
+    };
+    // Two consumers, each with its own session; the first goes away.
+    let mut gone = connect_to(db);
+    let mut live = connect_to(db);
+    let (gone_id, gone_key) = read_one(&mut gone);
+    let (live_id, live_key) = read_one(&mut live);
+    let gone_pid: i32 = gone
+        .query_one("SELECT pg_backend_pid()", &[])
+        .unwrap()
+        .get(0);
+    let key_of_pid: i64 = live
+        .query_one(
+            "SELECT (pid::bigint << 32) | (floor(extract(epoch FROM backend_start))::bigint & 4294967295)
+               FROM pg_stat_activity WHERE pid = pg_backend_pid()",
+            &[],
+        )
+        .unwrap()
+        .get(0);
+    assert_eq!(key_of_pid, live_key, "a lease names its reader's session");
+    assert_ne!(gone_key, live_key);
+    drop(gone);
+    assert!(
+        eventually(
+            &mut admin,
+            &format!("SELECT NOT EXISTS (SELECT 1 FROM pg_stat_activity WHERE pid = {gone_pid})"),
+            DEADLINE
+        ),
+        "the first consumer's backend never exited"
+    );
+
+    // Only the worker runs maintenance here: it fails the delivery (retry_delay 0) and the
+    // message is deliverable again, with the reason recorded and counted as an expiry.
+    let released = format!(
+        "SELECT EXISTS (SELECT 1 FROM pgflow.message
+          WHERE msg_id = {gone_id} AND read_ct = 1 AND state IN ('d', 'r')
+            AND errors -> 0 ->> 'error' = 'lease holder disconnected')"
+    );
+    assert!(
+        eventually(&mut c, &released, DEADLINE),
+        "the ended session's lease was never given back"
+    );
+    let ticks_then: i64 = admin
+        .query_one(
+            "SELECT ticks FROM pgflow.worker_status() WHERE datname = $1",
+            &[&db],
+        )
+        .unwrap()
+        .get(0);
+    // Deliverable again (a read may find it row-locked by the worker for a moment: retry).
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(DEADLINE);
+    let again = loop {
+        let r = live
+            .query_opt("SELECT msg_id FROM pgflow.read('tied')", &[])
+            .unwrap();
+        if let Some(r) = r {
+            break r.get::<_, i64>(0);
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "never delivered again"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    };
+    assert_eq!(again, gone_id, "the message was delivered again");
+
+    // Three more rounds of the worker: the live session's leases are still its own.
+    assert!(eventually(
+        &mut admin,
+        &format!(
+            "SELECT ticks >= {} FROM pgflow.worker_status() WHERE datname = '{db}'",
+            ticks_then + 3
+        ),
+        DEADLINE
+    ));
+    let held: i64 = c
+        .query_one(
+            "SELECT count(*) FROM pgflow.message WHERE state = 'l' AND holder = $1",
+            &[&live_key],
+        )
+        .unwrap()
+        .get(0);
+    assert_eq!(held, 2, "a live session's leases stay");
+    let still: bool = c
+        .query_one(
+            "SELECT read_ct = 1 AND errors IS NULL FROM pgflow.message WHERE msg_id = $1",
+            &[&live_id],
+        )
+        .unwrap()
+        .get(0);
+    assert!(still);
+    let expired: i64 = c
+        .query_one("SELECT expired FROM pgflow.metrics('tied')", &[])
+        .unwrap()
+        .get(0);
+    assert_eq!(expired, 1, "the statistics count it as an expired lease");
+    drop(live);
+    drop(c);
+    admin
+        .batch_execute(&format!("DROP DATABASE {db} WITH (FORCE)"))
+        .unwrap();
+}

@@ -71,3 +71,30 @@ SELECT pgflow.prune_archive(now => clock_timestamp() + interval '8 days') AS pru
 
 SELECT pgflow.dlq_purge('rollback_triggers_queue');
 SELECT pgflow.drop_queue('rollback_triggers_queue');
+
+-- Session leases: a lease also names the session that read it (pid and start second), and
+-- maintain() gives back, as a failed delivery, a lease whose session runs no more (here a
+-- holder key no session has), never a live session's.
+SELECT pgflow.create_queue('sess_q', retry_delay => '0', retry_jitter => 0, session_leases => true);
+SELECT queue_id AS sq FROM pgflow.queue WHERE queue_name = 'sess_q' \gset
+SELECT session_leases FROM pgflow.list_queues() WHERE queue_name = 'sess_q';
+SELECT pgflow.send('sess_q', '{"n": 1}') AS s1 \gset
+SELECT pgflow.send('sess_q', '{"n": 2}') AS s2 \gset
+SELECT count(*) AS leased FROM pgflow.read('sess_q', qty => 2);
+SELECT pgflow._session_key() = ((pid::bigint << 32) | (floor(extract(epoch FROM backend_start))::bigint & 4294967295))
+       AS key_is_pid_and_start
+  FROM pg_stat_activity WHERE pid = pg_backend_pid();
+SELECT count(*) AS held_by_this_session FROM pgflow.message
+ WHERE queue_id = :sq AND state = 'l' AND holder = pgflow._session_key();
+UPDATE pgflow.message SET holder = 1 WHERE queue_id = :sq AND msg_id = :s1;
+SELECT job, processed FROM pgflow.maintain() WHERE job = 'expire_leases';
+SELECT msg_id = :s1 AS orphan, state, read_ct, errors -> 0 ->> 'error' AS error
+  FROM pgflow.message WHERE queue_id = :sq ORDER BY msg_id;
+SELECT expired FROM pgflow.metrics('sess_q');
+-- Off: the next leases name no session.
+SELECT session_leases FROM pgflow.alter_queue('sess_q', session_leases => false);
+SELECT msg_id = :s1 AS orphan_again FROM pgflow.read('sess_q');
+SELECT count(*) FILTER (WHERE holder IS NULL) AS unheld, count(*) AS leased FROM pgflow.message
+ WHERE queue_id = :sq AND state = 'l';
+SELECT pg_temp.err($$SELECT pgflow.create_queue('q', session_leases => NULL)$$);
+SELECT pgflow.drop_queue('sess_q');
