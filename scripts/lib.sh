@@ -15,6 +15,8 @@ PGMQ_SQL=$TOOLS/peers/pgmq-1.1.4.sql
 # The Python that draws the benchmark's plots (a venv with matplotlib from PyPI).
 PLOT_PYTHON=$TOOLS/plot/bin/python
 PROMTOOL=$TOOLS/promtool/promtool
+# The Python the Python client is tested with (a venv with psycopg, pytest and mypy from PyPI).
+PY_PYTHON=$TOOLS/python/bin/python
 
 # Where a major's pg_config is once scripts/setup.sh has installed it. 15 is Debian's; 16, 17
 # and 18 come from PyPI wheels unpacked under $TOOLS/pgNN (see setup.sh for which and why).

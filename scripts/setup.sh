@@ -6,11 +6,11 @@
 #   setup.sh demo [MAJOR]   what `make demo` needs: the build tools, cargo-pgrx and one Postgres
 #                           (15 unless MAJOR says otherwise)
 #   setup.sh test           what `make test` needs: every supported Postgres, the Elixir client's
-#                           packages, the benchmark's peers and its plotting venv (its smoke
-#                           run is in the suite)
+#                           packages, the Python client's venv, the benchmark's peers and its
+#                           plotting venv (its smoke run is in the suite)
 #   setup.sh bench [MAJOR]  what `make bench` needs: one Postgres plus pgmq, PgQ and matplotlib
-#   setup.sh PART...        single parts: build, pg15, pg16, pg17, pg18, elixir, peers, plot,
-#                           promtool, chromium
+#   setup.sh PART...        single parts: build, pg15, pg16, pg17, pg18, elixir, python, peers,
+#                           plot, promtool, chromium
 #   setup.sh abi-check MAJOR  compare an installed major's headers with its binaries again
 #
 # Where each Postgres comes from (no source packages: Debian no longer serves them):
@@ -196,6 +196,18 @@ part_plot() {
   "$TOOLS/plot/bin/pip" install -q --only-binary=:all: matplotlib==3.9.2 prometheus-client==0.26.0
 }
 
+# A venv for the Python client's layer (clients/python), from PyPI: psycopg 3.3.9 with its
+# binary libpq, pytest 9.2.0, mypy 2.4.1, and setuptools 84.2.1 to build the package.
+part_python() {
+  "$PY_PYTHON" -c 'import psycopg, pytest, mypy, setuptools; assert psycopg.__version__ == "3.3.9"' \
+    2>/dev/null && return 0
+  log "pip install psycopg[binary]==3.3.9 pytest==9.2.0 mypy==2.4.1 setuptools==84.2.1 (a venv in $TOOLS/python)"
+  [ -x "$PY_PYTHON" ] || python3 -m venv "$TOOLS/python" 2>/dev/null \
+    || { apt_install python3-venv && python3 -m venv "$TOOLS/python"; }
+  "$TOOLS/python/bin/pip" install -q "psycopg[binary]==3.3.9" pytest==9.2.0 mypy==2.4.1 \
+    setuptools==84.2.1 wheel
+}
+
 # promtool, to check examples/prometheus/alerts.yml and lint the endpoint's output (the
 # metrics layer): taken out of Debian's prometheus package with dpkg-deb -x, not installed
 # (installing it would set up a Prometheus server).
@@ -238,14 +250,14 @@ case "$1" in
   demo) parts=(build "pg${2:-15}") ;;
   bench) parts=(build "pg${2:-15}" peers plot) ;;
   abi-check) abi_check "${2:?abi-check needs a major version}"; exit 0 ;;
-  test) parts=(build elixir peers plot promtool chromium); for v in $PG_MAJORS; do parts+=("pg$v"); done ;;
+  test) parts=(build elixir python peers plot promtool chromium); for v in $PG_MAJORS; do parts+=("pg$v"); done ;;
   *) parts=("$@") ;;
 esac
 as_root mkdir -p "$TOOLS"
 for p in "${parts[@]}"; do
   case "$p" in
-    build|pg15|pg16|pg17|pg18|elixir|peers|plot|promtool|chromium) "part_$p" ;;
-    *) die "setup.sh: unknown part '$p' (demo, test, bench, build, pg15..pg18, elixir, peers, plot, promtool, chromium)" ;;
+    build|pg15|pg16|pg17|pg18|elixir|python|peers|plot|promtool|chromium) "part_$p" ;;
+    *) die "setup.sh: unknown part '$p' (demo, test, bench, build, pg15..pg18, elixir, python, peers, plot, promtool, chromium)" ;;
   esac
 done
 pgrx_init

@@ -5,13 +5,13 @@
 # cluster with pgflow preloaded: pg_regress golden tests, isolation specs, the upgrade from
 # 0.1.0, the role model over SCRAM logins, the fuzz layer, the worker lifecycle (hot standby,
 # crash) and the statistics with their Prometheus endpoint on clusters of their own, the evolution
-# scenario, the end-to-end tests over real connections, the Rust and Elixir clients; then the
+# scenario, the end-to-end tests over real connections, the Rust, Elixir and Python clients; then the
 # benchmark in smoke mode.
 #
 # Narrowing (CONTRIBUTING.md has examples):
 #   PG="15 17"        the versions (default: all of 15 16 17 18; PG_VERSIONS is the old name)
 #   LAYER=a,b         the layers: pgrx regress isolation upgrade roles fuzz lifecycle metrics
-#                     evolution e2e rust elixir bench
+#                     evolution e2e rust elixir python bench
 #   TEST=name         with one LAYER: one test of it (a pg_regress file or isolation spec name,
 #                     a cargo test filter, or an ExUnit path such as test/consumer_test.exs:42)
 set -euo pipefail
@@ -19,7 +19,7 @@ set -euo pipefail
 
 versions=${PG:-${PG_VERSIONS:-$PG_MAJORS}}
 versions=${versions//,/ }
-all_layers="pgrx regress isolation upgrade roles fuzz lifecycle metrics evolution e2e rust elixir bench"
+all_layers="pgrx regress isolation upgrade roles fuzz lifecycle metrics evolution e2e rust elixir python bench"
 layers=${LAYER:-$all_layers}
 layers=${layers//,/ }
 one=${TEST:-}
@@ -34,6 +34,7 @@ want() { [[ " $layers " == *" $1 "* ]]; }
 parts=(build)
 for v in $versions; do parts+=("pg$v"); done
 want elixir && parts+=(elixir)
+want python && parts+=(python)
 want bench && parts+=(peers plot)
 want metrics && parts+=(plot promtool chromium)
 "$ROOT/scripts/setup.sh" "${parts[@]}"
@@ -140,6 +141,9 @@ cluster_layers() {
 
   want elixir && run_layer "pg$ver: Elixir client" \
     bash "$ROOT/tests/clients/elixir.sh" "$bindir" "$port" "$dir" ${one:+"$one"}
+
+  want python && run_layer "pg$ver: Python client (pytest, mypy --strict)" \
+    bash "$ROOT/tests/clients/python.sh" "$dsn" ${one:+"$one"}
 
   if [ ${#failed[@]} -gt 0 ] && [ -f "$dir/server.log" ]; then
     grep -E 'PANIC|TRAP|terminated by signal' "$dir/server.log" >&2 || true

@@ -1,0 +1,191 @@
+"""A consumer runtime on asyncio: N workers in one process, each on its own connection.
+
+Each worker long-polls ``read`` for up to ``batch`` messages and hands them to the handler one
+at a time, inside a transaction on the worker's connection that the handler may use: the
+handler's own writes and the ``archive`` commit together, or not at all.
+
+- The handler returns normally: the message is archived, in that transaction.
+- It returns :class:`Retry`: the transaction rolls back and the message is nacked with
+  ``retry_after``.
+- It raises, or runs past ``handler_timeout`` (then it is cancelled): the transaction rolls
+  back and the message is nacked with the error, so the queue's retry policy applies and a
+  message that keeps failing ends in the dead-letter queue.
+
+While a handler runs, a heartbeat extends the lease every ``heartbeat`` (a third of ``vt`` by
+default) over one connection the workers share, so a slow handler keeps its message. A nack
+names the ``read_ct`` it received: if the lease was lost meanwhile (the message went to
+another consumer), the nack is refused (:class:`pgflow.errors.LeaseLost`) and logged, and the
+new holder's lease is left alone.
+
+:meth:`Consumer.stop` (and SIGTERM or SIGINT, when :meth:`Consumer.run` installed its
+handlers) stops taking messages: workers waiting in a long-poll are cancelled (nothing is
+leased by a cancelled read), workers with messages finish them (the batch's later messages are
+released with ``set_vt`` 0, not processed), and ``run`` returns when all are done.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import signal
+from dataclasses import dataclass
+from datetime import timedelta
+from typing import Any, Awaitable, Callable
+
+import psycopg
+
+from .client import AsyncClient
+from .errors import LeaseLost, PgflowError
+from ._calls import Message
+
+log = logging.getLogger("pgflow.consumer")
+
+
+@dataclass(frozen=True)
+class Retry:
+    """A handler's result: deliver the message again after ``after``."""
+
+    after: timedelta
+
+
+Handler = Callable[[Message, psycopg.AsyncConnection[Any]], Awaitable[Retry | None]]
+
+
+class _Retry(Exception):
+    def __init__(self, after: timedelta) -> None:
+        self.after = after
+
+
+class Consumer:
+    """Consumes ``queue`` with ``handler`` on ``workers`` connections to ``conninfo``."""
+
+    def __init__(
+        self,
+        conninfo: str,
+        queue: str,
+        handler: Handler,
+        *,
+        workers: int = 1,
+        batch: int = 1,
+        vt: timedelta = timedelta(seconds=30),
+        wait: timedelta = timedelta(seconds=5),
+        handler_timeout: timedelta | None = None,
+        heartbeat: timedelta | None = None,
+    ) -> None:
+        if workers < 1 or batch < 1:
+            raise ValueError("workers and batch must be at least 1")
+        if vt <= timedelta(0) or wait < timedelta(0):
+            raise ValueError("vt must be positive and wait not negative")
+        self.conninfo = conninfo
+        self.queue = queue
+        self.handler = handler
+        self.workers = workers
+        self.batch = batch
+        self.vt = vt
+        self.wait = wait
+        self.handler_timeout = handler_timeout
+        self.heartbeat = heartbeat if heartbeat is not None else vt / 3
+        self.processed = 0  # messages archived
+        self.failed = 0  # messages nacked
+        self._stopping = asyncio.Event()
+        self._polling: set[psycopg.AsyncConnection[Any]] = set()
+        self._hb_lock = asyncio.Lock()
+        self._hb: AsyncClient | None = None
+
+    def stop(self) -> None:
+        """Stops taking messages; in-flight ones are finished. Safe to call more than once."""
+        if self._stopping.is_set():
+            return
+        self._stopping.set()
+        for conn in list(self._polling):
+            asyncio.ensure_future(self._cancel(conn))
+
+    @staticmethod
+    async def _cancel(conn: psycopg.AsyncConnection[Any]) -> None:
+        try:
+            await conn.cancel_safe()
+        except psycopg.Error:
+            pass
+
+    async def run(self, *, handle_signals: bool = True) -> None:
+        """Runs until :meth:`stop` (or SIGTERM/SIGINT with ``handle_signals``), then drains."""
+        loop = asyncio.get_running_loop()
+        if handle_signals:
+            for sig in (signal.SIGTERM, signal.SIGINT):
+                loop.add_signal_handler(sig, self.stop)
+        try:
+            async with await psycopg.AsyncConnection.connect(self.conninfo, autocommit=True) as hb:
+                self._hb = AsyncClient(hb)
+                await asyncio.gather(*(self._worker(i) for i in range(self.workers)))
+        finally:
+            self._hb = None
+            if handle_signals:
+                for sig in (signal.SIGTERM, signal.SIGINT):
+                    loop.remove_signal_handler(sig)
+
+    async def _worker(self, n: int) -> None:
+        async with await psycopg.AsyncConnection.connect(self.conninfo, autocommit=True) as conn:
+            client = AsyncClient(conn)
+            while not self._stopping.is_set():
+                self._polling.add(conn)
+                try:
+                    messages = await client.read(self.queue, vt=self.vt, qty=self.batch,
+                                                 wait=self.wait)
+                except PgflowError as e:
+                    if self._stopping.is_set() and e.sqlstate == "57014":
+                        break  # the long-poll cancelled by stop(): nothing was leased
+                    raise
+                finally:
+                    self._polling.discard(conn)
+                for i, m in enumerate(messages):
+                    if self._stopping.is_set():
+                        # Not started: give them back at once rather than at the lease's end.
+                        for rest in messages[i:]:
+                            await client.set_vt(self.queue, rest.msg_id, timedelta(0))
+                        break
+                    await self._handle(conn, client, m)
+
+    async def _handle(self, conn: psycopg.AsyncConnection[Any], client: AsyncClient,
+                      m: Message) -> None:
+        beat = asyncio.create_task(self._beat(m))
+        error: str | None = None
+        retry_after: timedelta | None = None
+        try:
+            async with conn.transaction():
+                timeout = None if self.handler_timeout is None else self.handler_timeout.total_seconds()
+                result = await asyncio.wait_for(self.handler(m, conn), timeout)
+                if isinstance(result, Retry):
+                    raise _Retry(result.after)
+                await client.archive(self.queue, [m.msg_id])
+            self.processed += 1
+        except _Retry as r:
+            retry_after, error = r.after, "retry requested by the handler"
+        except asyncio.TimeoutError:
+            error = f"handler timed out after {self.handler_timeout}"
+        except Exception as e:  # noqa: BLE001 - any handler failure is a failed delivery
+            error = f"{type(e).__name__}: {e}"
+        finally:
+            beat.cancel()
+            try:
+                await beat
+            except asyncio.CancelledError:
+                pass
+        if error is not None:
+            self.failed += 1
+            try:
+                await client.nack(self.queue, m.msg_id, error=error, retry_after=retry_after,
+                                  read_ct=m.read_ct)
+            except LeaseLost:
+                log.warning("message %s of %s: lease lost before the nack", m.msg_id, self.queue)
+
+    async def _beat(self, m: Message) -> None:
+        """Extends the lease every ``heartbeat`` while the handler runs."""
+        while True:
+            await asyncio.sleep(self.heartbeat.total_seconds())
+            if self._hb is None:
+                return
+            async with self._hb_lock:
+                try:
+                    await self._hb.set_vt(self.queue, m.msg_id, self.vt)
+                except PgflowError as e:
+                    log.warning("message %s of %s: heartbeat failed: %s", m.msg_id, self.queue, e)
