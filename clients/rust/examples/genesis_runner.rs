@@ -1,13 +1,13 @@
 //! The Genesis job runner on pgflow: 4 handlers consume `code_execution_requests` (30 s lease,
 //! renewed while a job runs; 10 s timeout), publish each result to `code_execution_results`,
-//! and archive the request. SIGTERM or Ctrl-C stops it gracefully: jobs in flight finish.
+//! and archive the request, the result and the archive in one transaction (`run_tx`): a crash
+//! never publishes a result twice. SIGTERM or Ctrl-C stops it gracefully: jobs in flight finish.
 //!
 //!   PGFLOW_DSN="host=127.0.0.1 port=54315 user=postgres dbname=pgflow_demo" \
 //!     cargo run -p pgflow-client --example genesis_runner
-use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use pgflow_client::{Client, Consumer, Message};
+use pgflow_client::{Consumer, Message, Tx};
 use serde_json::{json, Value};
 use tokio::signal::unix::{signal, SignalKind};
 
@@ -15,7 +15,6 @@ use tokio::signal::unix::{signal, SignalKind};
 async fn main() -> Result<(), Box<dyn std::error::Error>> {
     let dsn = std::env::var("PGFLOW_DSN")
         .unwrap_or_else(|_| "host=127.0.0.1 port=54315 user=postgres dbname=pgflow_demo".into());
-    let results = Arc::new(Client::connect(&dsn).await?);
     let consumer = Consumer {
         handlers: 4,
         lease: Duration::from_secs(30),
@@ -23,8 +22,7 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
         progress: Some(Duration::from_secs(2)),
         ..Consumer::new(&dsn, "code_execution_requests")
     };
-    let handler = move |m: Message<Value>| {
-        let results = Arc::clone(&results);
+    let handler = move |m: Message<Value>, tx: Tx| {
         async move {
             let t0 = Instant::now();
             let code = m.payload["code"].as_str().unwrap_or_default().to_owned();
@@ -41,7 +39,8 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
                 },
                 "timestamp": "2026-11-22T10:00:00Z"
             });
-            results
+            // In the handler's transaction: it commits with the request's archive.
+            tx.client()
                 .send("code_execution_results", &result)
                 .await
                 .map(|_| ())
@@ -56,7 +55,7 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
         }
         eprintln!("genesis runner: stopping; jobs in flight finish first");
     };
-    let stats = consumer.run(handler, shutdown).await?;
+    let stats = consumer.run_tx(handler, shutdown).await?;
     eprintln!(
         "genesis runner: done, {} archived, {} nacked",
         stats.archived.load(std::sync::atomic::Ordering::Relaxed),

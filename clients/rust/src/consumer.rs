@@ -5,6 +5,14 @@
 //! (together with the next lease, in one `archive_read` round trip), an error or the timeout nacks (the queue's retry policy decides: retry later or DLQ), with
 //! the received read_ct so a handler that lost its lease cannot disturb the new holder.
 //!
+//! Transactional handlers ([`Consumer::run_tx`]): the handler gets its worker's connection
+//! ([`Tx`]) inside a transaction, and the message's archive commits in that same transaction.
+//! A handler that sends its result to another queue, or writes rows, does so exactly once per
+//! archived message: a crash before the COMMIT loses both the writes and the archive (the
+//! message is delivered again), never one of them. Heartbeats then go over a second connection
+//! per worker (an extension made inside the open transaction would be invisible until its
+//! commit).
+//!
 //! Shutdown (the future passed to `run` completes, e.g. on SIGTERM): no new reads; messages
 //! in flight finish (or time out and are nacked) and are archived, then `run` returns. A
 //! message is never dropped on the floor: it is archived, nacked, or its lease runs out and it
@@ -20,6 +28,23 @@ use crate::{Client, Message, Result};
 
 /// What a handler returns: Ok to archive, Err(reason) to nack.
 pub type Outcome = std::result::Result<(), String>;
+
+/// The worker's connection, inside the transaction a [`Consumer::run_tx`] handler runs in.
+/// Its statements commit with the message's archive, or roll back with a failure.
+#[derive(Clone)]
+pub struct Tx(Arc<Client>);
+
+impl Tx {
+    /// The connection, for any SQL (including `pgflow.send` of a result).
+    pub fn pg(&self) -> &tokio_postgres::Client {
+        self.0.pg()
+    }
+
+    /// The typed pgflow calls on the same connection (so in the same transaction).
+    pub fn client(&self) -> &Client {
+        &self.0
+    }
+}
 
 /// Counters of a run.
 #[derive(Debug, Default)]
@@ -81,21 +106,54 @@ impl Consumer {
         Fut: Future<Output = Outcome> + Send + 'static,
         S: Future<Output = ()> + Send,
     {
+        self.supervise(shutdown, move |me, stats, stop| {
+            let handler = handler.clone();
+            async move {
+                let client = Client::connect(&me.dsn).await?;
+                me.worker(client, handler, stats, stop).await
+            }
+        })
+        .await
+    }
+
+    /// As [`Consumer::run`], with a transactional handler: it gets a [`Tx`], and a message it
+    /// handles successfully is archived in the handler's transaction, which then commits. An
+    /// error, a timeout (the handler's statement is cancelled) or a failed COMMIT rolls the
+    /// transaction back and nacks the message.
+    pub async fn run_tx<F, Fut, S>(self, handler: F, shutdown: S) -> Result<Arc<Stats>>
+    where
+        F: Fn(Message<Value>, Tx) -> Fut + Clone + Send + Sync + 'static,
+        Fut: Future<Output = Outcome> + Send + 'static,
+        S: Future<Output = ()> + Send,
+    {
+        self.supervise(shutdown, move |me, stats, stop| {
+            let handler = handler.clone();
+            async move {
+                let client = Arc::new(Client::connect(&me.dsn).await?);
+                let beat = Client::connect(&me.dsn).await?;
+                me.worker_tx(client, beat, handler, stats, stop).await
+            }
+        })
+        .await
+    }
+
+    /// Starts `handlers` workers, prints progress, waits for `shutdown`, then for the workers.
+    async fn supervise<S, W, WFut>(self, shutdown: S, spawn: W) -> Result<Arc<Stats>>
+    where
+        S: Future<Output = ()> + Send,
+        W: Fn(Consumer, Arc<Stats>, Arc<AtomicBool>) -> WFut,
+        WFut: Future<Output = Result<()>> + Send + 'static,
+    {
         let stats = Arc::new(Stats::default());
         let stop = Arc::new(AtomicBool::new(false));
         let started = Instant::now();
         let mut tasks = Vec::new();
         for _ in 0..self.handlers.max(1) {
-            let client = Client::connect(&self.dsn).await?;
-            let (me, handler, stats, stop) = (
+            tasks.push(tokio::spawn(spawn(
                 self.clone(),
-                handler.clone(),
                 Arc::clone(&stats),
                 Arc::clone(&stop),
-            );
-            tasks.push(tokio::spawn(async move {
-                me.worker(client, handler, stats, stop).await
-            }));
+            )));
         }
         let progress = self.progress.map(|every| {
             let (stats, stop) = (Arc::clone(&stats), Arc::clone(&stop));
@@ -184,18 +242,14 @@ impl Consumer {
         Fut: Future<Output = Outcome> + Send + 'static,
     {
         let (id, read_ct) = (m.id, m.read_ct);
-        let mut work = Box::pin(tokio::time::timeout(self.timeout, handler(m)));
-        let beat = self.lease / 3;
-        let outcome = loop {
-            tokio::select! {
-                r = &mut work => break r,
-                _ = tokio::time::sleep(beat) => {
-                    // Heartbeat: the handler still works, keep the message ours.
-                    client.set_vt(&self.queue, id, self.lease).await?;
-                    stats.lease_extensions.fetch_add(1, Ordering::Relaxed);
-                }
-            }
-        };
+        let outcome = self
+            .with_heartbeat(
+                client,
+                id,
+                tokio::time::timeout(self.timeout, handler(m)),
+                stats,
+            )
+            .await?;
         match outcome {
             // Archived by the caller's next round trip.
             Ok(Ok(())) => return Ok(Some(id)),
@@ -211,6 +265,95 @@ impl Consumer {
             }
         }
         Ok(None)
+    }
+
+    /// Awaits `work` while extending message `id`'s lease every lease/3 over `beat`.
+    async fn with_heartbeat<T>(
+        &self,
+        beat: &Client,
+        id: i64,
+        work: impl Future<Output = T>,
+        stats: &Stats,
+    ) -> Result<T> {
+        let mut work = Box::pin(work);
+        let every = self.lease / 3;
+        loop {
+            tokio::select! {
+                r = &mut work => return Ok(r),
+                _ = tokio::time::sleep(every) => {
+                    // Heartbeat: the handler still works, keep the message ours.
+                    beat.set_vt(&self.queue, id, self.lease).await?;
+                    stats.lease_extensions.fetch_add(1, Ordering::Relaxed);
+                }
+            }
+        }
+    }
+
+    async fn worker_tx<F, Fut>(
+        &self,
+        client: Arc<Client>,
+        beat: Client,
+        handler: F,
+        stats: Arc<Stats>,
+        stop: Arc<AtomicBool>,
+    ) -> Result<()>
+    where
+        F: Fn(Message<Value>, Tx) -> Fut,
+        Fut: Future<Output = Outcome> + Send + 'static,
+    {
+        while !stop.load(Ordering::SeqCst) {
+            let msgs = client
+                .read::<Value>(&self.queue, self.lease, 1, Some(self.wait))
+                .await?;
+            for m in msgs {
+                let (id, read_ct) = (m.id, m.read_ct);
+                client.pg().batch_execute("BEGIN").await?;
+                let work = tokio::time::timeout(self.timeout, handler(m, Tx(Arc::clone(&client))));
+                let failure = match self.with_heartbeat(&beat, id, work, &stats).await? {
+                    Ok(Ok(())) => match client.archive(&self.queue, id).await {
+                        Ok(_) => match client.pg().batch_execute("COMMIT").await {
+                            Ok(()) => None,
+                            Err(e) => Some(format!("commit failed: {}", crate::Error::Db(e))),
+                        },
+                        Err(e) => Some(format!("archive failed: {e}")),
+                    },
+                    Ok(Err(reason)) => Some(reason),
+                    Err(_) => {
+                        // The handler's statement may still run: cancel it before the ROLLBACK.
+                        let _ = client
+                            .pg()
+                            .cancel_token()
+                            .cancel_query(tokio_postgres::NoTls)
+                            .await;
+                        stats.timed_out.fetch_add(1, Ordering::Relaxed);
+                        Some(format!("handler timed out after {:?}", self.timeout))
+                    }
+                };
+                match failure {
+                    None => {
+                        stats.archived.fetch_add(1, Ordering::Relaxed);
+                    }
+                    Some(reason) => {
+                        // A cancel sent after a timeout can land on the next statement instead
+                        // of the handler's: a statement cancelled that way did nothing, so it
+                        // is simply run again.
+                        for attempt in 0.. {
+                            let r = match client.pg().batch_execute("ROLLBACK").await {
+                                Ok(()) => self.nack(&client, id, &reason, read_ct).await,
+                                Err(e) => Err(e.into()),
+                            };
+                            match r {
+                                Ok(()) => break,
+                                Err(e) if e.sqlstate() == Some("57014") && attempt < 3 => {}
+                                Err(e) => return Err(e),
+                            }
+                        }
+                        stats.nacked.fetch_add(1, Ordering::Relaxed);
+                    }
+                }
+            }
+        }
+        Ok(())
     }
 
     async fn nack(&self, client: &Client, id: i64, reason: &str, read_ct: i32) -> Result<()> {

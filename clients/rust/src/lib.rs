@@ -12,7 +12,7 @@ use serde_json::Value;
 use tokio_postgres::{Client as PgClient, NoTls};
 
 mod consumer;
-pub use consumer::{Consumer, Outcome, Stats};
+pub use consumer::{Consumer, Outcome, Stats, Tx};
 
 /// Errors: the database's (with its SQLSTATE), or a payload that does not (de)serialize.
 #[derive(Debug)]

@@ -337,3 +337,143 @@ async fn shutdown_lets_in_flight_messages_finish_and_loses_none() {
         "nothing archived twice"
     );
 }
+
+/// Transactional handlers: the handler's own writes (a row, and a result sent to another
+/// queue) commit with the archive, or roll back with the nack; a handler that times out in the
+/// middle of a statement is cancelled, rolled back and nacked, and the worker goes on.
+#[tokio::test]
+async fn transactional_handlers_commit_their_writes_with_the_archive() {
+    let q = "rs_tx";
+    let c = fresh(q, ", retry_delay => '1 hour', retry_jitter => 0").await;
+    let results = "rs_tx_results";
+    c.pg()
+        .execute(
+            "SELECT pgflow.drop_queue($1, if_exists => true)",
+            &[&results],
+        )
+        .await
+        .unwrap();
+    c.pg()
+        .execute("SELECT pgflow.create_queue($1)", &[&results])
+        .await
+        .unwrap();
+    c.pg()
+        .batch_execute("DROP TABLE IF EXISTS rs_tx_effects; CREATE TABLE rs_tx_effects (id text)")
+        .await
+        .unwrap();
+    for id in ["ok", "fail", "slow"] {
+        c.send(
+            q,
+            &Job {
+                id: id.into(),
+                n: 1,
+            },
+        )
+        .await
+        .unwrap();
+    }
+    let handled = Arc::new(AtomicUsize::new(0));
+    let all = Arc::new(Notify::new());
+    let handler = {
+        let (handled, all) = (Arc::clone(&handled), Arc::clone(&all));
+        move |m: Message<Value>, tx: pgflow_client::Tx| {
+            let (handled, all) = (Arc::clone(&handled), Arc::clone(&all));
+            async move {
+                let id = m.payload["id"].as_str().unwrap_or("").to_owned();
+                // The third has started: stop after it (the runtime finishes what is in
+                // flight, here by timing it out).
+                if handled.fetch_add(1, Ordering::SeqCst) + 1 == 3 {
+                    all.notify_one();
+                }
+                async {
+                    tx.pg()
+                        .execute("INSERT INTO rs_tx_effects VALUES ($1)", &[&id])
+                        .await
+                        .map_err(|e| e.to_string())?;
+                    tx.client()
+                        .send("rs_tx_results", &serde_json::json!({ "for": id }))
+                        .await
+                        .map_err(|e| e.to_string())?;
+                    match id.as_str() {
+                        "fail" => Err("it broke".to_owned()),
+                        "slow" => {
+                            // Past the timeout, inside a statement of the transaction.
+                            tx.pg()
+                                .execute("SELECT pg_sleep(30)", &[])
+                                .await
+                                .map_err(|e| e.to_string())?;
+                            Ok(())
+                        }
+                        _ => Ok(()),
+                    }
+                }
+                .await
+            }
+        }
+    };
+    let consumer = Consumer {
+        handlers: 1,
+        lease: Duration::from_secs(30),
+        timeout: Duration::from_millis(500),
+        wait: Duration::from_millis(200),
+        ..Consumer::new(&dsn(), q)
+    };
+    let done = Arc::clone(&all);
+    let stats = tokio::time::timeout(
+        Duration::from_secs(60),
+        consumer.run_tx(handler, async move { done.notified().await }),
+    )
+    .await
+    .expect("the consumer never handled the three messages")
+    .unwrap();
+    assert_eq!(stats.archived.load(Ordering::SeqCst), 1);
+    assert_eq!(stats.nacked.load(Ordering::SeqCst), 2);
+    assert_eq!(stats.timed_out.load(Ordering::SeqCst), 1);
+    let effects: Vec<String> = c
+        .pg()
+        .query("SELECT id FROM rs_tx_effects", &[])
+        .await
+        .unwrap()
+        .iter()
+        .map(|r| r.get(0))
+        .collect();
+    assert_eq!(
+        effects,
+        vec!["ok".to_owned()],
+        "only the archived handler's write committed"
+    );
+    let sent: Vec<Value> = c
+        .pg()
+        .query(
+            "SELECT message FROM pgflow.message m JOIN pgflow.queue q USING (queue_id)
+              WHERE q.queue_name = $1",
+            &[&results],
+        )
+        .await
+        .unwrap()
+        .iter()
+        .map(|r| r.get(0))
+        .collect();
+    assert_eq!(
+        sent,
+        vec![serde_json::json!({ "for": "ok" })],
+        "one result, for the archived message"
+    );
+    let failed: Vec<(String, String)> = c
+        .pg()
+        .query(
+            "SELECT message ->> 'id', errors -> -1 ->> 'error' FROM pgflow.message m
+               JOIN pgflow.queue q USING (queue_id)
+              WHERE q.queue_name = $1 ORDER BY msg_id",
+            &[&q],
+        )
+        .await
+        .unwrap()
+        .iter()
+        .map(|r| (r.get(0), r.get(1)))
+        .collect();
+    assert_eq!(failed.len(), 2);
+    assert_eq!(failed[0], ("fail".to_owned(), "it broke".to_owned()));
+    assert_eq!(failed[1].0, "slow");
+    assert!(failed[1].1.starts_with("handler timed out"), "{failed:?}");
+}
