@@ -142,6 +142,21 @@ BEGIN
                                             'max_retries exceeded');
 END $$;
 
+-- _fail_lost: leases lost without a nack (run out, or their session ended), failed with
+-- reason and counted by the statistics as expired, not nacked (src/ipc/stats.rs). The caller
+-- holds the rows (FOR UPDATE). Returns how many.
+CREATE FUNCTION pgflow._fail_lost(q pgflow.queue, ids bigint[], reason text, p_now timestamptz)
+RETURNS bigint
+LANGUAGE plpgsql VOLATILE AS $$
+DECLARE
+    n bigint;
+BEGIN
+    PERFORM pgflow._stats_mode('expire');
+    n := (SELECT count(*) FROM pgflow._fail(q, ids, reason, NULL, p_now, reason));
+    PERFORM pgflow._stats_mode('plain');
+    RETURN n;
+END $$;
+
 -- _expire_queue: expired leases of one queue, oldest first, at most lim: each is a failed
 -- delivery ("visibility timeout expired"). Rows another session holds are skipped, so two
 -- callers never process the same message. Returns how many it processed.
@@ -152,7 +167,6 @@ SET enable_seqscan = off  -- see the header of sql/internal.sql
 AS $$
 DECLARE
     ids bigint[];
-    n bigint;
 BEGIN
     PERFORM pgflow._touch(q.queue_id, q.msg_seq::oid);
     SELECT array_agg(e.msg_id) INTO ids
@@ -164,12 +178,7 @@ BEGIN
     IF ids IS NULL THEN
         RETURN 0;
     END IF;
-    -- The statistics count these failures as expired leases, not nacks (src/ipc/stats.rs).
-    PERFORM pgflow._stats_mode('expire');
-    n := (SELECT count(*) FROM pgflow._fail(q, ids, 'visibility timeout expired', NULL, p_now,
-                                            'visibility timeout expired'));
-    PERFORM pgflow._stats_mode('plain');
-    RETURN n;
+    RETURN pgflow._fail_lost(q, ids, 'visibility timeout expired', p_now);
 END $$;
 
 -- _release_orphans: the session leases of one queue (session_leases) whose reading session
@@ -192,7 +201,6 @@ DECLARE
     v_held bigint[];
     v_live bigint[];
     ids bigint[];
-    n bigint;
 BEGIN
     SELECT array_agg(DISTINCT m.holder) INTO v_held
       FROM pgflow.message m
@@ -224,11 +232,7 @@ BEGIN
         RETURN 0;
     END IF;
     PERFORM pgflow._touch(q.queue_id, q.msg_seq::oid);
-    PERFORM pgflow._stats_mode('expire');
-    n := (SELECT count(*) FROM pgflow._fail(q, ids, 'lease holder disconnected', NULL, p_now,
-                                            'lease holder disconnected'));
-    PERFORM pgflow._stats_mode('plain');
-    RETURN n;
+    RETURN pgflow._fail_lost(q, ids, 'lease holder disconnected', p_now);
 END $$;
 
 -------------------------------------------------------------------------------------------------

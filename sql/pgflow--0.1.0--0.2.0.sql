@@ -556,7 +556,6 @@ CREATE OR REPLACE FUNCTION pgflow._expire_queue(q pgflow.queue, p_now timestamp 
 AS $function$
 DECLARE
     ids bigint[];
-    n bigint;
 BEGIN
     PERFORM pgflow._touch(q.queue_id, q.msg_seq::oid);
     SELECT array_agg(e.msg_id) INTO ids
@@ -568,10 +567,18 @@ BEGIN
     IF ids IS NULL THEN
         RETURN 0;
     END IF;
-    -- The statistics count these failures as expired leases, not nacks (src/ipc/stats.rs).
+    RETURN pgflow._fail_lost(q, ids, 'visibility timeout expired', p_now);
+END $function$;
+
+CREATE OR REPLACE FUNCTION pgflow._fail_lost(q pgflow.queue, ids bigint[], reason text, p_now timestamp with time zone)
+ RETURNS bigint
+ LANGUAGE plpgsql
+AS $function$
+DECLARE
+    n bigint;
+BEGIN
     PERFORM pgflow._stats_mode('expire');
-    n := (SELECT count(*) FROM pgflow._fail(q, ids, 'visibility timeout expired', NULL, p_now,
-                                            'visibility timeout expired'));
+    n := (SELECT count(*) FROM pgflow._fail(q, ids, reason, NULL, p_now, reason));
     PERFORM pgflow._stats_mode('plain');
     RETURN n;
 END $function$;
@@ -828,7 +835,6 @@ DECLARE
     v_held bigint[];
     v_live bigint[];
     ids bigint[];
-    n bigint;
 BEGIN
     SELECT array_agg(DISTINCT m.holder) INTO v_held
       FROM pgflow.message m
@@ -860,11 +866,7 @@ BEGIN
         RETURN 0;
     END IF;
     PERFORM pgflow._touch(q.queue_id, q.msg_seq::oid);
-    PERFORM pgflow._stats_mode('expire');
-    n := (SELECT count(*) FROM pgflow._fail(q, ids, 'lease holder disconnected', NULL, p_now,
-                                            'lease holder disconnected'));
-    PERFORM pgflow._stats_mode('plain');
-    RETURN n;
+    RETURN pgflow._fail_lost(q, ids, 'lease holder disconnected', p_now);
 END $function$;
 
 CREATE OR REPLACE FUNCTION pgflow._stats_rebuild(lock_wait interval DEFAULT '00:00:01'::interval)

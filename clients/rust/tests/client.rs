@@ -346,17 +346,7 @@ async fn transactional_handlers_commit_their_writes_with_the_archive() {
     let q = "rs_tx";
     let c = fresh(q, ", retry_delay => '1 hour', retry_jitter => 0").await;
     let results = "rs_tx_results";
-    c.pg()
-        .execute(
-            "SELECT pgflow.drop_queue($1, if_exists => true)",
-            &[&results],
-        )
-        .await
-        .unwrap();
-    c.pg()
-        .execute("SELECT pgflow.create_queue($1)", &[&results])
-        .await
-        .unwrap();
+    fresh(results, "").await;
     c.pg()
         .batch_execute("DROP TABLE IF EXISTS rs_tx_effects; CREATE TABLE rs_tx_effects (id text)")
         .await

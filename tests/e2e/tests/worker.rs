@@ -27,6 +27,18 @@ fn fresh_database(admin: &mut Client, name: &str) {
         .unwrap();
 }
 
+/// A fresh database with pgflow, once its worker runs; a connection to it.
+fn database_with_worker(admin: &mut Client, db: &str) -> Client {
+    fresh_database(admin, db);
+    let mut c = connect_to(db);
+    c.batch_execute("CREATE EXTENSION pgflow").unwrap();
+    assert!(
+        eventually(admin, &state_is(db, "running"), DEADLINE),
+        "worker never started"
+    );
+    c
+}
+
 fn state_is(db: &str, state: &str) -> String {
     format!(
         "SELECT coalesce((SELECT state = '{state}' FROM pgflow.worker_status() WHERE datname = '{db}'), false)"
@@ -48,13 +60,7 @@ fn the_worker_expires_leases_retries_with_backoff_dead_letters_and_prunes() {
     let _g = serial();
     let mut admin = connect();
     let db = "pgflow_w_jobs";
-    fresh_database(&mut admin, db);
-    let mut c = connect_to(db);
-    c.batch_execute("CREATE EXTENSION pgflow").unwrap();
-    assert!(
-        eventually(&mut admin, &state_is(db, "running"), DEADLINE),
-        "worker never started"
-    );
+    let mut c = database_with_worker(&mut admin, db);
 
     c.batch_execute(
         "SELECT pgflow.create_queue('jobs', max_retries => 1, retry_delay => '300 ms',
@@ -170,10 +176,7 @@ fn the_worker_follows_the_extension_and_survives_database_commands() {
             .batch_execute(&format!("DROP DATABASE IF EXISTS {d} WITH (FORCE)"))
             .unwrap();
     }
-    fresh_database(&mut admin, db);
-    let mut c = connect_to(db);
-    c.batch_execute("CREATE EXTENSION pgflow").unwrap();
-    assert!(eventually(&mut admin, &state_is(db, "running"), DEADLINE));
+    let mut c = database_with_worker(&mut admin, db);
     let pid = worker_pid(&mut admin, db).expect("a running worker has a pid");
     // The slot says running as soon as the worker attaches; pg_stat_activity shows it (and its
     // database) once it has connected.
@@ -412,13 +415,7 @@ fn the_worker_gives_back_the_session_leases_of_a_session_that_ended() {
     let _g = serial();
     let mut admin = connect();
     let db = "pgflow_w_session";
-    fresh_database(&mut admin, db);
-    let mut c = connect_to(db);
-    c.batch_execute("CREATE EXTENSION pgflow").unwrap();
-    assert!(
-        eventually(&mut admin, &state_is(db, "running"), DEADLINE),
-        "worker never started"
-    );
+    let mut c = database_with_worker(&mut admin, db);
     c.batch_execute(
         "SELECT pgflow.create_queue('tied', visibility_timeout => '1 hour', retry_delay => '0',
                                     session_leases => true);
