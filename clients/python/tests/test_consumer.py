@@ -113,7 +113,7 @@ def test_outcomes_archive_nack_retry_and_timeout(dsn: str, conn: psycopg.Connect
         return None
 
     consumer = _consume(dsn, "py_outcomes", handler, lambda k: k.processed + k.failed == 4,
-                        handler_timeout=timedelta(milliseconds=300))
+                        handler_timeout=timedelta(seconds=3))
     assert (consumer.processed, consumer.failed) == (1, 3)
     # Only the archived message's write committed.
     assert [r[0] for r in conn.execute("SELECT n FROM py_effects").fetchall()] == [ok]

@@ -100,8 +100,11 @@ class Consumer:
         for conn in list(self._polling):
             asyncio.ensure_future(self._cancel(conn))
 
-    @staticmethod
-    async def _cancel(conn: psycopg.AsyncConnection[Any]) -> None:
+    async def _cancel(self, conn: psycopg.AsyncConnection[Any]) -> None:
+        # Only a connection still in its long-poll: a cancel that reached a handler's
+        # statement instead would fail that message for no reason.
+        if conn not in self._polling:
+            return
         try:
             await conn.cancel_safe()
         except psycopg.Error:
