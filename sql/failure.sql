@@ -211,9 +211,7 @@ BEGIN
     -- A fresh list: pg_stat_activity is read once per transaction unless cleared.
     PERFORM pg_catalog.pg_stat_clear_snapshot();
     SELECT CASE WHEN bool_and(a.backend_start IS NOT NULL)
-                THEN coalesce(array_agg((a.pid::bigint << 32)
-                                        | (floor(extract(epoch FROM a.backend_start))::bigint & 4294967295)),
-                              '{}')
+                THEN coalesce(array_agg(pgflow._session_key_of(a.pid, a.backend_start)), '{}')
            END
       INTO v_live
       FROM pg_catalog.pg_stat_get_activity(NULL) a

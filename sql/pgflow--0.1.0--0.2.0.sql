@@ -186,6 +186,12 @@ CREATE OR REPLACE FUNCTION pgflow._session_key()
  STABLE PARALLEL SAFE STRICT
 AS 'MODULE_PATHNAME', $function$_session_key_wrapper$function$;
 
+CREATE OR REPLACE FUNCTION pgflow._session_key_of(pid integer, backend_start timestamp with time zone)
+ RETURNS bigint
+ LANGUAGE c
+ IMMUTABLE PARALLEL SAFE STRICT
+AS 'MODULE_PATHNAME', $function$_session_key_of_wrapper$function$;
+
 CREATE OR REPLACE FUNCTION pgflow._stats(queue_id integer)
  RETURNS TABLE(valid boolean, ready bigint, delayed bigint, in_flight bigint, waiting bigint, dead bigint, archived_rows bigint, sent bigint, delivered bigint, archived bigint, deleted bigint, nacked bigint, expired bigint, dead_lettered bigint, redriven bigint, wait_p50 double precision, wait_p99 double precision, end_to_end_p50 double precision, end_to_end_p99 double precision, processing_p50 double precision, processing_p99 double precision, reset_at timestamp with time zone, oldest_ready_at timestamp with time zone)
  LANGUAGE c
@@ -845,9 +851,7 @@ BEGIN
     -- A fresh list: pg_stat_activity is read once per transaction unless cleared.
     PERFORM pg_catalog.pg_stat_clear_snapshot();
     SELECT CASE WHEN bool_and(a.backend_start IS NOT NULL)
-                THEN coalesce(array_agg((a.pid::bigint << 32)
-                                        | (floor(extract(epoch FROM a.backend_start))::bigint & 4294967295)),
-                              '{}')
+                THEN coalesce(array_agg(pgflow._session_key_of(a.pid, a.backend_start)), '{}')
            END
       INTO v_live
       FROM pg_catalog.pg_stat_get_activity(NULL) a

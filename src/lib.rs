@@ -86,7 +86,8 @@ extension_sql_file!(
         api::_retry_delay,
         api::wait::_announce,
         api::cursor::_touch,
-        api::stats::_stats_mode
+        api::stats::_stats_mode,
+        api::access::_session_key_of
     ]
 );
 extension_sql_file!(

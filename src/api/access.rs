@@ -89,13 +89,26 @@ fn _caller_class() -> i32 {
     class() as i32
 }
 
-/// This session's key for a session lease (a queue with `session_leases`): its backend's pid
-/// in the high 32 bits and its start time in whole seconds (low 32 bits), so that a pid the
-/// system gives to a later backend is another key. `pgflow._release_orphans` computes the
-/// same key from `pg_stat_activity` (`pid`, `backend_start`) to tell which holders still run.
+/// A session's key for a session lease (a queue with `session_leases`): its backend's pid in
+/// the high 32 bits and its start time in whole Unix seconds (low 32 bits), so that a pid the
+/// system gives to a later backend is another key.
+fn session_key(pid: i32, start: pg_sys::TimestampTz) -> i64 {
+    // Postgres's own conversion (timestamptz_to_time_t): microseconds since 2000-01-01.
+    let unix_secs = start / 1_000_000 + 946_684_800;
+    (i64::from(pid) << 32) | (unix_secs & 0xffff_ffff)
+}
+
+/// This session's key, which a claim in a queue with `session_leases` records.
 #[pg_extern(stable, parallel_safe)]
 fn _session_key() -> i64 {
     // SAFETY: set once when the backend starts, read-only after.
-    let (pid, start) = unsafe { (pg_sys::MyProcPid, pg_sys::MyStartTime) };
-    (i64::from(pid) << 32) | (start & 0xffff_ffff)
+    let (pid, start) = unsafe { (pg_sys::MyProcPid, pg_sys::MyStartTimestamp) };
+    session_key(pid, start)
+}
+
+/// The key of another session, from `pg_stat_activity`'s `pid` and `backend_start`
+/// (`pgflow._release_orphans`, to tell which holders still run).
+#[pg_extern(immutable, strict, parallel_safe)]
+fn _session_key_of(pid: i32, backend_start: TimestampWithTimeZone) -> i64 {
+    session_key(pid, backend_start.into())
 }

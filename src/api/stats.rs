@@ -54,13 +54,19 @@ const ERRORS: i32 = 11;
 
 /// The root container's kind of a jsonb datum: its first word after the varlena header
 /// (`JsonbContainer.header`; a scalar is stored as a one-element array flagged scalar).
-/// Detoasts at most its first 8 bytes.
+/// A value stored out of line or compressed is detoasted only as far as that word; a plain
+/// one (what a send writes) is read in place.
 unsafe fn jsonb_kind(d: pg_sys::Datum) -> &'static str {
     const JB_FSCALAR: u32 = 0x1000_0000;
     const JB_FOBJECT: u32 = 0x2000_0000;
     const JB_FARRAY: u32 = 0x4000_0000;
     unsafe {
-        let v = pg_sys::pg_detoast_datum_slice(d.cast_mut_ptr(), 0, 4);
+        let raw: *mut pg_sys::varlena = d.cast_mut_ptr();
+        let v = if pgrx::varlena::varatt_is_1b_e(raw) || pgrx::varlena::varatt_is_4b_c(raw) {
+            pg_sys::pg_detoast_datum_slice(raw, 0, 4)
+        } else {
+            raw
+        };
         let header = std::ptr::read_unaligned(pgrx::varlena::vardata_any(v) as *const u32);
         if header & JB_FOBJECT != 0 {
             "object"
