@@ -7,7 +7,7 @@ defmodule Pgflow.MixProject do
   def project do
     [
       app: :pgflow,
-      version: "0.1.0",
+      version: "0.2.0",
       elixir: "~> 1.14",
       start_permanent: Mix.env() == :prod,
       deps: [],

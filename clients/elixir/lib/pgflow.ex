@@ -44,18 +44,48 @@ defmodule Pgflow do
       "SELECT msg_id::text FROM pgflow.set_vt($1, $2::bigint, ($3::bigint * interval '1 ms'))",
     publish:
       "SELECT queue_name::text, msg_id::text FROM pgflow.publish($1, $2::jsonb, $3::jsonb)",
-    metrics: "SELECT row_to_json(m)::text FROM pgflow.metrics($1) m"
+    metrics: "SELECT row_to_json(m)::text FROM pgflow.metrics($1, $2::boolean) m",
+    list_queues: ~S"""
+    SELECT row_to_json(q)::text FROM (
+      SELECT queue_name, max_retries, retry_backoff, retry_jitter, created_at, default_priority,
+             notify, contract_version, alert_dlq, alert_depth, session_leases,
+             (extract(epoch FROM visibility_timeout) * 1000)::bigint AS visibility_timeout_ms,
+             (extract(epoch FROM retry_delay) * 1000)::bigint AS retry_delay_ms,
+             (extract(epoch FROM retry_delay_max) * 1000)::bigint AS retry_delay_max_ms,
+             (extract(epoch FROM archive_retention) * 1000)::bigint AS archive_retention_ms,
+             (extract(epoch FROM dedup_window) * 1000)::bigint AS dedup_window_ms,
+             (extract(epoch FROM alert_age) * 1000)::bigint AS alert_age_ms
+        FROM pgflow.list_queues()) q
+    """,
+    list_pending: "SELECT row_to_json(p)::text FROM pgflow.list_pending($1, $2::int) p",
+    dlq_list: "SELECT row_to_json(d)::text FROM pgflow.dlq_list($1, $2::int) d",
+    dlq_list_all: "SELECT row_to_json(d)::text FROM pgflow.dlq_list_all($1::int) d",
+    dlq_retry: "SELECT pgflow.dlq_retry($1, $2::bigint)::text",
+    dlq_purge: "SELECT pgflow.dlq_purge($1)::text",
+    # Every queue's dead letters, in one statement: all or nothing (42501 when the caller may
+    # not administer one of the queues).
+    dlq_purge_all:
+      "SELECT coalesce(sum(pgflow.dlq_purge(queue_name)), 0)::text FROM pgflow.list_queues()"
   }
 
-  @type conn :: pid()
+  # The connection the admin calls use when given none: the one `Pgflow.Supervisor` (or a
+  # `Pgflow.Connection` child) registers.
+  @default_conn Pgflow.Conn
+
+  # Priority names for `send/4`'s `priority` (and the seeds' `priority: :high`).
+  @priorities %{high: 10, normal: 0, low: -10}
+
+  @type conn :: pid() | atom()
   @type result(t) :: {:ok, t} | {:error, Error.t()}
 
   @doc """
-  Connects. `opts` is a keyword list (`host`, `port`, `user`, `password`, `database`) or a
-  libpq-style string such as `"host=127.0.0.1 port=5432 user=app dbname=app password=s"`.
+  Connects. `opts` is a keyword list (`host`, `port`, `user`, `password`, `database`), a
+  libpq-style string such as `"host=127.0.0.1 port=5432 user=app dbname=app password=s"`, or
+  a URL, `"postgresql://app:s@127.0.0.1:5432/app"` (percent-encoded user and password).
   Password authentication may be md5 or SCRAM-SHA-256.
   """
-  @spec connect(keyword() | String.t()) :: result(conn())
+  @spec connect(keyword() | String.t()) :: result(pid())
+  def connect("postgres" <> _ = url), do: url |> parse_url() |> connect()
   def connect(opts) when is_binary(opts), do: opts |> parse_dsn() |> connect()
 
   def connect(opts) when is_list(opts) do
@@ -89,11 +119,17 @@ defmodule Pgflow do
 
   @doc "Closes the connection."
   @spec close(conn()) :: :ok
-  def close(conn), do: :pgsql.terminate(conn)
+  def close(conn) do
+    # Closing a connection that is already gone is not an error.
+    call(fn -> :pgsql.terminate(conn) end)
+    :ok
+  end
 
   @doc """
   Sends one message; returns its id. `opts`: `headers` (map), `delay` (ms), `priority`,
-  `group_key`, `dedup_key`. A queue with a contract checks the payload (23514 names the field).
+  `group_key`, `dedup_key`. `priority` is an integer (higher first) or `:high` (10), `:normal`
+  (0), `:low` (-10). A queue with a contract checks the payload (23514 names the field). Emits
+  `[:pgflow, :publish]` (`Pgflow.Telemetry`).
   """
   @spec send(conn(), String.t(), map(), keyword()) :: result(integer())
   def send(conn, queue, payload, opts \\ []) do
@@ -102,12 +138,28 @@ defmodule Pgflow do
       json(payload),
       json(opts[:headers]),
       opts[:delay] || 0,
-      opts[:priority],
+      Map.get(@priorities, opts[:priority], opts[:priority]),
       opts[:group_key],
       opts[:dedup_key]
     ]
 
-    with {:ok, [[id]]} <- exec(conn, :send, params), do: {:ok, String.to_integer(id)}
+    started = System.monotonic_time()
+    result = with {:ok, [[id]]} <- exec(conn, :send, params), do: {:ok, String.to_integer(id)}
+
+    published(started, 1, %{queue: queue}, result, fn id -> %{msg_id: id} end)
+    result
+  end
+
+  defp published(started, count, meta, result, on_ok) do
+    meta =
+      case result do
+        {:ok, value} -> meta |> Map.put(:result, :ok) |> Map.merge(on_ok.(value))
+        {:error, error} -> Map.merge(meta, %{result: :error, error: error})
+      end
+
+    count = if match?({:ok, _}, result), do: count, else: 0
+    measurements = %{duration: System.monotonic_time() - started, count: count}
+    Pgflow.Telemetry.execute([:pgflow, :publish], measurements, meta)
   end
 
   @doc """
@@ -182,15 +234,128 @@ defmodule Pgflow do
   @doc "Publishes on a topic; returns `[{queue, msg_id}]`, one per bound queue (all or nothing)."
   @spec publish(conn(), String.t(), map(), map() | nil) :: result([{String.t(), integer()}])
   def publish(conn, topic, payload, headers \\ nil) do
-    with {:ok, rows} <- exec(conn, :publish, [topic, json(payload), json(headers)]) do
-      {:ok, for([q, id] <- rows, do: {q, String.to_integer(id)})}
-    end
+    started = System.monotonic_time()
+
+    result =
+      with {:ok, rows} <- exec(conn, :publish, [topic, json(payload), json(headers)]) do
+        {:ok, for([q, id] <- rows, do: {q, String.to_integer(id)})}
+      end
+
+    count = with {:ok, list} <- result, do: length(list), else: (_ -> 0)
+    published(started, count, %{topic: topic}, result, fn list -> %{queues: list} end)
+    result
   end
 
   @doc "A queue's metrics as a map (`queue_length`, `visible`, `in_flight`, `dlq_length`, ...)."
   @spec metrics(conn(), String.t()) :: result(map())
   def metrics(conn, queue) do
-    with {:ok, [[m]]} <- exec(conn, :metrics, [queue]), do: {:ok, decode(m)}
+    with {:ok, [[m]]} <- exec(conn, :metrics, [queue, "false"]), do: {:ok, decode(m)}
+  end
+
+  # ---- the admin API, with the seeds' names ----
+  #
+  # Each takes `conn:` in its options (default: `Pgflow.Conn`, the connection
+  # `Pgflow.Supervisor` registers) and returns maps with atom keys.
+
+  @doc """
+  Every queue with its settings: `%{queue_name:, max_retries:, retry_delay_ms:, ...}`, times in
+  ms (`pgflow.list_queues`).
+  """
+  @spec list_queues(keyword()) :: result([map()])
+  def list_queues(opts \\ []), do: rows(opts, :list_queues, [])
+
+  @doc """
+  A queue's statistics (`pgflow.metrics`): `%{queue_length:, visible:, in_flight:, delayed:,
+  dlq_length:, oldest_msg_age_sec:, total_messages:, ...}`. `exact: true` counts the rows.
+  """
+  @spec get_queue_stats(String.t(), keyword()) :: result(map())
+  def get_queue_stats(queue, opts \\ []) do
+    with {:ok, [m]} <- rows(opts, :metrics, [queue, to_string(opts[:exact] == true)]),
+         do: {:ok, m}
+  end
+
+  @doc """
+  What waits in a queue, without leasing it (`pgflow.list_pending`): deliverable messages
+  first in `read`'s order, `%{msg_id:, state:, read_ct:, priority:, payload:, ...}`; at most
+  `limit` (100).
+  """
+  @spec list_pending_messages(String.t(), keyword()) :: result([map()])
+  def list_pending_messages(queue, opts \\ []),
+    do: rows(opts, :list_pending, [queue, opts[:limit] || 100])
+
+  @doc """
+  Dead letters, oldest death first: of every queue the caller administers (no queue, with the
+  queue's name in each map) or of one queue; at most `limit` (100). Each is `%{msg_id:,
+  read_ct:, died_at:, reason:, first_error:, last_error:, errors:, payload:, headers:, ...}`.
+  """
+  @spec list_dlq_messages() :: result([map()])
+  def list_dlq_messages, do: list_dlq_messages([])
+
+  @spec list_dlq_messages(String.t() | keyword()) :: result([map()])
+  def list_dlq_messages(opts) when is_list(opts),
+    do: rows(opts, :dlq_list_all, [opts[:limit] || 100])
+
+  def list_dlq_messages(queue) when is_binary(queue), do: list_dlq_messages(queue, [])
+
+  @spec list_dlq_messages(String.t(), keyword()) :: result([map()])
+  def list_dlq_messages(queue, opts) when is_binary(queue) and is_list(opts),
+    do: rows(opts, :dlq_list, [queue, opts[:limit] || 100])
+
+  @doc """
+  Moves a dead letter back into its queue as a new message; returns its new id, or nil when
+  it is no longer in the DLQ. Takes a map from `list_dlq_messages/0` or a queue and an id.
+  """
+  @spec retry_dlq_message(map() | String.t(), integer() | keyword()) :: result(integer() | nil)
+  def retry_dlq_message(dead, opts \\ [])
+
+  def retry_dlq_message(%{queue_name: queue, msg_id: id}, opts) when is_list(opts),
+    do: retry_dlq_message(queue, id, opts)
+
+  def retry_dlq_message(queue, id) when is_binary(queue) and is_integer(id),
+    do: retry_dlq_message(queue, id, [])
+
+  @spec retry_dlq_message(String.t(), integer(), keyword()) :: result(integer() | nil)
+  def retry_dlq_message(queue, id, opts) when is_binary(queue) and is_integer(id) do
+    case exec(opts[:conn] || @default_conn, :dlq_retry, [queue, id]) do
+      {:ok, [[nil]]} -> {:ok, nil}
+      {:ok, [[new_id]]} -> {:ok, String.to_integer(new_id)}
+      error -> error
+    end
+  end
+
+  @doc """
+  Deletes dead letters and returns how many: of one queue, or (no queue) of every queue in one
+  statement, which needs the right to administer all of them (42501 otherwise, and nothing is
+  deleted).
+  """
+  @spec purge_dlq() :: result(non_neg_integer())
+  def purge_dlq, do: purge_dlq([])
+
+  @spec purge_dlq(String.t() | keyword()) :: result(non_neg_integer())
+  def purge_dlq(opts) when is_list(opts), do: count(opts, :dlq_purge_all, [])
+  def purge_dlq(queue) when is_binary(queue), do: purge_dlq(queue, [])
+
+  @spec purge_dlq(String.t(), keyword()) :: result(non_neg_integer())
+  def purge_dlq(queue, opts) when is_binary(queue), do: count(opts, :dlq_purge, [queue])
+
+  defp rows(opts, name, params) do
+    with {:ok, rows} <- exec(opts[:conn] || @default_conn, name, params) do
+      {:ok, for([json] <- rows, do: json |> decode() |> atom_keys())}
+    end
+  end
+
+  defp count(opts, name, params) do
+    with {:ok, [[n]]} <- exec(opts[:conn] || @default_conn, name, params),
+         do: {:ok, String.to_integer(n)}
+  end
+
+  # Column names are the server's (a fixed set), so turning them into atoms is bounded;
+  # `message` is called `payload`, as in `Pgflow.Message`. Nested JSON keeps string keys.
+  defp atom_keys(map) do
+    Map.new(map, fn
+      {"message", v} -> {:payload, v}
+      {k, v} -> {String.to_atom(k), v}
+    end)
   end
 
   @doc """
@@ -198,7 +363,13 @@ defmodule Pgflow do
   otherwise ROLLBACK. A raise rolls back and re-raises. Sends, reads and archives inside
   become visible together, or not at all.
   """
-  @spec transaction(conn(), (() -> any())) :: any()
+  @spec transaction(pid(), (() -> any())) :: any()
+  def transaction(conn, _fun) when not is_pid(conn) do
+    raise ArgumentError,
+          "Pgflow.transaction/2 needs a connection of your own (Pgflow.connect/1), not the " <>
+            "shared #{inspect(conn)}: other processes' calls would run inside the transaction"
+  end
+
   def transaction(conn, fun) do
     :ok = simple(conn, "BEGIN")
 
@@ -235,14 +406,17 @@ defmodule Pgflow do
     # and the unprepare.
     name = ~c"pgflow_adhoc_" ++ Integer.to_charlist(System.unique_integer([:positive]))
 
-    case :pgsql.prepare(conn, name, to_charlist(sql)) do
+    case call(fn -> :pgsql.prepare(conn, name, to_charlist(sql)) end) do
       {:ok, _, _, _} ->
         result = run(conn, name, params)
-        :pgsql.unprepare(conn, name)
+        call(fn -> :pgsql.unprepare(conn, name) end)
         result
 
-      {:error, fields} ->
+      {:error, fields} when is_list(fields) ->
         {:error, Error.from_fields(fields)}
+
+      {:error, other} ->
+        {:error, lost(other)}
     end
   end
 
@@ -251,7 +425,7 @@ defmodule Pgflow do
   defp exec(conn, name, params), do: run(conn, stmt(name), params)
 
   defp run(conn, name, params) do
-    case :pgsql.execute(conn, name, Enum.map(params, &param/1)) do
+    case call(fn -> :pgsql.execute(conn, name, Enum.map(params, &param/1)) end) do
       # A command without rows the driver has no case for (BEGIN, COMMIT, CREATE, ...).
       {:ok, {:nyi, _tag}} ->
         {:ok, []}
@@ -266,18 +440,36 @@ defmodule Pgflow do
         {:error, Error.from_fields(fields)}
 
       {:error, other} ->
-        {:error, %Error{code: "08006", message: "driver error: #{inspect(other)}"}}
+        {:error, lost(other)}
     end
+  end
+
+  # A lost connection as an error: 08006 with what the driver said, briefly.
+  defp lost({:exit, {reason, {:gen_server, :call, _}}}), do: lost(reason)
+  defp lost({:exit, reason}), do: lost(reason)
+  defp lost(:timeout), do: %Error{code: "08006", message: "connection lost: the call timed out"}
+  defp lost(reason), do: %Error{code: "08006", message: "connection lost: #{inspect(reason)}"}
+
+  # A call to the connection's process; a dead process or a call timeout is a lost connection
+  # (the connection's state is unknown after a timeout), not a crash of the caller.
+  defp call(fun) do
+    fun.()
+  catch
+    :exit, reason -> {:error, {:exit, reason}}
   end
 
   # A simple-protocol statement with no result (BEGIN, COMMIT, ROLLBACK).
   defp simple(conn, sql) do
-    {:ok, results} = :pgsql.squery(conn, to_charlist(sql))
+    case call(fn -> :pgsql.squery(conn, to_charlist(sql)) end) do
+      {:ok, results} ->
+        case List.keyfind(results, :error, 0) do
+          {:error, fields} -> {:error, Error.from_fields(fields)}
+          nil when sql == "COMMIT" and results == [~c"ROLLBACK"] -> {:error, Error.rolled_back()}
+          nil -> :ok
+        end
 
-    case List.keyfind(results, :error, 0) do
-      {:error, fields} -> {:error, Error.from_fields(fields)}
-      nil when sql == "COMMIT" and results == [~c"ROLLBACK"] -> {:error, Error.rolled_back()}
-      nil -> :ok
+      {:error, other} ->
+        {:error, lost(other)}
     end
   end
 
@@ -304,6 +496,28 @@ defmodule Pgflow do
   defp nulls_out(m) when is_map(m), do: Map.new(m, fn {k, v} -> {k, nulls_out(v)} end)
   defp nulls_out(l) when is_list(l), do: Enum.map(l, &nulls_out/1)
   defp nulls_out(v), do: v
+
+  defp parse_url(url) do
+    uri = URI.parse(url)
+
+    {user, password} =
+      case String.split(uri.userinfo || "", ":", parts: 2) do
+        [""] -> {nil, nil}
+        [u] -> {URI.decode(u), nil}
+        [u, p] -> {URI.decode(u), URI.decode(p)}
+      end
+
+    db = (uri.path || "/") |> String.trim_leading("/") |> URI.decode()
+
+    [
+      host: uri.host || "localhost",
+      port: uri.port || 5432,
+      user: user,
+      password: password,
+      database: if(db == "", do: user, else: db)
+    ]
+    |> Enum.reject(fn {_, v} -> is_nil(v) end)
+  end
 
   defp parse_dsn(dsn) do
     for pair <- String.split(dsn), [k, v] = String.split(pair, "=", parts: 2) do

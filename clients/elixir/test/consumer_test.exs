@@ -56,7 +56,11 @@ defmodule Pgflow.ConsumerTest do
         Process.sleep(300)
         send(parent, {:peek, Pgflow.read(c, q)})
 
-        case Pgflow.query(c, "SELECT (clock_timestamp() > $1::timestamptz + interval '4 s')::text", [m.vt]) do
+        case Pgflow.query(
+               c,
+               "SELECT (clock_timestamp() > $1::timestamptz + interval '4 s')::text",
+               [m.vt]
+             ) do
           {:ok, [["true"]]} when n >= 3 -> n
           _ -> peek.(peek, n + 1)
         end
@@ -123,6 +127,7 @@ defmodule Pgflow.ConsumerTest do
     # (this process ran late), the reason is :noproc.
     assert_receive {:DOWN, ^ref, :process, ^stuck, reason} when reason in [:killed, :noproc],
                    5_000
+
     assert Consumer.await(consumer) == %{archived: 1, nacked: 1, dead: 0, lost: 0}
     assert archived_counts(c, q) == %{id => 1}
   end
