@@ -11,7 +11,7 @@ one=${2:-}
 cd "$ROOT/clients/python"
 # No build isolation: the venv has setuptools (scripts/setup.sh python), so nothing is fetched.
 "$PY_PYTHON" -m pip install -q --no-deps --no-build-isolation --force-reinstall . >/dev/null
-"$PY_PYTHON" -m mypy --strict --no-incremental src/pgflow tests
+"$PY_PYTHON" -m mypy --strict --no-incremental src/pgflow_mq tests
 # The installed package, not the source tree, is what the tests import.
 cd tests
 if [ -n "$one" ]; then

@@ -8,8 +8,8 @@ from typing import Any
 import psycopg
 import pytest
 
-import pgflow
-from pgflow import errors
+import pgflow_mq as pgflow
+from pgflow_mq import errors
 
 
 def test_queue_admin_and_the_message_cycle(conn: psycopg.Connection[Any]) -> None:

@@ -16,8 +16,8 @@ from typing import Any, Awaitable, Callable
 import psycopg
 import pytest
 
-import pgflow
-from pgflow import errors
+import pgflow_mq as pgflow
+from pgflow_mq import errors
 
 DEADLINE = 60.0
 
@@ -154,6 +154,36 @@ def test_workers_run_concurrently_and_each_message_is_archived_once(
     c.drop_queue("py_workers")
 
 
+def test_a_batch_ends_with_one_archive_read(dsn: str, conn: psycopg.Connection[Any]) -> None:
+    """The last message of each batch is archived by the call that leases the next batch."""
+    c = pgflow.Client(conn)
+    c.create_queue("py_batches")
+    c.send_batch("py_batches", [{"n": i} for i in range(20)])
+
+    async def handler(m: pgflow.Message, tx: psycopg.AsyncConnection[Any]) -> None:
+        return None
+
+    # The consumer's sessions count their calls of pgflow's functions (a superuser setting).
+    counted = psycopg.conninfo.make_conninfo(dsn, options="-c track_functions=all")
+    consumer = _consume(counted, "py_batches", handler, lambda k: k.processed == 20, batch=5)
+    assert (consumer.processed, consumer.failed) == (20, 0)
+
+    def calls() -> dict[str, int]:
+        conn.execute("SELECT pg_stat_clear_snapshot()")
+        return dict(conn.execute(
+            "SELECT funcname, calls FROM pg_stat_user_functions WHERE schemaname = 'pgflow'"
+            " AND funcname IN ('read', 'archive', 'archive_read')").fetchall())
+
+    # 4 batches of 5: each batch's first four are archived alone (each in its handler's
+    # transaction), the fifth with the lease of the next batch (the last one finds none).
+    # The sessions' counts reach the server when they end.
+    until("the consumer's function counts", lambda: calls().get("archive_read") == 4
+          and calls().get("archive") == 16)
+    assert calls()["read"] >= 1
+    assert one(conn, "SELECT archived FROM pgflow.metrics('py_batches', exact => true)") == 20
+    c.drop_queue("py_batches")
+
+
 def test_heartbeats_keep_a_slow_handlers_lease(dsn: str, conn: psycopg.Connection[Any]) -> None:
     c = pgflow.Client(conn)
     c.create_queue("py_beat")
@@ -186,7 +216,7 @@ def test_heartbeats_keep_a_slow_handlers_lease(dsn: str, conn: psycopg.Connectio
 SCRIPT = """
 import asyncio, sys, pathlib
 from datetime import timedelta
-import pgflow
+import pgflow_mq as pgflow
 
 dsn, flag = sys.argv[1], pathlib.Path(sys.argv[2])
 
@@ -224,6 +254,47 @@ def test_sigterm_drains_in_flight_work(dsn: str, conn: psycopg.Connection[Any], 
     assert one(conn, "SELECT state FROM pgflow.message m JOIN pgflow.queue USING (queue_id)"
                      " WHERE queue_name = 'py_term' AND msg_id = %s", later) == "r"
     c.drop_queue("py_term")
+
+
+KILLED = """
+import asyncio, sys, pathlib
+from datetime import timedelta
+import pgflow_mq as pgflow
+
+dsn, flag = sys.argv[1], pathlib.Path(sys.argv[2])
+
+async def handler(m, tx):
+    (flag / "started").touch()
+    await asyncio.sleep(3600)   # until the process is killed
+
+asyncio.run(pgflow.Consumer(dsn, "py_killed", handler, vt=timedelta(hours=1)).run())
+"""
+
+
+def test_a_killed_workers_message_comes_back_and_is_processed_once(
+        dsn: str, conn: psycopg.Connection[Any], tmp_path: Path) -> None:
+    c = pgflow.Client(conn)
+    # Session leases: the lease ends with its reader's session, not after the hour's lease.
+    c.create_queue("py_killed", session_leases=True, retry_delay=timedelta(0))
+    mid = c.send("py_killed", {"job": 1})
+    proc = subprocess.Popen([sys.executable, "-c", KILLED, dsn, str(tmp_path)])
+    try:
+        until("the handler started", lambda: (tmp_path / "started").exists())
+    finally:
+        proc.kill()  # SIGKILL: no drain, no nack; the kernel closes its connections
+        proc.wait(DEADLINE)
+    seen: list[tuple[int, int]] = []
+
+    async def handler(m: pgflow.Message, tx: psycopg.AsyncConnection[Any]) -> None:
+        seen.append((m.msg_id, m.read_ct))
+
+    # The server's worker gives the lease back (a failed delivery: read_ct 2 on the next read).
+    consumer = _consume(dsn, "py_killed", handler, lambda k: k.processed == 1)
+    assert seen == [(mid, 2)] and consumer.failed == 0
+    assert one(conn, "SELECT count(*) FROM pgflow.archive a JOIN pgflow.queue USING (queue_id)"
+                     " WHERE queue_name = 'py_killed' AND msg_id = %s", mid) == 1
+    assert one(conn, "SELECT queue_length FROM pgflow.metrics('py_killed', exact => true)") == 0
+    c.drop_queue("py_killed")
 
 
 def test_the_runtime_refuses_bad_settings() -> None:

@@ -4,7 +4,7 @@
   connection (and so in a transaction) the caller owns.
 - :class:`Consumer`: N workers in one process with long-poll reads, lease heartbeats, a handler
   timeout, handlers that share the archive's transaction, and a graceful stop on SIGTERM.
-- :mod:`pgflow.errors`: one exception class per SQLSTATE pgflow raises.
+- :mod:`pgflow_mq.errors`: one exception class per SQLSTATE pgflow raises.
 """
 
 from ._calls import Call, Message, NackResult

@@ -1,6 +1,6 @@
 """pgflow's errors as Python exceptions: one class per SQLSTATE pgflow raises.
 
-Every call of :class:`pgflow.Client` and :class:`pgflow.AsyncClient` turns a
+Every call of :class:`pgflow_mq.Client` and :class:`pgflow_mq.AsyncClient` turns a
 ``psycopg.Error`` whose SQLSTATE is one of pgflow's into the matching class below (the
 original error is its ``__cause__``); any other database error is re-raised as
 :class:`PgflowError` with its ``sqlstate``.

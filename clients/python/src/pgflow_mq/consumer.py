@@ -2,7 +2,10 @@
 
 Each worker long-polls ``read`` for up to ``batch`` messages and hands them to the handler one
 at a time, inside a transaction on the worker's connection that the handler may use: the
-handler's own writes and the ``archive`` commit together, or not at all.
+handler's own writes and the ``archive`` commit together, or not at all. After the last message
+of a batch, the archive and the lease of the next batch are one ``archive_read`` in that
+transaction (one round trip, one commit); the worker long-polls again only when it came back
+empty, so it never waits in a long-poll with an archive uncommitted.
 
 - The handler returns normally: the message is archived, in that transaction.
 - It returns :class:`Retry`: the transaction rolls back and the message is nacked with
@@ -14,7 +17,7 @@ handler's own writes and the ``archive`` commit together, or not at all.
 While a handler runs, a heartbeat extends the lease every ``heartbeat`` (a third of ``vt`` by
 default) over one connection the workers share, so a slow handler keeps its message. A nack
 names the ``read_ct`` it received: if the lease was lost meanwhile (the message went to
-another consumer), the nack is refused (:class:`pgflow.errors.LeaseLost`) and logged, and the
+another consumer), the nack is refused (:class:`pgflow_mq.errors.LeaseLost`) and logged, and the
 new holder's lease is left alone.
 
 :meth:`Consumer.stop` (and SIGTERM or SIGINT, when :meth:`Consumer.run` installed its
@@ -38,7 +41,7 @@ from .client import AsyncClient
 from .errors import LeaseLost, PgflowError
 from ._calls import Message
 
-log = logging.getLogger("pgflow.consumer")
+log = logging.getLogger("pgflow_mq.consumer")
 
 
 @dataclass(frozen=True)
@@ -129,37 +132,49 @@ class Consumer:
     async def _worker(self, n: int) -> None:
         async with await psycopg.AsyncConnection.connect(self.conninfo, autocommit=True) as conn:
             client = AsyncClient(conn)
+            messages: list[Message] = []
             while not self._stopping.is_set():
-                self._polling.add(conn)
-                try:
-                    messages = await client.read(self.queue, vt=self.vt, qty=self.batch,
-                                                 wait=self.wait)
-                except PgflowError as e:
-                    if self._stopping.is_set() and e.sqlstate == "57014":
-                        break  # the long-poll cancelled by stop(): nothing was leased
-                    raise
-                finally:
-                    self._polling.discard(conn)
-                for i, m in enumerate(messages):
-                    if self._stopping.is_set():
-                        # Not started: give them back at once rather than at the lease's end.
-                        for rest in messages[i:]:
-                            await client.set_vt(self.queue, rest.msg_id, timedelta(0))
-                        break
-                    await self._handle(conn, client, m)
+                if not messages:
+                    self._polling.add(conn)
+                    try:
+                        messages = await client.read(self.queue, vt=self.vt, qty=self.batch,
+                                                     wait=self.wait)
+                    except PgflowError as e:
+                        if self._stopping.is_set() and e.sqlstate == "57014":
+                            break  # the long-poll cancelled by stop(): nothing was leased
+                        raise
+                    finally:
+                        self._polling.discard(conn)
+                    continue
+                m = messages.pop(0)
+                # The batch's last message fetches the next batch with its archive.
+                messages.extend(await self._handle(client, conn, m, fetch=not messages))
+            # Leased but not started (stop() came): give them back at once rather than at the
+            # lease's end.
+            for rest in messages:
+                await client.set_vt(self.queue, rest.msg_id, timedelta(0))
 
-    async def _handle(self, conn: psycopg.AsyncConnection[Any], client: AsyncClient,
-                      m: Message) -> None:
+    async def _handle(self, client: AsyncClient, conn: psycopg.AsyncConnection[Any], m: Message,
+                      *, fetch: bool) -> list[Message]:
+        """Runs the handler on ``m``; returns the next batch when ``fetch`` (and not stopping)."""
         beat = asyncio.create_task(self._beat(m))
         error: str | None = None
         retry_after: timedelta | None = None
+        nxt: list[Message] = []
         try:
             async with conn.transaction():
                 timeout = None if self.handler_timeout is None else self.handler_timeout.total_seconds()
                 result = await asyncio.wait_for(self.handler(m, conn), timeout)
                 if isinstance(result, Retry):
                     raise _Retry(result.after)
-                await client.archive(self.queue, [m.msg_id])
+                if fetch and not self._stopping.is_set():
+                    leased = await client.archive_read(self.queue, [m.msg_id], vt=self.vt,
+                                                       qty=self.batch)
+                else:
+                    await client.archive(self.queue, [m.msg_id])
+                    leased = []
+            # Committed: the archive, and the next batch's leases with it.
+            nxt = leased
             self.processed += 1
         except _Retry as r:
             retry_after, error = r.after, "retry requested by the handler"
@@ -180,6 +195,7 @@ class Consumer:
                                   read_ct=m.read_ct)
             except LeaseLost:
                 log.warning("message %s of %s: lease lost before the nack", m.msg_id, self.queue)
+        return nxt
 
     async def _beat(self, m: Message) -> None:
         """Extends the lease every ``heartbeat`` while the handler runs."""

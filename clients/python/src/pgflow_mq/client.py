@@ -3,7 +3,7 @@
 Both wrap a psycopg 3 connection the caller owns, so a call runs in the caller's transaction
 (a ``send`` commits with the caller's own writes) or in autocommit, as the connection is set
 up. Each method's parameters are those of its builder in :mod:`pgflow._calls`; errors come
-back as :mod:`pgflow.errors` classes that keep the SQLSTATE.
+back as :mod:`pgflow_mq.errors` classes that keep the SQLSTATE.
 """
 
 from __future__ import annotations
