@@ -72,7 +72,7 @@ DECLARE
     v_id integer;
 BEGIN
     IF list_grants.queue_name IS NOT NULL THEN
-        v_id := (pgflow._queue(list_grants.queue_name, 'admin')).queue_id;
+        v_id := (pgflow._queue(list_grants.queue_name, 'admin', writes => false)).queue_id;
     END IF;
     RETURN QUERY
     SELECT q.queue_name, g.grantee, g.privilege, g.granted_at

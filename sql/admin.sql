@@ -29,6 +29,7 @@ DECLARE
     v_msg_seq text;
     v_archived_seq text;
 BEGIN
+    PERFORM pgflow._primary();
     PERFORM pgflow._check_queue_name(queue_name);
     PERFORM pgflow._check_interval(visibility_timeout, 'visibility_timeout', false);
     PERFORM pgflow._check_int(max_retries, 'max_retries', 0);
@@ -194,6 +195,7 @@ LANGUAGE plpgsql VOLATILE AS $$
 DECLARE
     q pgflow.queue;
 BEGIN
+    PERFORM pgflow._primary();
     PERFORM pgflow._require(queue_name, 'queue_name');
     -- Lock the queue row: a concurrent drop of the same queue waits, then finds nothing.
     SELECT * INTO q FROM pgflow.queue u WHERE u.queue_name = drop_queue.queue_name FOR UPDATE;

@@ -242,7 +242,7 @@ CREATE FUNCTION pgflow.dlq_list(queue_name text, qty integer DEFAULT 100)
 RETURNS SETOF pgflow.dead_message
 LANGUAGE plpgsql STABLE AS $$
 DECLARE
-    q pgflow.queue := pgflow._queue(queue_name, 'admin');
+    q pgflow.queue := pgflow._queue(queue_name, 'admin', writes => false);
 BEGIN
     PERFORM pgflow._check_int(qty, 'qty', 1);
     RETURN QUERY

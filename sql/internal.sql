@@ -117,8 +117,9 @@ CREATE TYPE pgflow.pending_message AS (
 -- 'admin' (the queue's own administration) or 'see' (its figures: any grant on it, or
 -- pg_monitor). Superusers and members of pgflow_admin may do everything. The name check runs
 -- only on the miss path, and the grant lookup only for roles outside pgflow_admin, so the hot
--- path of a privileged caller costs one C call more.
-CREATE FUNCTION pgflow._queue(queue_name text, need text)
+-- path of a privileged caller costs one C call more. A verb that writes (`writes`, the
+-- default, unless `need` is 'see') is refused on a hot standby with 25006, in that same call.
+CREATE FUNCTION pgflow._queue(queue_name text, need text, writes boolean DEFAULT true)
 RETURNS pgflow.queue
 LANGUAGE plpgsql STABLE PARALLEL SAFE AS $$
 DECLARE
@@ -132,7 +133,7 @@ BEGIN
             USING ERRCODE = 'undefined_object',
                   HINT = 'Create it with pgflow.create_queue(), or see pgflow.list_queues().';
     END IF;
-    v_class := pgflow._caller_class();
+    v_class := pgflow._caller_class(writes AND need <> 'see');
     IF v_class < 2 AND NOT (need = 'see' AND v_class = 1) AND NOT pgflow._may(q.queue_id, need) THEN
         RAISE EXCEPTION 'permission denied for queue "%": % needs the % privilege on it', queue_name,
             pg_catalog.quote_ident(pg_catalog.pg_get_userbyid(pgflow._caller())),

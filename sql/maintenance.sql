@@ -20,6 +20,7 @@ BEGIN
     IF job IS NULL OR job NOT IN ('expire_leases', 'promote_delayed', 'prune_archive', 'prune_dedup') THEN
         RAISE EXCEPTION 'unknown maintenance job "%"', job USING ERRCODE = 'invalid_parameter_value';
     END IF;
+    PERFORM pgflow._primary();
     PERFORM pgflow._check_int(batch, 'batch', 1);
     FOR q IN SELECT * FROM pgflow.queue qq
               WHERE CASE job
@@ -160,6 +161,7 @@ DECLARE
     v_seen bigint;
     n bigint := 0;
 BEGIN
+    PERFORM pgflow._primary();
     FOR q IN SELECT u.queue_id, u.msg_seq FROM pgflow.queue u ORDER BY u.queue_id LOOP
         v_mark := pgflow._cursor_check(q.queue_id, q.msg_seq::oid, v_now);
         CONTINUE WHEN v_mark IS NULL;
@@ -193,6 +195,7 @@ LANGUAGE plpgsql VOLATILE AS $$
 DECLARE
     v_now timestamptz := coalesce(maintain.now, clock_timestamp());
 BEGIN
+    PERFORM pgflow._primary();
     PERFORM pgflow._check_int(batch, 'batch', 1);
     PERFORM pgflow._check_int(prune_batch, 'prune_batch', 1);
     job := 'expire_leases';   processed := pgflow.expire_leases(v_now, batch);         RETURN NEXT;

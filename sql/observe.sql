@@ -131,7 +131,7 @@ CREATE FUNCTION pgflow.list_pending(queue_name text, qty integer DEFAULT 100)
 RETURNS SETOF pgflow.pending_message
 LANGUAGE plpgsql STABLE AS $$
 DECLARE
-    q pgflow.queue := pgflow._queue(queue_name, 'consume');
+    q pgflow.queue := pgflow._queue(queue_name, 'consume', writes => false);
     v_now timestamptz := clock_timestamp();
 BEGIN
     PERFORM pgflow._check_int(qty, 'qty', 1);

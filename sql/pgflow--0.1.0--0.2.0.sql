@@ -80,7 +80,7 @@ CREATE OR REPLACE FUNCTION pgflow._caller()
  STABLE PARALLEL SAFE STRICT
 AS 'MODULE_PATHNAME', $function$_caller_wrapper$function$;
 
-CREATE OR REPLACE FUNCTION pgflow._caller_class()
+CREATE OR REPLACE FUNCTION pgflow._caller_class(writes boolean DEFAULT false)
  RETURNS integer
  LANGUAGE c
  STABLE PARALLEL SAFE STRICT
@@ -173,6 +173,12 @@ CREATE OR REPLACE FUNCTION pgflow._metrics_text(queue_ids integer[], horizon_age
  RETURNS text
  LANGUAGE c
 AS 'MODULE_PATHNAME', $function$_metrics_text_wrapper$function$;
+
+CREATE OR REPLACE FUNCTION pgflow._primary()
+ RETURNS void
+ LANGUAGE c
+ STABLE PARALLEL SAFE STRICT
+AS 'MODULE_PATHNAME', $function$_primary_wrapper$function$;
 
 CREATE OR REPLACE FUNCTION pgflow._ready(queue_id integer, seq oid, priority smallint, msg_id bigint)
  RETURNS boolean
@@ -515,6 +521,7 @@ BEGIN
     IF job IS NULL OR job NOT IN ('expire_leases', 'promote_delayed', 'prune_archive', 'prune_dedup') THEN
         RAISE EXCEPTION 'unknown maintenance job "%"', job USING ERRCODE = 'invalid_parameter_value';
     END IF;
+    PERFORM pgflow._primary();
     PERFORM pgflow._check_int(batch, 'batch', 1);
     FOR q IN SELECT * FROM pgflow.queue qq
               WHERE CASE job
@@ -706,7 +713,7 @@ BEGIN
     RETURN n;
 END $function$;
 
-CREATE OR REPLACE FUNCTION pgflow._queue(queue_name text, need text)
+CREATE OR REPLACE FUNCTION pgflow._queue(queue_name text, need text, writes boolean DEFAULT true)
  RETURNS pgflow.queue
  LANGUAGE plpgsql
  STABLE PARALLEL SAFE
@@ -722,7 +729,7 @@ BEGIN
             USING ERRCODE = 'undefined_object',
                   HINT = 'Create it with pgflow.create_queue(), or see pgflow.list_queues().';
     END IF;
-    v_class := pgflow._caller_class();
+    v_class := pgflow._caller_class(writes AND need <> 'see');
     IF v_class < 2 AND NOT (need = 'see' AND v_class = 1) AND NOT pgflow._may(q.queue_id, need) THEN
         RAISE EXCEPTION 'permission denied for queue "%": % needs the % privilege on it', queue_name,
             pg_catalog.quote_ident(pg_catalog.pg_get_userbyid(pgflow._caller())),
@@ -1101,6 +1108,7 @@ DECLARE
     v_seen bigint;
     n bigint := 0;
 BEGIN
+    PERFORM pgflow._primary();
     FOR q IN SELECT u.queue_id, u.msg_seq FROM pgflow.queue u ORDER BY u.queue_id LOOP
         v_mark := pgflow._cursor_check(q.queue_id, q.msg_seq::oid, v_now);
         CONTINUE WHEN v_mark IS NULL;
@@ -1135,6 +1143,7 @@ DECLARE
     v_msg_seq text;
     v_archived_seq text;
 BEGIN
+    PERFORM pgflow._primary();
     PERFORM pgflow._check_queue_name(queue_name);
     PERFORM pgflow._check_interval(visibility_timeout, 'visibility_timeout', false);
     PERFORM pgflow._check_int(max_retries, 'max_retries', 0);
@@ -1250,7 +1259,7 @@ CREATE OR REPLACE FUNCTION pgflow.dlq_list(queue_name text, qty integer DEFAULT 
  SET search_path TO 'pg_catalog', 'pgflow', 'pg_temp'
 AS $function$
 DECLARE
-    q pgflow.queue := pgflow._queue(queue_name, 'admin');
+    q pgflow.queue := pgflow._queue(queue_name, 'admin', writes => false);
 BEGIN
     PERFORM pgflow._check_int(qty, 'qty', 1);
     RETURN QUERY
@@ -1383,6 +1392,7 @@ AS $function$
 DECLARE
     q pgflow.queue;
 BEGIN
+    PERFORM pgflow._primary();
     PERFORM pgflow._require(queue_name, 'queue_name');
     -- Lock the queue row: a concurrent drop of the same queue waits, then finds nothing.
     SELECT * INTO q FROM pgflow.queue u WHERE u.queue_name = drop_queue.queue_name FOR UPDATE;
@@ -1439,7 +1449,7 @@ DECLARE
     v_id integer;
 BEGIN
     IF list_grants.queue_name IS NOT NULL THEN
-        v_id := (pgflow._queue(list_grants.queue_name, 'admin')).queue_id;
+        v_id := (pgflow._queue(list_grants.queue_name, 'admin', writes => false)).queue_id;
     END IF;
     RETURN QUERY
     SELECT q.queue_name, g.grantee, g.privilege, g.granted_at
@@ -1455,7 +1465,7 @@ CREATE OR REPLACE FUNCTION pgflow.list_pending(queue_name text, qty integer DEFA
  SET search_path TO 'pg_catalog', 'pgflow', 'pg_temp'
 AS $function$
 DECLARE
-    q pgflow.queue := pgflow._queue(queue_name, 'consume');
+    q pgflow.queue := pgflow._queue(queue_name, 'consume', writes => false);
     v_now timestamptz := clock_timestamp();
 BEGIN
     PERFORM pgflow._check_int(qty, 'qty', 1);
@@ -1483,6 +1493,7 @@ AS $function$
 DECLARE
     v_now timestamptz := coalesce(maintain.now, clock_timestamp());
 BEGIN
+    PERFORM pgflow._primary();
     PERFORM pgflow._check_int(batch, 'batch', 1);
     PERFORM pgflow._check_int(prune_batch, 'prune_batch', 1);
     job := 'expire_leases';   processed := pgflow.expire_leases(v_now, batch);         RETURN NEXT;
@@ -1598,6 +1609,7 @@ AS $function$
 DECLARE
     v_headers jsonb;
 BEGIN
+    PERFORM pgflow._primary();
     PERFORM pgflow._check_topic(topic);
     PERFORM pgflow._check_payload(message, headers);
     v_headers := coalesce(headers, '{}'::jsonb) || jsonb_build_object('topic', topic);
@@ -1903,7 +1915,7 @@ DECLARE
     q pgflow.queue;
 BEGIN
     IF queue_name IS NULL THEN
-        IF pgflow._caller_class() < 2 THEN
+        IF pgflow._caller_class(writes => true) < 2 THEN
             RAISE EXCEPTION 'permission denied to reset the statistics of every queue'
                 USING ERRCODE = 'insufficient_privilege',
                       HINT = 'Name a queue you administer, or be a member of pgflow_admin.';

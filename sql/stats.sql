@@ -138,7 +138,7 @@ DECLARE
     q pgflow.queue;
 BEGIN
     IF queue_name IS NULL THEN
-        IF pgflow._caller_class() < 2 THEN
+        IF pgflow._caller_class(writes => true) < 2 THEN
             RAISE EXCEPTION 'permission denied to reset the statistics of every queue'
                 USING ERRCODE = 'insufficient_privilege',
                       HINT = 'Name a queue you administer, or be a member of pgflow_admin.';

@@ -54,6 +54,7 @@ LANGUAGE plpgsql VOLATILE AS $$
 DECLARE
     v_headers jsonb;
 BEGIN
+    PERFORM pgflow._primary();
     PERFORM pgflow._check_topic(topic);
     PERFORM pgflow._check_payload(message, headers);
     v_headers := coalesce(headers, '{}'::jsonb) || jsonb_build_object('topic', topic);

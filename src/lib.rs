@@ -43,7 +43,8 @@ extension_sql_file!(
         api::cursor::_ready,
         api::cursor::_due_at,
         api::access::_caller,
-        api::access::_caller_class
+        api::access::_caller_class,
+        api::access::_primary
     ]
 );
 extension_sql_file!(

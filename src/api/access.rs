@@ -4,7 +4,9 @@
 //! other power), so inside it `current_user` is the owner. The caller is the role the session
 //! runs as, `SET ROLE` included: Postgres's outer user id, which a security-definer call does
 //! not change.
+use pgrx::pg_sys::panic::ErrorReport;
 use pgrx::prelude::*;
+use pgrx::PgSqlErrorCode;
 
 /// What the calling role may do on every queue.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -84,9 +86,43 @@ fn _caller() -> pg_sys::Oid {
 
 /// 2 when the caller may do everything (a superuser, or a member of pgflow_admin), 1 when it
 /// may see every queue's figures (a member of pg_monitor), else 0: its grants decide.
+///
+/// `writes`: the verb asking writes, so it is refused on a hot standby here (see `_primary`):
+/// the check costs the verbs no call of their own. The read-only verbs (metrics,
+/// list_pending, dlq_list, ...) work on a standby.
 #[pg_extern(stable, parallel_safe)]
-fn _caller_class() -> i32 {
-    class() as i32
+fn _caller_class(writes: default!(bool, false)) -> Result<i32, ErrorReport> {
+    if writes {
+        primary()?;
+    }
+    Ok(class() as i32)
+}
+
+/// Refuses a writing verb on a hot standby with SQLSTATE 25006 and a message that says where
+/// to go, before the verb gets as far as its first write (whose own error names only the
+/// statement) or, for a long-poll `read`, starts to wait.
+pub fn primary() -> Result<(), ErrorReport> {
+    // SAFETY: reads shared memory (and, once recovery has ended, a backend-local flag).
+    if unsafe { pg_sys::RecoveryInProgress() } {
+        return Err(ErrorReport::new(
+            PgSqlErrorCode::ERRCODE_READ_ONLY_SQL_TRANSACTION,
+            "this server is a standby in recovery: pgflow's writing calls run only on the primary",
+            "pgflow",
+        )
+        .set_hint(
+            "Connect to the primary (a multi-host connection string with \
+             target_session_attrs=read-write finds it). On a standby, metrics(), list_queues(), \
+             list_pending(), dlq_list() and the other read-only calls work.",
+        ));
+    }
+    Ok(())
+}
+
+/// `primary()` for the verbs that reach no `_queue` lookup (create_queue, publish, maintain
+/// and its jobs).
+#[pg_extern(stable, parallel_safe)]
+fn _primary() -> Result<(), ErrorReport> {
+    primary()
 }
 
 /// A session's key for a session lease (a queue with `session_leases`): its backend's pid in

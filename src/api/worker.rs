@@ -43,6 +43,32 @@ fn worker_status() -> Result<
         )
         .set_hint("Add pgflow to shared_preload_libraries and restart the server."));
     }
+    // SAFETY: reads shared memory.
+    if unsafe { pg_sys::RecoveryInProgress() } {
+        // No launcher runs on a standby: say so, for this database, instead of no rows.
+        let name = unsafe {
+            let p = pg_sys::get_database_name(pg_sys::MyDatabaseId);
+            (!p.is_null())
+                .then(|| std::ffi::CStr::from_ptr(p).to_string_lossy().into_owned())
+                .unwrap_or_default()
+        };
+        let detail = "hot standby: the workers start when this server is promoted; \
+                      maintenance runs on the primary"
+            .to_owned();
+        return Ok(TableIterator::new(vec![(
+            name,
+            "standby".to_owned(),
+            None,
+            None,
+            None,
+            0,
+            0,
+            0,
+            0,
+            0,
+            Some(detail),
+        )]));
+    }
     let now = worker::now();
     // Other databases' workers only for pg_monitor (and pgflow_admin, superusers).
     let all = crate::api::access::class() != crate::api::access::Class::Grants;
@@ -67,6 +93,11 @@ fn worker_status() -> Result<
                 (SlotState::Wanted, _, _) if s.not_before > now => {
                     Some(format!("restarting after {} unplanned exits", s.restarts))
                 }
+                (SlotState::Running, _, _) if s.pid > 0 && waits_for_sync_rep(s.pid) => Some(
+                    "its round waits for synchronous replication at commit (is a synchronous \
+                     standby of synchronous_standby_names connected?)"
+                        .to_owned(),
+                ),
                 _ => None,
             };
             (
@@ -87,6 +118,23 @@ fn worker_status() -> Result<
     drop(reg);
     rows.sort_by(|a, b| a.0.cmp(&b.0));
     Ok(TableIterator::new(rows))
+}
+
+/// Whether the backend `pid` (a worker) waits for a synchronous standby to confirm its
+/// commit: its wait event, by name, which every supported version calls `SyncRep`.
+fn waits_for_sync_rep(pid: i32) -> bool {
+    // SAFETY: the PGPROC array lives as long as the server; a process that exits meanwhile
+    // leaves a slot whose wait_event_info is read as a plain 32-bit value (never a pointer),
+    // at worst naming another wait, and pgstat_get_wait_event returns a static string.
+    unsafe {
+        let proc_ = pg_sys::BackendPidGetProc(pid);
+        if proc_.is_null() {
+            return false;
+        }
+        let info = std::ptr::read_volatile(&(*proc_).wait_event_info);
+        let name = pg_sys::pgstat_get_wait_event(info);
+        !name.is_null() && std::ffi::CStr::from_ptr(name).to_bytes() == b"SyncRep"
+    }
 }
 
 /// Asks the launcher for a worker in this database once the current transaction commits.

@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Worker lifecycle at the cluster level, which no in-server test can reach:
-#  1. on a hot standby the launcher and the Prometheus endpoint wait; after promotion they
-#     start and the database gets its worker;
+#  1. on a hot standby the launcher and the Prometheus endpoint wait, the writing verbs refuse
+#     with 25006 and the read-only calls work; after promotion they start and the database gets
+#     its worker;
 #  2. a worker killed with SIGKILL (a crash) makes the postmaster reinitialize, and the launcher
 #     and the worker come back by themselves;
 #  3. when the postmaster dies, the launcher and the worker exit.
@@ -58,6 +59,89 @@ psql_at "$pport" -d life -q -c "SELECT pgflow.create_queue('replayed')" >/dev/nu
 poll "$sport" life "SELECT EXISTS (SELECT 1 FROM pgflow.queue WHERE queue_name = 'replayed')"
 [ "$(psql_at "$sport" -d life -c "$workers")" = 0 ] || fail "a pgflow process runs on the hot standby"
 echo "ok: no pgflow process on the hot standby"
+
+# On the standby every writing verb refuses at once with 25006 and says to go to the primary
+# (a long-poll read too: it must not wait), and the read-only calls work. A queue with a ready
+# message, a dead letter and a binding, made on the primary and replayed.
+psql_at "$pport" -d life -q -v ON_ERROR_STOP=1 >/dev/null <<'SQL'
+SELECT pgflow.create_queue('sb', max_retries => 0);
+SELECT pgflow.send('sb', '{"n": 1}');
+SELECT pgflow.send('sb', '{"n": 2}');
+SELECT pgflow.nack('sb', msg_id, 'boom') FROM pgflow.read('sb');
+SELECT pgflow.bind('sb.#', 'sb');
+SQL
+poll "$sport" life "SELECT EXISTS (SELECT 1 FROM pgflow.binding)"
+psql_at "$sport" -d life -q -v ON_ERROR_STOP=1 >/dev/null <<'SQL' || fail "a verb on the standby"
+DO $$
+DECLARE
+    s text;
+    msg text;
+    hint text;
+BEGIN
+    FOREACH s IN ARRAY ARRAY[
+        $q$SELECT pgflow.send('sb', '{}')$q$,
+        $q$SELECT pgflow.send_batch('sb', ARRAY['{}'::jsonb])$q$,
+        $q$SELECT pgflow.publish('sb.x', '{}')$q$,
+        $q$SELECT * FROM pgflow.read('sb', wait => '60 s')$q$,
+        $q$SELECT * FROM pgflow.archive_read('sb', ARRAY[1::bigint])$q$,
+        $q$SELECT * FROM pgflow.pop('sb')$q$,
+        $q$SELECT pgflow.archive('sb', 2::bigint)$q$,
+        $q$SELECT pgflow.delete('sb', ARRAY[2::bigint])$q$,
+        $q$SELECT pgflow.set_vt('sb', 2, '1 s')$q$,
+        $q$SELECT pgflow.nack('sb', 2)$q$,
+        $q$SELECT pgflow.dlq_retry('sb', 1::bigint)$q$,
+        $q$SELECT pgflow.dlq_purge('sb')$q$,
+        $q$SELECT pgflow.dlq_delete('sb', ARRAY[1::bigint])$q$,
+        $q$SELECT pgflow.create_queue('sb2')$q$,
+        $q$SELECT pgflow.alter_queue('sb', max_retries => 1)$q$,
+        $q$SELECT pgflow.purge_queue('sb')$q$,
+        $q$SELECT pgflow.drop_queue('sb')$q$,
+        $q$SELECT pgflow.bind('x', 'sb')$q$,
+        $q$SELECT pgflow.unbind('sb.#', 'sb')$q$,
+        $q$SELECT pgflow.set_contract('sb', '{"type": "object"}')$q$,
+        $q$SELECT pgflow.grant('sb', 'postgres', 'consume')$q$,
+        $q$SELECT pgflow.stats_reset()$q$,
+        $q$SELECT pgflow.stats_reset('sb')$q$,
+        $q$SELECT * FROM pgflow.maintain()$q$,
+        $q$SELECT pgflow.expire_leases()$q$,
+        $q$SELECT pgflow.promote_delayed()$q$,
+        $q$SELECT pgflow.prune_archive()$q$,
+        $q$SELECT pgflow.prune_dedup()$q$,
+        $q$SELECT pgflow.check_cursors()$q$
+    ] LOOP
+        BEGIN
+            EXECUTE s;
+            RAISE EXCEPTION 'no error on the standby from: %', s;
+        EXCEPTION WHEN read_only_sql_transaction THEN
+            GET STACKED DIAGNOSTICS msg = MESSAGE_TEXT, hint = PG_EXCEPTION_HINT;
+            IF msg NOT LIKE 'this server is a standby%' OR hint NOT LIKE 'Connect to the primary%' THEN
+                RAISE EXCEPTION '% gave another 25006: % (%)', s, msg, hint;
+            END IF;
+        END;
+    END LOOP;
+    -- The read-only calls, with what the primary wrote.
+    ASSERT (SELECT count(*) FROM pgflow.list_queues() WHERE queue_name = 'sb') = 1;
+    ASSERT (SELECT (queue_length, visible, dlq_length) = (1::bigint, 1::bigint, 1::bigint)
+              FROM pgflow.metrics('sb')), 'metrics';
+    ASSERT (SELECT (queue_length, dlq_length) = (1::bigint, 1::bigint)
+              FROM pgflow.metrics('sb', exact => true)), 'metrics exact';
+    ASSERT (SELECT count(*) FROM pgflow.metrics_all() WHERE queue_name = 'sb') = 1;
+    ASSERT (SELECT msg_id FROM pgflow.list_pending('sb')) = 2, 'list_pending';
+    ASSERT (SELECT last_error FROM pgflow.dlq_list('sb')) = 'boom', 'dlq_list';
+    ASSERT (SELECT count(*) FROM pgflow.dlq_list_all() WHERE queue_name = 'sb') = 1;
+    ASSERT (SELECT count(*) FROM pgflow.list_bindings()) = 1;
+    ASSERT (SELECT count(*) FROM pgflow.list_contracts('sb')) = 0;
+    ASSERT (SELECT count(*) FROM pgflow.list_grants()) >= 0;
+    ASSERT (SELECT count(*) FROM pgflow.retry_schedule('sb')) = 0;
+    ASSERT (SELECT count(*) FROM pgflow.horizon()) >= 0;
+    ASSERT (SELECT count(*) FROM pgflow.cursor_status()) >= 0;
+    ASSERT (SELECT count(*) FROM pgflow.alerts()) >= 0;
+    ASSERT pgflow.metrics_text() LIKE '%pgflow_%', 'metrics_text';
+    ASSERT (SELECT (state, pid IS NULL) = ('standby', true) FROM pgflow.worker_status()), 'worker_status';
+END $$;
+SQL
+echo "ok: on the standby the writing verbs refuse with 25006 (connect to the primary), reads work"
+psql_at "$pport" -d life -q -c "SELECT pgflow.drop_queue('sb')" >/dev/null
 as_postgres "$bindir/pg_ctl" -D "$standby" -w promote >/dev/null
 poll "$sport" life "SELECT EXISTS (SELECT 1 FROM pg_stat_activity
                      WHERE backend_type = 'pgflow worker' AND datname = 'life')"
@@ -75,6 +159,26 @@ sys.exit(1)
 PY
 echo "ok: the endpoint, not started on the hot standby, serves after promotion"
 cluster_stop "$ver" "$standby"
+
+# A round that waits for a synchronous standby (none is connected) shows in worker_status;
+# once synchronous_standby_names is emptied the round ends and what it did becomes visible.
+psql_at "$pport" -d life -q -c "ALTER SYSTEM SET synchronous_standby_names = 'nobody'" \
+  -c "SELECT pg_reload_conf()" >/dev/null
+# This session's own commits do not wait (synchronous_commit = local); the worker's do.
+psql_at "$pport" -d life -q -v ON_ERROR_STOP=1 -c "SET synchronous_commit = local" \
+  -c "SELECT pgflow.create_queue('syncrep')" \
+  -c "SELECT pgflow.send('syncrep', '{}', delay => '100 ms')" >/dev/null
+poll "$pport" life "SELECT detail LIKE '%waits for synchronous replication%' FROM pgflow.worker_status()
+                     WHERE datname = 'life'"
+mstate="SELECT m.state FROM pgflow.message m JOIN pgflow.queue USING (queue_id) WHERE queue_name = 'syncrep'"
+[ "$(psql_at "$pport" -d life -c "$mstate")" = d ] \
+  || fail "the waiting round's promotion is visible before the standby confirmed it"
+psql_at "$pport" -d life -q -c "ALTER SYSTEM RESET synchronous_standby_names" \
+  -c "SELECT pg_reload_conf()" >/dev/null
+poll "$pport" life "SELECT state = 'r' FROM ($mstate) s"
+poll "$pport" life "SELECT detail IS NULL FROM pgflow.worker_status() WHERE datname = 'life'"
+psql_at "$pport" -d life -q -c "SELECT pgflow.drop_queue('syncrep')" >/dev/null
+echo "ok: a round waiting for a synchronous standby shows in worker_status, and ends when released"
 
 # 2. A crash under load: SIGKILL the worker while producers and consumers run; the postmaster
 #    restarts everything (shared memory too: every claim cursor and due time starts over); the
