@@ -213,6 +213,43 @@ defmodule Pgflow.SupervisorTest do
     assert {:ok, [%{payload: %{"from" => ^id}}]} = Pgflow.read(c, out)
   end
 
+  test "create_queues: true creates the entries' missing queues with their policies", %{conn: c} do
+    for q <- ~w(ex_sup_made_p ex_sup_made_c) do
+      {:ok, _} = Pgflow.query(c, "SELECT pgflow.drop_queue($1, if_exists => true)::text", [q])
+    end
+
+    config = [
+      database_url: dsn(),
+      create_queues: true,
+      producers: [
+        {:made_p,
+         %{queue_name: "ex_sup_made_p", max_retries: 5, retry_delay_ms: 250, priority: :high}}
+      ],
+      consumers: [
+        {:made_c,
+         %{
+           queue_name: "ex_sup_made_c",
+           workers: 1,
+           handler: Handlers,
+           handler_method: :handle_outcomes
+         }}
+      ]
+    ]
+
+    start_supervised!({Pgflow.Supervisor, config})
+    {:ok, queues} = Pgflow.list_queues()
+    by_name = Map.new(queues, &{&1.queue_name, &1})
+
+    assert %{max_retries: 5, retry_delay_ms: 250, default_priority: 10} = by_name["ex_sup_made_p"]
+    # Unset keys take create_queue's defaults (3 retries from 1 s, priority 0).
+    assert %{max_retries: 3, retry_delay_ms: 1000, default_priority: 0} = by_name["ex_sup_made_c"]
+    # A second start finds them and changes nothing.
+    :ok = stop_supervised(Pgflow.Supervisor)
+    start_supervised!({Pgflow.Supervisor, config})
+    {:ok, again} = Pgflow.list_queues()
+    assert %{max_retries: 5} = Enum.find(again, &(&1.queue_name == "ex_sup_made_p"))
+  end
+
   test "a consumer of an unknown queue does not start (42704); bad options raise" do
     assert {:error, {%Pgflow.Error{code: "42704"}, _}} =
              start_supervised(
