@@ -6,7 +6,9 @@
 //! the received read_ct so a handler that lost its lease cannot disturb the new holder.
 //!
 //! Transactional handlers ([`Consumer::run_tx`]): the handler gets its worker's connection
-//! ([`Tx`]) inside a transaction, and the message's archive commits in that same transaction.
+//! ([`Tx`]) inside a transaction, and the message's archive commits in that same transaction
+//! (with the lease of the next message: the archive is an `archive_read`, so a busy queue costs
+//! one round trip and one commit per message here too).
 //! A handler that sends its result to another queue, or writes rows, does so exactly once per
 //! archived message: a crash before the COMMIT loses both the writes and the archive (the
 //! message is delivered again), never one of them. Heartbeats then go over a second connection
@@ -301,22 +303,43 @@ impl Consumer {
         F: Fn(Message<Value>, Tx) -> Fut,
         Fut: Future<Output = Outcome> + Send + 'static,
     {
+        // Leased and not handled yet. A success archives its message with the archive_read
+        // that leases the next one, inside the handler's transaction (one round trip and one
+        // commit); the worker long-polls only when that found nothing.
+        let mut pending: Vec<Message<Value>> = Vec::new();
         while !stop.load(Ordering::SeqCst) {
-            let msgs = client
-                .read::<Value>(&self.queue, self.lease, 1, Some(self.wait))
-                .await?;
-            for m in msgs {
+            if pending.is_empty() {
+                pending = client
+                    .read::<Value>(&self.queue, self.lease, 1, Some(self.wait))
+                    .await?;
+                continue;
+            }
+            let m = pending.remove(0);
+            {
                 let (id, read_ct) = (m.id, m.read_ct);
                 client.pg().batch_execute("BEGIN").await?;
                 let work = tokio::time::timeout(self.timeout, handler(m, Tx(Arc::clone(&client))));
                 let failure = match self.with_heartbeat(&beat, id, work, &stats).await? {
-                    Ok(Ok(())) => match client.archive(&self.queue, id).await {
-                        Ok(_) => match client.pg().batch_execute("COMMIT").await {
-                            Ok(()) => None,
-                            Err(e) => Some(format!("commit failed: {}", crate::Error::Db(e))),
-                        },
-                        Err(e) => Some(format!("archive failed: {e}")),
-                    },
+                    Ok(Ok(())) => {
+                        let archived = if pending.is_empty() && !stop.load(Ordering::SeqCst) {
+                            client
+                                .archive_read::<Value>(&self.queue, &[id], self.lease, 1, None)
+                                .await
+                        } else {
+                            client.archive(&self.queue, id).await.map(|_| Vec::new())
+                        };
+                        match archived {
+                            Ok(next) => match client.pg().batch_execute("COMMIT").await {
+                                // Committed: the archive, and the next lease with it.
+                                Ok(()) => {
+                                    pending.extend(next);
+                                    None
+                                }
+                                Err(e) => Some(format!("commit failed: {}", crate::Error::Db(e))),
+                            },
+                            Err(e) => Some(format!("archive failed: {e}")),
+                        }
+                    }
                     Ok(Err(reason)) => Some(reason),
                     Err(_) => {
                         // The handler's statement may still run: cancel it before the ROLLBACK.
@@ -352,6 +375,11 @@ impl Consumer {
                     }
                 }
             }
+        }
+        // Leased but not started (the stop came): give them back at once, not at the lease's
+        // end.
+        for m in pending {
+            client.set_vt(&self.queue, m.id, Duration::ZERO).await?;
         }
         Ok(())
     }

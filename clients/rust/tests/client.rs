@@ -467,3 +467,93 @@ async fn transactional_handlers_commit_their_writes_with_the_archive() {
     assert_eq!(failed[1].0, "slow");
     assert!(failed[1].1.starts_with("handler timed out"), "{failed:?}");
 }
+
+#[tokio::test]
+async fn transactional_handlers_archive_with_the_next_lease_in_one_call() {
+    let q = "rs_tx_batches";
+    let c = fresh(q, "").await;
+    for n in 0..10 {
+        c.send(
+            q,
+            &Job {
+                id: format!("j{n}"),
+                n,
+            },
+        )
+        .await
+        .unwrap();
+    }
+    // The counts of pgflow's functions, taken by the consumer's sessions only (the setting
+    // is theirs), so tests running beside this one do not count.
+    let calls = || async {
+        c.pg()
+            .batch_execute("SELECT pg_stat_clear_snapshot()")
+            .await
+            .unwrap();
+        let rows = c
+            .pg()
+            .query(
+                "SELECT funcname::text, calls FROM pg_stat_user_functions
+                  WHERE schemaname = 'pgflow' AND funcname IN ('read', 'archive', 'archive_read')",
+                &[],
+            )
+            .await
+            .unwrap();
+        rows.iter()
+            .map(|r| (r.get::<_, String>(0), r.get::<_, i64>(1)))
+            .collect::<HashMap<_, _>>()
+    };
+    let before = calls().await;
+    let consumer = Consumer {
+        handlers: 1,
+        wait: Duration::from_millis(200),
+        ..Consumer::new(&format!("{} options='-c track_functions=all'", dsn()), q)
+    };
+    // Stop once all ten are archived: by then the worker waits in a plain long-poll read.
+    let watcher = Client::connect(&dsn()).await.unwrap();
+    let all_archived = async move {
+        loop {
+            let n: i64 = watcher
+                .pg()
+                .query_one(
+                    "SELECT archived FROM pgflow.metrics($1, exact => true)",
+                    &[&"rs_tx_batches"],
+                )
+                .await
+                .unwrap()
+                .get(0);
+            if n == 10 {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    };
+    let stats = tokio::time::timeout(
+        Duration::from_secs(60),
+        consumer.run_tx(
+            |_m: Message<Value>, _tx| async { Ok::<(), String>(()) },
+            all_archived,
+        ),
+    )
+    .await
+    .expect("the consumer never archived the ten messages")
+    .unwrap();
+    assert_eq!(stats.archived.load(Ordering::SeqCst), 10);
+    // Each message was archived by the archive_read that leased the next (the tenth's found
+    // none); no plain archive. The sessions' counts reach the server when they end.
+    let delta = |after: &HashMap<String, i64>, f: &str| {
+        after.get(f).copied().unwrap_or(0) - before.get(f).copied().unwrap_or(0)
+    };
+    let mut after = calls().await;
+    for _ in 0..600 {
+        if delta(&after, "archive_read") >= 10 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        after = calls().await;
+    }
+    assert_eq!(delta(&after, "archive_read"), 10, "{after:?}");
+    assert_eq!(delta(&after, "archive"), 0, "{after:?}");
+    assert!(delta(&after, "read") >= 1, "{after:?}");
+    assert_eq!(archived_ns(&c, q).await.len(), 10);
+}
