@@ -9,7 +9,7 @@ use std::time::Duration;
 use serde::de::DeserializeOwned;
 use serde::Serialize;
 use serde_json::Value;
-use tokio_postgres::{Client as PgClient, NoTls};
+use tokio_postgres::{Client as PgClient, GenericClient, NoTls};
 
 mod consumer;
 pub use consumer::{Consumer, Outcome, Stats, Tx};
@@ -117,6 +117,80 @@ impl Client {
 
     /// Sends one message; returns its id (the first one's id for a deduplicated repeat).
     pub async fn send<T: Serialize>(&self, queue: &str, payload: &T) -> Result<i64> {
+        on(&self.pg).send(queue, payload).await
+    }
+
+    pub async fn send_with<T: Serialize>(
+        &self,
+        queue: &str,
+        payload: &T,
+        opts: &SendOptions,
+    ) -> Result<i64> {
+        on(&self.pg).send_with(queue, payload, opts).await
+    }
+
+    /// Leases up to `qty` messages for `vt`; with `wait`, sleeps (in the server) until one
+    /// arrives or `wait` passes.
+    pub async fn read<T: DeserializeOwned>(
+        &self,
+        queue: &str,
+        vt: Duration,
+        qty: i32,
+        wait: Option<Duration>,
+    ) -> Result<Vec<Message<T>>> {
+        on(&self.pg).read(queue, vt, qty, wait).await
+    }
+
+    /// Archives `done` and leases up to `qty` more, in one statement and one commit (see
+    /// [`On::archive_read`]).
+    pub async fn archive_read<T: DeserializeOwned>(
+        &self,
+        queue: &str,
+        done: &[i64],
+        vt: Duration,
+        qty: i32,
+        wait: Option<Duration>,
+    ) -> Result<Vec<Message<T>>> {
+        on(&self.pg).archive_read(queue, done, vt, qty, wait).await
+    }
+
+    /// Archives a message (true when it was in the queue).
+    pub async fn archive(&self, queue: &str, id: i64) -> Result<bool> {
+        on(&self.pg).archive(queue, id).await
+    }
+
+    /// Reports a failed delivery (see [`On::nack`]).
+    pub async fn nack(
+        &self,
+        queue: &str,
+        id: i64,
+        error: &str,
+        read_ct: Option<i32>,
+    ) -> Result<NackOutcome> {
+        on(&self.pg).nack(queue, id, error, read_ct).await
+    }
+
+    /// Sets a message's visibility to now + `vt` (extends a lease; zero hands it back).
+    pub async fn set_vt(&self, queue: &str, id: i64, vt: Duration) -> Result<bool> {
+        on(&self.pg).set_vt(queue, id, vt).await
+    }
+}
+
+/// The typed calls on any connection or transaction of tokio-postgres: [`on`]`(&tx)` inside
+/// a caller's [`tokio_postgres::Transaction`] sends, reads or archives in that transaction,
+/// so a message is sent together with the caller's own writes, or not at all (the outbox
+/// pattern), and a read or archive rolls back with it. [`Client`]'s methods are these on its
+/// own connection.
+pub struct On<'a, C: GenericClient + Sync>(&'a C);
+
+/// The typed calls on `c`, a [`tokio_postgres::Client`] or [`tokio_postgres::Transaction`].
+pub fn on<C: GenericClient + Sync>(c: &C) -> On<'_, C> {
+    On(c)
+}
+
+impl<C: GenericClient + Sync> On<'_, C> {
+    /// Sends one message; returns its id (the first one's id for a deduplicated repeat).
+    pub async fn send<T: Serialize>(&self, queue: &str, payload: &T) -> Result<i64> {
         self.send_with(queue, payload, &SendOptions::default())
             .await
     }
@@ -130,7 +204,7 @@ impl Client {
         let payload = serde_json::to_value(payload)?;
         let delay = interval(opts.delay.unwrap_or_default());
         let row = self
-            .pg
+            .0
             .query_one(
                 "SELECT pgflow.send($1, $2, $3, $4::text::interval, $5, $6, $7)",
                 &[
@@ -158,7 +232,7 @@ impl Client {
     ) -> Result<Vec<Message<T>>> {
         let wait = wait.map(interval);
         let rows = self
-            .pg
+            .0
             .query(
                 "SELECT msg_id, read_ct, message, headers
                    FROM pgflow.read($1, $2::text::interval, $3, $4::text::interval)",
@@ -181,7 +255,7 @@ impl Client {
     ) -> Result<Vec<Message<T>>> {
         let wait = wait.map(interval);
         let rows = self
-            .pg
+            .0
             .query(
                 "SELECT msg_id, read_ct, message, headers
                    FROM pgflow.archive_read($1, $2, $3::text::interval, $4, $5::text::interval)",
@@ -194,7 +268,7 @@ impl Client {
     /// Archives a message (true when it was in the queue).
     pub async fn archive(&self, queue: &str, id: i64) -> Result<bool> {
         Ok(self
-            .pg
+            .0
             .query_one("SELECT pgflow.archive($1, $2::bigint)", &[&queue, &id])
             .await?
             .get(0))
@@ -210,7 +284,7 @@ impl Client {
         read_ct: Option<i32>,
     ) -> Result<NackOutcome> {
         let row = self
-            .pg
+            .0
             .query_opt(
                 "SELECT outcome FROM pgflow.nack($1, $2, $3, read_ct => $4)",
                 &[&queue, &id, &error, &read_ct],
@@ -226,7 +300,7 @@ impl Client {
     /// Sets a message's visibility to now + `vt` (extends a lease; zero hands it back).
     pub async fn set_vt(&self, queue: &str, id: i64, vt: Duration) -> Result<bool> {
         Ok(!self
-            .pg
+            .0
             .query(
                 "SELECT msg_id FROM pgflow.set_vt($1, $2, $3::text::interval)",
                 &[&queue, &id, &interval(vt)],

@@ -557,3 +557,74 @@ async fn transactional_handlers_archive_with_the_next_lease_in_one_call() {
     assert!(delta(&after, "read") >= 1, "{after:?}");
     assert_eq!(archived_ns(&c, q).await.len(), 10);
 }
+
+#[tokio::test]
+async fn calls_inside_a_callers_transaction_commit_or_roll_back_with_it() {
+    let q = "rs_outbox";
+    let c = fresh(q, "").await;
+    c.pg()
+        .batch_execute(
+            "DROP TABLE IF EXISTS rs_orders; CREATE TABLE rs_orders (id text PRIMARY KEY)",
+        )
+        .await
+        .unwrap();
+    let (mut pg, conn) = tokio_postgres::connect(&dsn(), tokio_postgres::NoTls)
+        .await
+        .unwrap();
+    tokio::spawn(conn);
+    let job = |id: &str| Job {
+        id: id.to_owned(),
+        n: 0,
+    };
+
+    // Rolled back: neither the business row nor the message.
+    let tx = pg.transaction().await.unwrap();
+    tx.execute("INSERT INTO rs_orders VALUES ('o1')", &[])
+        .await
+        .unwrap();
+    pgflow_client::on(&tx).send(q, &job("o1")).await.unwrap();
+    tx.rollback().await.unwrap();
+    // Committed: both, visible together.
+    let tx = pg.transaction().await.unwrap();
+    tx.execute("INSERT INTO rs_orders VALUES ('o2')", &[])
+        .await
+        .unwrap();
+    let id = pgflow_client::on(&tx).send(q, &job("o2")).await.unwrap();
+    assert!(c
+        .read::<Job>(q, Duration::from_secs(30), 10, None)
+        .await
+        .unwrap()
+        .is_empty());
+    tx.commit().await.unwrap();
+
+    // A read and an archive inside a transaction that rolls back leave the message as it was.
+    let tx = pg.transaction().await.unwrap();
+    let got = pgflow_client::on(&tx)
+        .read::<Job>(q, Duration::from_secs(30), 10, None)
+        .await
+        .unwrap();
+    assert_eq!(got.len(), 1);
+    assert_eq!((got[0].id, got[0].payload.id.as_str()), (id, "o2"));
+    assert!(pgflow_client::on(&tx).archive(q, id).await.unwrap());
+    tx.rollback().await.unwrap();
+    let again = c
+        .read::<Job>(q, Duration::from_secs(30), 10, None)
+        .await
+        .unwrap();
+    assert_eq!(
+        again.len(),
+        1,
+        "the rolled-back read and archive left it deliverable"
+    );
+    assert_eq!((again[0].id, again[0].read_ct), (id, 1));
+    let orders: Vec<String> = c
+        .pg()
+        .query("SELECT id FROM rs_orders ORDER BY id", &[])
+        .await
+        .unwrap()
+        .iter()
+        .map(|r| r.get(0))
+        .collect();
+    assert_eq!(orders, vec!["o2".to_owned()]);
+    c.pg().batch_execute("DROP TABLE rs_orders").await.unwrap();
+}
