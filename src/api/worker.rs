@@ -48,9 +48,11 @@ fn worker_status() -> Result<
         // No launcher runs on a standby: say so, for this database, instead of no rows.
         let name = unsafe {
             let p = pg_sys::get_database_name(pg_sys::MyDatabaseId);
-            (!p.is_null())
-                .then(|| std::ffi::CStr::from_ptr(p).to_string_lossy().into_owned())
-                .unwrap_or_default()
+            if p.is_null() {
+                String::new()
+            } else {
+                std::ffi::CStr::from_ptr(p).to_string_lossy().into_owned()
+            }
         };
         let detail = "hot standby: the workers start when this server is promoted; \
                       maintenance runs on the primary"
