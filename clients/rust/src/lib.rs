@@ -95,9 +95,38 @@ pub(crate) fn interval(d: Duration) -> String {
     format!("{} microseconds", d.as_micros())
 }
 
+/// The typed calls, on a connection or a transaction of tokio-postgres: [`Client`] owns its
+/// connection; [`on`]`(&tx)` borrows a caller's [`tokio_postgres::Transaction`] (or
+/// `Client`), so a message is sent together with the caller's own writes, or not at all (the
+/// outbox pattern), and a read or archive rolls back with the transaction.
+pub struct Calls<C>(C);
+
 /// One connection to a database with pgflow.
-pub struct Client {
-    pg: PgClient,
+pub type Client = Calls<PgClient>;
+
+/// What the calls run on: a connection, or a borrowed connection or transaction.
+pub trait Conn {
+    type Pg: GenericClient + Sync;
+    fn conn(&self) -> &Self::Pg;
+}
+
+impl Conn for PgClient {
+    type Pg = PgClient;
+    fn conn(&self) -> &PgClient {
+        self
+    }
+}
+
+impl<C: GenericClient + Sync> Conn for &C {
+    type Pg = C;
+    fn conn(&self) -> &C {
+        self
+    }
+}
+
+/// The typed calls on `c`, a [`tokio_postgres::Client`] or [`tokio_postgres::Transaction`].
+pub fn on<C: GenericClient + Sync>(c: &C) -> Calls<&C> {
+    Calls(c)
 }
 
 impl Client {
@@ -107,88 +136,16 @@ impl Client {
         tokio::spawn(async move {
             let _ = conn.await;
         });
-        Ok(Client { pg })
+        Ok(Calls(pg))
     }
 
     /// The underlying connection, for anything else (transactions, other SQL).
     pub fn pg(&self) -> &PgClient {
-        &self.pg
-    }
-
-    /// Sends one message; returns its id (the first one's id for a deduplicated repeat).
-    pub async fn send<T: Serialize>(&self, queue: &str, payload: &T) -> Result<i64> {
-        on(&self.pg).send(queue, payload).await
-    }
-
-    pub async fn send_with<T: Serialize>(
-        &self,
-        queue: &str,
-        payload: &T,
-        opts: &SendOptions,
-    ) -> Result<i64> {
-        on(&self.pg).send_with(queue, payload, opts).await
-    }
-
-    /// Leases up to `qty` messages for `vt`; with `wait`, sleeps (in the server) until one
-    /// arrives or `wait` passes.
-    pub async fn read<T: DeserializeOwned>(
-        &self,
-        queue: &str,
-        vt: Duration,
-        qty: i32,
-        wait: Option<Duration>,
-    ) -> Result<Vec<Message<T>>> {
-        on(&self.pg).read(queue, vt, qty, wait).await
-    }
-
-    /// Archives `done` and leases up to `qty` more, in one statement and one commit (see
-    /// [`On::archive_read`]).
-    pub async fn archive_read<T: DeserializeOwned>(
-        &self,
-        queue: &str,
-        done: &[i64],
-        vt: Duration,
-        qty: i32,
-        wait: Option<Duration>,
-    ) -> Result<Vec<Message<T>>> {
-        on(&self.pg).archive_read(queue, done, vt, qty, wait).await
-    }
-
-    /// Archives a message (true when it was in the queue).
-    pub async fn archive(&self, queue: &str, id: i64) -> Result<bool> {
-        on(&self.pg).archive(queue, id).await
-    }
-
-    /// Reports a failed delivery (see [`On::nack`]).
-    pub async fn nack(
-        &self,
-        queue: &str,
-        id: i64,
-        error: &str,
-        read_ct: Option<i32>,
-    ) -> Result<NackOutcome> {
-        on(&self.pg).nack(queue, id, error, read_ct).await
-    }
-
-    /// Sets a message's visibility to now + `vt` (extends a lease; zero hands it back).
-    pub async fn set_vt(&self, queue: &str, id: i64, vt: Duration) -> Result<bool> {
-        on(&self.pg).set_vt(queue, id, vt).await
+        &self.0
     }
 }
 
-/// The typed calls on any connection or transaction of tokio-postgres: [`on`]`(&tx)` inside
-/// a caller's [`tokio_postgres::Transaction`] sends, reads or archives in that transaction,
-/// so a message is sent together with the caller's own writes, or not at all (the outbox
-/// pattern), and a read or archive rolls back with it. [`Client`]'s methods are these on its
-/// own connection.
-pub struct On<'a, C: GenericClient + Sync>(&'a C);
-
-/// The typed calls on `c`, a [`tokio_postgres::Client`] or [`tokio_postgres::Transaction`].
-pub fn on<C: GenericClient + Sync>(c: &C) -> On<'_, C> {
-    On(c)
-}
-
-impl<C: GenericClient + Sync> On<'_, C> {
+impl<C: Conn + Sync> Calls<C> {
     /// Sends one message; returns its id (the first one's id for a deduplicated repeat).
     pub async fn send<T: Serialize>(&self, queue: &str, payload: &T) -> Result<i64> {
         self.send_with(queue, payload, &SendOptions::default())
@@ -205,6 +162,7 @@ impl<C: GenericClient + Sync> On<'_, C> {
         let delay = interval(opts.delay.unwrap_or_default());
         let row = self
             .0
+            .conn()
             .query_one(
                 "SELECT pgflow.send($1, $2, $3, $4::text::interval, $5, $6, $7)",
                 &[
@@ -233,6 +191,7 @@ impl<C: GenericClient + Sync> On<'_, C> {
         let wait = wait.map(interval);
         let rows = self
             .0
+            .conn()
             .query(
                 "SELECT msg_id, read_ct, message, headers
                    FROM pgflow.read($1, $2::text::interval, $3, $4::text::interval)",
@@ -256,6 +215,7 @@ impl<C: GenericClient + Sync> On<'_, C> {
         let wait = wait.map(interval);
         let rows = self
             .0
+            .conn()
             .query(
                 "SELECT msg_id, read_ct, message, headers
                    FROM pgflow.archive_read($1, $2, $3::text::interval, $4, $5::text::interval)",
@@ -269,6 +229,7 @@ impl<C: GenericClient + Sync> On<'_, C> {
     pub async fn archive(&self, queue: &str, id: i64) -> Result<bool> {
         Ok(self
             .0
+            .conn()
             .query_one("SELECT pgflow.archive($1, $2::bigint)", &[&queue, &id])
             .await?
             .get(0))
@@ -285,6 +246,7 @@ impl<C: GenericClient + Sync> On<'_, C> {
     ) -> Result<NackOutcome> {
         let row = self
             .0
+            .conn()
             .query_opt(
                 "SELECT outcome FROM pgflow.nack($1, $2, $3, read_ct => $4)",
                 &[&queue, &id, &error, &read_ct],
@@ -301,6 +263,7 @@ impl<C: GenericClient + Sync> On<'_, C> {
     pub async fn set_vt(&self, queue: &str, id: i64, vt: Duration) -> Result<bool> {
         Ok(!self
             .0
+            .conn()
             .query(
                 "SELECT msg_id FROM pgflow.set_vt($1, $2, $3::text::interval)",
                 &[&queue, &id, &interval(vt)],
