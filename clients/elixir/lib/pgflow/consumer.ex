@@ -102,6 +102,9 @@ defmodule Pgflow.Consumer do
 
   @impl true
   def init(cfg) do
+    # A supervised worker runs until its supervisor stops it (a worker that ended when idle
+    # would only be restarted).
+    cfg = %{cfg | stop_when_idle: false}
     restarts = :counters.new(cfg.workers, [])
 
     children =
