@@ -46,7 +46,7 @@ defmodule Pgflow.Consumer do
   `queue` (or `queue_name`), `handler` (fn message -> result, fn message, conn -> result, or a
   module with `handler_method`), `workers` (or `concurrency`; 4), `lease` (30_000 ms),
   `timeout` (= lease), `heartbeat` (lease / 3), `wait` (1_000 ms per long-poll read), `name`
-  (the queue), `stop_when_idle` (false: with true, the workers stop once a read comes back
+  (the queue), `stop_when_idle` (`start/1` only; false: with true, the workers stop once a read comes back
   empty), `on_progress` (fn stats -> any, `start/1` only), and the seeds' `max_retries`,
   `retry_delay_ms` and `priority` (`:high` 10, `:normal` 0, `:low` -10, or an integer), which
   are checked against the queue's settings at a supervised start (a mismatch is logged; the
