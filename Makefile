@@ -24,7 +24,7 @@ lint:
 	@bash scripts/lint.sh
 
 # pgflow vs pgmq vs PgQ on one throwaway cluster; the full run writes bench/results/ and the
-# table in bench/README.md (about 80 minutes on 2 cores). bench-quick takes a few minutes, for checking a change.
+# table in bench/README.md (about 110 minutes on 2 cores). bench-quick takes a few minutes, for checking a change.
 bench:
 	@MODE=full bash bench/run.sh
 
