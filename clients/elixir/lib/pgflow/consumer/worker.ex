@@ -128,6 +128,9 @@ defmodule Pgflow.Consumer.Worker do
         {:ok, msgs} ->
           Enum.each(st.done, fn _ -> cfg.report.(:archived) end)
           if st.fresh, do: :counters.put(cfg.restarts, cfg.slot, 1)
+          # Idle means a long-poll read came back empty: an archive_read does not wait, so
+          # its empty answer may only mean a retry is not due yet.
+          idle = msgs == [] and st.done == []
           st = %{st | done: [], fresh: false}
 
           case msgs do
@@ -142,7 +145,7 @@ defmodule Pgflow.Consumer.Worker do
               end
 
             [] ->
-              if cfg.stop_when_idle, do: close(st), else: loop(st)
+              if cfg.stop_when_idle and idle, do: close(st), else: loop(st)
           end
 
         {:error, %Pgflow.Error{code: code} = e}
