@@ -169,7 +169,8 @@ BEGIN
                                       max(ARRAY[-(l.priority::bigint), l.msg_id]), count(*)) AS ok
               FROM leased l
         )
-        SELECT l.msg_id, l.read_ct, l.enqueued_at, l.vt, l.message, l.headers
+        SELECT l.msg_id, l.read_ct, l.enqueued_at, l.vt, l.message, l.headers,
+               pgflow._receipt(l.enqueued_at, l.read_ct)
           FROM leased l, noted
          WHERE noted.ok
          ORDER BY l.priority DESC, l.msg_id;
@@ -239,7 +240,8 @@ BEGIN
                                   max(ARRAY[-(p.priority::bigint), p.msg_id]), count(*)) AS ok
           FROM popped p
     )
-    SELECT p.msg_id, p.read_ct + 1, p.enqueued_at, v_now, p.message, p.headers
+    SELECT p.msg_id, p.read_ct + 1, p.enqueued_at, v_now, p.message, p.headers,
+           pgflow._receipt(p.enqueued_at, p.read_ct + 1)
       FROM popped p, noted
      WHERE noted.ok
      ORDER BY p.priority DESC, p.msg_id;
@@ -249,7 +251,12 @@ END $$;
 
 -- archive: move messages into the queue's archive (the audit trail). Returns the ids that were
 -- archived; an id that is not in the queue (never sent, already archived or deleted) is skipped.
-CREATE FUNCTION pgflow.archive(queue_name text, msg_ids bigint[])
+--
+-- receipts (optional, one per id, in the same order): the receipts read returned. An id whose
+-- receipt does not match is skipped too: the message was delivered again since (its lease ran
+-- out and another consumer holds it), or it is another message with the same id (after a
+-- failover that lost sends). A NULL element checks nothing for its id.
+CREATE FUNCTION pgflow.archive(queue_name text, msg_ids bigint[], receipts bigint[] DEFAULT NULL)
 RETURNS SETOF bigint
 LANGUAGE plpgsql VOLATILE
 SET enable_seqscan = off  -- see the header of sql/internal.sql
@@ -257,15 +264,29 @@ AS $$
 DECLARE
     q pgflow.queue := pgflow._queue(queue_name, 'consume');
 BEGIN
-    IF msg_ids IS NULL THEN
-        PERFORM pgflow._require(msg_ids, 'msg_ids');
+    IF msg_ids IS NULL OR receipts IS NOT NULL THEN
+        PERFORM pgflow._check_receipts(msg_ids, receipts);
     END IF;
-    RETURN QUERY SELECT * FROM pgflow._archive(q, msg_ids);
+    RETURN QUERY SELECT * FROM pgflow._archive(q, msg_ids, receipts);
+END $$;
+
+-- _check_receipts: 22004 for NULL ids, 22023 unless receipts (when given) pair with them.
+CREATE FUNCTION pgflow._check_receipts(msg_ids bigint[], receipts bigint[])
+RETURNS void
+LANGUAGE plpgsql IMMUTABLE AS $$
+BEGIN
+    PERFORM pgflow._require(msg_ids, 'msg_ids');
+    IF receipts IS NOT NULL
+       AND coalesce(cardinality(receipts), 0) <> coalesce(cardinality(msg_ids), 0) THEN
+        RAISE EXCEPTION 'receipts has % elements and msg_ids %: give one receipt per id',
+                cardinality(receipts), cardinality(msg_ids)
+            USING ERRCODE = 'invalid_parameter_value';
+    END IF;
 END $$;
 
 -- _archive: archive's body, for both archives and archive_read (with their checked queue row).
 -- No SET clause of its own: every caller sets enable_seqscan = off.
-CREATE FUNCTION pgflow._archive(q pgflow.queue, msg_ids bigint[])
+CREATE FUNCTION pgflow._archive(q pgflow.queue, msg_ids bigint[], receipts bigint[])
 RETURNS SETOF bigint
 LANGUAGE plpgsql VOLATILE AS $$
 DECLARE
@@ -274,8 +295,14 @@ BEGIN
     PERFORM pgflow._touch(q.queue_id, q.msg_seq::oid);
     RETURN QUERY
     WITH moved AS (
+        -- array_position finds each row's receipt: a batch is at most a read's qty, and the
+        -- index condition stays the plain (queue_id, msg_id = ANY) one.
         DELETE FROM pgflow.message m
          WHERE m.queue_id = q.queue_id AND m.msg_id = ANY (msg_ids)
+           AND (receipts IS NULL
+                OR receipts[array_position(msg_ids, m.msg_id)] IS NULL
+                OR receipts[array_position(msg_ids, m.msg_id)]
+                   = pgflow._receipt(m.enqueued_at, m.read_ct))
         RETURNING m.*
     ), archived AS (
         INSERT INTO pgflow.archive (queue_id, read_ct, msg_id, enqueued_at, archived_at,
@@ -289,8 +316,9 @@ BEGIN
     SELECT a.msg_id FROM archived a WHERE nextval(q.archived_seq) > 0;
 END $$;
 
--- archive (one id): true when the message was archived.
-CREATE FUNCTION pgflow.archive(queue_name text, msg_id bigint)
+-- archive (one id): true when the message was archived; false when it is not in the queue, or
+-- when receipt is given and does not match (see archive above).
+CREATE FUNCTION pgflow.archive(queue_name text, msg_id bigint, receipt bigint DEFAULT NULL)
 RETURNS boolean
 LANGUAGE plpgsql VOLATILE
 SET enable_seqscan = off  -- see the header of sql/internal.sql
@@ -299,11 +327,13 @@ DECLARE
     q pgflow.queue := pgflow._queue(queue_name, 'consume');
 BEGIN
     PERFORM pgflow._require(msg_id, 'msg_id');
-    RETURN EXISTS (SELECT 1 FROM pgflow._archive(q, ARRAY[msg_id]));
+    RETURN EXISTS (SELECT 1 FROM pgflow._archive(q, ARRAY[msg_id],
+                                                  CASE WHEN receipt IS NOT NULL THEN ARRAY[receipt] END));
 END $$;
 
--- delete: remove messages without keeping them. Returns the ids that were deleted.
-CREATE FUNCTION pgflow.delete(queue_name text, msg_ids bigint[])
+-- delete: remove messages without keeping them. Returns the ids that were deleted. receipts
+-- as for archive: an id whose receipt does not match is skipped.
+CREATE FUNCTION pgflow.delete(queue_name text, msg_ids bigint[], receipts bigint[] DEFAULT NULL)
 RETURNS SETOF bigint
 LANGUAGE plpgsql VOLATILE
 SET enable_seqscan = off  -- see the header of sql/internal.sql
@@ -311,29 +341,38 @@ AS $$
 DECLARE
     q pgflow.queue := pgflow._queue(queue_name, 'consume');
 BEGIN
-    PERFORM pgflow._require(msg_ids, 'msg_ids');
+    PERFORM pgflow._check_receipts(msg_ids, receipts);
     PERFORM pgflow._touch(q.queue_id, q.msg_seq::oid);
     RETURN QUERY
     DELETE FROM pgflow.message m
      WHERE m.queue_id = q.queue_id AND m.msg_id = ANY (msg_ids)
+       AND (receipts IS NULL
+            OR receipts[array_position(msg_ids, m.msg_id)] IS NULL
+            OR receipts[array_position(msg_ids, m.msg_id)]
+               = pgflow._receipt(m.enqueued_at, m.read_ct))
     RETURNING m.msg_id;
 END $$;
 
--- delete (one id): true when the message was deleted.
-CREATE FUNCTION pgflow.delete(queue_name text, msg_id bigint)
+-- delete (one id): true when the message was deleted (receipt as for archive).
+CREATE FUNCTION pgflow.delete(queue_name text, msg_id bigint, receipt bigint DEFAULT NULL)
 RETURNS boolean
 LANGUAGE plpgsql VOLATILE AS $$
 BEGIN
     PERFORM pgflow._require(msg_id, 'msg_id');
-    RETURN EXISTS (SELECT 1 FROM pgflow.delete(queue_name, ARRAY[msg_id]));
+    RETURN EXISTS (SELECT 1 FROM pgflow.delete(queue_name, ARRAY[msg_id],
+                                               CASE WHEN receipt IS NOT NULL THEN ARRAY[receipt] END));
 END $$;
 
 -- set_vt: make a message invisible until now + vt. On a leased message it renews (or, with a
 -- short vt, shortens) the lease: a consumer's heartbeat; a lease that then runs out is a
 -- failed delivery. On a ready or delayed message it (re)schedules delivery. vt = 0 makes any
--- message deliverable at once, and hands a lease back without counting a failure. Returns the message, or no row
--- when it is not in the queue.
-CREATE FUNCTION pgflow.set_vt(queue_name text, msg_id bigint, vt interval)
+-- message deliverable at once, and hands a lease back without counting a failure. Returns the
+-- message, or no row when it is not in the queue. With receipt (the one read returned), a call
+-- whose delivery is no longer the message's current one (delivered again since, or another
+-- message with the same id after a failover) fails with 55000 and changes nothing: a heartbeat
+-- learns that it lost its lease.
+CREATE FUNCTION pgflow.set_vt(queue_name text, msg_id bigint, vt interval,
+                              receipt bigint DEFAULT NULL)
 RETURNS SETOF pgflow.message_record
 LANGUAGE plpgsql VOLATILE
 SET enable_seqscan = off  -- see the header of sql/internal.sql
@@ -345,6 +384,9 @@ BEGIN
     PERFORM pgflow._require(set_vt.msg_id, 'msg_id');
     PERFORM pgflow._check_interval(set_vt.vt, 'vt', true);
     PERFORM pgflow._touch(q.queue_id, q.msg_seq::oid);
+    IF set_vt.receipt IS NOT NULL THEN
+        PERFORM pgflow._check_receipt(q, set_vt.msg_id, set_vt.receipt);
+    END IF;
     RETURN QUERY
     UPDATE pgflow.message m
        SET vt = v_now + set_vt.vt,
@@ -356,7 +398,8 @@ BEGIN
                         WHEN m.state = 'l' THEN 'l'
                         ELSE 'd' END
      WHERE m.queue_id = q.queue_id AND m.msg_id = set_vt.msg_id
-    RETURNING m.msg_id, m.read_ct, m.enqueued_at, m.vt, m.message, m.headers;
+    RETURNING m.msg_id, m.read_ct, m.enqueued_at, m.vt, m.message, m.headers,
+              pgflow._receipt(m.enqueued_at, m.read_ct);
     IF set_vt.vt = interval '0' THEN
         PERFORM pgflow._ready(q.queue_id, q.msg_seq::oid, m.priority, m.msg_id)
            FROM pgflow.message m
@@ -374,9 +417,10 @@ END $$;
 -- With wait, the archive commits when the read returns: until then it holds the archived
 -- messages' row locks (nobody else can have them: they are this consumer's leases), and an
 -- error or a crash while waiting rolls it back, so those messages are delivered again (at
--- least once, as with any lost archive).
+-- least once, as with any lost archive). receipts as for archive.
 CREATE FUNCTION pgflow.archive_read(queue_name text, msg_ids bigint[], vt interval DEFAULT NULL,
-                                    qty integer DEFAULT 1, wait interval DEFAULT NULL)
+                                    qty integer DEFAULT 1, wait interval DEFAULT NULL,
+                                    receipts bigint[] DEFAULT NULL)
 RETURNS SETOF pgflow.message_record
 LANGUAGE plpgsql VOLATILE
 SET enable_seqscan = off  -- see the header of sql/internal.sql
@@ -384,7 +428,7 @@ AS $$
 DECLARE
     q pgflow.queue := pgflow._queue(queue_name, 'consume');
 BEGIN
-    PERFORM pgflow._require(msg_ids, 'msg_ids');
+    PERFORM pgflow._check_receipts(msg_ids, receipts);
     IF vt IS NOT NULL THEN
         PERFORM pgflow._check_interval(vt, 'vt', false);
     END IF;
@@ -394,7 +438,7 @@ BEGIN
     END IF;
     -- The bodies, not the entry points: one queue lookup and no nested SET per round trip.
     IF cardinality(msg_ids) > 0 THEN
-        PERFORM pgflow._archive(q, msg_ids);
+        PERFORM pgflow._archive(q, msg_ids, receipts);
     END IF;
     RETURN QUERY SELECT * FROM pgflow._read(q, vt, qty, wait);
 END $$;

@@ -97,15 +97,18 @@ $$;
 --
 -- read_ct, when given, is the read_ct the consumer received: if the message was delivered
 -- again since (its lease ran out and another consumer has it), the nack is refused with 55000
--- instead of disturbing the new lease. A nack of a message that is not leased is 55000 too.
--- Returns the outcome, or no row when the message is not in the queue.
+-- instead of disturbing the new lease. receipt, when given (the one read returned), is the
+-- stronger check: it also refuses, with 55000, another message given the same id after a
+-- failover. A nack of a message that is not leased is 55000 too. Returns the outcome, or no row
+-- when the message is not in the queue.
 CREATE FUNCTION pgflow.nack(
     queue_name  text,
     msg_id      bigint,
     error       text        DEFAULT NULL,
     retry_after interval    DEFAULT NULL,
     read_ct     integer     DEFAULT NULL,
-    now         timestamptz DEFAULT NULL
+    now         timestamptz DEFAULT NULL,
+    receipt     bigint      DEFAULT NULL
 )
 RETURNS SETOF pgflow.nack_result
 LANGUAGE plpgsql VOLATILE
@@ -121,12 +124,15 @@ BEGIN
     IF retry_after IS NOT NULL THEN
         PERFORM pgflow._check_interval(retry_after, 'retry_after', true);
     END IF;
-    SELECT s.state, s.read_ct INTO m
+    SELECT s.state, s.read_ct, s.enqueued_at INTO m
       FROM pgflow.message s
      WHERE s.queue_id = q.queue_id AND s.msg_id = nack.msg_id
        FOR UPDATE;
     IF NOT FOUND THEN
         RETURN;
+    END IF;
+    IF nack.receipt IS NOT NULL AND nack.receipt <> pgflow._receipt(m.enqueued_at, m.read_ct) THEN
+        PERFORM pgflow._check_receipt(q, nack.msg_id, nack.receipt);
     END IF;
     IF m.state <> 'l' THEN
         RAISE EXCEPTION 'message % of queue "%" is not in flight', nack.msg_id, queue_name
@@ -140,6 +146,27 @@ BEGIN
     END IF;
     RETURN QUERY SELECT * FROM pgflow._fail(q, ARRAY[nack.msg_id], error, retry_after, v_now,
                                             'max_retries exceeded');
+END $$;
+
+-- _check_receipt: 55000 unless the message's current delivery is the one receipt names (the
+-- message must exist: callers return no row for a missing one). Locks the row.
+CREATE FUNCTION pgflow._check_receipt(q pgflow.queue, p_msg_id bigint, p_receipt bigint)
+RETURNS void
+LANGUAGE plpgsql VOLATILE AS $$
+DECLARE
+    m record;
+BEGIN
+    SELECT s.read_ct, s.enqueued_at INTO m
+      FROM pgflow.message s
+     WHERE s.queue_id = q.queue_id AND s.msg_id = p_msg_id
+       FOR UPDATE;
+    IF FOUND AND pgflow._receipt(m.enqueued_at, m.read_ct) <> p_receipt THEN
+        RAISE EXCEPTION 'lease lost: message % of queue "%" is not the delivery this receipt names',
+                p_msg_id, q.queue_name
+            USING ERRCODE = 'object_not_in_prerequisite_state',
+                  DETAIL = format('It was delivered again since (read_ct is now %s), or it is another message given the same id after a failover.', m.read_ct),
+                  HINT = 'Do not act on it: whoever holds the current delivery will.';
+    END IF;
 END $$;
 
 -- _fail_lost: leases lost without a nack (run out, or their session ended), failed with

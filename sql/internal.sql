@@ -25,7 +25,11 @@ CREATE TYPE pgflow.message_record AS (
     enqueued_at timestamptz,  -- when it was sent
     vt          timestamptz,  -- when it becomes visible again (the end of this lease)
     message     jsonb,        -- the payload
-    headers     jsonb         -- the producer's headers, or NULL
+    headers     jsonb,        -- the producer's headers, or NULL
+    -- This delivery's lease receipt (src/queue/receipt.rs): pass it to archive, delete, set_vt
+    -- and nack so that they act only on the delivery received, never on a later delivery of
+    -- the message or on another message given the same id after a failover.
+    receipt     bigint
 );
 
 -- A queue and its settings, as list_queues and alter_queue return them.

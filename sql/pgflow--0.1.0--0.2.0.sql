@@ -42,13 +42,20 @@ DROP FUNCTION pgflow._queue(text);
 DROP FUNCTION pgflow._validate_contract(integer,text,text,bigint,jsonb,integer);
 DROP FUNCTION pgflow._wait_sleep(timestamp with time zone,boolean);
 DROP FUNCTION pgflow.alter_queue(text,interval,integer,interval,interval,double precision,interval,double precision,integer,interval,boolean,jsonb);
+DROP FUNCTION pgflow.archive(text,bigint);
+DROP FUNCTION pgflow.archive(text,bigint[]);
 DROP FUNCTION pgflow.create_queue(text,interval,integer,interval,interval,boolean,double precision,interval,double precision,integer,interval,boolean,jsonb);
+DROP FUNCTION pgflow.delete(text,bigint);
+DROP FUNCTION pgflow.delete(text,bigint[]);
 DROP FUNCTION pgflow.metrics(text);
 DROP FUNCTION pgflow.metrics_all();
+DROP FUNCTION pgflow.nack(text,bigint,text,interval,integer,timestamp with time zone);
+DROP FUNCTION pgflow.set_vt(text,bigint,interval);
 
 -- Composite types: new ones, and attributes appended to existing ones.
 CREATE TYPE pgflow.grant_info AS (queue_name text, role regrole, privilege text, granted_at timestamp with time zone);
 CREATE TYPE pgflow.horizon_holder AS (holder text, pid integer, xmin_age integer, since timestamp with time zone, detail text);
+ALTER TYPE pgflow.message_record ADD ATTRIBUTE receipt bigint;
 ALTER TYPE pgflow.queue_info ADD ATTRIBUTE alert_dlq bigint;
 ALTER TYPE pgflow.queue_info ADD ATTRIBUTE alert_age interval;
 ALTER TYPE pgflow.queue_info ADD ATTRIBUTE alert_depth bigint;
@@ -185,6 +192,12 @@ CREATE OR REPLACE FUNCTION pgflow._ready(queue_id integer, seq oid, priority sma
  LANGUAGE c
  STRICT
 AS 'MODULE_PATHNAME', $function$_ready_wrapper$function$;
+
+CREATE OR REPLACE FUNCTION pgflow._receipt(enqueued_at timestamp with time zone, read_ct integer)
+ RETURNS bigint
+ LANGUAGE c
+ IMMUTABLE PARALLEL SAFE STRICT
+AS 'MODULE_PATHNAME', $function$_receipt_wrapper$function$;
 
 CREATE OR REPLACE FUNCTION pgflow._session_key()
  RETURNS bigint
@@ -374,7 +387,7 @@ BEGIN
     RETURN NEXT;
 END $function$;
 
-CREATE OR REPLACE FUNCTION pgflow._archive(q pgflow.queue, msg_ids bigint[])
+CREATE OR REPLACE FUNCTION pgflow._archive(q pgflow.queue, msg_ids bigint[], receipts bigint[])
  RETURNS SETOF bigint
  LANGUAGE plpgsql
 AS $function$
@@ -384,8 +397,14 @@ BEGIN
     PERFORM pgflow._touch(q.queue_id, q.msg_seq::oid);
     RETURN QUERY
     WITH moved AS (
+        -- array_position finds each row's receipt: a batch is at most a read's qty, and the
+        -- index condition stays the plain (queue_id, msg_id = ANY) one.
         DELETE FROM pgflow.message m
          WHERE m.queue_id = q.queue_id AND m.msg_id = ANY (msg_ids)
+           AND (receipts IS NULL
+                OR receipts[array_position(msg_ids, m.msg_id)] IS NULL
+                OR receipts[array_position(msg_ids, m.msg_id)]
+                   = pgflow._receipt(m.enqueued_at, m.read_ct))
         RETURNING m.*
     ), archived AS (
         INSERT INTO pgflow.archive (queue_id, read_ct, msg_id, enqueued_at, archived_at,
@@ -483,6 +502,41 @@ BEGIN
         RAISE EXCEPTION 'privilege must not be NULL' USING ERRCODE = 'null_value_not_allowed';
     ELSIF privilege NOT IN ('produce', 'consume', 'admin') THEN
         RAISE EXCEPTION 'privilege must be produce, consume or admin, got "%"', privilege
+            USING ERRCODE = 'invalid_parameter_value';
+    END IF;
+END $function$;
+
+CREATE OR REPLACE FUNCTION pgflow._check_receipt(q pgflow.queue, p_msg_id bigint, p_receipt bigint)
+ RETURNS void
+ LANGUAGE plpgsql
+AS $function$
+DECLARE
+    m record;
+BEGIN
+    SELECT s.read_ct, s.enqueued_at INTO m
+      FROM pgflow.message s
+     WHERE s.queue_id = q.queue_id AND s.msg_id = p_msg_id
+       FOR UPDATE;
+    IF FOUND AND pgflow._receipt(m.enqueued_at, m.read_ct) <> p_receipt THEN
+        RAISE EXCEPTION 'lease lost: message % of queue "%" is not the delivery this receipt names',
+                p_msg_id, q.queue_name
+            USING ERRCODE = 'object_not_in_prerequisite_state',
+                  DETAIL = format('It was delivered again since (read_ct is now %s), or it is another message given the same id after a failover.', m.read_ct),
+                  HINT = 'Do not act on it: whoever holds the current delivery will.';
+    END IF;
+END $function$;
+
+CREATE OR REPLACE FUNCTION pgflow._check_receipts(msg_ids bigint[], receipts bigint[])
+ RETURNS void
+ LANGUAGE plpgsql
+ IMMUTABLE
+AS $function$
+BEGIN
+    PERFORM pgflow._require(msg_ids, 'msg_ids');
+    IF receipts IS NOT NULL
+       AND coalesce(cardinality(receipts), 0) <> coalesce(cardinality(msg_ids), 0) THEN
+        RAISE EXCEPTION 'receipts has % elements and msg_ids %: give one receipt per id',
+                cardinality(receipts), cardinality(msg_ids)
             USING ERRCODE = 'invalid_parameter_value';
     END IF;
 END $function$;
@@ -807,7 +861,8 @@ BEGIN
                                       max(ARRAY[-(l.priority::bigint), l.msg_id]), count(*)) AS ok
               FROM leased l
         )
-        SELECT l.msg_id, l.read_ct, l.enqueued_at, l.vt, l.message, l.headers
+        SELECT l.msg_id, l.read_ct, l.enqueued_at, l.vt, l.message, l.headers,
+               pgflow._receipt(l.enqueued_at, l.read_ct)
           FROM leased l, noted
          WHERE noted.ok
          ORDER BY l.priority DESC, l.msg_id;
@@ -1023,7 +1078,7 @@ BEGIN
               u.alert_dlq, u.alert_age, u.alert_depth, u.session_leases;
 END $function$;
 
-CREATE OR REPLACE FUNCTION pgflow.archive(queue_name text, msg_id bigint)
+CREATE OR REPLACE FUNCTION pgflow.archive(queue_name text, msg_id bigint, receipt bigint DEFAULT NULL::bigint)
  RETURNS boolean
  LANGUAGE plpgsql
  SECURITY DEFINER
@@ -1034,10 +1089,11 @@ DECLARE
     q pgflow.queue := pgflow._queue(queue_name, 'consume');
 BEGIN
     PERFORM pgflow._require(msg_id, 'msg_id');
-    RETURN EXISTS (SELECT 1 FROM pgflow._archive(q, ARRAY[msg_id]));
+    RETURN EXISTS (SELECT 1 FROM pgflow._archive(q, ARRAY[msg_id],
+                                                  CASE WHEN receipt IS NOT NULL THEN ARRAY[receipt] END));
 END $function$;
 
-CREATE OR REPLACE FUNCTION pgflow.archive(queue_name text, msg_ids bigint[])
+CREATE OR REPLACE FUNCTION pgflow.archive(queue_name text, msg_ids bigint[], receipts bigint[] DEFAULT NULL::bigint[])
  RETURNS SETOF bigint
  LANGUAGE plpgsql
  SECURITY DEFINER
@@ -1047,13 +1103,13 @@ AS $function$
 DECLARE
     q pgflow.queue := pgflow._queue(queue_name, 'consume');
 BEGIN
-    IF msg_ids IS NULL THEN
-        PERFORM pgflow._require(msg_ids, 'msg_ids');
+    IF msg_ids IS NULL OR receipts IS NOT NULL THEN
+        PERFORM pgflow._check_receipts(msg_ids, receipts);
     END IF;
-    RETURN QUERY SELECT * FROM pgflow._archive(q, msg_ids);
+    RETURN QUERY SELECT * FROM pgflow._archive(q, msg_ids, receipts);
 END $function$;
 
-CREATE OR REPLACE FUNCTION pgflow.archive_read(queue_name text, msg_ids bigint[], vt interval DEFAULT NULL::interval, qty integer DEFAULT 1, wait interval DEFAULT NULL::interval)
+CREATE OR REPLACE FUNCTION pgflow.archive_read(queue_name text, msg_ids bigint[], vt interval DEFAULT NULL::interval, qty integer DEFAULT 1, wait interval DEFAULT NULL::interval, receipts bigint[] DEFAULT NULL::bigint[])
  RETURNS SETOF pgflow.message_record
  LANGUAGE plpgsql
  SECURITY DEFINER
@@ -1063,7 +1119,7 @@ AS $function$
 DECLARE
     q pgflow.queue := pgflow._queue(queue_name, 'consume');
 BEGIN
-    PERFORM pgflow._require(msg_ids, 'msg_ids');
+    PERFORM pgflow._check_receipts(msg_ids, receipts);
     IF vt IS NOT NULL THEN
         PERFORM pgflow._check_interval(vt, 'vt', false);
     END IF;
@@ -1073,7 +1129,7 @@ BEGIN
     END IF;
     -- The bodies, not the entry points: one queue lookup and no nested SET per round trip.
     IF cardinality(msg_ids) > 0 THEN
-        PERFORM pgflow._archive(q, msg_ids);
+        PERFORM pgflow._archive(q, msg_ids, receipts);
     END IF;
     RETURN QUERY SELECT * FROM pgflow._read(q, vt, qty, wait);
 END $function$;
@@ -1207,7 +1263,7 @@ BEGIN
     RETURN true;
 END $function$;
 
-CREATE OR REPLACE FUNCTION pgflow.delete(queue_name text, msg_id bigint)
+CREATE OR REPLACE FUNCTION pgflow.delete(queue_name text, msg_id bigint, receipt bigint DEFAULT NULL::bigint)
  RETURNS boolean
  LANGUAGE plpgsql
  SECURITY DEFINER
@@ -1215,10 +1271,11 @@ CREATE OR REPLACE FUNCTION pgflow.delete(queue_name text, msg_id bigint)
 AS $function$
 BEGIN
     PERFORM pgflow._require(msg_id, 'msg_id');
-    RETURN EXISTS (SELECT 1 FROM pgflow.delete(queue_name, ARRAY[msg_id]));
+    RETURN EXISTS (SELECT 1 FROM pgflow.delete(queue_name, ARRAY[msg_id],
+                                               CASE WHEN receipt IS NOT NULL THEN ARRAY[receipt] END));
 END $function$;
 
-CREATE OR REPLACE FUNCTION pgflow.delete(queue_name text, msg_ids bigint[])
+CREATE OR REPLACE FUNCTION pgflow.delete(queue_name text, msg_ids bigint[], receipts bigint[] DEFAULT NULL::bigint[])
  RETURNS SETOF bigint
  LANGUAGE plpgsql
  SECURITY DEFINER
@@ -1228,11 +1285,15 @@ AS $function$
 DECLARE
     q pgflow.queue := pgflow._queue(queue_name, 'consume');
 BEGIN
-    PERFORM pgflow._require(msg_ids, 'msg_ids');
+    PERFORM pgflow._check_receipts(msg_ids, receipts);
     PERFORM pgflow._touch(q.queue_id, q.msg_seq::oid);
     RETURN QUERY
     DELETE FROM pgflow.message m
      WHERE m.queue_id = q.queue_id AND m.msg_id = ANY (msg_ids)
+       AND (receipts IS NULL
+            OR receipts[array_position(msg_ids, m.msg_id)] IS NULL
+            OR receipts[array_position(msg_ids, m.msg_id)]
+               = pgflow._receipt(m.enqueued_at, m.read_ct))
     RETURNING m.msg_id;
 END $function$;
 
@@ -1515,7 +1576,7 @@ BEGIN
                                                clock_timestamp(), coalesce(exact, false));
 END $function$;
 
-CREATE OR REPLACE FUNCTION pgflow.nack(queue_name text, msg_id bigint, error text DEFAULT NULL::text, retry_after interval DEFAULT NULL::interval, read_ct integer DEFAULT NULL::integer, now timestamp with time zone DEFAULT NULL::timestamp with time zone)
+CREATE OR REPLACE FUNCTION pgflow.nack(queue_name text, msg_id bigint, error text DEFAULT NULL::text, retry_after interval DEFAULT NULL::interval, read_ct integer DEFAULT NULL::integer, now timestamp with time zone DEFAULT NULL::timestamp with time zone, receipt bigint DEFAULT NULL::bigint)
  RETURNS SETOF pgflow.nack_result
  LANGUAGE plpgsql
  SECURITY DEFINER
@@ -1532,12 +1593,15 @@ BEGIN
     IF retry_after IS NOT NULL THEN
         PERFORM pgflow._check_interval(retry_after, 'retry_after', true);
     END IF;
-    SELECT s.state, s.read_ct INTO m
+    SELECT s.state, s.read_ct, s.enqueued_at INTO m
       FROM pgflow.message s
      WHERE s.queue_id = q.queue_id AND s.msg_id = nack.msg_id
        FOR UPDATE;
     IF NOT FOUND THEN
         RETURN;
+    END IF;
+    IF nack.receipt IS NOT NULL AND nack.receipt <> pgflow._receipt(m.enqueued_at, m.read_ct) THEN
+        PERFORM pgflow._check_receipt(q, nack.msg_id, nack.receipt);
     END IF;
     IF m.state <> 'l' THEN
         RAISE EXCEPTION 'message % of queue "%" is not in flight', nack.msg_id, queue_name
@@ -1592,7 +1656,8 @@ BEGIN
                                   max(ARRAY[-(p.priority::bigint), p.msg_id]), count(*)) AS ok
           FROM popped p
     )
-    SELECT p.msg_id, p.read_ct + 1, p.enqueued_at, v_now, p.message, p.headers
+    SELECT p.msg_id, p.read_ct + 1, p.enqueued_at, v_now, p.message, p.headers,
+           pgflow._receipt(p.enqueued_at, p.read_ct + 1)
       FROM popped p, noted
      WHERE noted.ok
      ORDER BY p.priority DESC, p.msg_id;
@@ -1869,7 +1934,7 @@ BEGIN
     END IF;
 END $function$;
 
-CREATE OR REPLACE FUNCTION pgflow.set_vt(queue_name text, msg_id bigint, vt interval)
+CREATE OR REPLACE FUNCTION pgflow.set_vt(queue_name text, msg_id bigint, vt interval, receipt bigint DEFAULT NULL::bigint)
  RETURNS SETOF pgflow.message_record
  LANGUAGE plpgsql
  SECURITY DEFINER
@@ -1883,6 +1948,9 @@ BEGIN
     PERFORM pgflow._require(set_vt.msg_id, 'msg_id');
     PERFORM pgflow._check_interval(set_vt.vt, 'vt', true);
     PERFORM pgflow._touch(q.queue_id, q.msg_seq::oid);
+    IF set_vt.receipt IS NOT NULL THEN
+        PERFORM pgflow._check_receipt(q, set_vt.msg_id, set_vt.receipt);
+    END IF;
     RETURN QUERY
     UPDATE pgflow.message m
        SET vt = v_now + set_vt.vt,
@@ -1894,7 +1962,8 @@ BEGIN
                         WHEN m.state = 'l' THEN 'l'
                         ELSE 'd' END
      WHERE m.queue_id = q.queue_id AND m.msg_id = set_vt.msg_id
-    RETURNING m.msg_id, m.read_ct, m.enqueued_at, m.vt, m.message, m.headers;
+    RETURNING m.msg_id, m.read_ct, m.enqueued_at, m.vt, m.message, m.headers,
+              pgflow._receipt(m.enqueued_at, m.read_ct);
     IF set_vt.vt = interval '0' THEN
         PERFORM pgflow._ready(q.queue_id, q.msg_seq::oid, m.priority, m.msg_id)
            FROM pgflow.message m

@@ -85,6 +85,7 @@ extension_sql_file!(
     requires = [
         "internal",
         api::_retry_delay,
+        api::_receipt,
         api::wait::_announce,
         api::cursor::_touch,
         api::stats::_stats_mode,

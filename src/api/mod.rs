@@ -45,6 +45,13 @@ fn _retry_delay(
     .delay_secs(attempt, u)
 }
 
+/// The receipt of a delivery (`queue::receipt`): what read returns and what archive, delete,
+/// set_vt and nack check when a consumer names it.
+#[pg_extern(immutable, strict, parallel_safe)]
+fn _receipt(enqueued_at: TimestampWithTimeZone, read_ct: i32) -> i64 {
+    crate::queue::receipt::receipt(enqueued_at.into(), read_ct)
+}
+
 /// Raises 22023 (with the reason) for a topic `publish` cannot route, 22004 for NULL.
 #[pg_extern(immutable, parallel_safe)]
 fn _check_topic(topic: Option<&str>) -> Result<(), ErrorReport> {

@@ -27,21 +27,26 @@ defmodule Pgflow do
                        $6, $7)::text
     """,
     read: ~S"""
-    SELECT msg_id::text, read_ct::text, enqueued_at::text, vt::text, message::text, headers::text
+    SELECT msg_id::text, read_ct::text, enqueued_at::text, vt::text, message::text, headers::text,
+           receipt::text
       FROM pgflow.read($1, ($2::bigint * interval '1 ms'), $3::int, ($4::bigint * interval '1 ms'))
     """,
-    archive: "SELECT pgflow.archive($1, $2::bigint)::text",
+    archive: "SELECT pgflow.archive($1, $2::bigint, $3::bigint)::text",
     archive_read: ~S"""
-    SELECT msg_id::text, read_ct::text, enqueued_at::text, vt::text, message::text, headers::text
+    SELECT msg_id::text, read_ct::text, enqueued_at::text, vt::text, message::text, headers::text,
+           receipt::text
       FROM pgflow.archive_read($1, $2::bigint[], ($3::bigint * interval '1 ms'), $4::int,
-                               ($5::bigint * interval '1 ms'))
+                               ($5::bigint * interval '1 ms'), $6::bigint[])
     """,
     nack: ~S"""
     SELECT outcome::text, read_ct::text FROM pgflow.nack($1, $2::bigint, $3,
-             retry_after => ($4::bigint * interval '1 ms'), read_ct => $5::int)
+             retry_after => ($4::bigint * interval '1 ms'), read_ct => $5::int,
+             receipt => $6::bigint)
     """,
-    set_vt:
-      "SELECT msg_id::text FROM pgflow.set_vt($1, $2::bigint, ($3::bigint * interval '1 ms'))",
+    set_vt: ~S"""
+    SELECT msg_id::text FROM pgflow.set_vt($1, $2::bigint, ($3::bigint * interval '1 ms'),
+                                           $4::bigint)
+    """,
     publish:
       "SELECT queue_name::text, msg_id::text FROM pgflow.publish($1, $2::jsonb, $3::jsonb)",
     metrics: "SELECT row_to_json(m)::text FROM pgflow.metrics($1, $2::boolean) m",
@@ -184,9 +189,13 @@ defmodule Pgflow do
   @doc """
   Archives the messages `ids` (those still in the queue) and leases up to `qty` more, in one
   statement and one commit: a consumer loop's round trip. Options as for `read/3`; with
-  `wait`, the archive commits when the read returns.
+  `wait`, the archive commits when the read returns. Each of `ids` is an id, or a
+  `{id, receipt}` pair naming the delivery received (`Pgflow.Message`'s `receipt`): a message
+  delivered again since, or another message given the same id after a failover, is then not
+  archived.
   """
-  @spec archive_read(conn(), String.t(), [integer()], keyword()) :: result([Message.t()])
+  @spec archive_read(conn(), String.t(), [integer() | {integer(), integer()}], keyword()) ::
+          result([Message.t()])
   def archive_read(conn, queue, ids, opts \\ []) when is_list(ids) do
     wait = opts[:wait]
 
@@ -194,29 +203,61 @@ defmodule Pgflow do
       raise ArgumentError, "wait: #{wait} ms is longer than #{@max_wait_ms} ms per call"
     end
 
-    ids = "{" <> Enum.map_join(ids, ",", &Integer.to_string/1) <> "}"
-    params = [queue, ids, opts[:vt], opts[:qty] || 1, wait]
+    {ids, receipts} = receipted(ids)
+    params = [queue, ids, opts[:vt], opts[:qty] || 1, wait, receipts]
 
     with {:ok, rows} <- exec(conn, :archive_read, params) do
       {:ok, Enum.map(rows, &Message.from_row/1)}
     end
   end
 
-  @doc "Archives a message; `true` when it was in the queue."
-  @spec archive(conn(), String.t(), integer()) :: result(boolean())
-  def archive(conn, queue, id) do
-    with {:ok, [[b]]} <- exec(conn, :archive, [queue, id]), do: {:ok, b == "true"}
+  # Ids, or {id, receipt} pairs, as the two bigint[] literals of the SQL call (receipts nil
+  # when none is given; a nil receipt in a pair checks nothing for its id).
+  defp receipted(ids) do
+    lit = fn xs ->
+      "{" <> Enum.map_join(xs, ",", &if(&1, do: Integer.to_string(&1), else: "NULL")) <> "}"
+    end
+
+    plain =
+      Enum.map(ids, fn
+        {id, _} -> id
+        id -> id
+      end)
+
+    pairs? = Enum.any?(ids, &is_tuple/1)
+
+    receipts =
+      if pairs?,
+        do:
+          lit.(
+            Enum.map(ids, fn
+              {_, r} -> r
+              _ -> nil
+            end)
+          )
+
+    {lit.(plain), receipts}
+  end
+
+  @doc """
+  Archives a message; `true` when it was in the queue. With `receipt:` (the `Pgflow.Message`'s),
+  only if it is still the delivery received.
+  """
+  @spec archive(conn(), String.t(), integer(), keyword()) :: result(boolean())
+  def archive(conn, queue, id, opts \\ []) do
+    with {:ok, [[b]]} <- exec(conn, :archive, [queue, id, opts[:receipt]]), do: {:ok, b == "true"}
   end
 
   @doc """
   Reports a failed delivery: the message is retried after the queue's backoff (or
-  `retry_after` ms), or dead-lettered once out of attempts. Pass the `read_ct` you received:
-  if your lease was lost meanwhile, the server answers 55000 instead of touching the new
-  holder's delivery. Returns `:retry`, `:dead` or `:gone` (no such message).
+  `retry_after` ms), or dead-lettered once out of attempts. Pass the `receipt:` (or `read_ct:`)
+  you received: if your lease was lost meanwhile, the server answers 55000 instead of touching
+  the new holder's delivery (the receipt also refuses another message given the same id after
+  a failover). Returns `:retry`, `:dead` or `:gone` (no such message).
   """
   @spec nack(conn(), String.t(), integer(), keyword()) :: result(:retry | :dead | :gone)
   def nack(conn, queue, id, opts \\ []) do
-    params = [queue, id, opts[:error], opts[:retry_after], opts[:read_ct]]
+    params = [queue, id, opts[:error], opts[:retry_after], opts[:read_ct], opts[:receipt]]
 
     case exec(conn, :nack, params) do
       {:ok, [[outcome, _]]} -> {:ok, if(outcome == "dead", do: :dead, else: :retry)}
@@ -225,10 +266,14 @@ defmodule Pgflow do
     end
   end
 
-  @doc "Sets a message's lease to now + `vt_ms` (extends it; 0 hands the message back)."
-  @spec set_vt(conn(), String.t(), integer(), non_neg_integer()) :: result(boolean())
-  def set_vt(conn, queue, id, vt_ms) do
-    with {:ok, rows} <- exec(conn, :set_vt, [queue, id, vt_ms]), do: {:ok, rows != []}
+  @doc """
+  Sets a message's lease to now + `vt_ms` (extends it; 0 hands the message back). With
+  `receipt:`, a lease lost meanwhile is a 55000 error and nothing changes.
+  """
+  @spec set_vt(conn(), String.t(), integer(), non_neg_integer(), keyword()) :: result(boolean())
+  def set_vt(conn, queue, id, vt_ms, opts \\ []) do
+    with {:ok, rows} <- exec(conn, :set_vt, [queue, id, vt_ms, opts[:receipt]]),
+         do: {:ok, rows != []}
   end
 
   @doc "Publishes on a topic; returns `[{queue, msg_id}]`, one per bound queue (all or nothing)."

@@ -109,6 +109,26 @@ defmodule PgflowTest do
     assert one!(c, "SELECT last_error FROM pgflow.dlq_list($1)", [q]) == "boom again"
   end
 
+  test "receipts name the delivery: stale ones archive, extend and nack nothing", %{conn: c} do
+    q = fresh_queue!(c, "ex_receipts")
+    {:ok, id} = Pgflow.send(c, q, %{"job" => 1})
+    {:ok, [m1]} = Pgflow.read(c, q)
+    # Handed back and read again: the second delivery has a receipt of its own.
+    assert {:ok, true} = Pgflow.set_vt(c, q, id, 0, receipt: m1.receipt)
+    {:ok, [m2]} = Pgflow.read(c, q)
+    assert m2.read_ct == 2 and m2.receipt != m1.receipt
+    assert {:ok, false} = Pgflow.archive(c, q, id, receipt: m1.receipt)
+    assert {:ok, []} = Pgflow.archive_read(c, q, [{id, m1.receipt}])
+
+    assert {:error, %Pgflow.Error{code: "55000"}} =
+             Pgflow.set_vt(c, q, id, 60_000, receipt: m1.receipt)
+
+    assert {:error, %Pgflow.Error{code: "55000"}} = Pgflow.nack(c, q, id, receipt: m1.receipt)
+    assert {:ok, %{"queue_length" => 1}} = Pgflow.metrics(c, q)
+    assert {:ok, []} = Pgflow.archive_read(c, q, [{id, m2.receipt}])
+    assert {:ok, %{"queue_length" => 0}} = Pgflow.metrics(c, q)
+  end
+
   test "a long-poll read sleeps in the server and wakes on the sender's commit", %{conn: c} do
     q = fresh_queue!(c, "ex_wait")
     parent = self()

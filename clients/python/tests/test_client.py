@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import threading
+import time
 from datetime import timedelta
 from typing import Any
 
@@ -133,3 +135,80 @@ def test_send_commits_with_the_callers_transaction(dsn: str) -> None:
         tx.commit()
         assert [m.message for m in o.read("py_tx")] == [{"n": 2}]
         o.drop_queue("py_tx")
+
+
+def test_receipts_name_the_delivery(conn: psycopg.Connection[Any]) -> None:
+    """A stale receipt (the lease was handed back and the message read again) archives,
+    deletes, extends and nacks nothing; the current one does."""
+    c = pgflow.Client(conn)
+    c.create_queue("py_receipts", retry_delay=timedelta(0), retry_jitter=0.0)
+    mid = c.send("py_receipts", {"n": 1})
+    first = c.read("py_receipts")[0]
+    c.set_vt("py_receipts", mid, timedelta(0), receipt=first.receipt)  # handed back
+    second = c.read("py_receipts")[0]
+    assert (second.msg_id, second.read_ct) == (mid, 2) and second.receipt != first.receipt
+    assert c.archive("py_receipts", [mid], receipts=[first.receipt]) == []
+    assert c.delete("py_receipts", [mid], receipts=[first.receipt]) == []
+    with pytest.raises(errors.LeaseLost):
+        c.set_vt("py_receipts", mid, timedelta(seconds=60), receipt=first.receipt)
+    with pytest.raises(errors.LeaseLost):
+        c.nack("py_receipts", mid, error="late", receipt=first.receipt)
+    assert c.archive_read("py_receipts", [mid], receipts=[first.receipt]) == []
+    with pytest.raises(errors.InvalidArgument):
+        c.archive("py_receipts", [mid], receipts=[1, 2])
+    row = c.set_vt("py_receipts", mid, timedelta(seconds=60), receipt=second.receipt)
+    assert row is not None and row["receipt"] == second.receipt
+    assert c.archive("py_receipts", [mid], receipts=[second.receipt]) == [mid]
+
+
+def _setting_reaches(conn: psycopg.Connection[Any], name: str, value: str) -> None:
+    """Waits until this session has applied a reloaded setting (a SIGHUP is processed between
+    statements), up to 100 s."""
+    for _ in range(10000):
+        if conn.execute("SELECT current_setting(%s)", (name,)).fetchone() == (value,):
+            return
+        time.sleep(0.01)
+    raise AssertionError(f"{name} never became {value!r}")
+
+
+def test_a_cancelled_wait_for_the_synchronous_standby_is_an_unknown_outcome(
+        conn: psycopg.Connection[Any], dsn: str) -> None:
+    """The server commits locally, warns, and returns the id: the client raises OutcomeUnknown
+    instead, and a retry with the same dedup_key delivers the message once."""
+    c = pgflow.Client(conn)
+    c.create_queue("py_syncrep")
+    admin = psycopg.connect(dsn, autocommit=True)
+    try:
+        # A synchronous standby that never connects: every commit waits for it (the suite's
+        # layers run one after another, so nobody else is held up meanwhile).
+        admin.execute("ALTER SYSTEM SET synchronous_standby_names = 'nobody'")
+        admin.execute("SELECT pg_reload_conf()")
+        _setting_reaches(conn, "synchronous_standby_names", "nobody")
+        me = conn.info.backend_pid
+        outcome: list[BaseException | int] = []
+
+        def send() -> None:
+            try:
+                outcome.append(c.send("py_syncrep", {"n": 1}, dedup_key="order-1"))
+            except BaseException as e:  # noqa: BLE001 - recorded for the assertion
+                outcome.append(e)
+
+        t = threading.Thread(target=send)
+        t.start()
+        # Cancel the wait once the server shows it (its own wait event), not after a delay.
+        while t.is_alive() and admin.execute(
+                "SELECT wait_event FROM pg_stat_activity WHERE pid = %s", (me,)).fetchone() != ("SyncRep",):
+            time.sleep(0.01)
+        admin.execute("SELECT pg_cancel_backend(%s)", (me,))
+        t.join()
+        assert len(outcome) == 1 and isinstance(outcome[0], errors.OutcomeUnknown), outcome
+        assert "synchronous replication" in str(outcome[0])
+        assert outcome[0].detail is not None and "committed locally" in outcome[0].detail
+    finally:
+        admin.execute("ALTER SYSTEM RESET synchronous_standby_names")
+        admin.execute("SELECT pg_reload_conf()")
+        admin.close()
+    _setting_reaches(conn, "synchronous_standby_names", "")
+    # The producer's retry with the same key: no second message.
+    again = c.send("py_syncrep", {"n": 1}, dedup_key="order-1")
+    assert [m.msg_id for m in c.read("py_syncrep", qty=10)] == [again]

@@ -3,7 +3,9 @@
 //! Per message: the handler runs under a timeout while a heartbeat extends the lease every
 //! lease/3 (so a slow handler keeps its message and nobody else gets it); success archives
 //! (together with the next lease, in one `archive_read` round trip), an error or the timeout nacks (the queue's retry policy decides: retry later or DLQ), with
-//! the received read_ct so a handler that lost its lease cannot disturb the new holder.
+//! the received lease receipt so a handler that lost its lease cannot disturb the new holder
+//! (archives, heartbeats and nacks all name the delivery they received, so none of them touches
+//! a later delivery, or another message given the same id after a failover).
 //!
 //! Transactional handlers ([`Consumer::run_tx`]): the handler gets its worker's connection
 //! ([`Tx`]) inside a transaction, and the message's archive commits in that same transaction
@@ -203,7 +205,7 @@ impl Consumer {
         // archives them and leases the next message in one statement and one commit. It never
         // waits with an archive pending (a long-poll would hold the archive back), so a
         // handled message is archived at once either way.
-        let mut done: Vec<i64> = Vec::new();
+        let mut done: Vec<(i64, i64)> = Vec::new();
         while !stop.load(Ordering::SeqCst) {
             let msgs = if done.is_empty() {
                 client
@@ -225,8 +227,8 @@ impl Consumer {
                 }
             }
         }
-        for id in done {
-            client.archive(&self.queue, id).await?;
+        for (id, receipt) in done {
+            client.archive(&self.queue, id, Some(receipt)).await?;
             stats.archived.fetch_add(1, Ordering::Relaxed);
         }
         Ok(())
@@ -238,30 +240,30 @@ impl Consumer {
         handler: &F,
         m: Message<Value>,
         stats: &Stats,
-    ) -> Result<Option<i64>>
+    ) -> Result<Option<(i64, i64)>>
     where
         F: Fn(Message<Value>) -> Fut,
         Fut: Future<Output = Outcome> + Send + 'static,
     {
-        let (id, read_ct) = (m.id, m.read_ct);
+        let (id, receipt) = (m.id, m.receipt);
         let outcome = self
             .with_heartbeat(
                 client,
-                id,
+                (id, receipt),
                 tokio::time::timeout(self.timeout, handler(m)),
                 stats,
             )
             .await?;
         match outcome {
             // Archived by the caller's next round trip.
-            Ok(Ok(())) => return Ok(Some(id)),
+            Ok(Ok(())) => return Ok(Some((id, receipt))),
             Ok(Err(reason)) => {
-                self.nack(client, id, &reason, read_ct).await?;
+                self.nack(client, id, &reason, receipt).await?;
                 stats.nacked.fetch_add(1, Ordering::Relaxed);
             }
             Err(_) => {
                 let reason = format!("handler timed out after {:?}", self.timeout);
-                self.nack(client, id, &reason, read_ct).await?;
+                self.nack(client, id, &reason, receipt).await?;
                 stats.nacked.fetch_add(1, Ordering::Relaxed);
                 stats.timed_out.fetch_add(1, Ordering::Relaxed);
             }
@@ -269,23 +271,32 @@ impl Consumer {
         Ok(None)
     }
 
-    /// Awaits `work` while extending message `id`'s lease every lease/3 over `beat`.
+    /// Awaits `work` while extending the lease of message `id` (read with `receipt`) every
+    /// lease/3 over `beat`. A lease lost meanwhile (55000: it ran out and someone else has the
+    /// message) is not extended again; the handler's archive or nack, naming the same receipt,
+    /// then changes nothing either.
     async fn with_heartbeat<T>(
         &self,
         beat: &Client,
-        id: i64,
+        (id, receipt): (i64, i64),
         work: impl Future<Output = T>,
         stats: &Stats,
     ) -> Result<T> {
         let mut work = Box::pin(work);
         let every = self.lease / 3;
+        let mut held = true;
         loop {
             tokio::select! {
                 r = &mut work => return Ok(r),
-                _ = tokio::time::sleep(every) => {
+                _ = tokio::time::sleep(every), if held => {
                     // Heartbeat: the handler still works, keep the message ours.
-                    beat.set_vt(&self.queue, id, self.lease).await?;
-                    stats.lease_extensions.fetch_add(1, Ordering::Relaxed);
+                    match beat.set_vt(&self.queue, id, self.lease, Some(receipt)).await {
+                        Ok(_) => {
+                            stats.lease_extensions.fetch_add(1, Ordering::Relaxed);
+                        }
+                        Err(e) if e.sqlstate() == Some("55000") => held = false,
+                        Err(e) => return Err(e),
+                    }
                 }
             }
         }
@@ -316,17 +327,26 @@ impl Consumer {
             }
             let m = pending.remove(0);
             {
-                let (id, read_ct) = (m.id, m.read_ct);
+                let (id, receipt) = (m.id, m.receipt);
                 client.pg().batch_execute("BEGIN").await?;
                 let work = tokio::time::timeout(self.timeout, handler(m, Tx(Arc::clone(&client))));
-                let failure = match self.with_heartbeat(&beat, id, work, &stats).await? {
+                let failure = match self.with_heartbeat(&beat, (id, receipt), work, &stats).await? {
                     Ok(Ok(())) => {
                         let archived = if pending.is_empty() && !stop.load(Ordering::SeqCst) {
                             client
-                                .archive_read::<Value>(&self.queue, &[id], self.lease, 1, None)
+                                .archive_read::<Value>(
+                                    &self.queue,
+                                    &[(id, receipt)],
+                                    self.lease,
+                                    1,
+                                    None,
+                                )
                                 .await
                         } else {
-                            client.archive(&self.queue, id).await.map(|_| Vec::new())
+                            client
+                                .archive(&self.queue, id, Some(receipt))
+                                .await
+                                .map(|_| Vec::new())
                         };
                         match archived {
                             Ok(next) => match client.pg().batch_execute("COMMIT").await {
@@ -362,7 +382,7 @@ impl Consumer {
                         // is simply run again.
                         for attempt in 0.. {
                             let r = match client.pg().batch_execute("ROLLBACK").await {
-                                Ok(()) => self.nack(&client, id, &reason, read_ct).await,
+                                Ok(()) => self.nack(&client, id, &reason, receipt).await,
                                 Err(e) => Err(e.into()),
                             };
                             match r {
@@ -379,13 +399,19 @@ impl Consumer {
         // Leased but not started (the stop came): give them back at once, not at the lease's
         // end.
         for m in pending {
-            client.set_vt(&self.queue, m.id, Duration::ZERO).await?;
+            match client
+                .set_vt(&self.queue, m.id, Duration::ZERO, Some(m.receipt))
+                .await
+            {
+                Err(e) if e.sqlstate() != Some("55000") => return Err(e),
+                _ => {}
+            }
         }
         Ok(())
     }
 
-    async fn nack(&self, client: &Client, id: i64, reason: &str, read_ct: i32) -> Result<()> {
-        match client.nack(&self.queue, id, reason, Some(read_ct)).await {
+    async fn nack(&self, client: &Client, id: i64, reason: &str, receipt: i64) -> Result<()> {
+        match client.nack(&self.queue, id, reason, Some(receipt)).await {
             Ok(_) => Ok(()),
             // 55000: the lease was lost meanwhile (another consumer has it); nothing to do.
             Err(e) if e.sqlstate() == Some("55000") => Ok(()),

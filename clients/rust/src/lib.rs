@@ -63,8 +63,13 @@ pub type Result<T> = std::result::Result<T, Error>;
 #[derive(Debug, Clone)]
 pub struct Message<T> {
     pub id: i64,
-    /// Deliveries so far, this one included (pass it to `nack` to guard against a lost lease).
+    /// Deliveries so far, this one included.
     pub read_ct: i32,
+    /// This delivery's lease receipt: pass it to `archive`, `archive_read`, `nack` and `set_vt`
+    /// so that they act only on this delivery, never on a later one (the lease ran out and
+    /// another consumer has the message) or on another message given the same id after a
+    /// failover.
+    pub receipt: i64,
     pub payload: T,
     pub headers: Option<Value>,
 }
@@ -193,7 +198,7 @@ impl<C: Conn + Sync> Calls<C> {
             .0
             .conn()
             .query(
-                "SELECT msg_id, read_ct, message, headers
+                "SELECT msg_id, read_ct, message, headers, receipt
                    FROM pgflow.read($1, $2::text::interval, $3, $4::text::interval)",
                 &[&queue, &interval(vt), &qty, &wait],
             )
@@ -201,55 +206,62 @@ impl<C: Conn + Sync> Calls<C> {
         messages(&rows)
     }
 
-    /// Archives `done` and leases up to `qty` more, in one statement and one commit (a
-    /// consumer loop's round trip; see `pgflow.archive_read`). With `wait`, the archive
-    /// commits when the read returns.
+    /// Archives `done` (each an id and the receipt it was read with) and leases up to `qty`
+    /// more, in one statement and one commit (a consumer loop's round trip; see
+    /// `pgflow.archive_read`). With `wait`, the archive commits when the read returns. A message
+    /// whose receipt no longer matches is not archived (someone else holds it now).
     pub async fn archive_read<T: DeserializeOwned>(
         &self,
         queue: &str,
-        done: &[i64],
+        done: &[(i64, i64)],
         vt: Duration,
         qty: i32,
         wait: Option<Duration>,
     ) -> Result<Vec<Message<T>>> {
         let wait = wait.map(interval);
+        let (ids, receipts): (Vec<i64>, Vec<i64>) = done.iter().copied().unzip();
         let rows = self
             .0
             .conn()
             .query(
-                "SELECT msg_id, read_ct, message, headers
-                   FROM pgflow.archive_read($1, $2, $3::text::interval, $4, $5::text::interval)",
-                &[&queue, &done, &interval(vt), &qty, &wait],
+                "SELECT msg_id, read_ct, message, headers, receipt
+                   FROM pgflow.archive_read($1, $2, $3::text::interval, $4, $5::text::interval,
+                                            receipts => $6)",
+                &[&queue, &ids, &interval(vt), &qty, &wait, &receipts],
             )
             .await?;
         messages(&rows)
     }
 
-    /// Archives a message (true when it was in the queue).
-    pub async fn archive(&self, queue: &str, id: i64) -> Result<bool> {
+    /// Archives a message: true when it was in the queue and, with `receipt`, still the
+    /// delivery that receipt names.
+    pub async fn archive(&self, queue: &str, id: i64, receipt: Option<i64>) -> Result<bool> {
         Ok(self
             .0
             .conn()
-            .query_one("SELECT pgflow.archive($1, $2::bigint)", &[&queue, &id])
+            .query_one(
+                "SELECT pgflow.archive($1, $2::bigint, $3::bigint)",
+                &[&queue, &id, &receipt],
+            )
             .await?
             .get(0))
     }
 
-    /// Reports a failed delivery. With `read_ct` (the one received), a consumer whose lease
+    /// Reports a failed delivery. With `receipt` (the one received), a consumer whose lease
     /// was lost gets 55000 instead of disturbing the new holder.
     pub async fn nack(
         &self,
         queue: &str,
         id: i64,
         error: &str,
-        read_ct: Option<i32>,
+        receipt: Option<i64>,
     ) -> Result<NackOutcome> {
         let row = self
             .0
             .conn()
             .query_opt(
-                "SELECT outcome FROM pgflow.nack($1, $2, $3, read_ct => $4)",
-                &[&queue, &id, &error, &read_ct],
+                "SELECT outcome FROM pgflow.nack($1, $2, $3, receipt => $4)",
+                &[&queue, &id, &error, &receipt],
             )
             .await?;
         Ok(match row.map(|r| r.get::<_, String>(0)) {
@@ -259,14 +271,21 @@ impl<C: Conn + Sync> Calls<C> {
         })
     }
 
-    /// Sets a message's visibility to now + `vt` (extends a lease; zero hands it back).
-    pub async fn set_vt(&self, queue: &str, id: i64, vt: Duration) -> Result<bool> {
+    /// Sets a message's visibility to now + `vt` (extends a lease; zero hands it back). With
+    /// `receipt`, a lease lost meanwhile is 55000 and nothing changes.
+    pub async fn set_vt(
+        &self,
+        queue: &str,
+        id: i64,
+        vt: Duration,
+        receipt: Option<i64>,
+    ) -> Result<bool> {
         Ok(!self
             .0
             .conn()
             .query(
-                "SELECT msg_id FROM pgflow.set_vt($1, $2, $3::text::interval)",
-                &[&queue, &id, &interval(vt)],
+                "SELECT msg_id FROM pgflow.set_vt($1, $2, $3::text::interval, $4::bigint)",
+                &[&queue, &id, &interval(vt), &receipt],
             )
             .await?
             .is_empty())
@@ -282,6 +301,7 @@ fn messages<T: DeserializeOwned>(rows: &[tokio_postgres::Row]) -> Result<Vec<Mes
                 read_ct: r.get(1),
                 payload: serde_json::from_value(r.get::<_, Value>(2))?,
                 headers: r.get(3),
+                receipt: r.get(4),
             })
         })
         .collect()

@@ -75,8 +75,9 @@ async fn typed_calls_round_trip_and_errors_carry_sqlstates() {
     let got: Vec<Message<Job>> = c.read(q, Duration::from_secs(30), 10, None).await.unwrap();
     assert_eq!(got.len(), 1);
     assert_eq!((got[0].id, got[0].read_ct, &got[0].payload), (id, 1, &job));
+    let first = got[0].receipt;
     assert_eq!(
-        c.nack(q, id, "boom", Some(1)).await.unwrap(),
+        c.nack(q, id, "boom", Some(first)).await.unwrap(),
         NackOutcome::Retry
     );
     let again: Vec<Message<Job>> = c
@@ -84,12 +85,24 @@ async fn typed_calls_round_trip_and_errors_carry_sqlstates() {
         .await
         .unwrap();
     assert_eq!(again[0].read_ct, 2);
-    // A stale nack (read_ct 1) is refused: the lease it names is gone.
-    let e = c.nack(q, id, "late", Some(1)).await.unwrap_err();
+    assert_ne!(again[0].receipt, first, "each delivery has its own receipt");
+    // The first delivery's receipt is stale: its nack and heartbeat are refused (55000), its
+    // archive changes nothing.
+    let e = c.nack(q, id, "late", Some(first)).await.unwrap_err();
     assert_eq!(e.sqlstate(), Some("55000"));
-    assert!(c.set_vt(q, id, Duration::from_secs(60)).await.unwrap());
-    assert!(c.archive(q, id).await.unwrap());
-    assert!(!c.archive(q, id).await.unwrap());
+    let e = c
+        .set_vt(q, id, Duration::from_secs(60), Some(first))
+        .await
+        .unwrap_err();
+    assert_eq!(e.sqlstate(), Some("55000"));
+    assert!(!c.archive(q, id, Some(first)).await.unwrap());
+    let current = Some(again[0].receipt);
+    assert!(c
+        .set_vt(q, id, Duration::from_secs(60), current)
+        .await
+        .unwrap());
+    assert!(c.archive(q, id, current).await.unwrap());
+    assert!(!c.archive(q, id, None).await.unwrap());
     let e = c.send(q, &serde_json::json!([1])).await.unwrap_err();
     assert_eq!(e.sqlstate(), Some("22023"), "an array is not a message");
     let e = c.send("rs_no_such_queue", &job).await.unwrap_err();
@@ -112,19 +125,26 @@ async fn archive_read_archives_and_leases_in_one_call() {
     assert_eq!(got[0].id, a);
     // A bad argument is refused before anything changes: a is still leased, not archived.
     let e = c
-        .archive_read::<Value>(q, &[a], Duration::from_secs(30), 0, None)
+        .archive_read::<Value>(q, &[(a, got[0].receipt)], Duration::from_secs(30), 0, None)
         .await
         .unwrap_err();
     assert_eq!(e.sqlstate(), Some("22023"));
     let next: Vec<Message<Value>> = c
-        .archive_read(q, &[a], Duration::from_secs(30), 10, None)
+        .archive_read(q, &[(a, got[0].receipt)], Duration::from_secs(30), 10, None)
         .await
         .unwrap();
     assert_eq!(next.iter().map(|m| m.id).collect::<Vec<_>>(), vec![b]);
     assert_eq!(archived_ns(&c, q).await.len(), 1, "a archived once");
     // Nothing left: b is archived and the read returns nothing.
+    // A stale receipt archives nothing: b stays leased, and the read finds nothing else.
     let none: Vec<Message<Value>> = c
-        .archive_read(q, &[b], Duration::from_secs(30), 10, None)
+        .archive_read(q, &[(b, next[0].receipt ^ 1)], Duration::from_secs(30), 10, None)
+        .await
+        .unwrap();
+    assert!(none.is_empty());
+    assert_eq!(archived_ns(&c, q).await.len(), 1, "b not archived with a stale receipt");
+    let none: Vec<Message<Value>> = c
+        .archive_read(q, &[(b, next[0].receipt)], Duration::from_secs(30), 10, None)
         .await
         .unwrap();
     assert!(none.is_empty());
@@ -605,7 +625,10 @@ async fn calls_inside_a_callers_transaction_commit_or_roll_back_with_it() {
         .unwrap();
     assert_eq!(got.len(), 1);
     assert_eq!((got[0].id, got[0].payload.id.as_str()), (id, "o2"));
-    assert!(pgflow_client::on(&tx).archive(q, id).await.unwrap());
+    assert!(pgflow_client::on(&tx)
+        .archive(q, id, Some(got[0].receipt))
+        .await
+        .unwrap());
     tx.rollback().await.unwrap();
     let again = c
         .read::<Job>(q, Duration::from_secs(30), 10, None)

@@ -16,11 +16,13 @@ from .errors import (
     InvalidArgument,
     LeaseLost,
     NullArgument,
+    OutcomeUnknown,
     PermissionDenied,
     PgflowError,
     QueryCanceled,
     QueueExists,
     QueueNotFound,
+    Standby,
 )
 
 __version__ = "0.2.0"
@@ -38,10 +40,12 @@ __all__ = [
     "Message",
     "NackResult",
     "NullArgument",
+    "OutcomeUnknown",
     "PermissionDenied",
     "PgflowError",
     "QueryCanceled",
     "QueueExists",
     "QueueNotFound",
+    "Standby",
     "Retry",
 ]

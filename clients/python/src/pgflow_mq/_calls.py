@@ -28,6 +28,11 @@ class Message:
     vt: datetime
     message: dict[str, Any]
     headers: dict[str, Any] | None
+    #: This delivery's lease receipt: pass it to ``archive``, ``archive_read``, ``delete``,
+    #: ``set_vt`` and ``nack`` so that they act on this delivery only, never on a later one
+    #: (the lease ran out and another consumer has the message) or on another message given the
+    #: same id after a failover.
+    receipt: int
 
 
 @dataclass(frozen=True)
@@ -59,7 +64,7 @@ def _ids(v: Sequence[int] | None) -> list[int] | None:
     return None if v is None else list(v)
 
 
-_CASTS = frozenset({"bigint[]", "jsonb[]", "regrole"})
+_CASTS = frozenset({"bigint", "bigint[]", "jsonb[]", "regrole"})
 
 
 def _call(fn: str, args: Sequence[Any], named: Mapping[str, Any], convert: Callable[[list[Row]], T],
@@ -188,34 +193,46 @@ def read(queue: str, *, vt: timedelta | None = None, qty: int = 1,
 
 
 def archive_read(queue: str, done: Sequence[int], *, vt: timedelta | None = None, qty: int = 1,
-                 wait: timedelta | None = None) -> Call[list[Message]]:
-    return _call("archive_read", [queue, _ids(done)], dict(vt=vt, qty=qty, wait=wait), _messages,
-                 {1: "bigint[]"})
+                 wait: timedelta | None = None,
+                 receipts: Sequence[int] | None = None) -> Call[list[Message]]:
+    return _call("archive_read", [queue, _ids(done)],
+                 dict(vt=vt, qty=qty, wait=wait, receipts=_ids(receipts)), _messages,
+                 {1: "bigint[]", "receipts": "bigint[]"})
 
 
 def pop(queue: str, *, qty: int = 1) -> Call[list[Message]]:
     return _call("pop", [queue], dict(qty=qty), _messages)
 
 
-def archive(queue: str, msg_ids: Sequence[int]) -> Call[list[int]]:
-    return _call("archive", [queue, _ids(msg_ids)], {}, _column, {1: "bigint[]"})
+def archive(queue: str, msg_ids: Sequence[int], *,
+            receipts: Sequence[int] | None = None) -> Call[list[int]]:
+    """The ids archived. With ``receipts`` (one per id), an id whose delivery is no longer the
+    one its receipt names is skipped."""
+    return _call("archive", [queue, _ids(msg_ids)], dict(receipts=_ids(receipts)), _column,
+                 {1: "bigint[]", "receipts": "bigint[]"})
 
 
-def delete(queue: str, msg_ids: Sequence[int]) -> Call[list[int]]:
-    return _call("delete", [queue, _ids(msg_ids)], {}, _column, {1: "bigint[]"})
+def delete(queue: str, msg_ids: Sequence[int], *,
+           receipts: Sequence[int] | None = None) -> Call[list[int]]:
+    return _call("delete", [queue, _ids(msg_ids)], dict(receipts=_ids(receipts)), _column,
+                 {1: "bigint[]", "receipts": "bigint[]"})
 
 
-def set_vt(queue: str, msg_id: int, vt: timedelta) -> Call[Row | None]:
-    return _call("set_vt", [queue, msg_id, vt], {}, _first)
+def set_vt(queue: str, msg_id: int, vt: timedelta, *,
+           receipt: int | None = None) -> Call[Row | None]:
+    """With ``receipt``, a lease lost meanwhile raises :class:`LeaseLost` and changes nothing."""
+    return _call("set_vt", [queue, msg_id, vt], dict(receipt=receipt), _first,
+                 {"receipt": "bigint"})
 
 
 def nack(queue: str, msg_id: int, *, error: str | None = None, retry_after: timedelta | None = None,
-         read_ct: int | None = None) -> Call[NackResult | None]:
+         read_ct: int | None = None, receipt: int | None = None) -> Call[NackResult | None]:
     def convert(rows: list[Row]) -> NackResult | None:
         return NackResult(**rows[0]) if rows else None
 
     return _call("nack", [queue, msg_id], dict(error=error, retry_after=retry_after,
-                                               read_ct=read_ct), convert)
+                                               read_ct=read_ct, receipt=receipt), convert,
+                 {"receipt": "bigint"})
 
 
 # --- Dead letters ----------------------------------------------------------------------------

@@ -4,6 +4,12 @@ Both wrap a psycopg 3 connection the caller owns, so a call runs in the caller's
 (a ``send`` commits with the caller's own writes) or in autocommit, as the connection is set
 up. Each method's parameters are those of its builder in :mod:`pgflow._calls`; errors come
 back as :mod:`pgflow_mq.errors` classes that keep the SQLSTATE.
+
+A call in autocommit whose commit the server could not confirm with its synchronous standby
+(the server's WARNING "canceling wait for synchronous replication") raises
+:class:`pgflow_mq.errors.OutcomeUnknown` instead of returning: it may be lost in a failover.
+In a transaction of the caller's, that warning comes with the caller's COMMIT; check it there
+with :func:`pgflow_mq.errors.sync_rep_cancelled` in a notice handler.
 """
 
 from __future__ import annotations
@@ -15,7 +21,7 @@ from psycopg.rows import dict_row
 
 from . import _calls
 from ._calls import Call
-from .errors import translate
+from .errors import OutcomeUnknown, sync_rep_cancelled, translate
 
 P = ParamSpec("P")
 T = TypeVar("T")
@@ -52,15 +58,23 @@ class Client:
 
     def __init__(self, conn: psycopg.Connection[Any]) -> None:
         self.conn = conn
+        self._unknown: OutcomeUnknown | None = None
+        conn.add_notice_handler(self._notice)
+
+    def _notice(self, diag: psycopg.errors.Diagnostic) -> None:
+        self._unknown = sync_rep_cancelled(diag) or self._unknown
 
     def run(self, call: Call[T]) -> T:
         """Executes one built call (see :mod:`pgflow._calls`)."""
+        self._unknown = None
         try:
             with self.conn.cursor(row_factory=dict_row) as cur:
                 cur.execute(call.sql, call.params)
                 rows = cur.fetchall() if cur.description is not None else []
         except psycopg.Error as e:
             raise translate(e) from e
+        if self._unknown is not None:
+            raise self._unknown
         return call.convert(rows)
 
     # The verbs, in docs/api.md's order, named as the SQL functions (spelled out, not a
@@ -110,15 +124,23 @@ class AsyncClient:
 
     def __init__(self, conn: psycopg.AsyncConnection[Any]) -> None:
         self.conn = conn
+        self._unknown: OutcomeUnknown | None = None
+        conn.add_notice_handler(self._notice)
+
+    def _notice(self, diag: psycopg.errors.Diagnostic) -> None:
+        self._unknown = sync_rep_cancelled(diag) or self._unknown
 
     async def run(self, call: Call[T]) -> T:
         """Executes one built call (see :mod:`pgflow._calls`)."""
+        self._unknown = None
         try:
             async with self.conn.cursor(row_factory=dict_row) as cur:
                 await cur.execute(call.sql, call.params)
                 rows = await cur.fetchall() if cur.description is not None else []
         except psycopg.Error as e:
             raise translate(e) from e
+        if self._unknown is not None:
+            raise self._unknown
         return call.convert(rows)
 
     # The verbs, in docs/api.md's order, named as the SQL functions (spelled out, not a

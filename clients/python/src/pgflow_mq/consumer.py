@@ -16,9 +16,10 @@ empty, so it never waits in a long-poll with an archive uncommitted.
 
 While a handler runs, a heartbeat extends the lease every ``heartbeat`` (a third of ``vt`` by
 default) over one connection the workers share, so a slow handler keeps its message. A nack
-names the ``read_ct`` it received: if the lease was lost meanwhile (the message went to
-another consumer), the nack is refused (:class:`pgflow_mq.errors.LeaseLost`) and logged, and the
-new holder's lease is left alone.
+names the lease ``receipt`` it received, and so do the archive and the heartbeat: if the lease
+was lost meanwhile (the message went to another consumer, or, after a failover, the id belongs
+to another message), the nack is refused (:class:`pgflow_mq.errors.LeaseLost`) and logged, the
+archive skips the message, the heartbeat stops, and the new holder's lease is left alone.
 
 :meth:`Consumer.stop` (and SIGTERM or SIGINT, when :meth:`Consumer.run` installed its
 handlers) stops taking messages: workers waiting in a long-poll are cancelled (nothing is
@@ -152,7 +153,10 @@ class Consumer:
             # Leased but not started (stop() came): give them back at once rather than at the
             # lease's end.
             for rest in messages:
-                await client.set_vt(self.queue, rest.msg_id, timedelta(0))
+                try:
+                    await client.set_vt(self.queue, rest.msg_id, timedelta(0), receipt=rest.receipt)
+                except LeaseLost:
+                    pass  # someone else has it already
 
     async def _handle(self, client: AsyncClient, conn: psycopg.AsyncConnection[Any], m: Message,
                       *, fetch: bool) -> list[Message]:
@@ -169,9 +173,9 @@ class Consumer:
                     raise _Retry(result.after)
                 if fetch and not self._stopping.is_set():
                     leased = await client.archive_read(self.queue, [m.msg_id], vt=self.vt,
-                                                       qty=self.batch)
+                                                       qty=self.batch, receipts=[m.receipt])
                 else:
-                    await client.archive(self.queue, [m.msg_id])
+                    await client.archive(self.queue, [m.msg_id], receipts=[m.receipt])
                     leased = []
             # Committed: the archive, and the next batch's leases with it.
             nxt = leased
@@ -192,7 +196,7 @@ class Consumer:
             self.failed += 1
             try:
                 await client.nack(self.queue, m.msg_id, error=error, retry_after=retry_after,
-                                  read_ct=m.read_ct)
+                                  receipt=m.receipt)
             except LeaseLost:
                 log.warning("message %s of %s: lease lost before the nack", m.msg_id, self.queue)
         return nxt
@@ -205,6 +209,9 @@ class Consumer:
                 return
             async with self._hb_lock:
                 try:
-                    await self._hb.set_vt(self.queue, m.msg_id, self.vt)
+                    await self._hb.set_vt(self.queue, m.msg_id, self.vt, receipt=m.receipt)
+                except LeaseLost:
+                    log.warning("message %s of %s: lease lost, heartbeat stopped", m.msg_id, self.queue)
+                    return
                 except PgflowError as e:
                     log.warning("message %s of %s: heartbeat failed: %s", m.msg_id, self.queue, e)

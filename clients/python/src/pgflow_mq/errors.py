@@ -76,6 +76,25 @@ class QueryCanceled(PgflowError):
     sqlstate = "57014"
 
 
+class Standby(PgflowError):
+    """25006: the server is a standby in recovery; pgflow's writing calls run only on the
+    primary. Connect with ``target_session_attrs=read-write`` (and every host listed)."""
+
+    sqlstate = "25006"
+
+
+class OutcomeUnknown(PgflowError):
+    """The call committed on the server it reached, but that server's synchronous standby never
+    confirmed it (the wait was cancelled, or the server shut down while waiting): a failover now
+    may or may not keep it. Not a success. A producer sends again with the same ``dedup_key``
+    (delivered once either way); a consumer's archive or nack is safe to repeat with its
+    receipt. ``sqlstate`` is the warning's code; ``detail`` is the server's explanation."""
+
+    def __init__(self, message: str, sqlstate: str | None = None, detail: str | None = None) -> None:
+        super().__init__(message, sqlstate)
+        self.detail = detail
+
+
 _BY_SQLSTATE: dict[str, type[PgflowError]] = {
     cls.sqlstate: cls
     for cls in (
@@ -88,8 +107,20 @@ _BY_SQLSTATE: dict[str, type[PgflowError]] = {
         LeaseLost,
         FeatureNotSupported,
         QueryCanceled,
+        Standby,
     )
 }
+
+
+def sync_rep_cancelled(diag: psycopg.errors.Diagnostic) -> OutcomeUnknown | None:
+    """The :class:`OutcomeUnknown` for a notice that reports a commit whose wait for the
+    synchronous standby was cancelled (Postgres sends it as a WARNING, and the call otherwise
+    looks successful), else None. Matched on the message, as Postgres gives it no code of its
+    own: with ``lc_messages`` other than English, it is not recognized."""
+    message = diag.message_primary or ""
+    if diag.severity_nonlocalized == "WARNING" and "synchronous replication" in message:
+        return OutcomeUnknown(message, diag.sqlstate, diag.message_detail)
+    return None
 
 
 def translate(err: psycopg.Error) -> PgflowError:

@@ -110,8 +110,8 @@ defmodule Pgflow.Consumer.Worker do
   defp loop(%{cfg: cfg, conns: [conn | _]} = st) do
     if stop?(st) do
       # Archive what was handled, then close: nothing is left leased.
-      Enum.each(st.done, fn id ->
-        case Pgflow.archive(conn, cfg.queue, id) do
+      Enum.each(st.done, fn {id, receipt} ->
+        case Pgflow.archive(conn, cfg.queue, id, receipt: receipt) do
           {:ok, _} ->
             cfg.report.(:archived)
 
@@ -291,19 +291,19 @@ defmodule Pgflow.Consumer.Worker do
         else
           # A failed renewal (the lease was lost, or the connection) shows at the archive or
           # nack; the handler keeps going meanwhile.
-          _ = Pgflow.set_vt(conn, cfg.queue, m.id, cfg.lease)
+          _ = Pgflow.set_vt(conn, cfg.queue, m.id, cfg.lease, receipt: m.receipt)
           supervise(conn, m, cfg, pid, started)
         end
     end
   end
 
   # Archived by the worker's next round trip (see loop/1).
-  defp finish(_conn, m, _cfg, :archive), do: {:done, m.id}
+  defp finish(_conn, m, _cfg, :archive), do: {:done, {m.id, m.receipt}}
   defp finish(conn, m, cfg, {:nack, why, retry_ms}), do: nack(conn, m, cfg, why, retry_ms)
   defp finish(conn, m, cfg, {:exception, _, _, _, why}), do: nack(conn, m, cfg, why, nil)
 
   defp nack(conn, m, cfg, why, retry_ms) do
-    case Pgflow.nack(conn, cfg.queue, m.id, error: why, read_ct: m.read_ct, retry_after: retry_ms) do
+    case Pgflow.nack(conn, cfg.queue, m.id, error: why, receipt: m.receipt, retry_after: retry_ms) do
       {:ok, :dead} -> :dead
       {:ok, _} -> :nacked
       {:error, %Pgflow.Error{code: "55000"}} -> :lost
