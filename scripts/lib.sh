@@ -87,3 +87,48 @@ install_pgflow() {
   local cfg; cfg=$(pg_config_for "$ver")
   (cd "$ROOT" && cargo pgrx install --pg-config "$cfg" --features "pg$ver" --no-default-features "$@" >/dev/null)
 }
+
+# pgbouncer_start DIR PORT PG_PORT [POOL_SIZE]: PgBouncer (Debian's) in transaction mode on
+# 127.0.0.1:PORT in front of the cluster on PG_PORT, every database, trust for the postgres
+# user, as the postgres user (it refuses root). DIR holds its configuration, log and pid.
+pgbouncer_start() {
+  local dir=$1 port=$2 pg_port=$3 pool=${4:-4}
+  pgbouncer_stop "$dir"
+  as_postgres rm -rf "$dir" 2>/dev/null || rm -rf "$dir"
+  mkdir -p "$dir" && chown postgres "$dir"
+  as_postgres tee "$dir/pgbouncer.ini" >/dev/null <<INI
+[databases]
+* = host=127.0.0.1 port=$pg_port
+
+[pgbouncer]
+listen_addr = 127.0.0.1
+listen_port = $port
+unix_socket_dir =
+auth_type = trust
+auth_file = $dir/userlist.txt
+admin_users = postgres
+pool_mode = transaction
+default_pool_size = $pool
+max_client_conn = 200
+logfile = $dir/pgbouncer.log
+pidfile = $dir/pgbouncer.pid
+INI
+  echo '"postgres" ""' | as_postgres tee "$dir/userlist.txt" >/dev/null
+  as_postgres /usr/sbin/pgbouncer -d -q "$dir/pgbouncer.ini" \
+    || { cat "$dir/pgbouncer.log" >&2; die "PgBouncer did not start"; }
+  local i
+  for i in $(seq 1 100); do
+    python3 -c "import socket; socket.create_connection(('127.0.0.1', $port), 1)" 2>/dev/null && return 0
+    sleep 0.1
+  done
+  cat "$dir/pgbouncer.log" >&2; die "PgBouncer is not listening on $port"
+}
+
+pgbouncer_stop() {
+  local dir=$1
+  if [ -f "$dir/pgbouncer.pid" ]; then
+    as_postgres kill "$(cat "$dir/pgbouncer.pid")" 2>/dev/null || true
+    local i
+    for i in $(seq 1 50); do [ -f "$dir/pgbouncer.pid" ] || return 0; sleep 0.1; done
+  fi
+}

@@ -10,7 +10,7 @@
 #                           plotting venv (its smoke run is in the suite)
 #   setup.sh bench [MAJOR]  what `make bench` needs: one Postgres plus pgmq, PgQ and matplotlib
 #   setup.sh PART...        single parts: build, pg15, pg16, pg17, pg18, elixir, python, peers,
-#                           plot, promtool, chromium
+#                           plot, promtool, chromium, pooling, ha, sharding
 #   setup.sh abi-check MAJOR  compare an installed major's headers with its binaries again
 #
 # Where each Postgres comes from (no source packages: Debian no longer serves them):
@@ -228,6 +228,14 @@ part_chromium() {
   apt_install chromium
 }
 
+# Beyond one machine (#17), from Debian 12: PgBouncer 1.18 for the pooling layer (any major:
+# it is a separate program), pg_auto_failover 2.0 and PL/Proxy 2.10 for the HA and sharding
+# layers (packaged for Postgres 15 only, so those layers run on 15). Nothing is started: the
+# layers run their own instances on free ports.
+part_pooling() { apt_install pgbouncer; }
+part_ha() { part_pg15; apt_install postgresql-15-auto-failover; }
+part_sharding() { part_pg15; apt_install postgresql-15-plproxy; }
+
 # cargo pgrx init, pointed at every installed major's pg_config (its own downloads fail here);
 # rerun only when the configuration lacks one of them.
 pgrx_init() {
@@ -250,14 +258,14 @@ case "$1" in
   demo) parts=(build "pg${2:-15}") ;;
   bench) parts=(build "pg${2:-15}" peers plot) ;;
   abi-check) abi_check "${2:?abi-check needs a major version}"; exit 0 ;;
-  test) parts=(build elixir python peers plot promtool chromium); for v in $PG_MAJORS; do parts+=("pg$v"); done ;;
+  test) parts=(build elixir python peers plot promtool chromium pooling ha sharding); for v in $PG_MAJORS; do parts+=("pg$v"); done ;;
   *) parts=("$@") ;;
 esac
 as_root mkdir -p "$TOOLS"
 for p in "${parts[@]}"; do
   case "$p" in
-    build|pg15|pg16|pg17|pg18|elixir|python|peers|plot|promtool|chromium) "part_$p" ;;
-    *) die "setup.sh: unknown part '$p' (demo, test, bench, build, pg15..pg18, elixir, python, peers, plot, promtool, chromium)" ;;
+    build|pg15|pg16|pg17|pg18|elixir|python|peers|plot|promtool|chromium|pooling|ha|sharding) "part_$p" ;;
+    *) die "setup.sh: unknown part '$p' (demo, test, bench, build, pg15..pg18, elixir, python, peers, plot, promtool, chromium, pooling, ha, sharding)" ;;
   esac
 done
 pgrx_init

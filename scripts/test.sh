@@ -11,7 +11,8 @@
 # Narrowing (CONTRIBUTING.md has examples):
 #   PG="15 17"        the versions (default: all of 15 16 17 18; PG_VERSIONS is the old name)
 #   LAYER=a,b         the layers: pgrx regress isolation upgrade roles fuzz lifecycle metrics
-#                     evolution e2e rust elixir python bench
+#                     evolution e2e rust elixir python pooling ha sharding bench (ha and sharding
+#                     need Debian's packages for Postgres 15, so they run on 15 only)
 #   TEST=name         with one LAYER: one test of it (a pg_regress file or isolation spec name,
 #                     a cargo test filter, or an ExUnit path such as test/consumer_test.exs:42)
 set -euo pipefail
@@ -19,7 +20,7 @@ set -euo pipefail
 
 versions=${PG:-${PG_VERSIONS:-$PG_MAJORS}}
 versions=${versions//,/ }
-all_layers="pgrx regress isolation upgrade roles fuzz lifecycle metrics evolution e2e rust elixir python bench"
+all_layers="pgrx regress isolation upgrade roles fuzz lifecycle metrics evolution e2e rust elixir python pooling ha sharding bench"
 layers=${LAYER:-$all_layers}
 layers=${layers//,/ }
 one=${TEST:-}
@@ -37,6 +38,9 @@ want elixir && parts+=(elixir)
 want python && parts+=(python)
 want bench && parts+=(peers plot)
 want metrics && parts+=(plot promtool chromium)
+want pooling && parts+=(pooling python elixir)
+want ha && parts+=(ha python)
+want sharding && parts+=(sharding python)
 "$ROOT/scripts/setup.sh" "${parts[@]}"
 
 failed=()
@@ -144,6 +148,16 @@ cluster_layers() {
 
   want python && run_layer "pg$ver: Python client (pytest, mypy --strict)" \
     bash "$ROOT/tests/clients/python.sh" "$dsn" ${one:+"$one"}
+
+  want pooling && run_layer "pg$ver: the clients through PgBouncer in transaction mode" \
+    bash "$ROOT/tests/cluster/pooling.sh" "$ver" "$port" "$dir"
+
+  if [ "$ver" = 15 ]; then
+    want ha && run_layer "pg$ver: failover under pg_auto_failover (monitor, primary, secondary)" \
+      bash "$ROOT/tests/cluster/ha.sh"
+    want sharding && run_layer "pg$ver: sharding with PL/Proxy (router, 2 shards)" \
+      bash "$ROOT/tests/cluster/sharding.sh"
+  fi
 
   if [ ${#failed[@]} -gt 0 ] && [ -f "$dir/server.log" ]; then
     grep -E 'PANIC|TRAP|terminated by signal' "$dir/server.log" >&2 || true

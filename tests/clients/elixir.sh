@@ -10,7 +10,7 @@ bindir=$1 port=$2 datadir=$3; shift 3  # the rest goes to mix test
 db=pgflow_elixir
 psql_() { "$bindir/psql" -X -q -h 127.0.0.1 -p "$port" -U postgres -v ON_ERROR_STOP=1 "$@"; }
 
-psql_ -d postgres -c "DROP DATABASE IF EXISTS $db" -c "CREATE DATABASE $db"
+psql_ -d postgres -c "DROP DATABASE IF EXISTS $db WITH (FORCE)" -c "CREATE DATABASE $db"
 psql_ -d "$db" -c 'CREATE EXTENSION IF NOT EXISTS pgflow' \
   -f "$ROOT/examples/evolution/topology.sql" -f "$ROOT/examples/evolution/contracts.sql" >/dev/null
 psql_ -d postgres <<'SQL'

@@ -88,6 +88,11 @@ defmodule Pgflow do
   libpq-style string such as `"host=127.0.0.1 port=5432 user=app dbname=app password=s"`, or
   a URL, `"postgresql://app:s@127.0.0.1:5432/app"` (percent-encoded user and password).
   Password authentication may be md5 or SCRAM-SHA-256.
+
+  `pooled: true` (`pooled=true` in a string, `?pooled=true` in a URL) is for a connection
+  through PgBouncer in transaction mode, where consecutive statements may reach different
+  server connections: nothing is prepared at connect, and each call runs as one transaction
+  that prepares its statement, runs it and deallocates it (three round trips instead of one).
   """
   @spec connect(keyword() | String.t()) :: result(pid())
   def connect("postgres" <> _ = url), do: url |> parse_url() |> connect()
@@ -96,6 +101,7 @@ defmodule Pgflow do
   def connect(opts) when is_list(opts) do
     {:ok, _} = Application.ensure_all_started(:stringprep)
     {:ok, _} = Application.ensure_all_started(:p1_pgsql)
+    pooled = opts[:pooled] in [true, "true", "1"]
 
     driver_opts =
       for {k, v} <- opts, k in [:host, :port, :user, :password, :database] do
@@ -112,9 +118,16 @@ defmodule Pgflow do
             "PREPARE #{stmt(name)} AS #{sql};"
           end
 
-        case simple(conn, prepares) do
-          :ok -> {:ok, conn}
-          error -> error
+        cond do
+          pooled ->
+            :persistent_term.put({Pgflow.Pooled, conn}, true)
+            {:ok, conn}
+
+          true ->
+            case simple(conn, prepares) do
+              :ok -> {:ok, conn}
+              error -> error
+            end
         end
 
       {:error, reason} ->
@@ -127,6 +140,7 @@ defmodule Pgflow do
   def close(conn) do
     # Closing a connection that is already gone is not an error.
     call(fn -> :pgsql.terminate(conn) end)
+    _ = :persistent_term.erase({Pgflow.Pooled, conn})
     :ok
   end
 
@@ -417,6 +431,7 @@ defmodule Pgflow do
 
   def transaction(conn, fun) do
     :ok = simple(conn, "BEGIN")
+    Process.put({Pgflow.InTx, conn}, true)
 
     try do
       fun.()
@@ -434,6 +449,8 @@ defmodule Pgflow do
       other ->
         simple(conn, "ROLLBACK")
         other
+    after
+      Process.delete({Pgflow.InTx, conn})
     end
   end
 
@@ -447,6 +464,10 @@ defmodule Pgflow do
   """
   @spec query(conn(), String.t(), list()) :: result([[String.t() | nil]])
   def query(conn, sql, params \\ []) do
+    if pooled?(conn), do: pooled(conn, sql, params), else: query_prepared(conn, sql, params)
+  end
+
+  defp query_prepared(conn, sql, params) do
     # A name of its own, so callers sharing the connection never collide between the prepare
     # and the unprepare.
     name = ~c"pgflow_adhoc_" ++ Integer.to_charlist(System.unique_integer([:positive]))
@@ -467,7 +488,67 @@ defmodule Pgflow do
 
   # ---- internals ----
 
-  defp exec(conn, name, params), do: run(conn, stmt(name), params)
+  defp exec(conn, name, params) do
+    if pooled?(conn),
+      do: pooled(conn, Map.fetch!(@statements, name), params),
+      else: run(conn, stmt(name), params)
+  end
+
+  @doc false
+  def pooled?(conn), do: :persistent_term.get({Pgflow.Pooled, conn}, false)
+
+  # A pooled connection's call. A shared Pgflow.Connection runs the whole sequence as one of its
+  # calls, so that no other process's call lands between its statements.
+  defp pooled(conn, sql, params) when is_atom(conn) do
+    case call(fn -> GenServer.call(conn, {:pgflow_pooled, sql, params}, :infinity) end) do
+      {:error, {:exit, _} = e} -> {:error, lost(e)}
+      {:error, :disconnected} -> {:error, lost(:disconnected)}
+      other -> other
+    end
+  end
+
+  defp pooled(conn, sql, params), do: pooled_call(conn, sql, params)
+
+  # One transaction per call (or a savepoint inside the caller's): the statement is prepared,
+  # run and deallocated on the one server connection a transaction-mode pooler lends for it.
+  # A failed call leaves nothing behind either: its savepoint is rolled back and the statement
+  # deallocated before the transaction ends.
+  @doc false
+  def pooled_call(conn, sql, params) do
+    in_tx = Process.get({Pgflow.InTx, conn}, false)
+    name = "pgflow_p" <> Integer.to_string(System.unique_integer([:positive]))
+
+    open =
+      if(in_tx, do: "", else: "BEGIN; ") <> "PREPARE #{name} AS #{sql}; SAVEPOINT pgflow_call"
+
+    case simple(conn, open) do
+      :ok ->
+        result = run(conn, to_charlist(name), params)
+
+        undo =
+          case result do
+            {:ok, _} -> "RELEASE SAVEPOINT pgflow_call; DEALLOCATE #{name}"
+            {:error, _} -> "ROLLBACK TO SAVEPOINT pgflow_call; DEALLOCATE #{name}"
+          end
+
+        ending =
+          cond do
+            in_tx -> ""
+            match?({:ok, _}, result) -> "; COMMIT"
+            true -> "; ROLLBACK"
+          end
+
+        case {simple(conn, undo <> ending), result} do
+          {:ok, result} -> result
+          {{:error, e}, {:ok, _}} -> {:error, e}
+          {_, error} -> error
+        end
+
+      {:error, _} = error ->
+        if not in_tx, do: simple(conn, "ROLLBACK")
+        error
+    end
+  end
 
   defp run(conn, name, params) do
     case call(fn -> :pgsql.execute(conn, name, Enum.map(params, &param/1)) end) do
@@ -554,12 +635,15 @@ defmodule Pgflow do
 
     db = (uri.path || "/") |> String.trim_leading("/") |> URI.decode()
 
+    query = URI.decode_query(uri.query || "")
+
     [
       host: uri.host || "localhost",
       port: uri.port || 5432,
       user: user,
       password: password,
-      database: if(db == "", do: user, else: db)
+      database: if(db == "", do: user, else: db),
+      pooled: query["pooled"]
     ]
     |> Enum.reject(fn {_, v} -> is_nil(v) end)
   end
@@ -572,6 +656,7 @@ defmodule Pgflow do
         "user" -> {:user, v}
         "password" -> {:password, v}
         "dbname" -> {:database, v}
+        "pooled" -> {:pooled, v}
         other -> raise ArgumentError, "unsupported connection key #{inspect(other)}"
       end
     end

@@ -52,4 +52,5 @@ end
   nil
 })
 
-ExUnit.start()
+# The pooling tests need PgBouncer in front of the server (tests/cluster/pooling.sh).
+ExUnit.start(exclude: if(System.get_env("PGFLOW_POOLED_DSN"), do: [], else: [:pooling]))

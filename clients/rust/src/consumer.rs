@@ -88,6 +88,11 @@ pub struct Consumer {
     pub wait: Duration,
     /// Print a progress line this often (None: never).
     pub progress: Option<Duration>,
+    /// The connections go through a transaction-mode pooler (PgBouncer): a queue with
+    /// `session_leases` is then refused at start (0A000), since its leases belong to the
+    /// server connection that read them, which the pooler lends to others and may close while
+    /// the handler still works. Calls need nothing else: they prepare no named statements.
+    pub pooled: bool,
 }
 
 impl Consumer {
@@ -100,7 +105,36 @@ impl Consumer {
             timeout: Duration::from_secs(60),
             wait: Duration::from_secs(1),
             progress: None,
+            pooled: false,
         }
+    }
+
+    /// Under a transaction-mode pooler, a queue whose leases need a stable backend is refused.
+    async fn check_pooling(&self) -> Result<()> {
+        if !self.pooled {
+            return Ok(());
+        }
+        let c = Client::connect(&self.dsn).await?;
+        let session_leases: Option<bool> = c
+            .pg()
+            .query_typed_opt(
+                "SELECT session_leases FROM pgflow.list_queues() WHERE queue_name = $1",
+                &[(&self.queue, tokio_postgres::types::Type::TEXT)],
+            )
+            .await?
+            .map(|r| r.get(0));
+        if session_leases == Some(true) {
+            return Err(crate::Error::Refused(
+                "0A000",
+                format!(
+                    "queue \"{}\" has session_leases, which need a stable backend: a transaction-mode \
+                     pooler lends each transaction a server connection of its own (consume it \
+                     through session pooling or a direct connection)",
+                    self.queue
+                ),
+            ));
+        }
+        Ok(())
     }
 
     /// Runs until `shutdown` completes, then drains what is in flight and returns the counts.
@@ -148,6 +182,7 @@ impl Consumer {
         W: Fn(Consumer, Arc<Stats>, Arc<AtomicBool>) -> WFut,
         WFut: Future<Output = Result<()>> + Send + 'static,
     {
+        self.check_pooling().await?;
         let stats = Arc::new(Stats::default());
         let stop = Arc::new(AtomicBool::new(false));
         let started = Instant::now();
@@ -330,7 +365,10 @@ impl Consumer {
                 let (id, receipt) = (m.id, m.receipt);
                 client.pg().batch_execute("BEGIN").await?;
                 let work = tokio::time::timeout(self.timeout, handler(m, Tx(Arc::clone(&client))));
-                let failure = match self.with_heartbeat(&beat, (id, receipt), work, &stats).await? {
+                let failure = match self
+                    .with_heartbeat(&beat, (id, receipt), work, &stats)
+                    .await?
+                {
                     Ok(Ok(())) => {
                         let archived = if pending.is_empty() && !stop.load(Ordering::SeqCst) {
                             client

@@ -3,12 +3,16 @@
 //! message's lease alive while its handler works, archives on success, nacks on error or
 //! timeout, and shuts down gracefully.
 //!
-//! Every call is one SQL function call; nothing here holds state the database does not.
+//! Every call is one SQL function call; nothing here holds state the database does not. Calls
+//! are sent as unnamed statements with their parameter types (`query_typed`): one round trip
+//! each, and nothing prepared that a transaction-mode pooler (PgBouncer) would have to carry
+//! from one server connection to the next.
 use std::time::Duration;
 
 use serde::de::DeserializeOwned;
 use serde::Serialize;
 use serde_json::Value;
+use tokio_postgres::types::Type;
 use tokio_postgres::{Client as PgClient, GenericClient, NoTls};
 
 mod consumer;
@@ -19,6 +23,8 @@ pub use consumer::{Consumer, Outcome, Stats, Tx};
 pub enum Error {
     Db(tokio_postgres::Error),
     Payload(serde_json::Error),
+    /// Refused by the client before any call, with the SQLSTATE the server would use.
+    Refused(&'static str, String),
 }
 
 impl std::fmt::Display for Error {
@@ -29,6 +35,7 @@ impl std::fmt::Display for Error {
                 None => write!(f, "{e}"),
             },
             Error::Payload(e) => write!(f, "payload: {e}"),
+            Error::Refused(code, m) => write!(f, "{m} ({code})"),
         }
     }
 }
@@ -53,6 +60,7 @@ impl Error {
         match self {
             Error::Db(e) => e.code().map(|c| c.code()),
             Error::Payload(_) => None,
+            Error::Refused(code, _) => Some(code),
         }
     }
 }
@@ -168,16 +176,16 @@ impl<C: Conn + Sync> Calls<C> {
         let row = self
             .0
             .conn()
-            .query_one(
+            .query_typed_one(
                 "SELECT pgflow.send($1, $2, $3, $4::text::interval, $5, $6, $7)",
                 &[
-                    &queue,
-                    &payload,
-                    &opts.headers,
-                    &delay,
-                    &opts.priority,
-                    &opts.group_key,
-                    &opts.dedup_key,
+                    (&queue, Type::TEXT),
+                    (&payload, Type::JSONB),
+                    (&opts.headers, Type::JSONB),
+                    (&delay, Type::TEXT),
+                    (&opts.priority, Type::INT4),
+                    (&opts.group_key, Type::TEXT),
+                    (&opts.dedup_key, Type::TEXT),
                 ],
             )
             .await?;
@@ -197,10 +205,15 @@ impl<C: Conn + Sync> Calls<C> {
         let rows = self
             .0
             .conn()
-            .query(
+            .query_typed(
                 "SELECT msg_id, read_ct, message, headers, receipt
                    FROM pgflow.read($1, $2::text::interval, $3, $4::text::interval)",
-                &[&queue, &interval(vt), &qty, &wait],
+                &[
+                    (&queue, Type::TEXT),
+                    (&interval(vt), Type::TEXT),
+                    (&qty, Type::INT4),
+                    (&wait, Type::TEXT),
+                ],
             )
             .await?;
         messages(&rows)
@@ -223,11 +236,18 @@ impl<C: Conn + Sync> Calls<C> {
         let rows = self
             .0
             .conn()
-            .query(
+            .query_typed(
                 "SELECT msg_id, read_ct, message, headers, receipt
                    FROM pgflow.archive_read($1, $2, $3::text::interval, $4, $5::text::interval,
                                             receipts => $6)",
-                &[&queue, &ids, &interval(vt), &qty, &wait, &receipts],
+                &[
+                    (&queue, Type::TEXT),
+                    (&ids, Type::INT8_ARRAY),
+                    (&interval(vt), Type::TEXT),
+                    (&qty, Type::INT4),
+                    (&wait, Type::TEXT),
+                    (&receipts, Type::INT8_ARRAY),
+                ],
             )
             .await?;
         messages(&rows)
@@ -239,9 +259,13 @@ impl<C: Conn + Sync> Calls<C> {
         Ok(self
             .0
             .conn()
-            .query_one(
-                "SELECT pgflow.archive($1, $2::bigint, $3::bigint)",
-                &[&queue, &id, &receipt],
+            .query_typed_one(
+                "SELECT pgflow.archive($1, $2, $3)",
+                &[
+                    (&queue, Type::TEXT),
+                    (&id, Type::INT8),
+                    (&receipt, Type::INT8),
+                ],
             )
             .await?
             .get(0))
@@ -259,9 +283,14 @@ impl<C: Conn + Sync> Calls<C> {
         let row = self
             .0
             .conn()
-            .query_opt(
+            .query_typed_opt(
                 "SELECT outcome FROM pgflow.nack($1, $2, $3, receipt => $4)",
-                &[&queue, &id, &error, &receipt],
+                &[
+                    (&queue, Type::TEXT),
+                    (&id, Type::INT8),
+                    (&error, Type::TEXT),
+                    (&receipt, Type::INT8),
+                ],
             )
             .await?;
         Ok(match row.map(|r| r.get::<_, String>(0)) {
@@ -283,9 +312,14 @@ impl<C: Conn + Sync> Calls<C> {
         Ok(!self
             .0
             .conn()
-            .query(
-                "SELECT msg_id FROM pgflow.set_vt($1, $2, $3::text::interval, $4::bigint)",
-                &[&queue, &id, &interval(vt), &receipt],
+            .query_typed(
+                "SELECT msg_id FROM pgflow.set_vt($1, $2, $3::text::interval, $4)",
+                &[
+                    (&queue, Type::TEXT),
+                    (&id, Type::INT8),
+                    (&interval(vt), Type::TEXT),
+                    (&receipt, Type::INT8),
+                ],
             )
             .await?
             .is_empty())

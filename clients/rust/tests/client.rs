@@ -138,13 +138,29 @@ async fn archive_read_archives_and_leases_in_one_call() {
     // Nothing left: b is archived and the read returns nothing.
     // A stale receipt archives nothing: b stays leased, and the read finds nothing else.
     let none: Vec<Message<Value>> = c
-        .archive_read(q, &[(b, next[0].receipt ^ 1)], Duration::from_secs(30), 10, None)
+        .archive_read(
+            q,
+            &[(b, next[0].receipt ^ 1)],
+            Duration::from_secs(30),
+            10,
+            None,
+        )
         .await
         .unwrap();
     assert!(none.is_empty());
-    assert_eq!(archived_ns(&c, q).await.len(), 1, "b not archived with a stale receipt");
+    assert_eq!(
+        archived_ns(&c, q).await.len(),
+        1,
+        "b not archived with a stale receipt"
+    );
     let none: Vec<Message<Value>> = c
-        .archive_read(q, &[(b, next[0].receipt)], Duration::from_secs(30), 10, None)
+        .archive_read(
+            q,
+            &[(b, next[0].receipt)],
+            Duration::from_secs(30),
+            10,
+            None,
+        )
         .await
         .unwrap();
     assert!(none.is_empty());

@@ -38,7 +38,8 @@ defmodule Pgflow.Connection do
     connect =
       Keyword.get(opts, :connect) || raise ArgumentError, "Pgflow.Connection needs :connect"
 
-    {:ok, %{connect: connect, conn: nil, backoff: 100}, {:continue, :connect}}
+    name = Keyword.get(opts, :name, Pgflow.Conn)
+    {:ok, %{connect: connect, conn: nil, backoff: 100, name: name}, {:continue, :connect}}
   end
 
   @impl true
@@ -60,6 +61,12 @@ defmodule Pgflow.Connection do
     {:reply, {:error, :disconnected}, st}
   end
 
+  # A call over a pooled connection: its statements run here, one after another, so no other
+  # caller's call lands between them.
+  def handle_call({:pgflow_pooled, sql, params}, _from, %{conn: conn} = st) do
+    {:reply, Pgflow.pooled_call(conn, sql, params), st}
+  end
+
   def handle_call(request, _from, %{conn: conn} = st) do
     reply =
       try do
@@ -79,6 +86,8 @@ defmodule Pgflow.Connection do
     case Pgflow.connect(st.connect) do
       {:ok, conn} ->
         Process.link(conn)
+        # Callers find out by name that the connection is pooled (Pgflow.pooled?/1).
+        if Pgflow.pooled?(conn), do: :persistent_term.put({Pgflow.Pooled, st.name}, true)
         %{st | conn: conn, backoff: 100}
 
       {:error, error} ->

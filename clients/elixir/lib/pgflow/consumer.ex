@@ -124,17 +124,29 @@ defmodule Pgflow.Consumer do
   defp check_queue(cfg) do
     case Pgflow.connect(cfg.connect) do
       {:ok, conn} ->
+        pooled = Pgflow.pooled?(conn)
+
         try do
           case Pgflow.query(
                  conn,
                  ~S"""
                  SELECT max_retries::text, (extract(epoch FROM retry_delay) * 1000)::bigint::text,
-                        default_priority::text
+                        default_priority::text, session_leases::text
                    FROM pgflow.list_queues() WHERE queue_name = $1
                  """,
                  [cfg.queue]
                ) do
-            {:ok, [[retries, delay, priority]]} ->
+            {:ok, [[_, _, _, "true"]]} when pooled ->
+              {:error,
+               %Pgflow.Error{
+                 code: "0A000",
+                 message:
+                   "queue \"#{cfg.queue}\" has session_leases, which need a stable backend: " <>
+                     "a transaction-mode pooler lends each transaction a server connection of " <>
+                     "its own (consume it through session pooling or a direct connection)"
+               }}
+
+            {:ok, [[retries, delay, priority, _]]} ->
               warn_if(cfg, :max_retries, cfg.max_retries, String.to_integer(retries))
               warn_if(cfg, :retry_delay_ms, cfg.retry_delay_ms, String.to_integer(delay))
 
@@ -268,7 +280,14 @@ defmodule Pgflow.Consumer do
     per_worker = if cfg.handler_conn, do: 2, else: 1
     conns = for _ <- 1..(cfg.workers * per_worker), do: Pgflow.connect(cfg.connect)
 
-    case Enum.find(conns, &match?({:error, _}, &1)) do
+    # Through a pooler, the queue is checked first: one with session leases is refused.
+    refused =
+      case conns do
+        [{:ok, conn} | _] -> if Pgflow.pooled?(conn), do: check_queue(cfg), else: :ok
+        _ -> :ok
+      end
+
+    case Enum.find([refused | conns], &match?({:error, _}, &1)) do
       {:error, error} ->
         for {:ok, conn} <- conns, do: Pgflow.close(conn)
         send(owner, {ref, {:error, error}})

@@ -39,7 +39,7 @@ from typing import Any, Awaitable, Callable
 import psycopg
 
 from .client import AsyncClient
-from .errors import LeaseLost, PgflowError
+from .errors import FeatureNotSupported, LeaseLost, PgflowError
 from ._calls import Message
 
 log = logging.getLogger("pgflow_mq.consumer")
@@ -75,6 +75,7 @@ class Consumer:
         wait: timedelta = timedelta(seconds=5),
         handler_timeout: timedelta | None = None,
         heartbeat: timedelta | None = None,
+        pooled: bool = False,
     ) -> None:
         if workers < 1 or batch < 1:
             raise ValueError("workers and batch must be at least 1")
@@ -89,6 +90,9 @@ class Consumer:
         self.wait = wait
         self.handler_timeout = handler_timeout
         self.heartbeat = heartbeat if heartbeat is not None else vt / 3
+        # Through a transaction-mode pooler (PgBouncer): no prepared statements, and a queue
+        # with session_leases is refused at start (its leases belong to a server connection).
+        self.pooled = pooled
         self.processed = 0  # messages archived
         self.failed = 0  # messages nacked
         self._stopping = asyncio.Event()
@@ -121,8 +125,10 @@ class Consumer:
             for sig in (signal.SIGTERM, signal.SIGINT):
                 loop.add_signal_handler(sig, self.stop)
         try:
-            async with await psycopg.AsyncConnection.connect(self.conninfo, autocommit=True) as hb:
+            async with await self._connect() as hb:
                 self._hb = AsyncClient(hb)
+                if self.pooled:
+                    await self._check_pooling(self._hb)
                 await asyncio.gather(*(self._worker(i) for i in range(self.workers)))
         finally:
             self._hb = None
@@ -130,8 +136,24 @@ class Consumer:
                 for sig in (signal.SIGTERM, signal.SIGINT):
                     loop.remove_signal_handler(sig)
 
+    async def _connect(self) -> psycopg.AsyncConnection[Any]:
+        # prepare_threshold None: psycopg never prepares a named statement, which a pooler
+        # in transaction mode could not carry to the next server connection.
+        if self.pooled:
+            return await psycopg.AsyncConnection.connect(self.conninfo, autocommit=True,
+                                                         prepare_threshold=None)
+        return await psycopg.AsyncConnection.connect(self.conninfo, autocommit=True)
+
+    async def _check_pooling(self, client: AsyncClient) -> None:
+        for q in await client.list_queues():
+            if q["queue_name"] == self.queue and q["session_leases"]:
+                raise FeatureNotSupported(
+                    f'queue "{self.queue}" has session_leases, which need a stable backend: a '
+                    "transaction-mode pooler lends each transaction a server connection of its "
+                    "own (consume it through session pooling or a direct connection)")
+
     async def _worker(self, n: int) -> None:
-        async with await psycopg.AsyncConnection.connect(self.conninfo, autocommit=True) as conn:
+        async with await self._connect() as conn:
             client = AsyncClient(conn)
             messages: list[Message] = []
             while not self._stopping.is_set():
