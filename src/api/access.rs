@@ -115,6 +115,20 @@ pub fn primary() -> Result<(), ErrorReport> {
              list_pending(), dlq_list() and the other read-only calls work.",
         ));
     }
+    // SAFETY: a backend-local flag of the current transaction.
+    if unsafe { pg_sys::XactReadOnly } {
+        return Err(ErrorReport::new(
+            PgSqlErrorCode::ERRCODE_READ_ONLY_SQL_TRANSACTION,
+            "this transaction is read-only: pgflow's writing calls need a read-write transaction",
+            "pgflow",
+        )
+        .set_hint(
+            "default_transaction_read_only is on for this session (a failover manager such as \
+             pg_auto_failover sets it on a promoted standby until the old primary is known to \
+             be down: retry, or connect with target_session_attrs=read-write), or the \
+             transaction was begun READ ONLY.",
+        ));
+    }
     Ok(())
 }
 

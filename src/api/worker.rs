@@ -95,6 +95,12 @@ fn worker_status() -> Result<
                 (SlotState::Wanted, _, _) if s.not_before > now => {
                     Some(format!("restarting after {} unplanned exits", s.restarts))
                 }
+                (SlotState::Running, _, _) if s.read_only => Some(
+                    "paused: default_transaction_read_only is on (a failover manager such as \
+                     pg_auto_failover sets it on a promoted standby until the old primary is \
+                     known to be down); the rounds resume when it is off"
+                        .to_owned(),
+                ),
                 (SlotState::Running, _, _) if s.pid > 0 && waits_for_sync_rep(s.pid) => Some(
                     "its round waits for synchronous replication at commit (is a synchronous \
                      standby of synchronous_standby_names connected?)"

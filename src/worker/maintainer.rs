@@ -236,6 +236,28 @@ pub extern "C-unwind" fn pgflow_worker_main(arg: pg_sys::Datum) {
             ipc::stats::sync_enabled();
         }
         let tick = i64::from(guc::TICK_MS.get()) * 1000;
+        // A read-only server (default_transaction_read_only, as pg_auto_failover sets it on a
+        // promoted standby until the old primary is known to be down): every round would fail
+        // on its first write, so the worker waits, says so in worker_status(), and resumes
+        // with the next tick after the setting goes off.
+        // SAFETY: a GUC variable of this process, set by its own config reloads.
+        let read_only = unsafe { pg_sys::DefaultXactReadOnly };
+        {
+            let mut reg = REGISTRY.exclusive();
+            if let Some(slot) = reg.find(dboid) {
+                if slot.read_only != read_only {
+                    pgrx::log!(
+                        "pgflow: {} rounds: default_transaction_read_only is {}",
+                        if read_only { "pausing" } else { "resuming" },
+                        if read_only { "on" } else { "off" }
+                    );
+                }
+                slot.read_only = read_only;
+            }
+        }
+        if read_only {
+            next_round = now() + tick;
+        }
         if now() >= next_round {
             stats_tick(dboid);
             let batch = guc::BATCH_SIZE.get();

@@ -120,6 +120,9 @@ pub struct Slot {
     pub horizon_age: f64,
     pub horizon_xmin_age: i32,
     pub horizon_at: i64,
+    /// The worker skips its rounds while default_transaction_read_only is on (a failover
+    /// manager fences a promoted server that way until the old primary is known to be down).
+    pub read_only: bool,
 }
 
 impl Slot {
@@ -145,6 +148,7 @@ impl Slot {
         horizon_age: 0.0,
         horizon_xmin_age: 0,
         horizon_at: 0,
+        read_only: false,
     };
 
     pub fn name(&self) -> String {
