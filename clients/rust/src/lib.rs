@@ -7,13 +7,15 @@
 //! are sent as unnamed statements with their parameter types (`query_typed`): one round trip
 //! each, and nothing prepared that a transaction-mode pooler (PgBouncer) would have to carry
 //! from one server connection to the next.
+use std::future::Future;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use serde::de::DeserializeOwned;
 use serde::Serialize;
 use serde_json::Value;
 use tokio_postgres::types::Type;
-use tokio_postgres::{Client as PgClient, GenericClient, NoTls};
+use tokio_postgres::{AsyncMessage, Client as PgClient, GenericClient, NoTls};
 
 mod consumer;
 pub use consumer::{Consumer, Outcome, Stats, Tx};
@@ -25,6 +27,14 @@ pub enum Error {
     Payload(serde_json::Error),
     /// Refused by the client before any call, with the SQLSTATE the server would use.
     Refused(&'static str, String),
+    /// The call committed on the server it reached, but its synchronous standby never
+    /// confirmed it (the server's WARNING "canceling wait for synchronous replication"): a
+    /// failover may or may not keep it. Not a success: a producer sends again with the same
+    /// dedup key. The message and detail are the server's.
+    OutcomeUnknown {
+        message: String,
+        detail: Option<String>,
+    },
 }
 
 impl std::fmt::Display for Error {
@@ -36,6 +46,13 @@ impl std::fmt::Display for Error {
             },
             Error::Payload(e) => write!(f, "payload: {e}"),
             Error::Refused(code, m) => write!(f, "{m} ({code})"),
+            Error::OutcomeUnknown { message, detail } => {
+                write!(f, "outcome unknown: {message}")?;
+                match detail {
+                    Some(d) => write!(f, " ({d})"),
+                    None => Ok(()),
+                }
+            }
         }
     }
 }
@@ -61,6 +78,7 @@ impl Error {
             Error::Db(e) => e.code().map(|c| c.code()),
             Error::Payload(_) => None,
             Error::Refused(code, _) => Some(code),
+            Error::OutcomeUnknown { .. } => None,
         }
     }
 }
@@ -115,19 +133,63 @@ pub(crate) fn interval(d: Duration) -> String {
 pub struct Calls<C>(C);
 
 /// One connection to a database with pgflow.
-pub type Client = Calls<PgClient>;
+pub type Client = Calls<Owned>;
+
+/// A connection [`Client::connect`] opened: the client, and what its connection task saw of
+/// a cancelled wait for the synchronous standby since the last call began.
+pub struct Owned {
+    pg: PgClient,
+    unknown: Arc<Mutex<Option<Error>>>,
+}
 
 /// What the calls run on: a connection, or a borrowed connection or transaction.
 pub trait Conn {
     type Pg: GenericClient + Sync;
     fn conn(&self) -> &Self::Pg;
+    /// Before a call: forget what an earlier call left.
+    fn arm(&self) {}
+    /// After a call: an error when its commit was not confirmed by the synchronous standby.
+    /// (Only on a connection of the client's own: in a caller's transaction the warning comes
+    /// with the caller's COMMIT.)
+    fn settled(&self) -> Result<()> {
+        Ok(())
+    }
 }
 
-impl Conn for PgClient {
+impl Conn for Owned {
     type Pg = PgClient;
     fn conn(&self) -> &PgClient {
-        self
+        &self.pg
     }
+    fn arm(&self) {
+        self.unknown
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .take();
+    }
+    fn settled(&self) -> Result<()> {
+        match self
+            .unknown
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .take()
+        {
+            Some(e) => Err(e),
+            None => Ok(()),
+        }
+    }
+}
+
+/// The warning Postgres gives, instead of an error, when a commit's wait for the synchronous
+/// standby is cancelled (by a cancel, a statement timeout or a shutdown). It has no code of its
+/// own: it is matched by its English message.
+fn sync_rep_cancelled(n: &tokio_postgres::error::DbError) -> Option<Error> {
+    (n.severity() == "WARNING" && n.message().contains("synchronous replication")).then(|| {
+        Error::OutcomeUnknown {
+            message: n.message().to_owned(),
+            detail: n.detail().map(str::to_owned),
+        }
+    })
 }
 
 impl<C: GenericClient + Sync> Conn for &C {
@@ -145,20 +207,45 @@ pub fn on<C: GenericClient + Sync>(c: &C) -> Calls<&C> {
 impl Client {
     /// Connects (the connection task runs on the current tokio runtime).
     pub async fn connect(dsn: &str) -> Result<Client> {
-        let (pg, conn) = tokio_postgres::connect(dsn, NoTls).await?;
+        let (pg, mut conn) = tokio_postgres::connect(dsn, NoTls).await?;
+        let unknown = Arc::new(Mutex::new(None));
+        let seen = Arc::clone(&unknown);
+        // The connection task: it also reads the server's notices, in order, before the
+        // results that follow them reach the call, so a call sees its own warning.
         tokio::spawn(async move {
-            let _ = conn.await;
+            loop {
+                match std::future::poll_fn(|cx| conn.poll_message(cx)).await {
+                    Some(Ok(AsyncMessage::Notice(n))) => {
+                        if let Some(e) = sync_rep_cancelled(&n) {
+                            *seen.lock().unwrap_or_else(|e| e.into_inner()) = Some(e);
+                        }
+                    }
+                    Some(Ok(_)) => {}
+                    Some(Err(_)) | None => break,
+                }
+            }
         });
-        Ok(Calls(pg))
+        Ok(Calls(Owned { pg, unknown }))
     }
 
     /// The underlying connection, for anything else (transactions, other SQL).
     pub fn pg(&self) -> &PgClient {
-        &self.0
+        &self.0.pg
     }
 }
 
 impl<C: Conn + Sync> Calls<C> {
+    /// Runs one statement of a call; its result stands only if its commit was confirmed.
+    async fn call<T>(
+        &self,
+        f: impl Future<Output = std::result::Result<T, tokio_postgres::Error>>,
+    ) -> Result<T> {
+        self.0.arm();
+        let v = f.await?;
+        self.0.settled()?;
+        Ok(v)
+    }
+
     /// Sends one message; returns its id (the first one's id for a deduplicated repeat).
     pub async fn send<T: Serialize>(&self, queue: &str, payload: &T) -> Result<i64> {
         self.send_with(queue, payload, &SendOptions::default())
@@ -174,9 +261,7 @@ impl<C: Conn + Sync> Calls<C> {
         let payload = serde_json::to_value(payload)?;
         let delay = interval(opts.delay.unwrap_or_default());
         let row = self
-            .0
-            .conn()
-            .query_typed_one(
+            .call(self.0.conn().query_typed_one(
                 "SELECT pgflow.send($1, $2, $3, $4::text::interval, $5, $6, $7)",
                 &[
                     (&queue, Type::TEXT),
@@ -187,7 +272,7 @@ impl<C: Conn + Sync> Calls<C> {
                     (&opts.group_key, Type::TEXT),
                     (&opts.dedup_key, Type::TEXT),
                 ],
-            )
+            ))
             .await?;
         Ok(row.get(0))
     }
@@ -203,9 +288,7 @@ impl<C: Conn + Sync> Calls<C> {
     ) -> Result<Vec<Message<T>>> {
         let wait = wait.map(interval);
         let rows = self
-            .0
-            .conn()
-            .query_typed(
+            .call(self.0.conn().query_typed(
                 "SELECT msg_id, read_ct, message, headers, receipt
                    FROM pgflow.read($1, $2::text::interval, $3, $4::text::interval)",
                 &[
@@ -214,7 +297,7 @@ impl<C: Conn + Sync> Calls<C> {
                     (&qty, Type::INT4),
                     (&wait, Type::TEXT),
                 ],
-            )
+            ))
             .await?;
         messages(&rows)
     }
@@ -234,9 +317,7 @@ impl<C: Conn + Sync> Calls<C> {
         let wait = wait.map(interval);
         let (ids, receipts): (Vec<i64>, Vec<i64>) = done.iter().copied().unzip();
         let rows = self
-            .0
-            .conn()
-            .query_typed(
+            .call(self.0.conn().query_typed(
                 "SELECT msg_id, read_ct, message, headers, receipt
                    FROM pgflow.archive_read($1, $2, $3::text::interval, $4, $5::text::interval,
                                             receipts => $6)",
@@ -248,7 +329,7 @@ impl<C: Conn + Sync> Calls<C> {
                     (&wait, Type::TEXT),
                     (&receipts, Type::INT8_ARRAY),
                 ],
-            )
+            ))
             .await?;
         messages(&rows)
     }
@@ -257,16 +338,14 @@ impl<C: Conn + Sync> Calls<C> {
     /// delivery that receipt names.
     pub async fn archive(&self, queue: &str, id: i64, receipt: Option<i64>) -> Result<bool> {
         Ok(self
-            .0
-            .conn()
-            .query_typed_one(
+            .call(self.0.conn().query_typed_one(
                 "SELECT pgflow.archive($1, $2, $3)",
                 &[
                     (&queue, Type::TEXT),
                     (&id, Type::INT8),
                     (&receipt, Type::INT8),
                 ],
-            )
+            ))
             .await?
             .get(0))
     }
@@ -281,9 +360,7 @@ impl<C: Conn + Sync> Calls<C> {
         receipt: Option<i64>,
     ) -> Result<NackOutcome> {
         let row = self
-            .0
-            .conn()
-            .query_typed_opt(
+            .call(self.0.conn().query_typed_opt(
                 "SELECT outcome FROM pgflow.nack($1, $2, $3, receipt => $4)",
                 &[
                     (&queue, Type::TEXT),
@@ -291,7 +368,7 @@ impl<C: Conn + Sync> Calls<C> {
                     (&error, Type::TEXT),
                     (&receipt, Type::INT8),
                 ],
-            )
+            ))
             .await?;
         Ok(match row.map(|r| r.get::<_, String>(0)) {
             Some(o) if o == "dead" => NackOutcome::Dead,
@@ -310,9 +387,7 @@ impl<C: Conn + Sync> Calls<C> {
         receipt: Option<i64>,
     ) -> Result<bool> {
         Ok(!self
-            .0
-            .conn()
-            .query_typed(
+            .call(self.0.conn().query_typed(
                 "SELECT msg_id FROM pgflow.set_vt($1, $2, $3::text::interval, $4)",
                 &[
                     (&queue, Type::TEXT),
@@ -320,7 +395,7 @@ impl<C: Conn + Sync> Calls<C> {
                     (&interval(vt), Type::TEXT),
                     (&receipt, Type::INT8),
                 ],
-            )
+            ))
             .await?
             .is_empty())
     }
