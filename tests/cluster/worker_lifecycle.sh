@@ -180,6 +180,30 @@ poll "$pport" life "SELECT detail IS NULL FROM pgflow.worker_status() WHERE datn
 psql_at "$pport" -d life -q -c "SELECT pgflow.drop_queue('syncrep')" >/dev/null
 echo "ok: a round waiting for a synchronous standby shows in worker_status, and ends when released"
 
+# A read-only primary (default_transaction_read_only, as pg_auto_failover fences a promoted
+# standby until the old primary is known to be down): the worker pauses its rounds and says
+# so; a writing call gets pgflow's 25006 with the reason; after the setting goes off, the
+# rounds resume (a delayed message comes due and is promoted).
+psql_at "$pport" -d life -q -v ON_ERROR_STOP=1 -c "SELECT pgflow.create_queue('fenced')" \
+  -c "SELECT pgflow.send('fenced', '{}', delay => '100 ms')" >/dev/null
+psql_at "$pport" -d life -q -c "ALTER SYSTEM SET default_transaction_read_only = on" \
+  -c "SELECT pg_reload_conf()" >/dev/null
+poll "$pport" life "SELECT detail LIKE 'paused: default_transaction_read_only is on%'
+                     FROM pgflow.worker_status() WHERE datname = 'life'"
+out=$(psql_at "$pport" -d life -v VERBOSITY=verbose -c "SELECT pgflow.send('fenced', '{}')" 2>&1 || true)
+echo "$out" | grep -q "25006: this transaction is read-only: pgflow's writing calls need a read-write transaction" \
+  || fail "a writing call on a read-only server: $out"
+echo "$out" | grep -q "HINT:  default_transaction_read_only is on" || fail "no hint: $out"
+fstate="SELECT m.state FROM pgflow.message m JOIN pgflow.queue USING (queue_id) WHERE queue_name = 'fenced'"
+psql_at "$pport" -d life -q -c "ALTER SYSTEM RESET default_transaction_read_only" \
+  -c "SELECT pg_reload_conf()" >/dev/null
+poll "$pport" life "SELECT detail IS NULL FROM pgflow.worker_status() WHERE datname = 'life'"
+poll "$pport" life "SELECT state = 'r' FROM ($fstate) s"
+psql_at "$pport" -d life -q -c "SELECT pgflow.drop_queue('fenced')" >/dev/null
+grep -q "pgflow: pausing rounds: default_transaction_read_only is on" "$primary/server.log" \
+  || fail "the pause is not in the server log"
+echo "ok: a read-only primary pauses the worker's rounds (worker_status says why), writing calls say why, and the rounds resume"
+
 # 2. A crash under load: SIGKILL the worker while producers and consumers run; the postmaster
 #    restarts everything (shared memory too: every claim cursor and due time starts over); the
 #    worker comes back, and every acknowledged send is archived exactly once.
