@@ -17,6 +17,8 @@ trap 'pgbouncer_stop "$dir"' EXIT
 direct="host=127.0.0.1 port=$port user=postgres"
 pooled="host=127.0.0.1 port=$pb user=postgres"
 failed=0
+"$bindir/psql" -X -q -h 127.0.0.1 -p "$port" -U postgres -d postgres \
+  -c 'SET client_min_messages = warning' -c 'CREATE EXTENSION IF NOT EXISTS pgflow'
 
 say "pooling: Python (pytest tests/test_pooling.py)"
 PGFLOW_POOLED_DSN="$pooled dbname=postgres" \
