@@ -26,7 +26,10 @@ mod tests {
         let mut seen = std::collections::HashSet::new();
         for ct in 0..1000 {
             assert!(seen.insert(receipt(t, ct)), "read_ct {ct}");
-            assert!(seen.insert(receipt(t + 1, ct)), "read_ct {ct}, one µs later");
+            assert!(
+                seen.insert(receipt(t + 1, ct)),
+                "read_ct {ct}, one µs later"
+            );
         }
         // The same delivery of the same message always gets the same receipt.
         assert_eq!(receipt(t, 3), receipt(t, 3));
