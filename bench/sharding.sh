@@ -109,6 +109,8 @@ SQL
   c3=$(cpu "${shard_dirs[@]}"); r3=$(cpu "$base-router")
   after=$(psql_ -p "$rport" -c 'SELECT sum(a) FROM pgflow_router.archived() a')
   drained=$(python3 -c "print(round(($after - $before) / ($t1 - $t0)))")
+  python3 -c "import sys; sys.exit(0 if float('${sent:-0}') > 0 and $drained > 0 else 1)" \
+    || die "sharding bench: nothing sent or drained with $n shards (sent/s '${sent}', drained/s $drained)"
   rows+=("$(python3 -c "
 n, s, d, secs = $n, float('$sent' or 0), float('$drained'), $secs
 t1 = $t1 - $t0

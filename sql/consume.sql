@@ -295,14 +295,16 @@ BEGIN
     PERFORM pgflow._touch(q.queue_id, q.msg_seq::oid);
     RETURN QUERY
     WITH moved AS (
-        -- array_position finds each row's receipt: a batch is at most a read's qty, and the
-        -- index condition stays the plain (queue_id, msg_id = ANY) one.
+        -- Each row's receipts, paired with the ids by position (whatever the arrays' bounds);
+        -- a batch is at most a read's qty, and the index condition stays the plain
+        -- (queue_id, msg_id = ANY) one. An id given twice is archived if either pair matches.
         DELETE FROM pgflow.message m
          WHERE m.queue_id = q.queue_id AND m.msg_id = ANY (msg_ids)
            AND (receipts IS NULL
-                OR receipts[array_position(msg_ids, m.msg_id)] IS NULL
-                OR receipts[array_position(msg_ids, m.msg_id)]
-                   = pgflow._receipt(m.enqueued_at, m.read_ct))
+                OR EXISTS (SELECT 1 FROM unnest(msg_ids, receipts) AS r(id, receipt)
+                            WHERE r.id = m.msg_id
+                              AND (r.receipt IS NULL
+                                   OR r.receipt = pgflow._receipt(m.enqueued_at, m.read_ct))))
         RETURNING m.*
     ), archived AS (
         INSERT INTO pgflow.archive (queue_id, read_ct, msg_id, enqueued_at, archived_at,
@@ -347,9 +349,10 @@ BEGIN
     DELETE FROM pgflow.message m
      WHERE m.queue_id = q.queue_id AND m.msg_id = ANY (msg_ids)
        AND (receipts IS NULL
-            OR receipts[array_position(msg_ids, m.msg_id)] IS NULL
-            OR receipts[array_position(msg_ids, m.msg_id)]
-               = pgflow._receipt(m.enqueued_at, m.read_ct))
+            OR EXISTS (SELECT 1 FROM unnest(msg_ids, receipts) AS r(id, receipt)
+                        WHERE r.id = m.msg_id
+                          AND (r.receipt IS NULL
+                               OR r.receipt = pgflow._receipt(m.enqueued_at, m.read_ct))))
     RETURNING m.msg_id;
 END $$;
 
@@ -368,9 +371,9 @@ END $$;
 -- failed delivery. On a ready or delayed message it (re)schedules delivery. vt = 0 makes any
 -- message deliverable at once, and hands a lease back without counting a failure. Returns the
 -- message, or no row when it is not in the queue. With receipt (the one read returned), a call
--- whose delivery is no longer the message's current one (delivered again since, or another
--- message with the same id after a failover) fails with 55000 and changes nothing: a heartbeat
--- learns that it lost its lease.
+-- whose lease is gone fails with 55000 and changes nothing: the message is no longer leased
+-- (its lease ran out, or it was nacked or handed back), it was delivered again since, or it is
+-- another message with the same id after a failover. A heartbeat learns that it lost its lease.
 CREATE FUNCTION pgflow.set_vt(queue_name text, msg_id bigint, vt interval,
                               receipt bigint DEFAULT NULL)
 RETURNS SETOF pgflow.message_record
@@ -385,7 +388,7 @@ BEGIN
     PERFORM pgflow._check_interval(set_vt.vt, 'vt', true);
     PERFORM pgflow._touch(q.queue_id, q.msg_seq::oid);
     IF set_vt.receipt IS NOT NULL THEN
-        PERFORM pgflow._check_receipt(q, set_vt.msg_id, set_vt.receipt);
+        PERFORM pgflow._check_receipt(q, set_vt.msg_id, set_vt.receipt, leased => true);
     END IF;
     RETURN QUERY
     UPDATE pgflow.message m

@@ -148,18 +148,27 @@ BEGIN
                                             'max_retries exceeded');
 END $$;
 
--- _check_receipt: 55000 unless the message's current delivery is the one receipt names (the
--- message must exist: callers return no row for a missing one). Locks the row.
-CREATE FUNCTION pgflow._check_receipt(q pgflow.queue, p_msg_id bigint, p_receipt bigint)
+-- _check_receipt: 55000 unless the message's current delivery is the one receipt names, and,
+-- with leased, unless that delivery's lease still runs (the message must exist: callers
+-- return no row for a missing one). Locks the row.
+CREATE FUNCTION pgflow._check_receipt(q pgflow.queue, p_msg_id bigint, p_receipt bigint,
+                                      leased boolean DEFAULT false)
 RETURNS void
 LANGUAGE plpgsql VOLATILE AS $$
 DECLARE
     m record;
 BEGIN
-    SELECT s.read_ct, s.enqueued_at INTO m
+    SELECT s.read_ct, s.enqueued_at, s.state INTO m
       FROM pgflow.message s
      WHERE s.queue_id = q.queue_id AND s.msg_id = p_msg_id
        FOR UPDATE;
+    IF FOUND AND leased AND m.state <> 'l'
+       AND pgflow._receipt(m.enqueued_at, m.read_ct) = p_receipt THEN
+        RAISE EXCEPTION 'lease lost: message % of queue "%" is not leased any more', p_msg_id, q.queue_name
+            USING ERRCODE = 'object_not_in_prerequisite_state',
+                  DETAIL = 'Its lease ran out, or it was nacked or handed back; it will be delivered again.',
+                  HINT = 'Do not act on it: its next delivery will.';
+    END IF;
     IF FOUND AND pgflow._receipt(m.enqueued_at, m.read_ct) <> p_receipt THEN
         RAISE EXCEPTION 'lease lost: message % of queue "%" is not the delivery this receipt names',
                 p_msg_id, q.queue_name

@@ -397,14 +397,16 @@ BEGIN
     PERFORM pgflow._touch(q.queue_id, q.msg_seq::oid);
     RETURN QUERY
     WITH moved AS (
-        -- array_position finds each row's receipt: a batch is at most a read's qty, and the
-        -- index condition stays the plain (queue_id, msg_id = ANY) one.
+        -- Each row's receipts, paired with the ids by position (whatever the arrays' bounds);
+        -- a batch is at most a read's qty, and the index condition stays the plain
+        -- (queue_id, msg_id = ANY) one. An id given twice is archived if either pair matches.
         DELETE FROM pgflow.message m
          WHERE m.queue_id = q.queue_id AND m.msg_id = ANY (msg_ids)
            AND (receipts IS NULL
-                OR receipts[array_position(msg_ids, m.msg_id)] IS NULL
-                OR receipts[array_position(msg_ids, m.msg_id)]
-                   = pgflow._receipt(m.enqueued_at, m.read_ct))
+                OR EXISTS (SELECT 1 FROM unnest(msg_ids, receipts) AS r(id, receipt)
+                            WHERE r.id = m.msg_id
+                              AND (r.receipt IS NULL
+                                   OR r.receipt = pgflow._receipt(m.enqueued_at, m.read_ct))))
         RETURNING m.*
     ), archived AS (
         INSERT INTO pgflow.archive (queue_id, read_ct, msg_id, enqueued_at, archived_at,
@@ -506,17 +508,24 @@ BEGIN
     END IF;
 END $function$;
 
-CREATE OR REPLACE FUNCTION pgflow._check_receipt(q pgflow.queue, p_msg_id bigint, p_receipt bigint)
+CREATE OR REPLACE FUNCTION pgflow._check_receipt(q pgflow.queue, p_msg_id bigint, p_receipt bigint, leased boolean DEFAULT false)
  RETURNS void
  LANGUAGE plpgsql
 AS $function$
 DECLARE
     m record;
 BEGIN
-    SELECT s.read_ct, s.enqueued_at INTO m
+    SELECT s.read_ct, s.enqueued_at, s.state INTO m
       FROM pgflow.message s
      WHERE s.queue_id = q.queue_id AND s.msg_id = p_msg_id
        FOR UPDATE;
+    IF FOUND AND leased AND m.state <> 'l'
+       AND pgflow._receipt(m.enqueued_at, m.read_ct) = p_receipt THEN
+        RAISE EXCEPTION 'lease lost: message % of queue "%" is not leased any more', p_msg_id, q.queue_name
+            USING ERRCODE = 'object_not_in_prerequisite_state',
+                  DETAIL = 'Its lease ran out, or it was nacked or handed back; it will be delivered again.',
+                  HINT = 'Do not act on it: its next delivery will.';
+    END IF;
     IF FOUND AND pgflow._receipt(m.enqueued_at, m.read_ct) <> p_receipt THEN
         RAISE EXCEPTION 'lease lost: message % of queue "%" is not the delivery this receipt names',
                 p_msg_id, q.queue_name
@@ -1291,9 +1300,10 @@ BEGIN
     DELETE FROM pgflow.message m
      WHERE m.queue_id = q.queue_id AND m.msg_id = ANY (msg_ids)
        AND (receipts IS NULL
-            OR receipts[array_position(msg_ids, m.msg_id)] IS NULL
-            OR receipts[array_position(msg_ids, m.msg_id)]
-               = pgflow._receipt(m.enqueued_at, m.read_ct))
+            OR EXISTS (SELECT 1 FROM unnest(msg_ids, receipts) AS r(id, receipt)
+                        WHERE r.id = m.msg_id
+                          AND (r.receipt IS NULL
+                               OR r.receipt = pgflow._receipt(m.enqueued_at, m.read_ct))))
     RETURNING m.msg_id;
 END $function$;
 
@@ -1949,7 +1959,7 @@ BEGIN
     PERFORM pgflow._check_interval(set_vt.vt, 'vt', true);
     PERFORM pgflow._touch(q.queue_id, q.msg_seq::oid);
     IF set_vt.receipt IS NOT NULL THEN
-        PERFORM pgflow._check_receipt(q, set_vt.msg_id, set_vt.receipt);
+        PERFORM pgflow._check_receipt(q, set_vt.msg_id, set_vt.receipt, leased => true);
     END IF;
     RETURN QUERY
     UPDATE pgflow.message m

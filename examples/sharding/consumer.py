@@ -17,6 +17,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
+import signal
 from typing import Any, Awaitable, Callable
 
 import psycopg
@@ -47,9 +48,22 @@ def consumers(shard_list: list[tuple[int, str]], queue: str, handler: ShardHandl
 
 async def consume_all_shards(router_dsn: str, queue: str, handler: ShardHandler,
                              **options: Any) -> list[pgflow.Consumer]:
-    """Runs a consumer on every shard until SIGTERM or SIGINT (then each drains)."""
+    """Runs a consumer on every shard until SIGTERM or SIGINT, which stop them all (each then
+    drains what it has in hand)."""
     all_ = consumers(await shards(router_dsn), queue, handler, **options)
-    await asyncio.gather(*(c.run() for c in all_))
+    loop = asyncio.get_running_loop()
+
+    def stop() -> None:
+        for c in all_:
+            c.stop()
+
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stop)
+    try:
+        await asyncio.gather(*(c.run(handle_signals=False) for c in all_))
+    finally:
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            loop.remove_signal_handler(sig)
     return all_
 
 

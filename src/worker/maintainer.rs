@@ -284,6 +284,11 @@ pub extern "C-unwind" fn pgflow_worker_main(arg: pg_sys::Datum) {
                     break;
                 }
                 handle_interrupts();
+                // A reload may have made the server read-only: the next round would fail.
+                // SAFETY: as above.
+                if unsafe { pg_sys::DefaultXactReadOnly } {
+                    break;
+                }
             }
             next_round = now() + tick;
         }

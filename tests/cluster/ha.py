@@ -13,9 +13,9 @@ Checks (synchronous replication): every acknowledged key archived exactly once, 
 else left; every id read always carried the same key (ids are never reused for another
 message); leases held at the crash came back; the worker runs on the new primary and, on the
 rejoined old primary, waits as a standby. With asynchronous replication (ha.sh async) the
-figures are measured and printed, and only the id check is asserted (with receipts, a reused id
-cannot remove a message nobody read, but async can lose acknowledged sends: Postgres's
-documented trade-off)."""
+figures are measured and printed, and only the failover itself is asserted: async may lose
+acknowledged sends and give their ids to other messages (Postgres's documented trade-off; the
+receipts keep a stale archive from removing such a message)."""
 
 from __future__ import annotations
 
@@ -107,7 +107,10 @@ async def consumer() -> None:
                 if m.msg_id in done:
                     archived_by_us[m.message["key"]] += 1
         except errors.PgflowError as e:
-            if e.sqlstate and not e.sqlstate.startswith(("08", "57P", "25")):
+            # A lost connection, a standby or fenced primary, an unknown outcome: the leases of
+            # an unanswered read come back when they run out; reconnect and go on.
+            if e.sqlstate and not e.sqlstate.startswith(("08", "57P", "25")) \
+                    and not isinstance(e, errors.OutcomeUnknown):
                 raise
             retries["read"] += 1
             await conn.close()
@@ -145,6 +148,9 @@ async def main() -> None:
         await asyncio.sleep(0.05)
     in_flight = q1(NODE1, "SELECT count(*) FROM pgflow.message m JOIN pgflow.queue USING (queue_id)"
                           " WHERE queue_name = %s AND state = 'l'", QUEUE)
+    if q1(os.environ["HA_MONITOR"], "SELECT reportedstate FROM pgautofailover.node"
+                                    " WHERE nodename = 'node1'") != "primary":
+        fail("node1 is no longer the primary before the kill (a failover on a stall?)")
     log(f"{len(acked)} acknowledged, {in_flight} leased: killing the primary's node")
     kill_at = time.monotonic()
     subprocess.run(["bash", "-c", os.environ["HA_KILL"]], check=True)
@@ -200,9 +206,9 @@ async def main() -> None:
         f"node2 writable {promoted:.1f} s after the kill, first acknowledgement by node2 "
         f"{first_ack_after_kill - kill_at:.1f} s after the kill, worker running {worker:.1f} s after promotion, "
         f"node1 rejoined {rejoined:.1f} s after its restart")
-    if reused:
-        fail(f"ids reused for different messages: {dict(list(reused.items())[:5])}")
     if MODE == "sync":
+        if reused:
+            fail(f"ids reused for different messages: {dict(list(reused.items())[:5])}")
         if lost:
             fail(f"{len(lost)} acknowledged sends lost: {lost[:5]}")
         if twice:

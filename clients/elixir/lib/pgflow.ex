@@ -101,6 +101,7 @@ defmodule Pgflow do
   def connect(opts) when is_list(opts) do
     {:ok, _} = Application.ensure_all_started(:stringprep)
     {:ok, _} = Application.ensure_all_started(:p1_pgsql)
+    redact_driver_reports()
     pooled = opts[:pooled] in [true, "true", "1"]
 
     driver_opts =
@@ -134,6 +135,33 @@ defmodule Pgflow do
         {:error, %Error{code: "08001", message: "connection failed: #{inspect(reason)}"}}
     end
   end
+
+  # When the driver's connection process stops on something it does not expect (a notice at
+  # commit: see lost/1), OTP logs its crash report with the process state, which holds the
+  # connection's options, password included. A logger filter, installed once, redacts it.
+  defp redact_driver_reports do
+    case :logger.add_primary_filter(:pgflow_redact_driver_state, {&redact_report/2, nil}) do
+      :ok -> :ok
+      {:error, {:already_exist, _}} -> :ok
+      _ -> :ok
+    end
+  end
+
+  @doc false
+  def redact_report(
+        %{msg: {:report, %{label: {:gen_server, :terminate}, state: state} = r}} = e,
+        _
+      )
+      when is_tuple(state) and tuple_size(state) > 1 and elem(state, 0) == :state do
+    if is_list(elem(state, 1)) and Keyword.keyword?(elem(state, 1)) and
+         Keyword.has_key?(elem(state, 1), :password) do
+      %{e | msg: {:report, %{r | state: :"(the driver's state: redacted by pgflow)"}}}
+    else
+      :ignore
+    end
+  end
+
+  def redact_report(_event, _), do: :ignore
 
   @doc "Closes the connection."
   @spec close(conn()) :: :ok
@@ -574,6 +602,22 @@ defmodule Pgflow do
   defp lost({:exit, {reason, {:gen_server, :call, _}}}), do: lost(reason)
   defp lost({:exit, reason}), do: lost(reason)
   defp lost(:timeout), do: %Error{code: "08006", message: "connection lost: the call timed out"}
+
+  # The driver stops the connection when a notice arrives between the statement's result and
+  # the server's ready-for-query: that is, at commit, where Postgres sends one when a commit's
+  # wait for the synchronous standby is cancelled ("canceling wait for synchronous
+  # replication": committed locally, maybe lost in a failover). The driver drops the notice's
+  # text, so the client cannot be sure which notice it was: either way the outcome is unknown.
+  defp lost({:notice_response, _}),
+    do: %Error{
+      code: "08006",
+      unknown_outcome: true,
+      message:
+        "outcome unknown: the server sent a notice at commit (a cancelled wait for the " <>
+          "synchronous standby: committed here, maybe not on the standby), and the driver " <>
+          "closed the connection; send again with the same dedup_key"
+    }
+
   defp lost(reason), do: %Error{code: "08006", message: "connection lost: #{inspect(reason)}"}
 
   # A call to the connection's process; a dead process or a call timeout is a lost connection

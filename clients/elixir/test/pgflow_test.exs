@@ -1,6 +1,7 @@
 defmodule PgflowTest do
   use ExUnit.Case, async: false
   import Pgflow.TestHelper
+  require Logger
 
   setup do
     conn = conn!()
@@ -127,6 +128,93 @@ defmodule PgflowTest do
     assert {:ok, %{"queue_length" => 1}} = Pgflow.metrics(c, q)
     assert {:ok, []} = Pgflow.archive_read(c, q, [{id, m2.receipt}])
     assert {:ok, %{"queue_length" => 0}} = Pgflow.metrics(c, q)
+  end
+
+  test "a cancelled wait for the synchronous standby is an unknown outcome, not a success",
+       %{conn: c} do
+    q = fresh_queue!(c, "ex_syncrep")
+    {:ok, admin} = Pgflow.connect(System.fetch_env!("PGFLOW_TEST_DSN"))
+    {:ok, producer} = Pgflow.connect(dsn())
+    pid = one!(producer, "SELECT pg_backend_pid()::text")
+
+    # A synchronous standby that never connects: every commit waits for it (the tests run one
+    # after another, so no other test is held up).
+    set = fn value ->
+      :ok = simple_sql(admin, "ALTER SYSTEM SET synchronous_standby_names = '#{value}'")
+      {:ok, _} = Pgflow.query(admin, "SELECT pg_reload_conf()::text", [])
+    end
+
+    try do
+      set.("nobody")
+      wait_setting(producer, "nobody")
+      parent = self()
+
+      # The driver's crash report for the stopped connection is logged with its state, which
+      # holds the password: pgflow's logger filter redacts it.
+      down = Process.monitor(producer)
+
+      log =
+        ExUnit.CaptureLog.capture_log(fn ->
+          spawn(fn ->
+            send(parent, {:sent, Pgflow.send(producer, q, %{"n" => 1}, dedup_key: "order-1")})
+          end)
+
+          wait_sync_rep(admin, pid)
+          {:ok, _} = Pgflow.query(admin, "SELECT pg_cancel_backend($1::int)::text", [pid])
+
+          assert_receive {:sent, {:error, %Pgflow.Error{unknown_outcome: true, code: "08006"}}},
+                         30_000
+
+          # The report is logged as the driver's process ends, after its reply.
+          assert_receive {:DOWN, ^down, :process, _, _}, 30_000
+          Logger.flush()
+        end)
+
+      assert log =~ "redacted by pgflow"
+      refute log =~ "password:"
+    after
+      :ok = simple_sql(admin, "ALTER SYSTEM RESET synchronous_standby_names")
+      {:ok, _} = Pgflow.query(admin, "SELECT pg_reload_conf()::text", [])
+      wait_setting(admin, "")
+    end
+
+    # The producer's retry with the same key: the message is there once.
+    {:ok, again} = Pgflow.send(c, q, %{"n" => 1}, dedup_key: "order-1")
+    assert {:ok, [%{id: ^again}]} = Pgflow.read(c, q, qty: 10)
+    Pgflow.close(admin)
+  end
+
+  defp simple_sql(conn, sql) do
+    case :pgsql.squery(conn, to_charlist(sql)) do
+      {:ok, _} -> :ok
+      other -> other
+    end
+  end
+
+  defp wait_setting(conn, value, n \\ 0) do
+    case Pgflow.query(conn, "SELECT current_setting('synchronous_standby_names')", []) do
+      {:ok, [[^value]]} ->
+        :ok
+
+      _ when n < 10_000 ->
+        Process.sleep(10)
+        wait_setting(conn, value, n + 1)
+    end
+  end
+
+  defp wait_sync_rep(admin, pid, n \\ 0) do
+    case Pgflow.query(
+           admin,
+           "SELECT coalesce(wait_event = 'SyncRep', false)::text FROM pg_stat_activity WHERE pid = $1::int",
+           [pid]
+         ) do
+      {:ok, [["true"]]} ->
+        :ok
+
+      _ when n < 10_000 ->
+        Process.sleep(10)
+        wait_sync_rep(admin, pid, n + 1)
+    end
   end
 
   test "a long-poll read sleeps in the server and wakes on the sender's commit", %{conn: c} do

@@ -97,7 +97,7 @@ defmodule Pgflow.PoolingTest do
       case Pgflow.query(
              c,
              "SELECT count(*)::text FROM pg_stat_activity WHERE state = 'active'
-                AND query LIKE '%pgflow.read(%'",
+                AND pid <> pg_backend_pid() AND query LIKE '%pgflow.read(%'",
              []
            ) do
         {:ok, [["0"]]} ->

@@ -88,7 +88,7 @@ def test_the_consumer_runtime_through_a_transaction_pooler(dsn: str, conn: psyco
         # The workers' long-polls are waiting in the server before anything is sent, so the
         # sends below wake them (through the pooler, on server connections of its choosing).
         while _one(conn, "SELECT count(*) FROM pg_stat_activity WHERE state = 'active'"
-                         " AND query LIKE '%%pgflow.read(%%wait =>%%'") == 0:
+                         " AND pid <> pg_backend_pid() AND query LIKE '%%pgflow.read(%%'") == 0:
             assert time.monotonic() < end and not task.done(), "no long-poll ever waited"
             await asyncio.sleep(0.05)
         async with await psycopg.AsyncConnection.connect(pooled, autocommit=True,

@@ -243,13 +243,17 @@ impl Consumer {
         let mut done: Vec<(i64, i64)> = Vec::new();
         while !stop.load(Ordering::SeqCst) {
             let msgs = if done.is_empty() {
-                client
-                    .read::<Value>(&self.queue, self.lease, 1, Some(self.wait))
-                    .await?
+                unknown_is_none(
+                    client
+                        .read::<Value>(&self.queue, self.lease, 1, Some(self.wait))
+                        .await,
+                )?
             } else {
-                let msgs = client
-                    .archive_read::<Value>(&self.queue, &done, self.lease, 1, None)
-                    .await?;
+                let msgs = unknown_is_none(
+                    client
+                        .archive_read::<Value>(&self.queue, &done, self.lease, 1, None)
+                        .await,
+                )?;
                 stats
                     .archived
                     .fetch_add(done.len() as u64, Ordering::Relaxed);
@@ -355,9 +359,11 @@ impl Consumer {
         let mut pending: Vec<Message<Value>> = Vec::new();
         while !stop.load(Ordering::SeqCst) {
             if pending.is_empty() {
-                pending = client
-                    .read::<Value>(&self.queue, self.lease, 1, Some(self.wait))
-                    .await?;
+                pending = unknown_is_none(
+                    client
+                        .read::<Value>(&self.queue, self.lease, 1, Some(self.wait))
+                        .await,
+                )?;
                 continue;
             }
             let m = pending.remove(0);
@@ -390,7 +396,16 @@ impl Consumer {
                             Ok(next) => match client.pg().batch_execute("COMMIT").await {
                                 // Committed: the archive, and the next lease with it.
                                 Ok(()) => {
-                                    pending.extend(next);
+                                    // Unless the commit's wait for the synchronous standby was
+                                    // cancelled: then neither is sure. What a failover lost
+                                    // comes back when its lease runs out.
+                                    match client.settled() {
+                                        Ok(()) => pending.extend(next),
+                                        Err(e) => eprintln!(
+                                            "pgflow consumer {}: message {id}: {e}",
+                                            self.queue
+                                        ),
+                                    }
                                     None
                                 }
                                 Err(e) => Some(format!("commit failed: {}", crate::Error::Db(e))),
@@ -455,5 +470,18 @@ impl Consumer {
             Err(e) if e.sqlstate() == Some("55000") => Ok(()),
             Err(e) => Err(e),
         }
+    }
+}
+
+/// A read (or archive_read) whose commit the synchronous standby did not confirm: its leases
+/// may or may not survive a failover, so none is handled here; they come back when they run
+/// out. (An archive in it is as unsure: the message is then delivered again, at least once.)
+fn unknown_is_none<T>(r: Result<Vec<T>>) -> Result<Vec<T>> {
+    match r {
+        Err(e @ crate::Error::OutcomeUnknown { .. }) => {
+            eprintln!("pgflow consumer: {e}; the leases it took come back when they run out");
+            Ok(Vec::new())
+        }
+        other => other,
     }
 }

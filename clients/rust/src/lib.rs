@@ -232,6 +232,14 @@ impl Client {
     pub fn pg(&self) -> &PgClient {
         &self.0.pg
     }
+
+    /// After a statement run on [`Client::pg`] (a COMMIT of your own): `Error::OutcomeUnknown`
+    /// when the server reported that its commit's wait for the synchronous standby was
+    /// cancelled. The warning belongs to the connection, so share a `Client` between tasks
+    /// that run calls at once only if you do not rely on it.
+    pub fn settled(&self) -> Result<()> {
+        self.0.settled()
+    }
 }
 
 impl<C: Conn + Sync> Calls<C> {

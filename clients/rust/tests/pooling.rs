@@ -100,7 +100,7 @@ async fn the_runtime_through_a_transaction_pooler() {
             .query_one(
                 "SELECT count(*) FROM pg_stat_activity
                   WHERE state = 'active' AND query LIKE '%pgflow.read(%'
-                    AND wait_event_type IS DISTINCT FROM 'Client'",
+                    AND pid <> pg_backend_pid()",
                 &[],
             )
             .await

@@ -1,15 +1,21 @@
 defmodule Pgflow.Error do
   @moduledoc """
   A server error with its SQLSTATE (`code`), e.g. `"42704"` unknown queue, `"22023"` bad
-  argument, `"23514"` contract violation, `"55000"` lease lost, `"57014"` cancelled.
+  argument, `"23514"` contract violation, `"55000"` lease lost, `"57014"` cancelled, `"08006"`
+  connection lost. `unknown_outcome` is true when the call may have committed (a commit whose
+  wait for the synchronous standby was cancelled): not a success, send again with the same
+  `dedup_key`. (A lost connection is as unknown; `unknown_outcome` says that the server itself
+  reported it. Only calls in autocommit on a direct connection can see it: the driver's simple
+  protocol, used for `transaction/2`'s COMMIT and by pooled connections, drops notices.)
   """
-  defexception [:code, :message, :detail, :hint]
+  defexception [:code, :message, :detail, :hint, unknown_outcome: false]
 
   @type t :: %__MODULE__{
           code: String.t(),
           message: String.t(),
           detail: String.t() | nil,
-          hint: String.t() | nil
+          hint: String.t() | nil,
+          unknown_outcome: boolean()
         }
 
   @impl true

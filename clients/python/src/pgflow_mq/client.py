@@ -14,6 +14,7 @@ with :func:`pgflow_mq.errors.sync_rep_cancelled` in a notice handler.
 
 from __future__ import annotations
 
+import weakref
 from typing import Any, Callable, Concatenate, Coroutine, ParamSpec, Protocol, TypeVar
 
 import psycopg
@@ -25,6 +26,28 @@ from .errors import OutcomeUnknown, sync_rep_cancelled, translate
 
 P = ParamSpec("P")
 T = TypeVar("T")
+
+
+class _Watch:
+    """What a connection's notices said since its last call began: one per connection, however
+    many clients wrap it (so a call is attributed to its connection, not to its client)."""
+
+    def __init__(self) -> None:
+        self.unknown: OutcomeUnknown | None = None
+
+    def __call__(self, diag: psycopg.errors.Diagnostic) -> None:
+        self.unknown = sync_rep_cancelled(diag) or self.unknown
+
+
+_WATCHES: weakref.WeakKeyDictionary[Any, _Watch] = weakref.WeakKeyDictionary()
+
+
+def _watch(conn: Any) -> _Watch:
+    w = _WATCHES.get(conn)
+    if w is None:
+        w = _WATCHES[conn] = _Watch()
+        conn.add_notice_handler(w)
+    return w
 
 
 class _Runs(Protocol):
@@ -58,23 +81,20 @@ class Client:
 
     def __init__(self, conn: psycopg.Connection[Any]) -> None:
         self.conn = conn
-        self._unknown: OutcomeUnknown | None = None
-        conn.add_notice_handler(self._notice)
-
-    def _notice(self, diag: psycopg.errors.Diagnostic) -> None:
-        self._unknown = sync_rep_cancelled(diag) or self._unknown
+        self._watch = _watch(conn)
 
     def run(self, call: Call[T]) -> T:
         """Executes one built call (see :mod:`pgflow._calls`)."""
-        self._unknown = None
+        self._watch.unknown = None
         try:
             with self.conn.cursor(row_factory=dict_row) as cur:
                 cur.execute(call.sql, call.params)
                 rows = cur.fetchall() if cur.description is not None else []
         except psycopg.Error as e:
             raise translate(e) from e
-        if self._unknown is not None:
-            raise self._unknown
+        unknown, self._watch.unknown = self._watch.unknown, None
+        if unknown is not None:
+            raise unknown
         return call.convert(rows)
 
     # The verbs, in docs/api.md's order, named as the SQL functions (spelled out, not a
@@ -124,23 +144,20 @@ class AsyncClient:
 
     def __init__(self, conn: psycopg.AsyncConnection[Any]) -> None:
         self.conn = conn
-        self._unknown: OutcomeUnknown | None = None
-        conn.add_notice_handler(self._notice)
-
-    def _notice(self, diag: psycopg.errors.Diagnostic) -> None:
-        self._unknown = sync_rep_cancelled(diag) or self._unknown
+        self._watch = _watch(conn)
 
     async def run(self, call: Call[T]) -> T:
         """Executes one built call (see :mod:`pgflow._calls`)."""
-        self._unknown = None
+        self._watch.unknown = None
         try:
             async with self.conn.cursor(row_factory=dict_row) as cur:
                 await cur.execute(call.sql, call.params)
                 rows = await cur.fetchall() if cur.description is not None else []
         except psycopg.Error as e:
             raise translate(e) from e
-        if self._unknown is not None:
-            raise self._unknown
+        unknown, self._watch.unknown = self._watch.unknown, None
+        if unknown is not None:
+            raise unknown
         return call.convert(rows)
 
     # The verbs, in docs/api.md's order, named as the SQL functions (spelled out, not a

@@ -39,7 +39,7 @@ from typing import Any, Awaitable, Callable
 import psycopg
 
 from .client import AsyncClient
-from .errors import FeatureNotSupported, LeaseLost, PgflowError
+from .errors import FeatureNotSupported, LeaseLost, OutcomeUnknown, PgflowError
 from ._calls import Message
 
 log = logging.getLogger("pgflow_mq.consumer")
@@ -162,6 +162,12 @@ class Consumer:
                     try:
                         messages = await client.read(self.queue, vt=self.vt, qty=self.batch,
                                                      wait=self.wait)
+                    except OutcomeUnknown as e:
+                        # The read's commit was not confirmed by the synchronous standby (a
+                        # stop() may have cancelled its wait): its leases come back when they
+                        # run out; none is handled here.
+                        log.warning("%s: a read's outcome is unknown: %s", self.queue, e)
+                        messages = []
                     except PgflowError as e:
                         if self._stopping.is_set() and e.sqlstate == "57014":
                             break  # the long-poll cancelled by stop(): nothing was leased
@@ -199,9 +205,21 @@ class Consumer:
                 else:
                     await client.archive(self.queue, [m.msg_id], receipts=[m.receipt])
                     leased = []
-            # Committed: the archive, and the next batch's leases with it.
+            # Committed: the archive, and the next batch's leases with it; unless the commit's
+            # wait for the synchronous standby was cancelled (its warning comes with the COMMIT,
+            # which is not a client call): then neither is sure, and what a failover lost comes
+            # back when its lease runs out.
+            unknown, client._watch.unknown = client._watch.unknown, None
+            if unknown is not None:
+                log.warning("message %s of %s: the commit's outcome is unknown: %s", m.msg_id,
+                            self.queue, unknown)
+                leased = []
             nxt = leased
             self.processed += 1
+        except OutcomeUnknown as e:
+            # The archive_read's own commit (outside a transaction) was not confirmed.
+            log.warning("message %s of %s: the archive's outcome is unknown: %s", m.msg_id,
+                        self.queue, e)
         except _Retry as r:
             retry_after, error = r.after, "retry requested by the handler"
         except asyncio.TimeoutError:
