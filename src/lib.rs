@@ -137,6 +137,7 @@ extension_sql_file!(
         api::stats::_stats_reset,
         api::stats::_stats_alerts,
         api::stats::_stats_oldest,
+        api::stats::_stats_ready,
         api::cursor::_cursor_status,
         api::stats::_metrics_text
     ]

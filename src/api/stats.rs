@@ -419,6 +419,18 @@ fn _stats_reset(queue_id: Option<i32>) {
     stats::reset(queue_id);
 }
 
+/// The queues of this database with ready messages by the statistics (exact gauges only;
+/// none without them), in one call: the worker's tick looks for their oldest ready message.
+#[pg_extern(volatile, parallel_unsafe)]
+fn _stats_ready() -> SetOfIterator<'static, i32> {
+    let ids = if stats::enabled() {
+        stats::ready_queues()
+    } else {
+        Vec::new()
+    };
+    SetOfIterator::new(ids)
+}
+
 /// One queue's statistics, for `metrics()`: no row when it has none (no preload, the table is
 /// full, or `pgflow.stats` off); `valid` false when its gauges wait for a rebuild.
 #[pg_extern(volatile, parallel_unsafe)]
