@@ -6,6 +6,8 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
+mod common;
+
 use pgflow_client::{Client, Consumer, Message, NackOutcome, SendOptions};
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
@@ -198,28 +200,7 @@ async fn the_runtime_archives_each_message_once_retries_failures_and_keeps_slow_
                     // Slower than two whole leases by the server's clock: the heartbeat must
                     // keep it ours. (A 3 s lease renewed every second leaves 2 s for a late
                     // heartbeat, so only a broken renewal lets it run out.)
-                    let pg = Client::connect(&dsn()).await.unwrap();
-                    let start: std::time::SystemTime = pg
-                        .pg()
-                        .query_one("SELECT clock_timestamp()", &[])
-                        .await
-                        .unwrap()
-                        .get(0);
-                    loop {
-                        tokio::time::sleep(Duration::from_millis(300)).await;
-                        let past: bool = pg
-                            .pg()
-                            .query_one(
-                                "SELECT clock_timestamp() > $1::timestamptz + interval '6 s'",
-                                &[&start],
-                            )
-                            .await
-                            .unwrap()
-                            .get(0);
-                        if past {
-                            break;
-                        }
-                    }
+                    common::work_past_server_clock(&dsn(), 6).await;
                 }
                 if done.fetch_add(1, Ordering::SeqCst) + 1 == N as usize {
                     all_done.notify_one();

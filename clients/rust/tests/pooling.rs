@@ -8,6 +8,8 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
+mod common;
+
 use pgflow_client::{Client, Consumer, Message};
 use serde_json::{json, Value};
 use tokio::sync::Notify;
@@ -54,28 +56,7 @@ async fn the_runtime_through_a_transaction_pooler() {
                 if n == 5 {
                     // Slower than two whole 3 s leases by the server's clock (read directly,
                     // not through the pooler): the heartbeats through the pooler keep it ours.
-                    let pg = Client::connect(&env("PGFLOW_TEST_DSN")).await.unwrap();
-                    let start: std::time::SystemTime = pg
-                        .pg()
-                        .query_one("SELECT clock_timestamp()", &[])
-                        .await
-                        .unwrap()
-                        .get(0);
-                    loop {
-                        tokio::time::sleep(Duration::from_millis(300)).await;
-                        let past: bool = pg
-                            .pg()
-                            .query_one(
-                                "SELECT clock_timestamp() > $1::timestamptz + interval '6 s'",
-                                &[&start],
-                            )
-                            .await
-                            .unwrap()
-                            .get(0);
-                        if past {
-                            break;
-                        }
-                    }
+                    common::work_past_server_clock(&env("PGFLOW_TEST_DSN"), 6).await;
                 }
                 if done.fetch_add(1, Ordering::SeqCst) + 1 == N as usize {
                     all_done.notify_one();
