@@ -164,6 +164,30 @@ cluster_stop "$ver" "$standby"
 # once synchronous_standby_names is emptied the round ends and what it did becomes visible.
 psql_at "$pport" -d life -q -c "ALTER SYSTEM SET synchronous_standby_names = 'nobody'" \
   -c "SELECT pg_reload_conf()" >/dev/null
+# Commits wait only once the checkpointer has processed the reload too (sessions see the setting
+# first): until a probe commit waits (its own wait event), and is cancelled, nothing is tested.
+# A commit waits only if its transaction has an xid and wrote WAL: a transactional logical
+# message does both, and touches no table.
+probed=
+for _ in $(seq 1 1000); do
+  psql_at "$pport" -d "dbname=life application_name=syncprobe" \
+    -c "SELECT pg_logical_emit_message(true, 'pgflow-test', 'probe')" \
+    >/dev/null 2>&1 &
+  probe=$!
+  while kill -0 "$probe" 2>/dev/null; do
+    if [ "$(psql_at "$pport" -d life -c "SELECT count(*) FROM pg_stat_activity
+              WHERE application_name = 'syncprobe' AND wait_event = 'SyncRep'")" = 1 ]; then
+      psql_at "$pport" -d life -c "SELECT pg_cancel_backend(pid) FROM pg_stat_activity
+                                   WHERE application_name = 'syncprobe'" >/dev/null
+      probed=1
+      break
+    fi
+    sleep 0.01
+  done
+  wait "$probe" || true
+  [ -n "$probed" ] && break
+done
+[ -n "$probed" ] || fail "commits never waited for the synchronous standby"
 # This session's own commits do not wait (synchronous_commit = local); the worker's do.
 psql_at "$pport" -d life -q -v ON_ERROR_STOP=1 -c "SET synchronous_commit = local" \
   -c "SELECT pgflow.create_queue('syncrep')" \

@@ -130,6 +130,9 @@ defmodule PgflowTest do
     assert {:ok, %{"queue_length" => 0}} = Pgflow.metrics(c, q)
   end
 
+  # Longer than the probe's bounds, so that a failure still runs the `after` that resets the
+  # setting (a timed-out test is killed, and every later commit would wait).
+  @tag timeout: 180_000
   test "a cancelled wait for the synchronous standby is an unknown outcome, not a success",
        %{conn: c} do
     q = fresh_queue!(c, "ex_syncrep")
@@ -147,6 +150,7 @@ defmodule PgflowTest do
     try do
       set.("nobody")
       wait_setting(producer, "nobody")
+      commits_wait_for_the_standby(admin)
       parent = self()
 
       # The driver's crash report for the stopped connection is logged with its state, which
@@ -199,6 +203,56 @@ defmodule PgflowTest do
       _ when n < 10_000 ->
         Process.sleep(10)
         wait_setting(conn, value, n + 1)
+    end
+  end
+
+  # Waits until commits really wait for the synchronous standby. A session sees a reloaded
+  # synchronous_standby_names before commits wait on it: they skip the wait until the
+  # checkpointer has processed the reload as well (WalSndCtl->sync_standbys_defined). A probe
+  # commit either finishes at once (too early: try again) or waits, shown by its own wait event,
+  # and is cancelled. A commit waits only if its transaction has an xid and wrote WAL: a
+  # transactional logical message does both, and touches no table. The probe runs in the simple
+  # protocol, where the warning is not looked for.
+  defp commits_wait_for_the_standby(admin) do
+    {:ok, probe} = Pgflow.connect(System.fetch_env!("PGFLOW_TEST_DSN"))
+    pid = one!(probe, "SELECT pg_backend_pid()::text")
+
+    waited =
+      Enum.find(1..3_000, fn _ ->
+        parent = self()
+        sql = "SELECT pg_logical_emit_message(true, 'pgflow-test', 'probe')"
+        spawn(fn -> send(parent, {:probed, simple_sql(probe, sql)}) end)
+        waited = probe_waits(admin, pid)
+
+        if waited,
+          do: {:ok, _} = Pgflow.query(admin, "SELECT pg_cancel_backend($1::int)::text", [pid])
+
+        assert_receive {:probed, :ok}, 30_000
+        waited
+      end)
+
+    Pgflow.close(probe)
+    assert waited, "commits never waited for the synchronous standby"
+  end
+
+  # True once the probe waits for the standby; false if its commit ended first (its reply is
+  # left in the mailbox).
+  defp probe_waits(admin, pid, n \\ 0) do
+    sql =
+      "SELECT coalesce(wait_event = 'SyncRep', false)::text FROM pg_stat_activity WHERE pid = $1::int"
+
+    case Pgflow.query(admin, sql, [pid]) do
+      {:ok, [["true"]]} ->
+        true
+
+      _ ->
+        receive do
+          {:probed, _} = done ->
+            send(self(), done)
+            false
+        after
+          10 -> n < 3_000 and probe_waits(admin, pid, n + 1)
+        end
     end
   end
 

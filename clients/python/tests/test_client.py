@@ -171,6 +171,37 @@ def _setting_reaches(conn: psycopg.Connection[Any], name: str, value: str) -> No
     raise AssertionError(f"{name} never became {value!r}")
 
 
+# A commit waits for the synchronous standby only if its transaction has an xid and wrote WAL:
+# a transactional logical message does both, and touches no table.
+_PROBE = "SELECT pg_logical_emit_message(true, 'pgflow-test', 'probe')"
+
+
+def _commits_wait_for_the_standby(dsn: str) -> None:
+    """Waits until commits really wait for the synchronous standby. A session sees a reloaded
+    synchronous_standby_names before commits wait on it: they skip the wait until the
+    checkpointer has processed the reload as well (WalSndCtl->sync_standbys_defined). A probe
+    commit either finishes at once (too early: try again) or waits, shown by its own wait
+    event, and is cancelled."""
+    for _ in range(10000):
+        with psycopg.connect(dsn, autocommit=True) as probe, \
+                psycopg.connect(dsn, autocommit=True) as watch:
+            pid = probe.info.backend_pid
+            t = threading.Thread(target=lambda: probe.execute(_PROBE))
+            t.start()
+            waited = False
+            while t.is_alive() and not waited:
+                waited = watch.execute(
+                    "SELECT wait_event FROM pg_stat_activity WHERE pid = %s", (pid,)
+                ).fetchone() == ("SyncRep",)
+                time.sleep(0.01)
+            if waited:
+                watch.execute("SELECT pg_cancel_backend(%s)", (pid,))
+            t.join()
+            if waited:
+                return
+    raise AssertionError("commits never waited for the synchronous standby")
+
+
 def test_a_cancelled_wait_for_the_synchronous_standby_is_an_unknown_outcome(
         conn: psycopg.Connection[Any], dsn: str) -> None:
     """The server commits locally, warns, and returns the id: the client raises OutcomeUnknown
@@ -184,6 +215,7 @@ def test_a_cancelled_wait_for_the_synchronous_standby_is_an_unknown_outcome(
         admin.execute("ALTER SYSTEM SET synchronous_standby_names = 'nobody'")
         admin.execute("SELECT pg_reload_conf()")
         _setting_reaches(conn, "synchronous_standby_names", "nobody")
+        _commits_wait_for_the_standby(dsn)
         me = conn.info.backend_pid
         outcome: list[BaseException | int] = []
 

@@ -29,6 +29,56 @@ async fn setting_reaches(c: &Client, value: &str) {
     panic!("synchronous_standby_names never became {value:?}");
 }
 
+/// Waits until commits really wait for the synchronous standby. A session sees a reloaded
+/// `synchronous_standby_names` before commits wait on it: they skip the wait until the
+/// checkpointer has processed the reload as well (`WalSndCtl->sync_standbys_defined`). A probe
+/// commit either finishes at once (too early: try again) or waits, shown by its own wait event,
+/// and is cancelled.
+async fn commits_wait_for_the_standby(watch: &Client) {
+    for _ in 0..10_000 {
+        let probe = Client::connect(&dsn()).await.unwrap();
+        let pid: i32 = probe
+            .pg()
+            .query_one("SELECT pg_backend_pid()", &[])
+            .await
+            .unwrap()
+            .get(0);
+        let commit = tokio::spawn(async move {
+            // A commit waits for the standby only if its transaction has an xid and wrote WAL:
+            // a transactional logical message does both, and touches no table.
+            probe
+                .pg()
+                .batch_execute("SELECT pg_logical_emit_message(true, 'pgflow-test', 'probe')")
+                .await
+        });
+        let mut waited = false;
+        while !waited && !commit.is_finished() {
+            waited = watch
+                .pg()
+                .query_one(
+                    "SELECT coalesce(bool_or(wait_event = 'SyncRep'), false) FROM pg_stat_activity WHERE pid = $1",
+                    &[&pid],
+                )
+                .await
+                .unwrap()
+                .get(0);
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        if waited {
+            watch
+                .pg()
+                .execute("SELECT pg_cancel_backend($1)", &[&pid])
+                .await
+                .unwrap();
+        }
+        commit.await.unwrap().unwrap();
+        if waited {
+            return;
+        }
+    }
+    panic!("commits never waited for the synchronous standby");
+}
+
 #[tokio::test]
 async fn a_cancelled_wait_for_the_synchronous_standby_is_an_unknown_outcome() {
     let q = "rs_syncrep";
@@ -65,6 +115,7 @@ async fn a_cancelled_wait_for_the_synchronous_standby_is_an_unknown_outcome() {
     let waited = tokio::spawn(async move {
         let admin = Client::connect(&admin_dsn).await.unwrap();
         setting_reaches(&producer, "nobody").await;
+        commits_wait_for_the_standby(&admin).await;
         let sending = {
             let opts = first;
             tokio::spawn(async move { producer.send_with(q, &json!({"n": 1}), &opts).await })
