@@ -295,16 +295,18 @@ BEGIN
     PERFORM pgflow._touch(q.queue_id, q.msg_seq::oid);
     RETURN QUERY
     WITH moved AS (
-        -- Each row's receipts, paired with the ids by position (whatever the arrays' bounds);
-        -- a batch is at most a read's qty, and the index condition stays the plain
-        -- (queue_id, msg_id = ANY) one. An id given twice is archived if either pair matches.
+        -- Each row's receipts, paired with the ids by position (whatever the arrays' bounds),
+        -- in two uncorrelated subqueries that are hashed once per statement; the index
+        -- condition stays the plain (queue_id, msg_id = ANY) one. An id given twice is
+        -- archived if either pair matches; a NULL receipt checks nothing.
         DELETE FROM pgflow.message m
          WHERE m.queue_id = q.queue_id AND m.msg_id = ANY (msg_ids)
            AND (receipts IS NULL
-                OR EXISTS (SELECT 1 FROM unnest(msg_ids, receipts) AS r(id, receipt)
-                            WHERE r.id = m.msg_id
-                              AND (r.receipt IS NULL
-                                   OR r.receipt = pgflow._receipt(m.enqueued_at, m.read_ct))))
+                OR (m.msg_id, pgflow._receipt(m.enqueued_at, m.read_ct))
+                   IN (SELECT r.id, r.receipt FROM unnest(msg_ids, receipts) AS r(id, receipt)
+                        WHERE r.receipt IS NOT NULL)
+                OR m.msg_id IN (SELECT r.id FROM unnest(msg_ids, receipts) AS r(id, receipt)
+                                 WHERE r.receipt IS NULL))
         RETURNING m.*
     ), archived AS (
         INSERT INTO pgflow.archive (queue_id, read_ct, msg_id, enqueued_at, archived_at,
@@ -348,11 +350,12 @@ BEGIN
     RETURN QUERY
     DELETE FROM pgflow.message m
      WHERE m.queue_id = q.queue_id AND m.msg_id = ANY (msg_ids)
-       AND (receipts IS NULL
-            OR EXISTS (SELECT 1 FROM unnest(msg_ids, receipts) AS r(id, receipt)
-                        WHERE r.id = m.msg_id
-                          AND (r.receipt IS NULL
-                               OR r.receipt = pgflow._receipt(m.enqueued_at, m.read_ct))))
+       AND (receipts IS NULL  -- paired as in _archive
+            OR (m.msg_id, pgflow._receipt(m.enqueued_at, m.read_ct))
+               IN (SELECT r.id, r.receipt FROM unnest(msg_ids, receipts) AS r(id, receipt)
+                    WHERE r.receipt IS NOT NULL)
+            OR m.msg_id IN (SELECT r.id FROM unnest(msg_ids, receipts) AS r(id, receipt)
+                             WHERE r.receipt IS NULL))
     RETURNING m.msg_id;
 END $$;
 

@@ -40,6 +40,19 @@ SELECT pgflow.send('votes', '{"vote": "no"}') AS id \gset
 SELECT count(*) FROM pgflow.read('votes', '30 s');
 SELECT * FROM pgflow.delete('votes', ARRAY[:id], ARRAY[NULL::bigint]) AS deleted_unchecked;
 
+-- Receipts pair with ids by position: swapped, neither matches; an id given twice is archived
+-- once if either of its pairs matches; the arrays' bounds do not matter.
+SELECT pgflow.send('votes', '{"n": 1}') AS a, pgflow.send('votes', '{"n": 2}') AS b \gset
+SELECT string_agg(receipt::text, ',' ORDER BY msg_id) AS rs FROM pgflow.read('votes', '30 s', 2) \gset
+SELECT split_part(:'rs', ',', 1)::bigint AS ra, split_part(:'rs', ',', 2)::bigint AS rb \gset
+SELECT count(*) AS swapped FROM pgflow.archive('votes', ARRAY[:a, :b], ARRAY[:rb, :ra]);
+SELECT count(*) AS swapped_deleted FROM pgflow.delete('votes', ARRAY[:a, :b], ARRAY[:rb, :ra]);
+SELECT array_agg(x ORDER BY x) = ARRAY[:a]::bigint[] AS twice_once
+  FROM pgflow.archive('votes', ARRAY[:a, :a], ARRAY[:rb, :ra]) x;
+SELECT array_agg(x) = ARRAY[:b]::bigint[] AS odd_bounds
+  FROM pgflow.archive('votes', format('[0:1]={%s,%s}', :b, :a)::bigint[],
+                      format('[5:6]={%s,%s}', :rb, :ra)::bigint[]) x;
+
 -------------------------------------------------------------------------------------------------
 -- A failover that lost sends: the new primary hands the same id to another message. Simulated
 -- here by removing the read message and setting the queue's sequence back, as the promoted
