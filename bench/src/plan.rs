@@ -38,6 +38,9 @@ pub(crate) struct Plan {
     pub(crate) w11_pairs: usize,
     pub(crate) w11_secs: u32,
     pub(crate) w11_backlog: i64,
+    /// W6: how long to wait, after the first drain, for autovacuum to visit each system's
+    /// live tables before their size is taken again (0: not measured).
+    pub(crate) w6_autovacuum_wait: u64,
 }
 
 impl Plan {
@@ -68,6 +71,7 @@ impl Plan {
                 w11_pairs: 1,
                 w11_secs: 1,
                 w11_backlog: 500,
+                w6_autovacuum_wait: 0,
             },
             Mode::Quick => Plan {
                 repeats: 2,
@@ -94,6 +98,7 @@ impl Plan {
                 w11_pairs: 10,
                 w11_secs: 2,
                 w11_backlog: 5_000,
+                w6_autovacuum_wait: 150,
             },
             Mode::Full => Plan {
                 repeats: 3,
@@ -120,6 +125,7 @@ impl Plan {
                 w11_pairs: 30,
                 w11_secs: 3,
                 w11_backlog: 10_000,
+                w6_autovacuum_wait: 200,
             },
         }
     }

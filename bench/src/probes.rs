@@ -87,6 +87,49 @@ pub(crate) fn size_and_dead(c: &mut Client, rels: &[String]) -> Res<(f64, f64)> 
     Ok((bytes, dead))
 }
 
+/// Per heap table: how many times autovacuum has visited it, and its dead tuples now.
+pub(crate) fn autovacuum_state(c: &mut Client, rels: &[String]) -> Res<Vec<(i64, i64)>> {
+    c.execute("SELECT pg_stat_clear_snapshot()", &[])?;
+    let mut v = Vec::new();
+    for r in rels {
+        let row = c.query_one(
+            "SELECT coalesce(autovacuum_count, 0), coalesce(n_dead_tup, 0)
+               FROM pg_stat_user_tables WHERE relid = $1::text::regclass",
+            &[r],
+        )?;
+        v.push((row.get(0), row.get(1)));
+    }
+    Ok(v)
+}
+
+/// Waits until autovacuum has visited, since `before` was taken, every table that then had dead
+/// tuples; gives up after `secs` (autovacuum_naptime is a minute by default). True when it did.
+pub(crate) fn wait_autovacuum(
+    c: &mut Client,
+    rels: &[String],
+    before: &[(i64, i64)],
+    secs: u64,
+) -> Res<bool> {
+    for _ in 0..secs {
+        let now = autovacuum_state(c, rels)?;
+        if before.iter().zip(&now).all(|(b, n)| b.1 == 0 || n.0 > b.0) {
+            return Ok(true);
+        }
+        thread::sleep(Duration::from_secs(1));
+    }
+    Ok(false)
+}
+
+/// Bytes of the tables' heaps alone (size_and_dead counts indexes and TOAST too).
+pub(crate) fn heap_bytes(c: &mut Client, rels: &[String]) -> Res<f64> {
+    let mut bytes = 0.0;
+    for r in rels {
+        let row = c.query_one("SELECT pg_relation_size($1::text::regclass)::float8", &[r])?;
+        bytes += row.get::<_, f64>(0);
+    }
+    Ok(bytes)
+}
+
 /// Systems in a rotating order per repeat, so no system always runs first (on a cold cache)
 /// or last (on a warm one).
 pub(crate) fn rotation(systems: &[Sys], repeat: usize) -> Vec<Sys> {

@@ -4,7 +4,7 @@ use std::thread;
 use std::time::Instant;
 
 use super::Ctx;
-use crate::probes::{rotation, size_and_dead};
+use crate::probes::{autovacuum_state, heap_bytes, rotation, size_and_dead, wait_autovacuum};
 use crate::report::Results;
 use crate::systems::Consumer;
 use crate::{Res, QUEUE};
@@ -24,6 +24,7 @@ pub(crate) fn w3(ctx: &Ctx, res: &mut Results) -> Res<()> {
                     sys.reset(&mut admin, ctx.clean_tables)?;
                     let live = sys.live_relations(&mut admin)?;
                     let (empty_bytes, _) = size_and_dead(&mut admin, &live)?;
+                    let empty_heap = heap_bytes(&mut admin, &live)?;
                     sys.prefill(&mut admin, n, batch)?;
                     let rels = sys.relations(&mut admin)?;
                     // Statistics for the drain's plans; VACUUM only in clean-tables mode.
@@ -100,6 +101,55 @@ pub(crate) fn w3(ctx: &Ctx, res: &mut Results) -> Res<()> {
                         sys.name(),
                         n as f64 / secs
                     );
+                    // Once per system: what the drained backlog still takes on disk after
+                    // autovacuum has visited the live tables (no VACUUM of our own).
+                    if rep == 0
+                        && consumers == ctx.plan.w3_consumers[0]
+                        && batch == ctx.plan.w3_batches[0]
+                        && ctx.plan.w6_autovacuum_wait > 0
+                    {
+                        let before = autovacuum_state(&mut admin, &live)?;
+                        let visited = wait_autovacuum(
+                            &mut admin,
+                            &live,
+                            &before,
+                            ctx.plan.w6_autovacuum_wait,
+                        )?;
+                        let (bytes, _) = size_and_dead(&mut admin, &live)?;
+                        let heap = heap_bytes(&mut admin, &live)?;
+                        let note = format!(
+                            "{:.1} MB of heap and {:.1} MB of indexes and TOAST; before the \
+                             prefill, with the previous workloads' leftovers, {:.1} MB ({:.1} MB \
+                             of heap){}",
+                            heap / 1e6,
+                            (bytes - heap) / 1e6,
+                            empty_bytes / 1e6,
+                            empty_heap / 1e6,
+                            if visited {
+                                String::new()
+                            } else {
+                                format!(
+                                    "; autovacuum did not visit within {} s",
+                                    ctx.plan.w6_autovacuum_wait
+                                )
+                            }
+                        );
+                        res.add(
+                            "W6 size",
+                            "after a drain and autovacuum",
+                            "bytes on disk",
+                            "MB",
+                            false,
+                            sys,
+                            bytes / 1e6,
+                            Some(&note),
+                        );
+                        eprintln!(
+                            "  W6 after autovacuum {}: {:.1} MB ({note})",
+                            sys.name(),
+                            bytes / 1e6
+                        );
+                    }
                     if (consumers == *ctx.plan.w3_consumers.last().unwrap()
                         || !sys.competing_consumers())
                         && batch == ctx.plan.w3_batches[0]
