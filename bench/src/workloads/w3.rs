@@ -6,7 +6,7 @@ use std::time::Instant;
 use super::Ctx;
 use crate::probes::{autovacuum_state, heap_bytes, rotation, size_and_dead, wait_autovacuum};
 use crate::report::Results;
-use crate::systems::Consumer;
+use crate::systems::{Consumer, Sys};
 use crate::{Res, QUEUE};
 
 /// W3 (drain a prefilled backlog) and the W6 size figures taken around it.
@@ -149,6 +149,32 @@ pub(crate) fn w3(ctx: &Ctx, res: &mut Results) -> Res<()> {
                             sys.name(),
                             bytes / 1e6
                         );
+                        // What an operator's REINDEX CONCURRENTLY gives back on top (the free
+                        // index pages autovacuum keeps); PgQ rotates its tables instead.
+                        if sys != Sys::Pgq {
+                            let t = Instant::now();
+                            for r in &live {
+                                admin.batch_execute(&format!("REINDEX TABLE CONCURRENTLY {r}"))?;
+                            }
+                            let took = t.elapsed().as_secs_f64();
+                            let (after, _) = size_and_dead(&mut admin, &live)?;
+                            let note = format!("REINDEX TABLE CONCURRENTLY took {took:.1} s");
+                            res.add(
+                                "W6 size",
+                                "after autovacuum and REINDEX CONCURRENTLY",
+                                "bytes on disk",
+                                "MB",
+                                false,
+                                sys,
+                                after / 1e6,
+                                Some(&note),
+                            );
+                            eprintln!(
+                                "  W6 after REINDEX CONCURRENTLY {}: {:.1} MB ({note})",
+                                sys.name(),
+                                after / 1e6
+                            );
+                        }
                     }
                     if (consumers == *ctx.plan.w3_consumers.last().unwrap()
                         || !sys.competing_consumers())
