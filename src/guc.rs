@@ -28,6 +28,13 @@ pub static BATCH_SIZE: GucSetting<i32> = GucSetting::<i32>::new(1000);
 /// queue per round by prune_archive.
 pub static PRUNE_BATCH_SIZE: GucSetting<i32> = GucSetting::<i32>::new(10_000);
 
+/// `pgflow.reindex_min_size` (default 64 MB, in kB; 0: off): a database's worker rebuilds the
+/// indexes of a churning pgflow table (`message`, `archive`, `dead`, `dedup`) with
+/// `REINDEX TABLE CONCURRENTLY` once they take at least this much and over four times the
+/// table's heap, which is how a drain's index space comes back (worker/reindexer.rs). Below
+/// 1 MB nothing is rebuilt.
+pub static REINDEX_MIN_SIZE: GucSetting<i32> = GucSetting::<i32>::new(64 * 1024);
+
 /// `pgflow.notify_interval` (default 100 ms): a queue created with `notify => true` sends at
 /// most one NOTIFY per interval (the first send of a window notifies at its commit; later sends
 /// in the window get one trailing notification from the worker when it ends). 0 notifies on
@@ -94,6 +101,16 @@ pub fn init() {
         3_600_000,
         GucContext::Sighup,
         GucFlags::UNIT_MS,
+    );
+    GucRegistry::define_int_guc(
+        c"pgflow.reindex_min_size",
+        c"Index size of a pgflow table above which its worker rebuilds the indexes concurrently (0: never).",
+        c"Only when the indexes also take over four times the table's heap, as after a drain; below 1 MB nothing is rebuilt.",
+        &REINDEX_MIN_SIZE,
+        0,
+        i32::MAX,
+        GucContext::Sighup,
+        GucFlags::UNIT_KB,
     );
     GucRegistry::define_int_guc(
         c"pgflow.batch_size",

@@ -3,7 +3,7 @@ use pgrx::pg_sys::panic::ErrorReport;
 use pgrx::prelude::*;
 use pgrx::PgSqlErrorCode;
 
-use crate::worker::{self, IdleReason, SlotState, REGISTRY};
+use crate::worker::{self, reindexer, IdleReason, SlotState, REGISTRY};
 
 fn ts(t: i64) -> Option<TimestampWithTimeZone> {
     (t != 0)
@@ -106,6 +106,19 @@ fn worker_status() -> Result<
                      standby of synchronous_standby_names connected?)"
                         .to_owned(),
                 ),
+                (SlotState::Running, _, _) if s.reindex_pid != 0 => Some(format!(
+                    "rebuilding the indexes of {} concurrently for {:.0} s ({:.1} MB before; \
+                     pgflow.reindex_min_size)",
+                    reindexer::table_name(s.reindex_table),
+                    (now - s.reindex_started_at).max(0) as f64 / 1e6,
+                    s.reindex_before as f64 / 1048576.0
+                )),
+                (SlotState::Running, _, _) if s.reindex_failed => Some(format!(
+                    "the last index rebuild, of {}, did not finish (the server log says why); \
+                     the next try comes in {:.0} s at the earliest",
+                    reindexer::table_name(s.reindex_table),
+                    (s.reindex_next_check - now).max(0) as f64 / 1e6
+                )),
                 _ => None,
             };
             (

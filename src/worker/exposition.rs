@@ -283,6 +283,20 @@ pub fn render(
     }
     header(
         &mut out,
+        "pgflow_index_rebuilds_total",
+        "counter",
+        "Index rebuilds (REINDEX TABLE CONCURRENTLY) the worker finished since the server started.",
+    );
+    for s in &slots {
+        let _ = writeln!(
+            out,
+            "pgflow_index_rebuilds_total{{database=\"{}\"}} {}",
+            esc(&s.name()),
+            s.reindexes
+        );
+    }
+    header(
+        &mut out,
         "pgflow_horizon_age_seconds",
         "gauge",
         "How long the oldest holder of the database's xmin horizon has held it (0: none).",

@@ -9,7 +9,8 @@
 use pgrx::prelude::*;
 
 use super::{
-    handle_interrupts, micros, now, policy, setup_signals, IdleReason, SlotState, REGISTRY,
+    handle_interrupts, micros, now, policy, reindexer, setup_signals, IdleReason, SlotState,
+    REGISTRY, REINDEX_CHECK, REINDEX_HORIZON_SECS, REINDEX_RETRY, REINDEX_START_TIMEOUT,
 };
 use crate::guc;
 use crate::ipc;
@@ -68,6 +69,12 @@ unsafe extern "C-unwind" fn on_exit(_code: i32, arg: pg_sys::Datum) {
                 slot.not_before = now() + micros(policy::restart_delay(slot.failures as u32));
                 slot.set_state(SlotState::Wanted);
             }
+        }
+        // A running index rebuild goes with the worker, so that a command waiting for this
+        // database's sessions (DROP DATABASE, through hook.rs) does not wait for it.
+        if slot.reindex_pid > 0 {
+            // SAFETY: a plain signal to a process of this server; `die` handles it.
+            unsafe { libc::kill(slot.reindex_pid, libc::SIGTERM) };
         }
         (std::mem::take(&mut slot.waiter_latch), launcher)
     };
@@ -197,6 +204,89 @@ fn stats_tick(dboid: u32) {
     }
 }
 
+/// Every `REINDEX_CHECK`, unless a rebuild runs or the horizon is held: when one of the
+/// churning tables' indexes take over `pgflow.reindex_min_size` and over four times its heap,
+/// starts the rebuilder on it (reindexer.rs).
+fn check_indexes(dboid: u32) {
+    let min_kb = guc::REINDEX_MIN_SIZE.get();
+    if min_kb <= 0 {
+        return;
+    }
+    let t = now();
+    let datname = {
+        let mut reg = REGISTRY.exclusive();
+        let Some(slot) = reg.find(dboid) else { return };
+        if slot.reindex_pid == -1 && t - slot.reindex_started_at > micros(REINDEX_START_TIMEOUT) {
+            pgrx::warning!("pgflow: the index rebuilder never started; trying again in an hour");
+            slot.reindex_pid = 0;
+            slot.reindex_failed = true;
+            slot.reindex_ended_at = t;
+            slot.reindex_next_check = t + micros(REINDEX_RETRY);
+        }
+        if slot.reindex_pid != 0 || t < slot.reindex_next_check {
+            return;
+        }
+        slot.reindex_next_check = t + micros(REINDEX_CHECK);
+        if slot.horizon_age > REINDEX_HORIZON_SECS {
+            return;
+        }
+        slot.name()
+    };
+    let min_bytes = (i64::from(min_kb) * 1024).max(reindexer::FLOOR_BYTES);
+    let found = as_owner(c"pgflow: index sizes", || {
+        Spi::connect(|client| {
+            let rows = client.select(reindexer::CHECK_SQL, Some(1), &[min_bytes.into()])?;
+            if rows.is_empty() {
+                return Ok::<_, pgrx::spi::SpiError>(None);
+            }
+            let row = rows.first();
+            Ok(Some((
+                row.get::<i32>(1)?.unwrap_or(0),
+                row.get::<i64>(2)?.unwrap_or(0),
+                row.get::<i64>(3)?.unwrap_or(0),
+            )))
+        })
+        .unwrap_or_else(|e| pgrx::error!("pgflow: index size check failed: {e}"))
+    });
+    let Some(Some((n, heap, indexes))) = found else {
+        // Nothing to rebuild (any more): a failure reported before is behind us.
+        let mut reg = REGISTRY.exclusive();
+        if let Some(slot) = reg.find(dboid) {
+            slot.reindex_failed = false;
+        }
+        return;
+    };
+    let n = u8::try_from(n).unwrap_or(0);
+    {
+        let mut reg = REGISTRY.exclusive();
+        let Some(slot) = reg.find(dboid) else { return };
+        slot.reindex_pid = -1;
+        slot.reindex_table = n;
+        slot.reindex_started_at = now();
+        slot.reindex_before = indexes;
+    }
+    pgrx::log!(
+        "pgflow: rebuilding the indexes of {}: {:.1} MB of indexes over {:.1} MB of heap",
+        reindexer::table_name(n),
+        indexes as f64 / 1048576.0,
+        heap as f64 / 1048576.0
+    );
+    if !reindexer::start(dboid, &datname) {
+        pgrx::warning!(
+            "pgflow: no background worker slot for the index rebuild (max_worker_processes); \
+             trying again in an hour"
+        );
+        let mut reg = REGISTRY.exclusive();
+        if let Some(slot) = reg.find(dboid) {
+            let t = now();
+            slot.reindex_pid = 0;
+            slot.reindex_failed = true;
+            slot.reindex_ended_at = t;
+            slot.reindex_next_check = t + micros(REINDEX_RETRY);
+        }
+    }
+}
+
 #[pg_guard]
 #[unsafe(no_mangle)]
 pub extern "C-unwind" fn pgflow_worker_main(arg: pg_sys::Datum) {
@@ -290,6 +380,7 @@ pub extern "C-unwind" fn pgflow_worker_main(arg: pg_sys::Datum) {
                     break;
                 }
             }
+            check_indexes(dboid);
             next_round = now() + tick;
         }
         // Trailing NOTIFYs of throttled queues (ipc::notify); a sender's commit wakes us.

@@ -36,14 +36,27 @@ pub mod hook;
 pub mod launcher;
 pub mod maintainer;
 pub mod policy;
+pub mod reindexer;
 pub mod status_page;
 
 /// Databases that can have a worker at once; a database beyond this gets none (the launcher
-/// logs a WARNING). Each slot takes about 170 bytes of shared memory.
+/// logs a WARNING). Each slot takes about 240 bytes of shared memory.
 pub const MAX_DATABASES: usize = crate::ipc::MAX_WORKERS;
 
 /// How often the launcher looks for new databases when nothing wakes it sooner.
 pub const LAUNCHER_NAPTIME_MS: i64 = 10_000;
+
+/// How often a database's worker compares its tables' indexes with their heaps (reindexer.rs).
+pub const REINDEX_CHECK: std::time::Duration = std::time::Duration::from_secs(10);
+/// How long after a finished rebuild the worker looks again.
+pub const REINDEX_AFTER: std::time::Duration = std::time::Duration::from_secs(60);
+/// How long after a failed rebuild (or one that never started) the worker looks again.
+pub const REINDEX_RETRY: std::time::Duration = std::time::Duration::from_secs(3600);
+/// A rebuild is not started while the horizon has been held back for longer than this: it
+/// would wait for the holder (reindexer.rs).
+pub const REINDEX_HORIZON_SECS: f64 = 5.0;
+/// A rebuilder that has not attached after this long is taken as failed to start.
+pub const REINDEX_START_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(60);
 
 #[derive(Copy, Clone, Debug, PartialEq, Eq)]
 #[repr(u8)]
@@ -123,6 +136,19 @@ pub struct Slot {
     /// The worker skips its rounds while default_transaction_read_only is on (a failover
     /// manager fences a promoted server that way until the old primary is known to be down).
     pub read_only: bool,
+    /// The index rebuild (reindexer.rs): its process (-1 while it starts, 0 for none), its
+    /// table (a number in `reindexer::TABLES`), when it started and ended, the table's index
+    /// bytes before and after, how many finished, whether the last one failed, and when the
+    /// worker may look for the next one.
+    pub reindex_pid: i32,
+    pub reindex_table: u8,
+    pub reindex_failed: bool,
+    pub reindexes: i32,
+    pub reindex_started_at: i64,
+    pub reindex_ended_at: i64,
+    pub reindex_before: i64,
+    pub reindex_after: i64,
+    pub reindex_next_check: i64,
 }
 
 impl Slot {
@@ -149,6 +175,15 @@ impl Slot {
         horizon_xmin_age: 0,
         horizon_at: 0,
         read_only: false,
+        reindex_pid: 0,
+        reindex_table: 0,
+        reindex_failed: false,
+        reindexes: 0,
+        reindex_started_at: 0,
+        reindex_ended_at: 0,
+        reindex_before: 0,
+        reindex_after: 0,
+        reindex_next_check: 0,
     };
 
     pub fn name(&self) -> String {

@@ -538,3 +538,143 @@ fn the_worker_gives_back_the_session_leases_of_a_session_that_ended() {
         .batch_execute(&format!("DROP DATABASE {db} WITH (FORCE)"))
         .unwrap();
 }
+
+/// Index space after a drain: once the queue table's heap is back to nearly nothing (VACUUM
+/// here, autovacuum in production) while its indexes keep the drain's pages, the worker rebuilds
+/// them with REINDEX TABLE CONCURRENTLY, first dropping an invalid index a failed concurrent
+/// build left behind; the indexes keep their names, come out valid and small, and every verb
+/// works after.
+#[test]
+fn the_worker_rebuilds_the_indexes_a_drain_left_behind() {
+    let _g = serial();
+    let mut admin = connect();
+    let db = "pgflow_w_reindex";
+    let mut c = database_with_worker(&mut admin, db);
+    c.batch_execute(
+        "SELECT pgflow.create_queue('big');
+         SELECT pgflow.send_batch('big', array(SELECT jsonb_build_object('n', g)
+                                                 FROM generate_series(1, 60000) g));",
+    )
+    .unwrap();
+    // A failed concurrent index build (duplicates under a unique index) leaves an invalid
+    // index named as REINDEX CONCURRENTLY's leftovers are; every write still maintains it.
+    let failed = c.batch_execute(
+        "CREATE UNIQUE INDEX CONCURRENTLY message_probe_ccnew ON pgflow.message (queue_id)",
+    );
+    assert!(failed.is_err(), "the probe index was expected to fail");
+    let indexes = "SELECT coalesce(array_agg(c.relname::text ORDER BY c.relname)
+                                     FILTER (WHERE i.indisvalid), '{}'),
+                          count(*) FILTER (WHERE NOT i.indisvalid),
+                          coalesce(array_agg(c.oid::int8 ORDER BY c.relname)
+                                     FILTER (WHERE i.indisvalid), '{}')
+                     FROM pg_index i JOIN pg_class c ON c.oid = i.indexrelid
+                    WHERE i.indrelid = 'pgflow.message'::regclass";
+    let before = c.query_one(indexes, &[]).unwrap();
+    let (names, invalid, oids): (Vec<String>, i64, Vec<i64>) =
+        (before.get(0), before.get(1), before.get(2));
+    assert_eq!(invalid, 1);
+    c.batch_execute("SELECT pgflow.purge_queue('big')").unwrap();
+    c.batch_execute("VACUUM pgflow.message").unwrap();
+    let sizes = c
+        .query_one(
+            "SELECT pg_relation_size('pgflow.message'), pg_indexes_size('pgflow.message')",
+            &[],
+        )
+        .unwrap();
+    let (heap, idx): (i64, i64) = (sizes.get(0), sizes.get(1));
+    assert!(
+        idx > 2 * 1024 * 1024 && idx > 4 * heap,
+        "setup: {idx} bytes of indexes over {heap} of heap"
+    );
+
+    // A snapshot held for a while: a rebuild would wait for it (and keep autovacuum off the
+    // table meanwhile), so none starts.
+    let mut holder = connect_to(db);
+    holder
+        .batch_execute("BEGIN ISOLATION LEVEL REPEATABLE READ; SELECT count(*) FROM pgflow.queue")
+        .unwrap();
+    let holder_pid: i32 = holder
+        .query_one("SELECT pg_backend_pid()", &[])
+        .unwrap()
+        .get(0);
+    let held_long =
+        format!("SELECT now() - xact_start > '7 s' FROM pg_stat_activity WHERE pid = {holder_pid}");
+    assert!(eventually(&mut c, &held_long, 60));
+    admin
+        .batch_execute("ALTER SYSTEM SET pgflow.reindex_min_size = '1MB'")
+        .unwrap();
+    admin.batch_execute("SELECT pg_reload_conf()").unwrap();
+    // The worker looks every 10 s: a tick 11 s after the reload (by the server's clock) comes
+    // after at least one look.
+    let set_at: std::time::SystemTime = c.query_one("SELECT now()", &[]).unwrap().get(0);
+    let looked = "SELECT last_tick_at > $1::timestamptz + interval '11 s'
+                    FROM pgflow.worker_status() WHERE datname = $2";
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(120);
+    while !c
+        .query_one(looked, &[&set_at, &db])
+        .unwrap()
+        .get::<_, bool>(0)
+    {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the worker stopped ticking"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(200));
+    }
+    let held = c.query_one(indexes, &[]).unwrap();
+    assert_eq!(
+        held.get::<_, Vec<i64>>(2),
+        oids,
+        "rebuilt under a held snapshot"
+    );
+    let detail: Option<String> = c
+        .query_one(
+            "SELECT detail FROM pgflow.worker_status() WHERE datname = $1",
+            &[&db],
+        )
+        .unwrap()
+        .get(0);
+    assert_eq!(detail, None);
+    holder.batch_execute("COMMIT").unwrap();
+    drop(holder);
+    let rebuilt = format!(
+        "SELECT pg_indexes_size('pgflow.message') < {} AND NOT EXISTS (
+                  SELECT FROM pg_index WHERE indrelid = 'pgflow.message'::regclass
+                                         AND NOT indisvalid)
+                AND (SELECT pid FROM pgflow.worker_status() WHERE datname = '{db}') IS NOT NULL
+                AND (SELECT detail FROM pgflow.worker_status() WHERE datname = '{db}') IS NULL",
+        idx / 4
+    );
+    let done = eventually(&mut c, &rebuilt, 120);
+    admin
+        .batch_execute("ALTER SYSTEM RESET pgflow.reindex_min_size")
+        .unwrap();
+    admin.batch_execute("SELECT pg_reload_conf()").unwrap();
+    assert!(done, "the indexes were not rebuilt");
+    let after = c.query_one(indexes, &[]).unwrap();
+    let (names_after, invalid_after, oids_after): (Vec<String>, i64, Vec<i64>) =
+        (after.get(0), after.get(1), after.get(2));
+    assert_eq!(names_after, names, "the indexes keep their names");
+    assert_eq!(invalid_after, 0);
+    assert!(
+        oids_after.iter().all(|o| !oids.contains(o)),
+        "every index was rebuilt: {oids:?} then {oids_after:?}"
+    );
+    // The queue works on the new indexes.
+    let id: i64 = c
+        .query_one("SELECT pgflow.send('big', '{\"after\": true}')", &[])
+        .unwrap()
+        .get(0);
+    let got: i64 = c
+        .query_one("SELECT msg_id FROM pgflow.read('big', '30 s')", &[])
+        .unwrap()
+        .get(0);
+    assert_eq!(got, id);
+    let archived: bool = c
+        .query_one("SELECT pgflow.archive('big', $1::int8)", &[&id])
+        .unwrap()
+        .get(0);
+    assert!(archived);
+    drop(c);
+    admin.batch_execute(&format!("DROP DATABASE {db}")).unwrap();
+}
