@@ -75,6 +75,9 @@ unsafe extern "C-unwind" fn on_exit(_code: i32, arg: pg_sys::Datum) {
         if slot.reindex_pid > 0 {
             // SAFETY: a plain signal to a process of this server; `die` handles it.
             unsafe { libc::kill(slot.reindex_pid, libc::SIGTERM) };
+        } else if slot.reindex_pid == -1 {
+            // Asked for and not attached yet: it finds no request and exits.
+            slot.reindex_pid = 0;
         }
         (std::mem::take(&mut slot.waiter_latch), launcher)
     };

@@ -53,8 +53,9 @@ pub const REINDEX_AFTER: std::time::Duration = std::time::Duration::from_secs(60
 /// How long after a failed rebuild (or one that never started) the worker looks again.
 pub const REINDEX_RETRY: std::time::Duration = std::time::Duration::from_secs(3600);
 /// A rebuild is not started while the horizon has been held back for longer than this: it
-/// would wait for the holder (reindexer.rs).
-pub const REINDEX_HORIZON_SECS: f64 = 5.0;
+/// would wait for the holder (reindexer.rs). Long-poll reads hold a snapshot for their `wait`
+/// (the runtimes wait 1 to 5 s), which the rebuild may wait out.
+pub const REINDEX_HORIZON_SECS: f64 = 30.0;
 /// A rebuilder that has not attached after this long is taken as failed to start.
 pub const REINDEX_START_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(60);
 

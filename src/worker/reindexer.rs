@@ -83,7 +83,12 @@ pub fn start(dboid: u32, datname: &str) -> bool {
 fn attach(dboid: u32) -> Option<u8> {
     let mut reg = REGISTRY.exclusive();
     let slot = reg.find(dboid)?;
-    if slot.reindex_pid != -1 {
+    // The worker that asked may have exited meanwhile (and cleared the request), or a
+    // database command holds the database: then nothing runs.
+    if slot.reindex_pid != -1 || slot.held || slot.state != super::SlotState::Running {
+        if slot.reindex_pid == -1 {
+            slot.reindex_pid = 0;
+        }
         return None;
     }
     slot.reindex_pid = unsafe { pg_sys::MyProcPid };
@@ -221,8 +226,9 @@ pub extern "C-unwind" fn pgflow_reindex_main(arg: pg_sys::Datum) {
     set_session(c"search_path", c"pg_catalog, pg_temp");
     set_session(c"lock_timeout", LOCK_TIMEOUT);
 
-    // The leftovers of a rebuild that failed, if no rebuild of the table runs now. The names
-    // come from the catalog (Postgres gives them) and are quoted.
+    // The leftovers of a rebuild that failed, on the table and on its TOAST table, if no
+    // rebuild of the table runs now. The names come from the catalog (Postgres gives them)
+    // and are quoted.
     let (owner, leftovers, before) = in_transaction(c"pgflow: index rebuild, checks", || {
         let owner = unsafe { pg_sys::get_role_oid(c"pgflow_owner".as_ptr(), true) };
         Spi::connect(|client| {
@@ -248,10 +254,14 @@ pub extern "C-unwind" fn pgflow_reindex_main(arg: pg_sys::Datum) {
             }
             let mut names = Vec::new();
             for row in client.select(
-                "SELECT pg_catalog.format('DROP INDEX CONCURRENTLY IF EXISTS pgflow.%I', c.relname)
+                "SELECT pg_catalog.format('DROP INDEX CONCURRENTLY IF EXISTS %I.%I',
+                                          n.nspname, c.relname)
                    FROM pg_catalog.pg_index i
                    JOIN pg_catalog.pg_class c ON c.oid = i.indexrelid
-                  WHERE i.indrelid = $1 AND NOT i.indisvalid
+                   JOIN pg_catalog.pg_namespace n ON n.oid = c.relnamespace
+                  WHERE i.indrelid IN ($1, (SELECT t.reltoastrelid FROM pg_catalog.pg_class t
+                                             WHERE t.oid = $1))
+                    AND NOT i.indisvalid
                     AND c.relname::text ~ '_cc(new|old)[0-9]*$'",
                 None,
                 &[rel.into()],
@@ -274,11 +284,15 @@ pub extern "C-unwind" fn pgflow_reindex_main(arg: pg_sys::Datum) {
         .unwrap_or_else(|e| pgrx::error!("pgflow: index rebuild check failed: {e}"))
     });
     let Some(leftovers) = leftovers else {
-        // Another rebuild (an operator's) runs, or the table is gone: nothing to do now.
+        // Another rebuild (an operator's) or a VACUUM holds the table, or it is gone: not
+        // now, and not again before REINDEX_AFTER.
+        pgrx::log!("pgflow: {table} is busy (a VACUUM or another rebuild): no index rebuild now");
         let mut reg = REGISTRY.exclusive();
         if let Some(slot) = reg.find(dboid) {
-            slot.reindex_ended_at = now();
+            let t = now();
+            slot.reindex_ended_at = t;
             slot.reindex_after = slot.reindex_before;
+            slot.reindex_next_check = t + super::micros(super::REINDEX_AFTER);
         }
         return;
     };
@@ -286,6 +300,7 @@ pub extern "C-unwind" fn pgflow_reindex_main(arg: pg_sys::Datum) {
     // Everything from here runs as pgflow_owner (the tables' owner). Before ALTER EXTENSION
     // pgflow UPDATE from 0.1.0 that role may not exist: then nothing is rebuilt.
     if owner == pg_sys::InvalidOid {
+        pgrx::log!("pgflow: no index rebuild: role pgflow_owner is missing (ALTER EXTENSION pgflow UPDATE creates it)");
         return;
     }
     let (mut saved_user, mut saved_context) = (pg_sys::InvalidOid, 0);

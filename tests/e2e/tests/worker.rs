@@ -587,7 +587,7 @@ fn the_worker_rebuilds_the_indexes_a_drain_left_behind() {
         "setup: {idx} bytes of indexes over {heap} of heap"
     );
 
-    // A snapshot held for a while: a rebuild would wait for it (and keep autovacuum off the
+    // A snapshot held for over 30 s: a rebuild would wait for it (and keep autovacuum off the
     // table meanwhile), so none starts.
     let mut holder = connect_to(db);
     holder
@@ -597,8 +597,9 @@ fn the_worker_rebuilds_the_indexes_a_drain_left_behind() {
         .query_one("SELECT pg_backend_pid()", &[])
         .unwrap()
         .get(0);
-    let held_long =
-        format!("SELECT now() - xact_start > '7 s' FROM pg_stat_activity WHERE pid = {holder_pid}");
+    let held_long = format!(
+        "SELECT now() - xact_start > '32 s' FROM pg_stat_activity WHERE pid = {holder_pid}"
+    );
     assert!(eventually(&mut c, &held_long, 60));
     admin
         .batch_execute("ALTER SYSTEM SET pgflow.reindex_min_size = '1MB'")
