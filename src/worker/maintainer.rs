@@ -10,7 +10,7 @@ use pgrx::prelude::*;
 
 use super::{
     handle_interrupts, micros, now, policy, reindexer, setup_signals, IdleReason, SlotState,
-    REGISTRY, REINDEX_CHECK, REINDEX_HORIZON_SECS, REINDEX_RETRY, REINDEX_START_TIMEOUT,
+    REGISTRY, REINDEX_CHECK, REINDEX_HORIZON_SECS, REINDEX_START_TIMEOUT,
 };
 use crate::guc;
 use crate::ipc;
@@ -105,7 +105,7 @@ fn extension_exists() -> bool {
 }
 
 /// Runs `f` in a transaction of its own, as pgflow_owner; None when the extension is gone.
-fn as_owner<T>(activity: &std::ffi::CStr, f: impl FnOnce() -> T) -> Option<T> {
+pub(super) fn as_owner<T>(activity: &std::ffi::CStr, f: impl FnOnce() -> T) -> Option<T> {
     unsafe {
         pg_sys::SetCurrentStatementStartTimestamp();
         pg_sys::StartTransactionCommand();
@@ -221,10 +221,7 @@ fn check_indexes(dboid: u32) {
         let Some(slot) = reg.find(dboid) else { return };
         if slot.reindex_pid == -1 && t - slot.reindex_started_at > micros(REINDEX_START_TIMEOUT) {
             pgrx::warning!("pgflow: the index rebuilder never started; trying again in an hour");
-            slot.reindex_pid = 0;
-            slot.reindex_failed = true;
-            slot.reindex_ended_at = t;
-            slot.reindex_next_check = t + micros(REINDEX_RETRY);
+            slot.reindex_gave_up();
         }
         if slot.reindex_pid != 0 || t < slot.reindex_next_check {
             return;
@@ -279,13 +276,8 @@ fn check_indexes(dboid: u32) {
             "pgflow: no background worker slot for the index rebuild (max_worker_processes); \
              trying again in an hour"
         );
-        let mut reg = REGISTRY.exclusive();
-        if let Some(slot) = reg.find(dboid) {
-            let t = now();
-            slot.reindex_pid = 0;
-            slot.reindex_failed = true;
-            slot.reindex_ended_at = t;
-            slot.reindex_next_check = t + micros(REINDEX_RETRY);
+        if let Some(slot) = REGISTRY.exclusive().find(dboid) {
+            slot.reindex_gave_up();
         }
     }
 }

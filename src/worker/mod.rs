@@ -139,8 +139,8 @@ pub struct Slot {
     pub read_only: bool,
     /// The index rebuild (reindexer.rs): its process (-1 while it starts, 0 for none), its
     /// table (a number in `reindexer::TABLES`), when it started and ended, the table's index
-    /// bytes before and after, how many finished, whether the last one failed, and when the
-    /// worker may look for the next one.
+    /// bytes before, how many finished, whether the last one failed, and when the worker may
+    /// look for the next one.
     pub reindex_pid: i32,
     pub reindex_table: u8,
     pub reindex_failed: bool,
@@ -148,7 +148,6 @@ pub struct Slot {
     pub reindex_started_at: i64,
     pub reindex_ended_at: i64,
     pub reindex_before: i64,
-    pub reindex_after: i64,
     pub reindex_next_check: i64,
 }
 
@@ -183,7 +182,6 @@ impl Slot {
         reindex_started_at: 0,
         reindex_ended_at: 0,
         reindex_before: 0,
-        reindex_after: 0,
         reindex_next_check: 0,
     };
 
@@ -206,6 +204,16 @@ impl Slot {
     pub fn set_state(&mut self, state: SlotState) {
         self.state = state;
         self.state_since = now();
+    }
+
+    /// An index rebuild that failed or never started: none runs, and the worker looks again
+    /// after `REINDEX_RETRY`.
+    pub fn reindex_gave_up(&mut self) {
+        let t = now();
+        self.reindex_pid = 0;
+        self.reindex_failed = true;
+        self.reindex_ended_at = t;
+        self.reindex_next_check = t + micros(REINDEX_RETRY);
     }
 }
 

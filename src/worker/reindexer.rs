@@ -24,6 +24,7 @@ use std::ffi::CStr;
 use pgrx::bgworkers::{BackgroundWorkerBuilder, BgWorkerStartTime};
 use pgrx::prelude::*;
 
+use super::maintainer::as_owner;
 use super::{now, setup_signals, REGISTRY};
 
 /// The tables whose rows churn (sent and archived, dead-lettered, deduplicated), with the
@@ -104,30 +105,11 @@ unsafe extern "C-unwind" fn on_exit(_code: i32, arg: pg_sys::Datum) {
     if slot.reindex_pid != me {
         return;
     }
-    slot.reindex_pid = 0;
     if slot.reindex_ended_at < slot.reindex_started_at {
-        let t = now();
-        slot.reindex_failed = true;
-        slot.reindex_ended_at = t;
-        slot.reindex_next_check = t + super::micros(super::REINDEX_RETRY);
+        slot.reindex_gave_up();
+    } else {
+        slot.reindex_pid = 0;
     }
-}
-
-/// Runs `f` in a transaction of its own.
-fn in_transaction<T>(activity: &CStr, f: impl FnOnce() -> T) -> T {
-    unsafe {
-        pg_sys::SetCurrentStatementStartTimestamp();
-        pg_sys::StartTransactionCommand();
-        pg_sys::PushActiveSnapshot(pg_sys::GetTransactionSnapshot());
-        pg_sys::pgstat_report_activity(pg_sys::BackendState::STATE_RUNNING, activity.as_ptr());
-    }
-    let out = f();
-    unsafe {
-        pg_sys::PopActiveSnapshot();
-        pg_sys::CommitTransactionCommand();
-        pg_sys::pgstat_report_activity(pg_sys::BackendState::STATE_IDLE, std::ptr::null());
-    }
-    out
 }
 
 /// Runs one utility statement at top level, as a client's simple query does: outside any
@@ -228,18 +210,19 @@ pub extern "C-unwind" fn pgflow_reindex_main(arg: pg_sys::Datum) {
 
     // The leftovers of a rebuild that failed, on the table and on its TOAST table, if no
     // rebuild of the table runs now. The names come from the catalog (Postgres gives them)
-    // and are quoted.
-    let (owner, leftovers, before) = in_transaction(c"pgflow: index rebuild, checks", || {
+    // and are quoted. None when the extension is gone.
+    let checked = as_owner(c"pgflow: index rebuild, checks", || {
         let owner = unsafe { pg_sys::get_role_oid(c"pgflow_owner".as_ptr(), true) };
         Spi::connect(|client| {
-            let rel = client
+            let row = client
                 .select(
-                    "SELECT pg_catalog.to_regclass($1)::pg_catalog.oid",
+                    "SELECT r::pg_catalog.oid, pg_catalog.pg_indexes_size(r)
+                       FROM pg_catalog.to_regclass($1) AS r",
                     Some(1),
                     &[table.into()],
                 )?
-                .first()
-                .get::<pg_sys::Oid>(1)?;
+                .first();
+            let (rel, before) = (row.get::<pg_sys::Oid>(1)?, row.get::<i64>(2)?);
             let Some(rel) = rel else {
                 return Ok::<_, pgrx::spi::SpiError>((owner, None, 0));
             };
@@ -270,19 +253,13 @@ pub extern "C-unwind" fn pgflow_reindex_main(arg: pg_sys::Datum) {
                     names.push(s);
                 }
             }
-            let before = client
-                .select(
-                    "SELECT pg_catalog.pg_indexes_size($1)",
-                    Some(1),
-                    &[rel.into()],
-                )?
-                .first()
-                .get::<i64>(1)?
-                .unwrap_or(0);
-            Ok((owner, Some(names), before))
+            Ok((owner, Some(names), before.unwrap_or(0)))
         })
         .unwrap_or_else(|e| pgrx::error!("pgflow: index rebuild check failed: {e}"))
     });
+    let Some((owner, leftovers, before)) = checked else {
+        return;
+    };
     let Some(leftovers) = leftovers else {
         // Another rebuild (an operator's) or a VACUUM holds the table, or it is gone: not
         // now, and not again before REINDEX_AFTER.
@@ -291,7 +268,6 @@ pub extern "C-unwind" fn pgflow_reindex_main(arg: pg_sys::Datum) {
         if let Some(slot) = reg.find(dboid) {
             let t = now();
             slot.reindex_ended_at = t;
-            slot.reindex_after = slot.reindex_before;
             slot.reindex_next_check = t + super::micros(super::REINDEX_AFTER);
         }
         return;
@@ -322,15 +298,22 @@ pub extern "C-unwind" fn pgflow_reindex_main(arg: pg_sys::Datum) {
     let secs = (now() - started) as f64 / 1e6;
     unsafe { pg_sys::SetUserIdAndSecContext(saved_user, saved_context) };
 
-    let after = in_transaction(c"pgflow: index rebuild, size", || {
-        Spi::get_one_with_args::<i64>(
-            "SELECT pg_catalog.pg_indexes_size(pg_catalog.to_regclass($1))",
-            &[table.into()],
-        )
+    let after = as_owner(c"pgflow: index rebuild, size", || {
+        Spi::connect(|client| {
+            client
+                .select(
+                    "SELECT pg_catalog.pg_indexes_size(pg_catalog.to_regclass($1))",
+                    Some(1),
+                    &[table.into()],
+                )?
+                .first()
+                .get::<i64>(1)
+        })
         .ok()
         .flatten()
-        .unwrap_or(0)
-    });
+    })
+    .flatten()
+    .unwrap_or(0);
     pgrx::log!(
         "pgflow: rebuilt the indexes of {table} concurrently in {secs:.1} s: {:.2} MB -> {:.2} MB",
         before as f64 / 1048576.0,
@@ -340,7 +323,6 @@ pub extern "C-unwind" fn pgflow_reindex_main(arg: pg_sys::Datum) {
     if let Some(slot) = reg.find(dboid) {
         let t = now();
         slot.reindex_before = before;
-        slot.reindex_after = after;
         slot.reindex_ended_at = t;
         slot.reindex_failed = false;
         slot.reindexes += 1;
