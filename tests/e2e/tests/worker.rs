@@ -539,6 +539,25 @@ fn the_worker_gives_back_the_session_leases_of_a_session_that_ended() {
         .unwrap();
 }
 
+/// Empties queue 'big' and vacuums: its indexes stay, over an empty heap, as a drain leaves them
+/// once autovacuum has been. The indexes' bytes.
+fn drain_big(c: &mut Client) -> i64 {
+    c.batch_execute("SELECT pgflow.purge_queue('big')").unwrap();
+    c.batch_execute("VACUUM pgflow.message").unwrap();
+    let sizes = c
+        .query_one(
+            "SELECT pg_relation_size('pgflow.message'), pg_indexes_size('pgflow.message')",
+            &[],
+        )
+        .unwrap();
+    let (heap, idx): (i64, i64) = (sizes.get(0), sizes.get(1));
+    assert!(
+        idx > 2 * 1024 * 1024 && idx > 4 * heap,
+        "setup: {idx} bytes of indexes over {heap} of heap"
+    );
+    idx
+}
+
 /// Index space after a drain: once the queue table's heap is back to nearly nothing (VACUUM
 /// here, autovacuum in production) while its indexes keep the drain's pages, the worker rebuilds
 /// them with REINDEX TABLE CONCURRENTLY, first dropping an invalid index a failed concurrent
@@ -573,19 +592,7 @@ fn the_worker_rebuilds_the_indexes_a_drain_left_behind() {
     let (names, invalid, oids): (Vec<String>, i64, Vec<i64>) =
         (before.get(0), before.get(1), before.get(2));
     assert_eq!(invalid, 1);
-    c.batch_execute("SELECT pgflow.purge_queue('big')").unwrap();
-    c.batch_execute("VACUUM pgflow.message").unwrap();
-    let sizes = c
-        .query_one(
-            "SELECT pg_relation_size('pgflow.message'), pg_indexes_size('pgflow.message')",
-            &[],
-        )
-        .unwrap();
-    let (heap, idx): (i64, i64) = (sizes.get(0), sizes.get(1));
-    assert!(
-        idx > 2 * 1024 * 1024 && idx > 4 * heap,
-        "setup: {idx} bytes of indexes over {heap} of heap"
-    );
+    let idx = drain_big(&mut c);
 
     // A snapshot held for over 30 s: a rebuild would wait for it (and keep autovacuum off the
     // table meanwhile), so none starts.
@@ -678,4 +685,158 @@ fn the_worker_rebuilds_the_indexes_a_drain_left_behind() {
     assert!(archived);
     drop(c);
     admin.batch_execute(&format!("DROP DATABASE {db}")).unwrap();
+}
+
+/// A rebuild that cannot get its locks gives up after a minute (the rebuilder's lock_timeout)
+/// instead of keeping autovacuum and DDL off the table: the table keeps its valid indexes and
+/// every verb works while it waits and after; worker_status says so, and the worker does not
+/// try again within the hour, even once the lock is free.
+#[test]
+fn a_rebuild_that_cannot_get_its_locks_gives_up_and_waits_an_hour() {
+    let _g = serial();
+    let mut admin = connect();
+    let db = "pgflow_w_reindex_wait";
+    let mut c = database_with_worker(&mut admin, db);
+    c.batch_execute(
+        "SELECT pgflow.create_queue('big');
+         SELECT pgflow.send_batch('big', array(SELECT jsonb_build_object('n', g)
+                                                 FROM generate_series(1, 60000) g));",
+    )
+    .unwrap();
+    drain_big(&mut c);
+    let valid = "SELECT array_agg(indexrelid::int8 ORDER BY indexrelid) FILTER (WHERE indisvalid),
+                        count(*) FILTER (WHERE NOT indisvalid)
+                   FROM pg_index WHERE indrelid = 'pgflow.message'::regclass";
+    let row = c.query_one(valid, &[]).unwrap();
+    let (oids, invalid): (Vec<i64>, i64) = (row.get(0), row.get(1));
+    assert_eq!(invalid, 0);
+
+    // A transaction holding the lock a writer holds on the table, but neither a snapshot nor a
+    // transaction id: the horizon is free, so the rebuild starts, and then waits for it.
+    let mut blocker = connect_to(db);
+    let blocker_pid: i32 = blocker
+        .query_one("SELECT pg_backend_pid()", &[])
+        .unwrap()
+        .get(0);
+    blocker
+        .batch_execute("BEGIN; LOCK TABLE pgflow.message IN ROW EXCLUSIVE MODE")
+        .unwrap();
+    let free = c
+        .query_one(
+            "SELECT backend_xmin IS NULL AND backend_xid IS NULL
+               FROM pg_stat_activity WHERE pid = $1",
+            &[&blocker_pid],
+        )
+        .unwrap();
+    assert!(free.get::<_, bool>(0), "the blocker holds the horizon");
+    admin
+        .batch_execute("ALTER SYSTEM SET pgflow.reindex_min_size = '1MB'")
+        .unwrap();
+    admin.batch_execute("SELECT pg_reload_conf()").unwrap();
+    let waiting = format!(
+        "SELECT EXISTS (SELECT FROM pg_stat_activity
+                         WHERE backend_type = 'pgflow reindex' AND datname = '{db}'
+                           AND wait_event_type = 'Lock')"
+    );
+    assert!(
+        eventually(&mut c, &waiting, 120),
+        "the rebuild never waited"
+    );
+    let started: std::time::SystemTime = c
+        .query_one(
+            "SELECT backend_start FROM pg_stat_activity
+              WHERE backend_type = 'pgflow reindex' AND datname = $1",
+            &[&db],
+        )
+        .unwrap()
+        .get(0);
+    let detail = "SELECT coalesce(detail, '') FROM pgflow.worker_status() WHERE datname = $1";
+    let d: String = c.query_one(detail, &[&db]).unwrap().get(0);
+    assert!(
+        d.starts_with("rebuilding the indexes of pgflow.message concurrently"),
+        "{d}"
+    );
+    // Sends, reads and archives go on while the rebuild waits.
+    let id: i64 = c
+        .query_one("SELECT pgflow.send('big', '{\"during\": true}')", &[])
+        .unwrap()
+        .get(0);
+    let got: i64 = c
+        .query_one("SELECT msg_id FROM pgflow.read('big', '30 s')", &[])
+        .unwrap()
+        .get(0);
+    assert_eq!(got, id);
+    assert!(c
+        .query_one("SELECT pgflow.archive('big', $1::int8)", &[&id])
+        .unwrap()
+        .get::<_, bool>(0));
+
+    // It gives up once its lock wait has lasted a minute: not before (server clock), and the
+    // worker says when it will try again.
+    let failed = format!(
+        "SELECT coalesce((SELECT detail LIKE 'the last index rebuild, of pgflow.message, did not finish%'
+                            FROM pgflow.worker_status() WHERE datname = '{db}'), false)"
+    );
+    let gave_up = eventually(&mut c, &failed, 240);
+    let after: bool = c
+        .query_one(
+            "SELECT now() >= $1::timestamptz + interval '60 s'
+                AND NOT EXISTS (SELECT FROM pg_stat_activity
+                                 WHERE backend_type = 'pgflow reindex' AND datname = $2)",
+            &[&started, &db],
+        )
+        .unwrap()
+        .get(0);
+    let d: String = c.query_one(detail, &[&db]).unwrap().get(0);
+    assert!(gave_up, "the rebuild never gave up: {d}");
+    assert!(after, "it gave up before its lock wait lasted a minute");
+    let next: f64 = d
+        .split("comes in ")
+        .nth(1)
+        .and_then(|r| r.split(' ').next())
+        .and_then(|n| n.parse().ok())
+        .unwrap_or_else(|| panic!("no next try in: {d}"));
+    assert!(next > 3000.0, "{d}");
+    // The table keeps its valid indexes (the rebuild's invalid copies stay for the next one to
+    // drop), and the rebuild's lock is gone: a VACUUM could take the table.
+    let row = c.query_one(valid, &[]).unwrap();
+    assert_eq!(row.get::<_, Vec<i64>>(0), oids);
+    assert!(row.get::<_, i64>(1) >= 1, "no invalid copy was left");
+    c.batch_execute(
+        "BEGIN; LOCK TABLE pgflow.message IN SHARE UPDATE EXCLUSIVE MODE NOWAIT; ROLLBACK",
+    )
+    .unwrap();
+
+    // With the lock free, the worker's next looks (a tick 11 s after the release, by the
+    // server's clock) start nothing: the next try is an hour away.
+    blocker.batch_execute("COMMIT").unwrap();
+    drop(blocker);
+    let freed_at: String = c.query_one("SELECT now()::text", &[]).unwrap().get(0);
+    let looked = format!(
+        "SELECT last_tick_at > '{freed_at}'::timestamptz + interval '11 s'
+           FROM pgflow.worker_status() WHERE datname = '{db}'"
+    );
+    let ticked = eventually(&mut c, &looked, 120);
+    let row = c.query_one(valid, &[]).unwrap();
+    let d: String = c.query_one(detail, &[&db]).unwrap().get(0);
+    admin
+        .batch_execute("ALTER SYSTEM RESET pgflow.reindex_min_size")
+        .unwrap();
+    admin.batch_execute("SELECT pg_reload_conf()").unwrap();
+    assert!(ticked, "the worker stopped ticking");
+    assert_eq!(row.get::<_, Vec<i64>>(0), oids, "rebuilt within the hour");
+    assert!(d.starts_with("the last index rebuild"), "{d}");
+    let id: i64 = c
+        .query_one("SELECT pgflow.send('big', '{\"after\": true}')", &[])
+        .unwrap()
+        .get(0);
+    let got: i64 = c
+        .query_one("SELECT msg_id FROM pgflow.read('big', '30 s')", &[])
+        .unwrap()
+        .get(0);
+    assert_eq!(got, id);
+    drop(c);
+    admin
+        .batch_execute(&format!("DROP DATABASE {db} WITH (FORCE)"))
+        .unwrap();
 }
