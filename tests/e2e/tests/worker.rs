@@ -539,6 +539,34 @@ fn the_worker_gives_back_the_session_leases_of_a_session_that_ended() {
         .unwrap();
 }
 
+/// Queue 'big' with 60,000 ready messages.
+fn fill_big(c: &mut Client) {
+    c.batch_execute(
+        "SELECT pgflow.create_queue('big');
+         SELECT pgflow.send_batch('big', array(SELECT jsonb_build_object('n', g)
+                                                 FROM generate_series(1, 60000) g));",
+    )
+    .unwrap();
+}
+
+/// Queue 'big' works: a message sent to it is read back and archived.
+fn big_works(c: &mut Client) {
+    let id: i64 = c
+        .query_one("SELECT pgflow.send('big', '{\"probe\": true}')", &[])
+        .unwrap()
+        .get(0);
+    let got: i64 = c
+        .query_one("SELECT msg_id FROM pgflow.read('big', '30 s')", &[])
+        .unwrap()
+        .get(0);
+    assert_eq!(got, id);
+    let archived: bool = c
+        .query_one("SELECT pgflow.archive('big', $1::int8)", &[&id])
+        .unwrap()
+        .get(0);
+    assert!(archived);
+}
+
 /// Empties queue 'big' and vacuums: its indexes stay, over an empty heap, as a drain leaves them
 /// once autovacuum has been. The indexes' bytes.
 fn drain_big(c: &mut Client) -> i64 {
@@ -569,12 +597,7 @@ fn the_worker_rebuilds_the_indexes_a_drain_left_behind() {
     let mut admin = connect();
     let db = "pgflow_w_reindex";
     let mut c = database_with_worker(&mut admin, db);
-    c.batch_execute(
-        "SELECT pgflow.create_queue('big');
-         SELECT pgflow.send_batch('big', array(SELECT jsonb_build_object('n', g)
-                                                 FROM generate_series(1, 60000) g));",
-    )
-    .unwrap();
+    fill_big(&mut c);
     // A failed concurrent index build (duplicates under a unique index) leaves an invalid
     // index named as REINDEX CONCURRENTLY's leftovers are; every write still maintains it.
     let failed = c.batch_execute(
@@ -669,20 +692,7 @@ fn the_worker_rebuilds_the_indexes_a_drain_left_behind() {
         "every index was rebuilt: {oids:?} then {oids_after:?}"
     );
     // The queue works on the new indexes.
-    let id: i64 = c
-        .query_one("SELECT pgflow.send('big', '{\"after\": true}')", &[])
-        .unwrap()
-        .get(0);
-    let got: i64 = c
-        .query_one("SELECT msg_id FROM pgflow.read('big', '30 s')", &[])
-        .unwrap()
-        .get(0);
-    assert_eq!(got, id);
-    let archived: bool = c
-        .query_one("SELECT pgflow.archive('big', $1::int8)", &[&id])
-        .unwrap()
-        .get(0);
-    assert!(archived);
+    big_works(&mut c);
     drop(c);
     admin.batch_execute(&format!("DROP DATABASE {db}")).unwrap();
 }
@@ -697,12 +707,7 @@ fn a_rebuild_that_cannot_get_its_locks_gives_up_and_waits_an_hour() {
     let mut admin = connect();
     let db = "pgflow_w_reindex_wait";
     let mut c = database_with_worker(&mut admin, db);
-    c.batch_execute(
-        "SELECT pgflow.create_queue('big');
-         SELECT pgflow.send_batch('big', array(SELECT jsonb_build_object('n', g)
-                                                 FROM generate_series(1, 60000) g));",
-    )
-    .unwrap();
+    fill_big(&mut c);
     drain_big(&mut c);
     let valid = "SELECT array_agg(indexrelid::int8 ORDER BY indexrelid) FILTER (WHERE indisvalid),
                         count(*) FILTER (WHERE NOT indisvalid)
@@ -757,19 +762,7 @@ fn a_rebuild_that_cannot_get_its_locks_gives_up_and_waits_an_hour() {
         "{d}"
     );
     // Sends, reads and archives go on while the rebuild waits.
-    let id: i64 = c
-        .query_one("SELECT pgflow.send('big', '{\"during\": true}')", &[])
-        .unwrap()
-        .get(0);
-    let got: i64 = c
-        .query_one("SELECT msg_id FROM pgflow.read('big', '30 s')", &[])
-        .unwrap()
-        .get(0);
-    assert_eq!(got, id);
-    assert!(c
-        .query_one("SELECT pgflow.archive('big', $1::int8)", &[&id])
-        .unwrap()
-        .get::<_, bool>(0));
+    big_works(&mut c);
 
     // It gives up once its lock wait has lasted a minute: not before (server clock), and the
     // worker says when it will try again.
@@ -826,15 +819,7 @@ fn a_rebuild_that_cannot_get_its_locks_gives_up_and_waits_an_hour() {
     assert!(ticked, "the worker stopped ticking");
     assert_eq!(row.get::<_, Vec<i64>>(0), oids, "rebuilt within the hour");
     assert!(d.starts_with("the last index rebuild"), "{d}");
-    let id: i64 = c
-        .query_one("SELECT pgflow.send('big', '{\"after\": true}')", &[])
-        .unwrap()
-        .get(0);
-    let got: i64 = c
-        .query_one("SELECT msg_id FROM pgflow.read('big', '30 s')", &[])
-        .unwrap()
-        .get(0);
-    assert_eq!(got, id);
+    big_works(&mut c);
     drop(c);
     admin
         .batch_execute(&format!("DROP DATABASE {db} WITH (FORCE)"))
