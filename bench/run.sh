@@ -3,6 +3,8 @@
 # cluster with the same settings. MODE=full (the table in bench/README.md), quick (a few minutes, for
 # checking a change) or smoke (seconds; `make test` runs it so the benchmark never rots).
 # PG=15 by default; 16, 17 and 18 run without PgQ, which Debian packages for Postgres 15 only.
+# BENCH_SETTINGS: more lines for the cluster's postgresql.conf (newline-separated), for
+# diagnosis (auto_explain, say); a run with them is not comparable with one without.
 set -euo pipefail
 . "$(dirname "$0")/../scripts/lib.sh"
 
@@ -21,7 +23,7 @@ port=$(free_port)
 # The same server settings for every system; durability on, as in production.
 cluster_start "$ver" "$dir" "$port" \
   "synchronous_commit = on" "fsync = on" "shared_buffers = '1GB'" "max_wal_size = '4GB'" \
-  "max_connections = 300"
+  "max_connections = 300" ${BENCH_SETTINGS:+"$BENCH_SETTINGS"}
 trap 'cluster_stop "$ver" "$dir"' EXIT
 
 psql_b() { "$bindir/psql" -X -q -v ON_ERROR_STOP=1 -h 127.0.0.1 -p "$port" -U postgres "$@"; }
