@@ -15,16 +15,19 @@ DECLARE
     n bigint;
 BEGIN
     PERFORM pgflow._touch(q.queue_id, q.msg_seq::oid);
-    WITH promoted AS (
+    WITH due AS (
+        SELECT d.msg_id FROM pgflow.message d
+         WHERE d.queue_id = q.queue_id AND d.state = 'd' AND d.vt <= p_now
+         ORDER BY d.vt
+         LIMIT lim
+           FOR UPDATE SKIP LOCKED
+    ), promoted AS (
         UPDATE pgflow.message m
            SET state = 'r'
          WHERE m.queue_id = q.queue_id
-           -- An array, not a join: see read.
-           AND m.msg_id = ANY (ARRAY(SELECT d.msg_id FROM pgflow.message d
-                                      WHERE d.queue_id = q.queue_id AND d.state = 'd' AND d.vt <= p_now
-                                      ORDER BY d.vt
-                                      LIMIT lim
-                                        FOR UPDATE SKIP LOCKED))
+           -- An array, not a join: see read; and the ids' span (sql/internal.sql).
+           AND m.msg_id = ANY (ARRAY(SELECT d.msg_id FROM due d))
+           AND m.msg_id BETWEEN (SELECT min(d.msg_id) FROM due d) AND (SELECT max(d.msg_id) FROM due d)
         RETURNING m.priority, m.msg_id
     )
     SELECT count(*) INTO n FROM promoted p
@@ -157,11 +160,14 @@ BEGIN
         ), leased AS (
             -- The picked ids as an array, so both key columns are the index condition: a join
             -- with picked let a plan cached on a near-empty table (a fresh install) scan every
-            -- row of the queue on each claim, for the life of the session.
+            -- row of the queue on each claim, for the life of the session. The span bounds
+            -- the walk whatever the plan (sql/internal.sql, "Id spans").
             UPDATE pgflow.message m
                SET state = 'l', vt = v_now + v_vt, read_ct = m.read_ct + 1,
                    holder = CASE WHEN q.session_leases THEN pgflow._session_key() END
              WHERE m.queue_id = q.queue_id AND m.msg_id = ANY (ARRAY(SELECT p.msg_id FROM picked p))
+               AND m.msg_id BETWEEN (SELECT min(p.msg_id) FROM picked p)
+                                AND (SELECT max(p.msg_id) FROM picked p)
             RETURNING m.msg_id, m.read_ct, m.enqueued_at, m.vt, m.message, m.headers, m.priority
         ), noted AS (
             -- What the claim took, noted for the claim cursor in one call.
@@ -231,9 +237,11 @@ BEGIN
          LIMIT qty
            FOR UPDATE SKIP LOCKED
     ), popped AS (
-        -- An array, not a join: see read.
+        -- An array, not a join, and the span: see read.
         DELETE FROM pgflow.message m
          WHERE m.queue_id = q.queue_id AND m.msg_id = ANY (ARRAY(SELECT p.msg_id FROM picked p))
+           AND m.msg_id BETWEEN (SELECT min(p.msg_id) FROM picked p)
+                            AND (SELECT max(p.msg_id) FROM picked p)
         RETURNING m.msg_id, m.read_ct, m.enqueued_at, m.vt, m.message, m.headers, m.priority
     ), noted AS (
         SELECT pgflow._claim_span(min(ARRAY[-(p.priority::bigint), p.msg_id]),
@@ -298,9 +306,12 @@ BEGIN
         -- Each row's receipts, paired with the ids by position (whatever the arrays' bounds),
         -- in two uncorrelated subqueries that are hashed once per statement; the index
         -- condition stays the plain (queue_id, msg_id = ANY) one. An id given twice is
-        -- archived if either pair matches; a NULL receipt checks nothing.
+        -- archived if either pair matches; a NULL receipt checks nothing. The ids' span
+        -- bounds the walk whatever the plan (sql/internal.sql, "Id spans").
         DELETE FROM pgflow.message m
          WHERE m.queue_id = q.queue_id AND m.msg_id = ANY (msg_ids)
+           AND m.msg_id BETWEEN (SELECT min(i) FROM unnest(msg_ids) i)
+                            AND (SELECT max(i) FROM unnest(msg_ids) i)
            AND (receipts IS NULL
                 OR (m.msg_id, pgflow._receipt(m.enqueued_at, m.read_ct))
                    IN (SELECT r.id, r.receipt FROM unnest(msg_ids, receipts) AS r(id, receipt)
@@ -350,6 +361,8 @@ BEGIN
     RETURN QUERY
     DELETE FROM pgflow.message m
      WHERE m.queue_id = q.queue_id AND m.msg_id = ANY (msg_ids)
+       AND m.msg_id BETWEEN (SELECT min(i) FROM unnest(msg_ids) i)
+                        AND (SELECT max(i) FROM unnest(msg_ids) i)
        AND (receipts IS NULL  -- paired as in _archive
             OR (m.msg_id, pgflow._receipt(m.enqueued_at, m.read_ct))
                IN (SELECT r.id, r.receipt FROM unnest(msg_ids, receipts) AS r(id, receipt)

@@ -47,6 +47,8 @@ LANGUAGE sql VOLATILE AS $$
         SELECT m.msg_id, m.read_ct, m.errors
           FROM pgflow.message m
          WHERE m.queue_id = q.queue_id AND m.msg_id = ANY (ids) AND m.state = 'l'
+           -- The ids' span bounds the walk whatever the plan (sql/internal.sql, "Id spans").
+           AND m.msg_id BETWEEN (SELECT min(i) FROM unnest(ids) i) AND (SELECT max(i) FROM unnest(ids) i)
            FOR UPDATE
     ), noted AS (
         SELECT t.msg_id, t.read_ct, t.read_ct > q.max_retries AS dead,
@@ -62,9 +64,10 @@ LANGUAGE sql VOLATILE AS $$
     ), died AS (
         DELETE FROM pgflow.message m
          USING noted n
-         -- msg_id = ANY (ids) keeps both key columns in the index condition whatever the
-         -- plan (see read in consume.sql).
+         -- msg_id = ANY (ids) and the span keep both key columns in the index condition
+         -- whatever the plan (see read in consume.sql).
          WHERE m.queue_id = q.queue_id AND m.msg_id = ANY (ids) AND m.msg_id = n.msg_id AND n.dead
+           AND m.msg_id BETWEEN (SELECT min(t.msg_id) FROM target t) AND (SELECT max(t.msg_id) FROM target t)
         RETURNING m.*, n.errors AS all_errors
     ), buried AS (
         INSERT INTO pgflow.dead (queue_id, read_ct, msg_id, enqueued_at, died_at, priority, reason,
@@ -81,6 +84,7 @@ LANGUAGE sql VOLATILE AS $$
                errors = n.errors
           FROM noted n
          WHERE m.queue_id = q.queue_id AND m.msg_id = ANY (ids) AND m.msg_id = n.msg_id AND NOT n.dead
+           AND m.msg_id BETWEEN (SELECT min(t.msg_id) FROM target t) AND (SELECT max(t.msg_id) FROM target t)
         RETURNING m.msg_id, m.read_ct, m.vt
     )
     SELECT r.msg_id, 'retry', r.read_ct, r.vt FROM retried r
@@ -324,6 +328,8 @@ BEGIN
     RETURN QUERY
     DELETE FROM pgflow.dead d
      WHERE d.queue_id = q.queue_id AND d.msg_id = ANY (msg_ids)
+       AND d.msg_id BETWEEN (SELECT min(i) FROM unnest(msg_ids) i)
+                        AND (SELECT max(i) FROM unnest(msg_ids) i)
     RETURNING d.msg_id;
 END $$;
 

@@ -13,6 +13,18 @@
 -- and stayed in use as the table grew, so each read cost O(table) and a steady-state queue
 -- fell behind and never caught up (seen in bench W4). Every statement has an exact index; the
 -- setting only removes the plan that is never right, and is restored when the call ends.
+--
+-- Id spans: a statement that finds messages by a list of ids (msg_id = ANY) also bounds msg_id
+-- by the list's smallest and largest id. With statistics taken while the queue was nearly empty,
+-- the planner reckons each id matches a good share of a few rows, and prefers a scan of the
+-- queue's whole primary-key range (queue_id alone as the index condition, the ids as a filter)
+-- to one descent per id; PL/pgSQL then keeps that plan while the queue grows, and while a held
+-- snapshot keeps the dead versions of every claimed and archived message in the index. Each
+-- claim and archive walked tens of thousands of index entries to find ten rows, and the
+-- consumers fell behind for up to a minute, until autovacuum's next statistics replanned
+-- (seen in bench W10, with auto_explain). The planner puts a range condition on an index
+-- column into the condition of every scan of that index, so whatever plan it picks walks at
+-- most the ids between the list's ends: a batch's few, for a consumer.
 
 -------------------------------------------------------------------------------------------------
 -- Result types (named, so argument names such as vt or queue_name can match column names).
