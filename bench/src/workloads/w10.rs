@@ -375,6 +375,16 @@ pub(crate) fn w10(ctx: &Ctx, res: &mut Results) -> Res<()> {
             .filter(|r| r.held)
             .map(|r| r.per as f64)
             .collect();
+        // On a saturated machine the producers fall short of the offered rate during the
+        // holds too: what a system consumed then, against what its own producers sent then.
+        let (mut sent_held, mut consumed_held, mut prev_sent) = (0u64, 0u64, 0u64);
+        for r in &mine {
+            if r.held {
+                sent_held += r.sent - prev_sent;
+                consumed_held += r.per;
+            }
+            prev_sent = r.sent;
+        }
         let max_backlog = mine.iter().map(|r| r.backlog).max().unwrap_or(0) as f64;
         let last_backlog = mine.last().map_or(0, |r| r.backlog) as f64;
         // After each hold ends: seconds until the backlog is under 2 s of production.
@@ -400,6 +410,16 @@ pub(crate) fn w10(ctx: &Ctx, res: &mut Results) -> Res<()> {
             true,
             sys,
             median(&during) / rate as f64 * 100.0,
+            note,
+        );
+        res.add(
+            "W10 production",
+            &variant,
+            "consumed during holds / sent during holds",
+            "%",
+            true,
+            sys,
+            consumed_held as f64 / sent_held.max(1) as f64 * 100.0,
             note,
         );
         res.add(
@@ -433,7 +453,7 @@ pub(crate) fn w10(ctx: &Ctx, res: &mut Results) -> Res<()> {
             note,
         );
         eprintln!(
-            "  W10 {}: during holds {:.0}/s of {rate}/s, largest backlog {max_backlog:.0}, at the end {last_backlog:.0}, recoveries {recoveries:?} s",
+            "  W10 {}: during holds {:.0}/s of {rate}/s ({consumed_held} of the {sent_held} sent then), largest backlog {max_backlog:.0}, at the end {last_backlog:.0}, recoveries {recoveries:?} s",
             sys.name(),
             median(&during)
         );
