@@ -38,7 +38,7 @@ pools=$("$bindir/psql" -X -At -h 127.0.0.1 -p "$pb" -U postgres -d pgbouncer -c 
 stats=$("$bindir/psql" -X -At -h 127.0.0.1 -p "$pb" -U postgres -d pgbouncer -c 'SHOW STATS' \
   | awk -F'|' '$1 != "pgbouncer" {x += $2} END {print x + 0}')
 echo "pools: $(echo $pools); transactions served: $stats"
-if echo "$pools" | grep -qv ':transaction$' || [ "$stats" -lt 100 ]; then
+if grep -qv ':transaction$' <<<"$pools" || [ "$stats" -lt 100 ]; then
   echo "the pooler was not in transaction mode, or served too few transactions" >&2
   failed=1
 fi

@@ -215,9 +215,9 @@ psql_at "$pport" -d life -q -c "ALTER SYSTEM SET default_transaction_read_only =
 poll "$pport" life "SELECT detail LIKE 'paused: default_transaction_read_only is on%'
                      FROM pgflow.worker_status() WHERE datname = 'life'"
 out=$(psql_at "$pport" -d life -v VERBOSITY=verbose -c "SELECT pgflow.send('fenced', '{}')" 2>&1 || true)
-echo "$out" | grep -q "25006: this transaction is read-only: pgflow's writing calls need a read-write transaction" \
+grep -q "25006: this transaction is read-only: pgflow's writing calls need a read-write transaction" <<<"$out" \
   || fail "a writing call on a read-only server: $out"
-echo "$out" | grep -q "HINT:  default_transaction_read_only is on" || fail "no hint: $out"
+grep -q "HINT:  default_transaction_read_only is on" <<<"$out" || fail "no hint: $out"
 fstate="SELECT m.state FROM pgflow.message m JOIN pgflow.queue USING (queue_id) WHERE queue_name = 'fenced'"
 psql_at "$pport" -d life -q -c "ALTER SYSTEM RESET default_transaction_read_only" \
   -c "SELECT pg_reload_conf()" >/dev/null
