@@ -25,9 +25,17 @@ BEGIN
     FOR q IN SELECT * FROM pgflow.queue qq
               WHERE CASE job
                     WHEN 'expire_leases' THEN
+                        -- vt <= p_now is the index condition, so the probe stops at the first
+                        -- lease not yet due instead of walking every lease in flight (as it
+                        -- did with the session_leases test in the same condition, each tick).
+                        -- A queue with session leases also looks for any lease: its holder
+                        -- may have exited.
                         EXISTS (SELECT 1 FROM pgflow.message m
                                  WHERE m.queue_id = qq.queue_id AND m.state = 'l'
-                                   AND (m.vt <= p_now OR qq.session_leases))
+                                   AND m.vt <= p_now)
+                        OR (qq.session_leases
+                            AND EXISTS (SELECT 1 FROM pgflow.message m
+                                         WHERE m.queue_id = qq.queue_id AND m.state = 'l'))
                     WHEN 'promote_delayed' THEN
                         EXISTS (SELECT 1 FROM pgflow.message m
                                  WHERE m.queue_id = qq.queue_id AND m.state = 'd' AND m.vt <= p_now)
