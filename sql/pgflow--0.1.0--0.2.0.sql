@@ -602,7 +602,7 @@ BEGIN
                     WHEN 'expire_leases' THEN
                         -- vt <= p_now is the index condition, so the probe stops at the first
                         -- lease not yet due instead of walking every lease in flight (as it
-                        -- did with the session_leases test in the same condition, each tick).
+                        -- did while the session_leases test shared vt's condition).
                         -- A queue with session leases also looks for any lease: its holder
                         -- may have exited.
                         EXISTS (SELECT 1 FROM pgflow.message m

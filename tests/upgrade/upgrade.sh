@@ -83,7 +83,7 @@ if ! cmp -s "$tmp/upgraded.catalog" "$tmp/fresh.catalog"; then
 fi
 echo "ok: the upgraded catalog equals a fresh $new install's ($(tr -cd '\0' <"$tmp/fresh.catalog" | wc -c) fields)"
 
-api_out=$(psql_d pgflow_up -At -f "$here/api.sql")
+api_out=$(psql_d pgflow_up -At -f "$here/api.sql" 2>&1) || fail "the API check failed: $api_out"
 grep -qx 'api ok' <<<"$api_out" || fail "the API check did not finish: $api_out"
 echo "ok: the old messages were delivered in order and the API works on the upgraded database"
 echo "upgrade from 0.1.0: all passed"
