@@ -29,6 +29,11 @@ DECLARE
     q pgflow.queue := pgflow._queue(queue_name, 'admin');
 BEGIN
     PERFORM pgflow._require(role, 'role');
+    -- A regrole given as a number is not checked by the cast (grant(q, 12345, ...)).
+    IF NOT EXISTS (SELECT 1 FROM pg_catalog.pg_roles r WHERE r.oid = role) THEN
+        RAISE EXCEPTION 'role with oid % does not exist', role::oid
+            USING ERRCODE = 'undefined_object';
+    END IF;
     PERFORM pgflow._check_privilege(privilege);
     INSERT INTO pgflow.queue_grant (queue_id, grantee, privilege)
     VALUES (q.queue_id, role, privilege)

@@ -33,6 +33,7 @@ BEGIN
     PERFORM pgflow._check_queue_name(queue_name);
     PERFORM pgflow._check_interval(visibility_timeout, 'visibility_timeout', false);
     PERFORM pgflow._check_int(max_retries, 'max_retries', 0);
+    PERFORM pgflow._check_max_retries(max_retries);
     PERFORM pgflow._check_interval(retry_delay, 'retry_delay', true);
     PERFORM pgflow._check_interval(archive_retention, 'archive_retention', false);
     PERFORM pgflow._require(if_not_exists, 'if_not_exists');
@@ -137,6 +138,7 @@ BEGIN
     END IF;
     IF alter_queue.max_retries IS NOT NULL THEN
         PERFORM pgflow._check_int(alter_queue.max_retries, 'max_retries', 0);
+        PERFORM pgflow._check_max_retries(alter_queue.max_retries);
     END IF;
     IF alter_queue.retry_delay IS NOT NULL THEN
         PERFORM pgflow._check_interval(alter_queue.retry_delay, 'retry_delay', true);

@@ -20,9 +20,9 @@ DECLARE
 BEGIN
     FOR f IN SELECT p.oid::regprocedure
                FROM pg_catalog.pg_proc p
-              WHERE p.pronamespace = 'pgflow'::regnamespace
+              WHERE p.pronamespace OPERATOR(pg_catalog.=) 'pgflow'::pg_catalog.regnamespace
                 -- A trigger written in C runs no SQL: nothing to pin (and no SET to pay per row).
-                AND (p.proname NOT LIKE '\_%' OR (p.prorettype = 'pg_catalog.trigger'::pg_catalog.regtype
+                AND (NOT pg_catalog.starts_with(p.proname::pg_catalog.text, '_') OR (p.prorettype = 'pg_catalog.trigger'::pg_catalog.regtype
                                                    AND p.prolang <> (SELECT l.oid FROM pg_catalog.pg_language l
                                                                       WHERE l.lanname = 'c')))
               ORDER BY p.oid LOOP
@@ -40,8 +40,8 @@ $pin$;
 --                    so do the worker's rounds. It may read every backend's statistics
 --                    (pg_read_all_stats), for horizon().
 --   pgflow_producer  may call the producing functions; pgflow_consumer the consuming ones;
---                    both the read-only ones. Which queues: their per-queue grants
---                    (pgflow.grant).
+--                    both the read-only ones, and the functions a per-queue 'admin' grant
+--                    allows. Which queues: their per-queue grants (pgflow.grant).
 --   pgflow_admin     may call every user-facing function, on every queue.
 -- PUBLIC may call nothing and reaches no table. pg_monitor may call the observing functions
 -- and sees every queue's figures. This block is also the last step of every upgrade script
@@ -73,7 +73,7 @@ BEGIN
     -- (per-queue ones included), the composite types and the functions.
     FOR o IN SELECT c.oid::regclass AS rel, c.relkind
                FROM pg_catalog.pg_class c
-              WHERE c.relnamespace = 'pgflow'::regnamespace AND c.relkind IN ('r', 'S')
+              WHERE c.relnamespace OPERATOR(pg_catalog.=) 'pgflow'::pg_catalog.regnamespace AND c.relkind IN ('r', 'S')
                 AND NOT EXISTS (SELECT 1 FROM pg_catalog.pg_depend d
                                  WHERE d.classid = 'pg_catalog.pg_class'::regclass AND d.objid = c.oid
                                    AND d.deptype IN ('a', 'i'))
@@ -83,19 +83,19 @@ BEGIN
     END LOOP;
     FOR o IN SELECT t.oid::regtype AS typ
                FROM pg_catalog.pg_type t JOIN pg_catalog.pg_class c ON c.oid = t.typrelid
-              WHERE t.typnamespace = 'pgflow'::regnamespace AND c.relkind = 'c'
+              WHERE t.typnamespace OPERATOR(pg_catalog.=) 'pgflow'::pg_catalog.regnamespace AND c.relkind = 'c'
               ORDER BY t.oid LOOP
         EXECUTE pg_catalog.format('ALTER TYPE %s OWNER TO pgflow_owner', o.typ);
     END LOOP;
     FOR o IN SELECT p.oid::regprocedure AS fn, p.proname
                FROM pg_catalog.pg_proc p
-              WHERE p.pronamespace = 'pgflow'::regnamespace
+              WHERE p.pronamespace OPERATOR(pg_catalog.=) 'pgflow'::pg_catalog.regnamespace
               ORDER BY p.oid LOOP
         EXECUTE pg_catalog.format('ALTER FUNCTION %s OWNER TO pgflow_owner', o.fn);
         -- Every user-facing function but worker_status (which reads shared memory and checks
         -- the caller itself) runs as the owner; the internal ones run as their caller, which
         -- is then the owner.
-        EXECUTE pg_catalog.format(CASE WHEN o.proname LIKE '\_%' OR o.proname = 'worker_status'
+        EXECUTE pg_catalog.format(CASE WHEN pg_catalog.starts_with(o.proname::pg_catalog.text, '_') OR o.proname = 'worker_status'
                                        THEN 'ALTER FUNCTION %s SECURITY INVOKER'
                                        ELSE 'ALTER FUNCTION %s SECURITY DEFINER' END, o.fn);
     END LOOP;
@@ -123,13 +123,20 @@ BEGIN
                    ('pgflow_consumer', ARRAY['list_queues', 'metrics', 'metrics_all', 'metrics_text', 'list_contracts',
                                              'list_bindings', 'retry_schedule', 'worker_status']),
                    ('pg_monitor', ARRAY['list_queues', 'metrics', 'metrics_all', 'metrics_text', 'list_bindings',
-                                        'worker_status', 'horizon', 'cursor_status']))
+                                        'worker_status', 'horizon', 'cursor_status']),
+                   -- A per-queue 'admin' grant needs these too (each checks that grant itself).
+                   ('pgflow_producer', ARRAY['alter_queue', 'purge_queue', 'drop_queue', 'dlq_list', 'dlq_list_all',
+                                             'dlq_delete', 'dlq_retry', 'dlq_purge', 'set_contract',
+                                             'drop_contract', 'bind', 'unbind']),
+                   ('pgflow_consumer', ARRAY['alter_queue', 'purge_queue', 'drop_queue', 'dlq_list', 'dlq_list_all',
+                                             'dlq_delete', 'dlq_retry', 'dlq_purge', 'set_contract',
+                                             'drop_contract', 'bind', 'unbind']))
                  AS r(role, names) ON p.proname = ANY (r.names)
-              WHERE p.pronamespace = 'pgflow'::regnamespace
+              WHERE p.pronamespace OPERATOR(pg_catalog.=) 'pgflow'::pg_catalog.regnamespace
              UNION ALL
              SELECT p.oid::regprocedure, 'pgflow_admin'
                FROM pg_catalog.pg_proc p
-              WHERE p.pronamespace = 'pgflow'::regnamespace AND p.proname NOT LIKE '\_%'
+              WHERE p.pronamespace OPERATOR(pg_catalog.=) 'pgflow'::pg_catalog.regnamespace AND NOT pg_catalog.starts_with(p.proname::pg_catalog.text, '_')
               ORDER BY 1, 2 LOOP
         EXECUTE pg_catalog.format('GRANT EXECUTE ON FUNCTION %s TO %I', g.fn, g.role);
     END LOOP;

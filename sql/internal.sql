@@ -129,7 +129,8 @@ CREATE TYPE pgflow.pending_message AS (
 -------------------------------------------------------------------------------------------------
 
 -- _queue: the queue row for a name, or 42704 (22023 when the name could never be valid,
--- 22004 for NULL); then 42501 unless the calling role may `need` on it: 'produce', 'consume',
+-- 22004 for NULL, and 42704 too for a queue the caller has no grant on and cannot see); then
+-- 42501 unless the calling role may `need` on it: 'produce', 'consume',
 -- 'admin' (the queue's own administration) or 'see' (its figures: any grant on it, or
 -- pg_monitor). Superusers and members of pgflow_admin may do everything. The name check runs
 -- only on the miss path, and the grant lookup only for roles outside pgflow_admin, so the hot
@@ -151,6 +152,13 @@ BEGIN
     END IF;
     v_class := pgflow._caller_class(writes AND need <> 'see');
     IF v_class < 2 AND NOT (need = 'see' AND v_class = 1) AND NOT pgflow._may(q.queue_id, need) THEN
+        -- A role with no grant on the queue (and outside pg_monitor) learns nothing of it, not
+        -- even that it exists: the same error as for a queue that does not exist.
+        IF v_class = 0 AND (need = 'see' OR NOT pgflow._may(q.queue_id, 'see')) THEN
+            RAISE EXCEPTION 'queue "%" does not exist', queue_name
+                USING ERRCODE = 'undefined_object',
+                      HINT = 'Create it with pgflow.create_queue(), or see pgflow.list_queues().';
+        END IF;
         RAISE EXCEPTION 'permission denied for queue "%": % needs the % privilege on it', queue_name,
             pg_catalog.quote_ident(pg_catalog.pg_get_userbyid(pgflow._caller())),
             CASE need WHEN 'see' THEN 'produce, consume or admin' ELSE need END
@@ -235,6 +243,20 @@ BEGIN
         RAISE EXCEPTION '% must not be NULL', arg USING ERRCODE = 'null_value_not_allowed';
     ELSIF value < min_value THEN
         RAISE EXCEPTION '% must be at least %, got %', arg, min_value, value
+            USING ERRCODE = 'invalid_parameter_value';
+    END IF;
+END $$;
+
+-- _check_max_retries: 22023 past 1000 retries. Each retry is a delivery and a row of
+-- retry_schedule(); 2147483647 was accepted, and retry_schedule() on such a queue wrote gigabytes
+-- of temporary files (issue #34). With the default 1 s delay doubling up to its 1 hour cap, 1000
+-- retries take 41 days. The queue table's CHECK says the same.
+CREATE FUNCTION pgflow._check_max_retries(value bigint)
+RETURNS void
+LANGUAGE plpgsql IMMUTABLE PARALLEL SAFE AS $$
+BEGIN
+    IF value > 1000 THEN
+        RAISE EXCEPTION 'max_retries must be at most 1000, got %', value
             USING ERRCODE = 'invalid_parameter_value';
     END IF;
 END $$;

@@ -13,10 +13,11 @@ LANGUAGE sql STABLE AS $$
                a.pid,
                greatest(pg_catalog.age(a.backend_xmin), pg_catalog.age(a.backend_xid)),
                a.xact_start,
-               -- The query's start only for pg_monitor and pgflow_admin: metrics() shows
-               -- this to every role that sees the queue.
+               -- The query's start only for a role that pg_stat_activity shows it to (a
+               -- member of pg_read_all_stats, or of the backend's role): metrics() shows this
+               -- to every role that sees the queue.
                pg_catalog.concat_ws(' ', a.usename, '(' || a.state || ')',
-                                    CASE WHEN pgflow._caller_class() > 0
+                                    CASE WHEN pgflow._sees_activity_of(a.usesysid)
                                          THEN pg_catalog.left(a.query, 80) END)
           FROM pg_catalog.pg_stat_activity a
          WHERE (a.backend_xmin IS NOT NULL OR a.backend_xid IS NOT NULL)

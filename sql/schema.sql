@@ -32,7 +32,7 @@ CREATE TABLE pgflow.queue (
     -- Retry policy (src/queue/retry.rs has the formula): deliveries after the first before a
     -- message is dead-lettered, the first retry's delay, its growth factor, a cap, and the
     -- fraction by which jitter may shorten a delay.
-    max_retries        integer     NOT NULL DEFAULT 3 CHECK (max_retries >= 0),
+    max_retries        integer     NOT NULL DEFAULT 3 CHECK (max_retries >= 0 AND max_retries <= 1000),
     retry_delay        interval    NOT NULL DEFAULT '1 second' CHECK (retry_delay >= interval '0'),
     retry_backoff      float8      NOT NULL DEFAULT 2 CHECK (retry_backoff >= 1 AND retry_backoff <= 100),
     retry_delay_max    interval    NOT NULL DEFAULT '1 hour' CHECK (retry_delay_max >= interval '0'),

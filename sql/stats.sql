@@ -172,8 +172,8 @@ $$;
 -------------------------------------------------------------------------------------------------
 -- Alerts: per-queue thresholds (create_queue/alter_queue: alert_dlq, alert_age, alert_depth),
 -- checked by the worker every tick. Each alert is announced once when it starts firing and once
--- when it clears: a NOTIFY on channel pgflow_alerts (a JSON payload) and a line in the server
--- log. pgflow.alerts() lists those firing, since when.
+-- when it clears: a line in the server log and, when pgflow.alerts_channel names a channel, a
+-- NOTIFY on it (a JSON payload; off by default, as any role may LISTEN). pgflow.alerts() lists those firing, since when.
 -------------------------------------------------------------------------------------------------
 
 -- _alert_values: every configured threshold of every queue with its current value: dead
@@ -219,6 +219,7 @@ RETURNS TABLE (started bigint, cleared bigint)
 LANGUAGE plpgsql VOLATILE AS $$
 DECLARE
     v_now timestamptz := coalesce(p_now, clock_timestamp());
+    v_channel text := coalesce(pg_catalog.current_setting('pgflow.alerts_channel', true), '');
     r record;
 BEGIN
     started := 0;
@@ -245,9 +246,11 @@ BEGIN
           LEFT JOIN pgflow._alert_values(v_now) v ON v.queue_id = d.queue_id AND v.alert = d.alert
     LOOP
         IF r.state = 'firing' THEN started := started + 1; ELSE cleared := cleared + 1; END IF;
-        PERFORM pg_catalog.pg_notify('pgflow_alerts', pg_catalog.json_build_object(
+        IF v_channel <> '' THEN
+            PERFORM pg_catalog.pg_notify(v_channel, pg_catalog.json_build_object(
             'state', r.state, 'queue', r.queue_name, 'alert', r.alert, 'value', r.value,
-            'threshold', r.threshold, 'since', r.since)::text);
+                'threshold', r.threshold, 'since', r.since)::text);
+        END IF;
         RAISE LOG 'pgflow alert %: queue "%" %: % (threshold %, since %)',
             r.state, r.queue_name, r.alert, r.value, r.threshold, r.since;
     END LOOP;

@@ -53,11 +53,35 @@ RETURNS TABLE (queue_name text, msg_id bigint)
 LANGUAGE plpgsql VOLATILE AS $$
 DECLARE
     v_headers jsonb;
+    v_denied  text;
+    v_seen    boolean;
 BEGIN
     PERFORM pgflow._primary();
     PERFORM pgflow._check_topic(topic);
     PERFORM pgflow._check_payload(message, headers);
     v_headers := coalesce(headers, '{}'::jsonb) || jsonb_build_object('topic', topic);
+    -- Refuse before sending anything, and without naming a queue the caller cannot see: send's
+    -- own error would name it (issue #34).
+    IF pgflow._caller_class() < 2 THEN
+        SELECT q.queue_name, pgflow._visible(q.queue_id) INTO v_denied, v_seen
+          FROM pgflow.queue q
+         WHERE EXISTS (SELECT 1 FROM pgflow.binding b
+                        WHERE b.queue_id = q.queue_id AND pgflow._topic_matches(b.pattern, topic))
+           AND NOT pgflow._may(q.queue_id, 'produce')
+         ORDER BY NOT pgflow._visible(q.queue_id), q.queue_name
+         LIMIT 1;
+        IF FOUND AND v_seen THEN
+            RAISE EXCEPTION 'permission denied for queue "%": % needs the produce privilege on it to publish "%"',
+                v_denied, pg_catalog.quote_ident(pg_catalog.pg_get_userbyid(pgflow._caller())), topic
+                USING ERRCODE = 'insufficient_privilege',
+                      HINT = 'A member of pgflow_admin grants it with pgflow.grant(queue, role, ''produce'').';
+        ELSIF FOUND THEN
+            RAISE EXCEPTION 'permission denied to publish "%": it routes to a queue % may not produce to', topic,
+                pg_catalog.quote_ident(pg_catalog.pg_get_userbyid(pgflow._caller()))
+                USING ERRCODE = 'insufficient_privilege',
+                      HINT = 'A member of pgflow_admin sees the bindings (pgflow.list_bindings()) and grants produce.';
+        END IF;
+    END IF;
     FOR queue_name IN
         SELECT q.queue_name FROM pgflow.queue q
          WHERE EXISTS (SELECT 1 FROM pgflow.binding b

@@ -58,6 +58,15 @@ pub static METRICS_LISTEN: GucSetting<Option<std::ffi::CString>> =
 pub static METRICS_DATABASES: GucSetting<Option<std::ffi::CString>> =
     GucSetting::<Option<std::ffi::CString>>::new(None);
 
+/// `pgflow.alerts_channel` (default empty: none): the channel on which the worker announces
+/// each alert that starts or clears with a NOTIFY (a JSON payload naming the queue, the alert,
+/// its value and threshold). Postgres has no privilege on LISTEN: every role that may connect
+/// to the database can listen on a channel whose name it knows, so the announcements are off
+/// unless an administrator names a channel (issue #34). `alerts()`, the server log and the
+/// endpoint report alerts either way. Superusers only (per database with ALTER DATABASE).
+pub static ALERTS_CHANNEL: GucSetting<Option<std::ffi::CString>> =
+    GucSetting::<Option<std::ffi::CString>>::new(None);
+
 /// `pgflow.metrics_on_standby` (default off): serve the endpoint on a hot standby too. Off,
 /// the endpoint starts once the server accepts writes (after a promotion). Read at server
 /// start.
@@ -136,6 +145,14 @@ pub fn init() {
         c"",
         &METRICS_DATABASES,
         GucContext::Sighup,
+        GucFlags::default(),
+    );
+    GucRegistry::define_string_guc(
+        c"pgflow.alerts_channel",
+        c"Channel on which the worker NOTIFYs alerts that start or clear; empty: none.",
+        c"Every role that may connect can LISTEN on a channel whose name it knows.",
+        &ALERTS_CHANNEL,
+        GucContext::Suset,
         GucFlags::default(),
     );
     GucRegistry::define_int_guc(

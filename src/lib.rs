@@ -32,7 +32,10 @@ pub mod worker;
 
 // The SQL files in call order: each `requires` the files and the Rust functions its code
 // calls, so the generated script creates everything before its first use.
-extension_sql_file!("../sql/schema.sql", name = "schema", bootstrap);
+// First of all, before anything is created or resolved through schema pgflow: the guard
+// refuses an install that could be hijacked (sql/guard.sql says what it checks).
+extension_sql_file!("../sql/guard.sql", name = "guard", bootstrap);
+extension_sql_file!("../sql/schema.sql", name = "schema", requires = ["guard"]);
 extension_sql_file!(
     "../sql/internal.sql",
     name = "internal",
@@ -123,7 +126,12 @@ extension_sql_file!(
 extension_sql_file!(
     "../sql/observe.sql",
     name = "observe",
-    requires = ["internal", api::cursor::_cursor_status, api::stats::_stats]
+    requires = [
+        "internal",
+        api::cursor::_cursor_status,
+        api::stats::_stats,
+        api::access::_sees_activity_of
+    ]
 );
 extension_sql_file!(
     "../sql/stats.sql",

@@ -4,6 +4,14 @@
 //! other power), so inside it `current_user` is the owner. The caller is the role the session
 //! runs as, `SET ROLE` included: Postgres's outer user id, which a security-definer call does
 //! not change.
+//!
+//! One case has no caller that pgflow can name: a security-restricted operation. ANALYZE,
+//! VACUUM, CREATE INDEX, REINDEX, CLUSTER and REFRESH MATERIALIZED VIEW evaluate a table's
+//! index expressions (and a view's query) as the table's owner, while the outer user stays the
+//! session's: a superuser's ANALYZE (or autovacuum) of a table whose owner put `pgflow.send` in
+//! an index expression would otherwise act with the superuser's pgflow rights. The owner's id
+//! is gone once pgflow's own security-definer call has switched to `pgflow_owner`, so pgflow
+//! refuses every call there with 42501 (issue #34).
 use pgrx::pg_sys::panic::ErrorReport;
 use pgrx::prelude::*;
 use pgrx::PgSqlErrorCode;
@@ -23,9 +31,28 @@ fn role(name: &std::ffi::CStr) -> pg_sys::Oid {
     unsafe { pg_sys::get_role_oid(name.as_ptr(), true) }
 }
 
-/// The calling role (outside any security-definer function).
-pub fn caller() -> pg_sys::Oid {
-    unsafe { pg_sys::GetOuterUserId() }
+/// The calling role (outside any security-definer function), or 42501 inside a
+/// security-restricted operation (the module's header says why).
+pub fn caller() -> Result<pg_sys::Oid, ErrorReport> {
+    // SAFETY: both read backend-local state.
+    if unsafe { pg_sys::InSecurityRestrictedOperation() } {
+        return Err(restricted());
+    }
+    Ok(unsafe { pg_sys::GetOuterUserId() })
+}
+
+fn restricted() -> ErrorReport {
+    ErrorReport::new(
+        PgSqlErrorCode::ERRCODE_INSUFFICIENT_PRIVILEGE,
+        "pgflow cannot be called from a security-restricted operation",
+        "pgflow",
+    )
+    .set_detail(
+        "An index expression, a materialized view or a function run by ANALYZE, VACUUM, \
+         CREATE INDEX, REINDEX, CLUSTER or REFRESH MATERIALIZED VIEW runs as the table's owner \
+         while the session's role stays in effect: pgflow cannot tell whose rights apply.",
+    )
+    .set_hint("Call pgflow from the statement itself, not from an index expression or a view.")
 }
 
 fn member_of(user: pg_sys::Oid, name: &std::ffi::CStr) -> bool {
@@ -44,8 +71,12 @@ unsafe extern "C-unwind" fn forget(_arg: pg_sys::Datum, _cache: std::ffi::c_int,
     CACHED.with(|c| c.set(None));
 }
 
+/// The caller's class; a security-restricted operation's is `Grants` (and its `_caller()`
+/// refuses, so no per-queue grant can apply either).
 pub fn class() -> Class {
-    let user = caller();
+    let Ok(user) = caller() else {
+        return Class::Grants;
+    };
     if let Some((u, c)) = CACHED.with(|c| c.get()) {
         if u == user {
             return c;
@@ -80,8 +111,21 @@ pub fn class() -> Class {
 
 /// The calling role (for the per-queue grant check).
 #[pg_extern(stable, parallel_safe)]
-fn _caller() -> pg_sys::Oid {
+fn _caller() -> Result<pg_sys::Oid, ErrorReport> {
     caller()
+}
+
+/// Whether the caller may see the query of a backend that runs as `role`, by
+/// `pg_stat_activity`'s own rule: a member of pg_read_all_stats (pg_monitor is one), or a role
+/// with the privileges of that backend's role. `horizon()` runs as pgflow_owner, which reads
+/// every backend's row: without this, a pgflow_admin member read other users' query text there
+/// (issue #34).
+#[pg_extern(stable, strict, parallel_safe)]
+fn _sees_activity_of(role: pg_sys::Oid) -> bool {
+    let Ok(user) = caller() else { return false };
+    // SAFETY: catalog lookups of role memberships.
+    let direct = unsafe { pg_sys::superuser_arg(user) || pg_sys::has_privs_of_role(user, role) };
+    direct || member_of(user, c"pg_read_all_stats")
 }
 
 /// 2 when the caller may do everything (a superuser, or a member of pgflow_admin), 1 when it
@@ -92,6 +136,7 @@ fn _caller() -> pg_sys::Oid {
 /// list_pending, dlq_list, ...) work on a standby.
 #[pg_extern(stable, parallel_safe)]
 fn _caller_class(writes: default!(bool, false)) -> Result<i32, ErrorReport> {
+    caller()?;
     if writes {
         primary()?;
     }

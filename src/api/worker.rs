@@ -119,6 +119,14 @@ fn worker_status() -> Result<
                     reindexer::table_name(s.reindex_table),
                     (s.reindex_next_check - now).max(0) as f64 / 1e6
                 )),
+                _ if crate::ipc::stats::refused(s.dboid) > 0 => Some(format!(
+                    "statistics: {} lookups found no entry for a queue of this database (the \
+                     shared table holds {} queues of all databases, and the last {} go only to \
+                     databases holding fewer): metrics() counts rows for those queues",
+                    crate::ipc::stats::refused(s.dboid),
+                    crate::ipc::stats::MAX_QUEUES,
+                    crate::ipc::stats::RESERVE
+                )),
                 _ => None,
             };
             (

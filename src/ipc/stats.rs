@@ -226,15 +226,26 @@ impl Entry {
     }
 }
 
+/// The last `RESERVE` free entries go only to a database that holds fewer than `RESERVE`: one
+/// database's 1,100 queues fill the table up to there, and every other database can still get
+/// that many (issue #34: before, a database created later got no statistics at all).
+pub const RESERVE: usize = MAX_QUEUES / 8;
+/// Databases whose refused entries are counted (more share the last counter).
+const REFUSED_DBS: usize = 32;
+
 #[derive(Copy, Clone)]
 pub struct Stats {
     entries: [Entry; MAX_QUEUES],
+    /// Per database (oid, refusals): how many times a queue of it found no entry, since the
+    /// server started (`worker_status()` and the endpoint show it).
+    refused: [(u32, u64); REFUSED_DBS],
 }
 
 impl Default for Stats {
     fn default() -> Self {
         Stats {
             entries: [Entry::EMPTY; MAX_QUEUES],
+            refused: [(0, 0); REFUSED_DBS],
         }
     }
 }
@@ -308,15 +319,31 @@ impl Stats {
     }
 
     /// The entry of a queue, made (not valid, counting from now) when there is none; None when
-    /// the table is full.
+    /// the table is full, or when only the reserve is left and the database already holds its
+    /// share (`RESERVE`); each refusal is counted. Allocates nothing and cannot fail: it runs
+    /// at commit.
     fn find(&mut self, db: u32, queue_id: i32, now: i64) -> Option<&mut Entry> {
         let idx = match self.index(db, queue_id) {
             Some(i) => i,
             None => {
+                let (free, mine) = self.entries.iter().fold((0, 0), |(f, m), e| {
+                    (
+                        f + usize::from(e.dboid == 0),
+                        m + usize::from(e.dboid == db),
+                    )
+                });
+                if !may_take(free, mine) {
+                    self.refuse(db);
+                    return None;
+                }
                 let start = slot_of(db, queue_id);
-                let i = (0..MAX_QUEUES)
+                let Some(i) = (0..MAX_QUEUES)
                     .map(|i| (start + i) % MAX_QUEUES)
-                    .find(|&i| self.entries[i].dboid == 0)?;
+                    .find(|&i| self.entries[i].dboid == 0)
+                else {
+                    self.refuse(db);
+                    return None;
+                };
                 self.entries[i] = Entry::fresh(db, queue_id, now);
                 i
             }
@@ -324,10 +351,40 @@ impl Stats {
         Some(&mut self.entries[idx])
     }
 
+    fn refuse(&mut self, db: u32) {
+        let i = self
+            .refused
+            .iter()
+            .position(|r| r.0 == db)
+            .or_else(|| self.refused.iter().position(|r| r.0 == 0))
+            .unwrap_or(REFUSED_DBS - 1);
+        self.refused[i].0 = db;
+        self.refused[i].1 = self.refused[i].1.saturating_add(1);
+    }
+
     /// Frees an entry, leaving a tombstone.
     fn free(&mut self, idx: usize) {
         self.entries[idx] = Entry::FREED;
     }
+}
+
+/// Whether a database that holds `mine` entries may take one of `free` free ones.
+pub fn may_take(free: usize, mine: usize) -> bool {
+    free > RESERVE || (free > 0 && mine < RESERVE)
+}
+
+/// How many times a queue of database `db` found no statistics entry since the server started
+/// (0 without the preload).
+pub fn refused(db: u32) -> u64 {
+    if !preloaded() {
+        return 0;
+    }
+    STATS
+        .share()
+        .refused
+        .iter()
+        .find(|r| r.0 == db)
+        .map_or(0, |r| r.1)
 }
 
 /// What one transaction (at one subtransaction level) did to one queue.
@@ -546,6 +603,11 @@ fn apply(x: Xact) {
                 s.free(i);
             }
         }
+        for r in s.refused.iter_mut() {
+            if x.drop_all.contains(&r.0) {
+                *r = (0, 0);
+            }
+        }
     }
     for &(_, q) in &x.dropped {
         if let Some(i) = s.index(db, q) {
@@ -722,6 +784,38 @@ mod tests {
         assert_eq!(bucket_of(1_001), 1);
         assert_eq!(bucket_of(3_600_000_000), BOUNDS_US.len() - 1);
         assert_eq!(bucket_of(i64::MAX), BOUNDS_US.len());
+    }
+
+    #[test]
+    fn one_database_leaves_the_reserve_to_the_others_and_refusals_are_counted() {
+        let mut s = Box::new(Stats::default());
+        // Database 7 creates queues until it is refused: it stops at the reserve.
+        let mut taken = 0;
+        for q in 1..=(MAX_QUEUES as i32 + 100) {
+            if s.find(7, q, 0).is_some() {
+                taken += 1;
+            }
+        }
+        assert_eq!(taken, MAX_QUEUES - RESERVE);
+        assert_eq!(
+            s.refused.iter().find(|r| r.0 == 7).map(|r| r.1),
+            Some(100 + RESERVE as u64)
+        );
+        // Another database still gets RESERVE entries, and then is refused too.
+        let mut other = 0;
+        for q in 1..=(RESERVE as i32 + 5) {
+            if s.find(8, q, 0).is_some() {
+                other += 1;
+            }
+        }
+        assert_eq!(other, RESERVE);
+        assert_eq!(s.refused.iter().find(|r| r.0 == 8).map(|r| r.1), Some(5));
+        // An existing entry is always found, full table or not.
+        assert!(s.find(7, 1, 0).is_some());
+        assert!(may_take(RESERVE + 1, MAX_QUEUES));
+        assert!(!may_take(RESERVE, RESERVE));
+        assert!(may_take(RESERVE, RESERVE - 1));
+        assert!(!may_take(0, 0));
     }
 
     #[test]

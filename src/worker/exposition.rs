@@ -7,7 +7,7 @@ use std::fmt::Write;
 use crate::ipc::stats::{self, Hist, BOUNDS_US};
 use crate::ipc::waiters;
 
-use super::{SlotState, REGISTRY};
+use super::{IdleReason, SlotState, REGISTRY};
 
 /// Microseconds from the Unix epoch to Postgres's (2000-01-01).
 const PG_EPOCH_UNIX_US: i64 = 946_684_800_000_000;
@@ -73,7 +73,13 @@ pub fn render(
         let reg = REGISTRY.share();
         reg.slots
             .iter()
-            .filter(|s| s.state != SlotState::Free && keep_db(s.dboid))
+            // A database where pgflow is not created is none of the endpoint's business: its
+            // name would tell an unauthenticated scraper what the cluster holds (issue #34).
+            .filter(|s| {
+                s.state != SlotState::Free
+                    && !(s.state == SlotState::Idle && s.idle_reason == IdleReason::NoExtension)
+                    && keep_db(s.dboid)
+            })
             .copied()
             .collect()
     };
@@ -280,6 +286,20 @@ pub fn render(
                 esc(&s.name())
             );
         }
+    }
+    header(
+        &mut out,
+        "pgflow_stats_refused_total",
+        "counter",
+        "Lookups that found no statistics entry for a queue of the database (shared memory full, or its share taken).",
+    );
+    for s in &slots {
+        let _ = writeln!(
+            out,
+            "pgflow_stats_refused_total{{database=\"{}\"}} {}",
+            esc(&s.name()),
+            stats::refused(s.dboid)
+        );
     }
     header(
         &mut out,

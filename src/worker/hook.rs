@@ -186,7 +186,145 @@ unsafe fn database_of_waiters_to_release(node: *mut pg_sys::Node) -> Option<pg_s
     }
 }
 
+/// Whether the current user may run the command at all: the hook acts (stops a worker, wakes
+/// long-poll readers, drops statistics) only for a command Postgres would allow, so that a role
+/// with no privilege cannot disturb another database's worker by repeating a command that
+/// fails with 42501 (issue #34). The rules are Postgres's own for each statement: the owner of
+/// the database, extension or schema (superusers own everything); CREATEDB for CREATE DATABASE
+/// and a rename, and a template the role owns or that is marked datistemplate.
+unsafe fn allowed(node: *mut pg_sys::Node) -> bool {
+    unsafe {
+        let user = pg_sys::GetUserId();
+        let owns = |class: pg_sys::Oid, oid: pg_sys::Oid| -> bool {
+            #[cfg(feature = "pg15")]
+            {
+                match class {
+                    pg_sys::DatabaseRelationId => pg_sys::pg_database_ownercheck(oid, user),
+                    pg_sys::ExtensionRelationId => pg_sys::pg_extension_ownercheck(oid, user),
+                    _ => pg_sys::pg_namespace_ownercheck(oid, user),
+                }
+            }
+            #[cfg(not(feature = "pg15"))]
+            {
+                pg_sys::object_ownercheck(class, oid, user)
+            }
+        };
+        let createdb = || -> bool {
+            let tup = pg_sys::SearchSysCache1(
+                pg_sys::SysCacheIdentifier::AUTHOID as i32,
+                pg_sys::Datum::from(user),
+            );
+            if tup.is_null() {
+                return false;
+            }
+            let form = pg_sys::heap_tuple_get_struct::<pg_sys::FormData_pg_authid>(tup);
+            let ok = (*form).rolsuper || (*form).rolcreatedb;
+            pg_sys::ReleaseSysCache(tup);
+            ok
+        };
+        let database = |name: *const std::ffi::c_char| pg_sys::get_database_oid(name, true);
+        match (*node).type_ {
+            pg_sys::NodeTag::T_DropdbStmt => {
+                let oid = database((*(node as *mut pg_sys::DropdbStmt)).dbname);
+                oid != pg_sys::InvalidOid && owns(pg_sys::DatabaseRelationId, oid)
+            }
+            pg_sys::NodeTag::T_CreatedbStmt => {
+                let Some(template) =
+                    defelem_value((*(node as *mut pg_sys::CreatedbStmt)).options, c"template")
+                else {
+                    return false;
+                };
+                let Ok(template) = std::ffi::CString::new(template) else {
+                    return false;
+                };
+                let oid = database(template.as_ptr());
+                if oid == pg_sys::InvalidOid || !createdb() {
+                    return false;
+                }
+                if owns(pg_sys::DatabaseRelationId, oid) {
+                    return true;
+                }
+                let tup = pg_sys::SearchSysCache1(
+                    pg_sys::SysCacheIdentifier::DATABASEOID as i32,
+                    pg_sys::Datum::from(oid),
+                );
+                if tup.is_null() {
+                    return false;
+                }
+                let form = pg_sys::heap_tuple_get_struct::<pg_sys::FormData_pg_database>(tup);
+                let template_ok = (*form).datistemplate;
+                pg_sys::ReleaseSysCache(tup);
+                template_ok
+            }
+            pg_sys::NodeTag::T_RenameStmt => {
+                let stmt = node as *mut pg_sys::RenameStmt;
+                let oid = database((*stmt).subname);
+                oid != pg_sys::InvalidOid && owns(pg_sys::DatabaseRelationId, oid) && createdb()
+            }
+            pg_sys::NodeTag::T_AlterDatabaseStmt => {
+                let oid = database((*(node as *mut pg_sys::AlterDatabaseStmt)).dbname);
+                oid != pg_sys::InvalidOid && owns(pg_sys::DatabaseRelationId, oid)
+            }
+            pg_sys::NodeTag::T_DropStmt => {
+                let stmt = node as *mut pg_sys::DropStmt;
+                if (*stmt).removeType == pg_sys::ObjectType::OBJECT_EXTENSION {
+                    let oid = pg_sys::get_extension_oid(c"pgflow".as_ptr(), true);
+                    oid != pg_sys::InvalidOid && owns(pg_sys::ExtensionRelationId, oid)
+                } else {
+                    let oid = pg_sys::get_namespace_oid(c"pgflow".as_ptr(), true);
+                    oid != pg_sys::InvalidOid && owns(pg_sys::NamespaceRelationId, oid)
+                }
+            }
+            _ => false,
+        }
+    }
+}
+
+/// The hook's own work before a statement runs. Its errors (a cancel while it waits for a
+/// worker to exit) are reported by the guard as usual.
 #[pg_guard]
+unsafe extern "C-unwind" fn before(stmt: *mut pg_sys::Node) {
+    if !crate::ipc::preloaded() || stmt.is_null() {
+        return;
+    }
+    let waiters = unsafe { database_of_waiters_to_release(stmt) };
+    let alone = unsafe { database_needed_alone(stmt) };
+    if (waiters.is_none() && alone.is_none()) || !unsafe { allowed(stmt) } {
+        return;
+    }
+    if let Some(dboid) = waiters {
+        crate::ipc::waiters::release_database(dboid.to_u32());
+        // Its queues' statistics go with it, if the command commits.
+        crate::ipc::stats::drop_database_entries(dboid.to_u32());
+    }
+    if let Some(dbname) = alone {
+        hold(&dbname);
+    }
+}
+
+unsafe extern "C-unwind" {
+    /// Postgres's own `standard_ProcessUtility`, called without pgrx's FFI guard (see
+    /// `process_utility`).
+    #[link_name = "standard_ProcessUtility"]
+    fn standard_process_utility(
+        pstmt: *mut pg_sys::PlannedStmt,
+        query_string: *const std::ffi::c_char,
+        read_only_tree: bool,
+        context: pg_sys::ProcessUtilityContext::Type,
+        params: pg_sys::ParamListInfo,
+        query_env: *mut pg_sys::QueryEnvironment,
+        dest: *mut pg_sys::DestReceiver,
+        qc: *mut pg_sys::QueryCompletion,
+    );
+}
+
+/// The hook. Deliberately without `#[pg_guard]` and without any value that has a destructor:
+/// an ERROR raised by the statement (any DDL in the cluster) must reach Postgres's own handler
+/// untouched. pgrx's guard would catch it, keep only its message, detail, hint and SQLSTATE, and
+/// raise it again: the schema, table, column, constraint and statement position were lost, and
+/// with RUST_BACKTRACE set the DETAIL gained a Rust backtrace (issue #34). Postgres unwinds by
+/// longjmp through this frame, which holds nothing to drop (a "plain old frame"); the hook's
+/// own work is in `before`, which has its guard.
 #[allow(clippy::too_many_arguments)]
 unsafe extern "C-unwind" fn process_utility(
     pstmt: *mut pg_sys::PlannedStmt,
@@ -198,31 +336,22 @@ unsafe extern "C-unwind" fn process_utility(
     dest: *mut pg_sys::DestReceiver,
     qc: *mut pg_sys::QueryCompletion,
 ) {
-    if crate::ipc::preloaded() {
-        if let Some(dboid) = unsafe { database_of_waiters_to_release((*pstmt).utilityStmt) } {
-            crate::ipc::waiters::release_database(dboid.to_u32());
-            // Its queues' statistics go with it, if the command commits.
-            crate::ipc::stats::drop_database_entries(dboid.to_u32());
-        }
-        if let Some(dbname) = unsafe { database_needed_alone((*pstmt).utilityStmt) } {
-            hold(&dbname);
-        }
-    }
+    // SAFETY: pstmt is the planned utility statement Postgres hands every hook; the previous
+    // hook (or Postgres's own function) takes the same arguments.
     unsafe {
+        before((*pstmt).utilityStmt);
         match PREV_PROCESS_UTILITY {
-            Some(prev) => pg_sys::submodules::ffi::pg_guard_ffi_boundary(|| {
-                prev(
-                    pstmt,
-                    query_string,
-                    read_only_tree,
-                    context,
-                    params,
-                    query_env,
-                    dest,
-                    qc,
-                )
-            }),
-            None => pg_sys::standard_ProcessUtility(
+            Some(prev) => prev(
+                pstmt,
+                query_string,
+                read_only_tree,
+                context,
+                params,
+                query_env,
+                dest,
+                qc,
+            ),
+            None => standard_process_utility(
                 pstmt,
                 query_string,
                 read_only_tree,

@@ -5,6 +5,7 @@ prometheus_client's text parser. Waits are bounded polls of the server's own sta
 sleep followed by an assertion.
 """
 import os
+import select
 import socket
 import subprocess
 import sys
@@ -487,6 +488,83 @@ except urllib.error.HTTPError as e:
 scrape()
 ok("bad requests get 400, 404, 405, 408 and 431, and the endpoint keeps serving")
 
+# --- A slow client and silent ones do not hold the endpoint ----------------------------------
+# One client trickles a request line, a byte every 1.5 s (each byte well within 2 s of the
+# last), and ten connect and say nothing. Meanwhile every scrape is answered: the endpoint
+# serves connections side by side, each with one deadline from its accept. The slow client is
+# cut off (408, or a close) at its request deadline, before its 8 s of bytes are out; the silent
+# ones are closed. An endpoint that served one connection at a time, with a limit per read,
+# served the slow client for its whole trickle and then each silent one for 2 s: the probes
+# below time out.
+TRICKLE, EVERY, PROBES = 8.0, 1.5, 5
+trickled = {}
+
+
+def trickle():
+    line = b"GET /metrics HTTP/1.1\r\n"
+    start = time.monotonic()
+    try:
+        s = socket.create_connection(("127.0.0.1", MPORT), timeout=5)
+    except OSError as e:
+        trickled.update(error=f"connect: {e}", connected=True)
+        return
+    sent = 0
+    with s:
+        while sent < len(line) and time.monotonic() - start < TRICKLE:
+            try:
+                s.sendall(line[sent:sent + 1])
+                sent += 1
+                trickled["connected"] = True
+                ready, _, _ = select.select([s], [], [], EVERY)
+                if not ready:
+                    continue
+                data = s.recv(4096)
+                end = data.split(b"\r\n", 1)[0].decode(errors="replace") if data else "EOF"
+            except OSError as e:
+                end = f"reset ({e})"  # the endpoint closed the connection under it
+            trickled.update(end=end, at=time.monotonic() - start, sent=sent, connected=True)
+            return
+    trickled.update(end=None, at=time.monotonic() - start, sent=sent, connected=True)
+
+
+slow = threading.Thread(target=trickle, daemon=True)
+slow.start()
+poll("the slow client connected", lambda: trickled.get("connected"))
+if "error" in trickled:
+    fail(f"the slow client: {trickled['error']}")
+silent = [socket.create_connection(("127.0.0.1", MPORT), timeout=5) for _ in range(10)]
+answered = 0
+for _ in range(PROBES):
+    try:
+        with urllib.request.urlopen(f"http://127.0.0.1:{MPORT}/metrics", timeout=5) as r:
+            if r.status != 200 or not r.read():
+                fail(f"a scrape beside the slow and silent clients: {r.status}, empty")
+            answered += 1
+    except OSError as e:  # URLError, a timeout, a reset
+        fail(f"with a slow client and ten silent ones open, scrape {answered + 1} of {PROBES} "
+             f"not answered within 5 s: {e!r}")
+# The silent ones are closed by the endpoint (EOF, or a reset), without an answer.
+for conn in silent:
+    try:
+        got = conn.recv(4096)
+    except ConnectionResetError:
+        got = b""
+    except OSError as e:
+        fail(f"a silent connection not closed by the endpoint: {e}")
+    if got:
+        fail(f"a silent connection got an answer: {got[:40]!r}")
+    conn.close()
+slow.join(TRICKLE + 5)
+if slow.is_alive() or trickled.get("end") is None or trickled["at"] >= TRICKLE:
+    fail(f"the slow client was not cut off before its {TRICKLE:.0f} s of bytes were out: {trickled}")
+if not (trickled["end"].startswith("HTTP/1.1 408") or trickled["end"] == "EOF"
+        or trickled["end"].startswith("reset")):
+    fail(f"the slow client got {trickled['end']!r}, want a 408 or a close")
+scrape()
+ok(f"a client trickling its request and ten silent ones hold no scrape ({answered} of {PROBES} "
+   f"answered meanwhile); the slow client got {trickled['end']!r} after {trickled['at']:.1f} s "
+   f"and {trickled['sent']} bytes, the silent ones a close")
+
 # --- The database filter ---------------------------------------------------------------------
 setting(f"SET pgflow.metrics_databases = '{DB_B}'")
 poll("the filter", lambda: not any(dict(k[1]).get("database") == DB for k in parse(scrape()))
@@ -503,19 +581,37 @@ setting("RESET pgflow.stats")
 poll("metrics('work') agreeing after the rebuild", lambda: agree("work"))
 ok("with pgflow.stats off metrics() counts rows; back on, the rebuild makes it agree again")
 
-# --- 1,000 queues ----------------------------------------------------------------------------
-sql("SELECT count(pgflow.create_queue('many_' || i)) FROM generate_series(1, 1000) i;"
-    "SELECT count(pgflow.send('many_' || i, '{}')) FROM generate_series(1, 1000) i")
+# --- 1,100 queues in one database -------------------------------------------------------------
+# The shared table holds 1,024 queues of all databases, and its last 128 entries go only to
+# databases holding fewer: one database's 1,100 queues take what is left up to there, and a
+# queue created afterwards in another database still has statistics (issue #34: before, it got
+# none). What does not fit is counted on the endpoint and said by worker_status().
+sql("SELECT count(pgflow.create_queue('many_' || i)) FROM generate_series(1, 1100) i;"
+    "SELECT count(pgflow.send('many_' || i, '{}')) FROM generate_series(1, 1100) i")
+sql("SELECT pgflow.create_queue('b_late'); SELECT pgflow.send('b_late', '{}')", db=DB_B)
 t0 = time.monotonic()
 text = scrape()
 took = time.monotonic() - t0
 s = parse(text)
-served = {dict(k[1]).get("queue") for k in s if k[0] == "pgflow_queue_messages"}
-if len([q for q in served if q and q.startswith("many_")]) != 1000:
-    fail(f"{len(served)} queues served")
-if sample(s, "pgflow_queue_messages", database=DB, queue="many_1000", state="ready") != 1:
-    fail("many_1000 ready")
-ok(f"1,000 more queues served in one scrape: {len(text)} bytes in {took * 1000:.0f} ms")
+served = {(dict(k[1]).get("database"), dict(k[1]).get("queue"))
+          for k in s if k[0] == "pgflow_queue_messages"}
+many = len([q for d, q in served if d == DB and q and q.startswith("many_")])
+if len(served) != 1024 - 128 + 1:
+    fail(f"{len(served)} queues served, {many} of them many_ (want 897: up to the reserve, and b_late)")
+stray = {dict(k[1]).get("database") for k in s} - {None, DB, DB_B}
+if stray:
+    fail(f"the endpoint names databases where pgflow is not created: {stray}")
+if sample(s, "pgflow_queue_messages", database=DB_B, queue="b_late", state="ready") != 1:
+    fail("b_late, created in another database after the 1,100, has no statistics")
+refused = sample(s, "pgflow_stats_refused_total", database=DB)
+if not refused:
+    fail(f"the endpoint does not count the refused lookups of {DB}: {refused}")
+detail = one(f"SELECT detail FROM pgflow.worker_status() WHERE datname = '{DB}'")
+if "statistics:" not in (detail or ""):
+    fail(f"worker_status() does not say what did not fit: {detail!r}")
+ok(f"1,100 queues in one database: {many} served up to the reserve, one of another database "
+   f"created after them served too; {refused:.0f} refused lookups counted and worker_status() says "
+   f"so; one scrape of {len(text)} bytes in {took * 1000:.0f} ms")
 
 # --- A crash: shared memory starts over, the worker rebuilds ---------------------------------
 before = one("SELECT stats_reset_at FROM pgflow.metrics('work')")

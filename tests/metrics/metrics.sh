@@ -31,7 +31,8 @@ while [ "$mport" = "$port" ]; do mport=$(free_port); done
 trap 'cluster_stop "$ver" "$dir"' EXIT
 
 cluster_start "$ver" "$dir" "$port" \
-  "pgflow.metrics_listen = '127.0.0.1:$mport'" "pgflow.tick = 200ms" "max_prepared_transactions = 4"
+  "pgflow.metrics_listen = '127.0.0.1:$mport'" "pgflow.tick = 200ms" "max_prepared_transactions = 4" \
+  "pgflow.alerts_channel = 'pgflow_alerts'"
 "$PROMTOOL" check rules "$ROOT/examples/prometheus/alerts.yml"
 out=/tmp/pgflow-out-$ver/metrics
 rm -rf "$out"; mkdir -p "$out"

@@ -36,6 +36,8 @@ expect() {  # expect ROLE SQL WANT
   [ "$got" = "$3" ] || fail "$1: $2: got '$got', want '$3'"
 }
 expect_denied() { expect "$1" "$2" "ERROR 42501"; }
+# A queue the role has no grant on is, to it, a queue that does not exist (issue #34).
+expect_unknown() { expect "$1" "$2" "ERROR 42704"; }
 
 # Setup, as the superuser: the roles, a database owned by a role that is no superuser, the
 # evolution system's queues and grants.
@@ -90,12 +92,12 @@ expect_denied t_singularity_1 "SELECT pgflow.send('consensus_results_queue', '{}
 expect_denied t_singularity_1 "SELECT count(*) FROM pgflow.read('proposals_for_consensus_queue')"
 expect t_central "SELECT count(*) FROM pgflow.archive_read('proposals_for_consensus_queue', '{}', qty => 10)" 1
 expect t_central "SELECT pgflow.send('consensus_results_queue', '{\"r\": 1}') > 0" t
-expect_denied t_central "SELECT pgflow.send('rollback_triggers_queue', '{}')"
+expect_unknown t_central "SELECT pgflow.send('rollback_triggers_queue', '{}')"
 expect t_singularity_1 "SELECT count(*) FROM pgflow.read('consensus_results_queue', qty => 10)" 1
 expect t_guardian "SELECT pgflow.send('rollback_triggers_queue', '{\"why\": \"x\"}') > 0" t
 expect t_guardian "SELECT count(*) FROM pgflow.publish('safety_profile.bug_fixer', '{\"rate\": 0.9}')" 3
 expect t_singularity_1 "SELECT count(*) FROM pgflow.read('safety_profiles_singularity_1', qty => 10)" 1
-expect_denied t_singularity_1 "SELECT count(*) FROM pgflow.read('safety_profiles_singularity_2', qty => 10)"
+expect_unknown t_singularity_1 "SELECT count(*) FROM pgflow.read('safety_profiles_singularity_2', qty => 10)"
 expect t_singularity_2 "SELECT count(*) FROM pgflow.read('safety_profiles_singularity_2', qty => 10)" 1
 expect_denied t_singularity_1 "SELECT pgflow.create_queue('mine')"
 expect_denied t_singularity_1 "SELECT pgflow.purge_queue('consensus_results_queue')"
@@ -108,11 +110,20 @@ expect_denied t_genesis "SELECT pgflow.send('code_execution_requests', '{}')"
 expect t_singularity_1 "SELECT string_agg(queue_name, ',' ORDER BY queue_name) FROM pgflow.list_queues()" \
   "consensus_results_queue,metrics_to_guardian_queue,patterns_for_aggregator_queue,proposals_for_consensus_queue,proposals_for_execution_queue,rollback_triggers_queue,safety_profiles_singularity_1"
 expect t_singularity_1 "SELECT count(*) FROM pgflow.metrics_all()" 7
-expect_denied t_singularity_1 "SELECT * FROM pgflow.metrics('code_execution_requests')"
+expect_unknown t_singularity_1 "SELECT * FROM pgflow.metrics('code_execution_requests')"
 expect t_monitor "SELECT count(*) FROM pgflow.metrics_all()" 17
 expect_denied t_monitor "SELECT count(*) FROM pgflow.list_pending('rollback_triggers_queue')"
 expect_denied t_monitor "SELECT count(*) FROM pgflow.read('rollback_triggers_queue')"
-ok "each service reaches only its own queues, and sees only them"
+# A queue the caller has no grant on answers as one that does not exist, with the same text.
+unknown=$(as t_central "SELECT pgflow.send('no_such_queue', '{}')")
+[ "$unknown" = "ERROR 42704" ] || fail "an unknown queue: $unknown"
+msg() { { PGPASSWORD=$pw "$bindir/psql" -X -q -At "host=127.0.0.1 port=$port dbname=$db user=$1" -c "$2" 2>&1 || true; } | sed -n 's/^.*ERROR: *//p' | head -1; }
+[ "$(msg t_central "SELECT pgflow.send('rollback_triggers_queue', '{}')")" = 'queue "rollback_triggers_queue" does not exist' ] \
+  || fail "a queue without a grant does not read as a missing one"
+# A publish that would reach a queue the caller may not produce to names no queue it cannot see.
+out=$(msg t_guardian "SELECT count(*) FROM pgflow.publish('genesis.rule_update', '{}')")
+grep -q genesis_rule_updates <<<"$out" && fail "publish named a queue the guardian cannot see: $out"
+ok "each service reaches only its own queues, and sees only them; the others read as missing (42704)"
 
 # Nobody outside pgflow's roles reaches anything.
 expect_denied t_nobody "SELECT pgflow.send('proposals_for_consensus_queue', '{}')"
@@ -147,11 +158,117 @@ expect t_ops "SELECT pgflow.grant('ops_made', 'genesis', 'consume')" t
 expect t_ops "SELECT pgflow.send('ops_made', '{}') > 0" t
 expect t_genesis "SELECT count(*) FROM pgflow.read('ops_made')" 1
 expect t_ops "SELECT pgflow.revoke('ops_made', 'genesis')" 1
-expect_denied t_genesis "SELECT count(*) FROM pgflow.read('ops_made')"
+expect_unknown t_genesis "SELECT count(*) FROM pgflow.read('ops_made')"
 expect t_ops "SELECT string_agg(queue_name || ' ' || role || ' ' || privilege, ',') FROM pgflow.list_grants('rollback_triggers_queue')" \
   "rollback_triggers_queue guardian produce,rollback_triggers_queue singularity consume"
 expect t_ops "SELECT count(*) FROM pgflow.maintain()" 5
-ok "pgflow_admin creates queues and grants; a revoke takes effect at once"
+expect t_ops "SELECT pgflow.grant('ops_made', 12345, 'consume')" "ERROR 42704"
+expect t_ops "SELECT pgflow.grant('ops_made', 0, 'consume')" "ERROR 42704"
+ok "pgflow_admin creates queues and grants; a revoke takes effect at once; grant() refuses unknown role oids (42704)"
+
+# A per-queue admin grant is enough for that queue's administration, without pgflow_admin.
+expect t_ops "SELECT pgflow.grant('ops_made', 'genesis', 'admin')" t
+expect t_genesis "SELECT count(*) FROM pgflow.dlq_list('ops_made')" 0
+expect t_genesis "SELECT count(*) FROM pgflow.dlq_list_all()" 0
+expect t_genesis "SELECT count(*) FROM pgflow.alter_queue('ops_made', max_retries => 5)" 1
+expect t_genesis "SELECT pgflow.purge_queue('ops_made') >= 0" t
+expect_denied t_genesis "SELECT count(*) FROM pgflow.dlq_list('code_execution_requests')"
+expect t_genesis "SELECT count(*) FROM pgflow.alter_queue('ops_made', max_retries => 1001)" "ERROR 22023"
+ok "a per-queue admin grant administers that queue (dlq_list, alter_queue, purge_queue) and no other"
+
+# An index expression of a table a consumer owns calls pgflow; a superuser's ANALYZE (as
+# autovacuum's) evaluates it as the table's owner, with the superuser's session: pgflow refuses
+# every call there, so nothing is forged, listed or read (issue #34).
+su_sql -c "CREATE SCHEMA atk AUTHORIZATION t_singularity_1" >/dev/null
+out=$(as t_singularity_1 "
+  CREATE TABLE atk.seen (what text, n bigint);
+  CREATE FUNCTION atk.rec(what text, n bigint) RETURNS void LANGUAGE sql VOLATILE AS
+    \$f\$ INSERT INTO atk.seen VALUES (what, n) \$f\$;
+  CREATE FUNCTION atk.f(x int) RETURNS int LANGUAGE plpgsql IMMUTABLE AS \$f\$
+  BEGIN
+      BEGIN PERFORM atk.rec('send', pgflow.send('rollback_triggers_queue', '{\"forged\": true}'));
+      EXCEPTION WHEN OTHERS THEN PERFORM atk.rec('send refused ' || SQLSTATE, 0); END;
+      BEGIN PERFORM atk.rec('pending', (SELECT count(*) FROM pgflow.list_pending('safety_profiles_singularity_2')));
+      EXCEPTION WHEN OTHERS THEN PERFORM atk.rec('pending refused ' || SQLSTATE, 0); END;
+      BEGIN PERFORM atk.rec('queues', (SELECT count(*) FROM pgflow.list_queues()));
+      EXCEPTION WHEN OTHERS THEN PERFORM atk.rec('queues refused ' || SQLSTATE, 0); END;
+      RETURN x;
+  END \$f\$;
+  CREATE TABLE atk.t (x int);
+  INSERT INTO atk.t SELECT generate_series(1, 3);
+  CREATE INDEX t_f ON atk.t (atk.f(x));
+  SELECT 'planted'")
+[ "$(tail -1 <<<"$out")" = planted ] || fail "could not plant the index: $out"
+su_sql -c "TRUNCATE atk.seen" -c "ANALYZE atk.t" >/dev/null
+forged=$(su_sql -c "SELECT count(*) FROM pgflow.message m JOIN pgflow.queue q USING (queue_id)
+                     WHERE q.queue_name = 'rollback_triggers_queue' AND m.message ? 'forged'")
+seen=$(su_sql -c "SELECT string_agg(DISTINCT what, ', ' ORDER BY what) FROM atk.seen")
+[ "$forged" = 0 ] || fail "an index expression run by a superuser's ANALYZE forged $forged messages"
+[ "$seen" = "pending refused 42501, queues refused 42501, send refused 42501" ] \
+  || fail "inside ANALYZE's index expression pgflow answered: $seen"
+su_sql -c "DROP SCHEMA atk CASCADE" >/dev/null
+ok "an index expression run by a superuser's ANALYZE is refused (42501): nothing forged, listed or read"
+
+# NOTIFY leaks nothing by default: a role outside pgflow listening on pgflow_alerts hears no
+# alert (pgflow.alerts_channel is empty unless an administrator names a channel).
+listener=$(mktemp)
+sleeps=(); for i in $(seq 1 40); do sleeps+=(-c "SELECT pg_sleep(0.25)"); done
+PGPASSWORD=$pw "$bindir/psql" -X -q -At "host=127.0.0.1 port=$port dbname=$db user=t_nobody" \
+  -c "LISTEN pgflow_alerts" -c "LISTEN pgflow" "${sleeps[@]}" >"$listener" 2>&1 &
+lpid=$!
+# Once it listens (its session is past LISTEN, on the server's clock, up to 60 s).
+su_sql -c "DO \$\$ BEGIN
+             FOR i IN 1 .. 600 LOOP
+                 PERFORM pg_stat_clear_snapshot();
+                 EXIT WHEN EXISTS (SELECT 1 FROM pg_stat_activity WHERE usename = 't_nobody' AND query LIKE '%pg_sleep%');
+                 PERFORM pg_sleep(0.1);
+             END LOOP;
+           END \$\$" >/dev/null
+su_sql -c "SELECT pgflow.alter_queue('ops_made', alert_depth => 0, notify => true)" \
+       -c "SELECT pgflow.send('ops_made', '{}')" -c "SELECT * FROM pgflow._alerts_check()" >/dev/null
+wait $lpid || true
+heard=$(grep -c 'Asynchronous notification "pgflow_alerts"' "$listener" || true)
+# The control: the queue's own NOTIFY, which its administrator turned on, is heard.
+control=$(grep -c 'Asynchronous notification "pgflow" with payload "ops_made"' "$listener" || true)
+rm -f "$listener"
+[ "$control" -ge 1 ] || fail "the listener heard nothing at all (not even the queue's own notify)"
+[ "$heard" = 0 ] || fail "an unprivileged listener heard $heard alert notifications"
+ok "with pgflow.alerts_channel unset, an unprivileged LISTEN on pgflow_alerts hears no alert"
+
+# The utility hook acts only on a command Postgres allows: a role with no privilege repeating
+# DROP DATABASE (42501 every time) leaves the other database's worker alone (issue #34; before,
+# each attempt stopped it).
+worker_pid() {
+  DB=postgres su_sql -c "SELECT pg_stat_clear_snapshot()" -c "SELECT pid FROM pg_stat_activity
+                          WHERE backend_type = 'pgflow worker' AND datname = '${db}_other'" | tail -1
+}
+DB=postgres su_sql -c "DO \$\$ BEGIN
+    FOR i IN 1 .. 300 LOOP
+        PERFORM pg_stat_clear_snapshot();
+        EXIT WHEN EXISTS (SELECT 1 FROM pg_stat_activity WHERE backend_type = 'pgflow worker' AND datname = '${db}_other');
+        PERFORM pg_sleep(0.2);
+    END LOOP; END \$\$" >/dev/null
+victim=$(worker_pid)
+[ -n "$victim" ] || fail "no worker in ${db}_other"
+for i in $(seq 1 20); do
+  expect_denied t_nobody "DROP DATABASE ${db}_other"
+  expect_denied t_nobody "ALTER DATABASE ${db}_other RENAME TO stolen"
+done
+[ "$(worker_pid)" = "$victim" ] || fail "a refused DROP DATABASE stopped ${db}_other's worker ($victim, now $(worker_pid))"
+ok "40 refused DROP/ALTER DATABASE by a role without privileges left the other database's worker running"
+
+# The hook hands a failing statement's error on untouched: schema, table, constraint, position.
+out=$(su_sql -c '\set VERBOSITY verbose' -c "CREATE TABLE public.hook_err (a int)" -c "INSERT INTO public.hook_err VALUES (-1)" \
+             -c "ALTER TABLE public.hook_err ADD CONSTRAINT hook_err_pos CHECK (a > 0)" 2>&1 || true)
+for field in "SCHEMA NAME:  public" "TABLE NAME:  hook_err" "CONSTRAINT NAME:  hook_err_pos" "LOCATION:  "; do
+  grep -qF "$field" <<<"$out" || fail "the hook lost '$field' from a DDL error: $out"
+done
+grep -q "pgflow\|backtrace\|panicked" <<<"$out" && fail "the hook added to a DDL error: $out"
+out=$(su_sql -c '\set VERBOSITY verbose' -c "CREATE TABLE public.hook_err2 (a no_such_type)" 2>&1 || true)
+grep -q "^LINE 1: CREATE TABLE public.hook_err2 (a no_such_type)" <<<"$out" \
+  || fail "the hook lost the statement position of a DDL error: $out"
+su_sql -c "DROP TABLE public.hook_err" >/dev/null
+ok "a failing DDL statement's error keeps its schema, table, constraint, position and location"
 
 # worker_status: the caller's database, other databases too for pg_monitor.
 workers=$(su_sql -c "SELECT count(*) FROM pgflow.worker_status()")

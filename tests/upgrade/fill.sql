@@ -31,5 +31,7 @@ SELECT count(*) FROM pgflow.nack('up_dlq', (SELECT msg_id FROM pgflow.read('up_d
 -- Settings 0.1.0 accepted but could never apply (every maintenance round of the database
 -- failed on them): the update brings them down to 0.2.0's limit. rows.sql leaves this queue
 -- out (its row changes, on purpose); api.sql checks it.
+-- (A 0.2.0 install refuses those: upgrade.sh gives it 100 years.) And 2147483647 retries, which
+-- 0.1.0 and 0.2.0 accepted and 0.3.0 bounds at 1000 (retry_schedule filled the disk).
 SELECT pgflow.create_queue('up_poison', archive_retention => '10000 years',
-                           retry_delay_max => '1000000 years');
+                           retry_delay_max => '1000000 years', max_retries => 2147483647);
