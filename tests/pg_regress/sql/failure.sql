@@ -10,6 +10,14 @@ SELECT pgflow.create_queue('rollback_triggers_queue', retry_jitter => 0);
 SELECT queue_name, max_retries, retry_delay, retry_backoff, retry_delay_max, retry_jitter
   FROM pgflow.list_queues();
 SELECT * FROM pgflow.retry_schedule('rollback_triggers_queue');
+-- max_retries is bounded at 1000, in create_queue, alter_queue and the table (retry_schedule of
+-- 2147483647 retries filled the disk with temporary files).
+SELECT pg_temp.err($$SELECT pgflow.create_queue('many_retries', max_retries => 2147483647)$$);
+SELECT pg_temp.err($$SELECT pgflow.alter_queue('rollback_triggers_queue', max_retries => 1001)$$);
+SELECT pg_temp.err($$UPDATE pgflow.queue SET max_retries = 1001$$);
+SELECT max_retries FROM pgflow.alter_queue('rollback_triggers_queue', max_retries => 1000);
+SELECT count(*), max(attempt) FROM pgflow.retry_schedule('rollback_triggers_queue');
+SELECT max_retries FROM pgflow.alter_queue('rollback_triggers_queue', max_retries => 3);
 
 SELECT pgflow.send('rollback_triggers_queue', '{"type": "rollback_trigger", "instance_id": "singularity_2"}');
 SELECT msg_id, read_ct FROM pgflow.read('rollback_triggers_queue', '30 s', 1);
