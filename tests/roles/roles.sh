@@ -270,6 +270,27 @@ grep -q "^LINE 1: CREATE TABLE public.hook_err2 (a no_such_type)" <<<"$out" \
 su_sql -c "DROP TABLE public.hook_err" >/dev/null
 ok "a failing DDL statement's error keeps its schema, table, constraint, position and location"
 
+# horizon() shows another session's query only to a role pg_stat_activity shows it to: not to a
+# pgflow_admin member (before 0.3.0 it did), but to pg_monitor.
+PGAPPNAME=pgflow_roles_holder as_postgres "$bindir/psql" -X -q -h 127.0.0.1 -p "$port" -U postgres -d "$db" \
+  -c "BEGIN ISOLATION LEVEL REPEATABLE READ" -c "SELECT 1" -c "SELECT pg_sleep(120) /* secret_query_text */" >/dev/null 2>&1 &
+holder=$!
+su_sql -c "DO \$\$ BEGIN
+             FOR i IN 1 .. 600 LOOP
+                 PERFORM pg_stat_clear_snapshot();
+                 EXIT WHEN EXISTS (SELECT 1 FROM pg_stat_activity WHERE application_name = 'pgflow_roles_holder'
+                                      AND query LIKE '%secret_query_text%' AND backend_xmin IS NOT NULL);
+                 PERFORM pg_sleep(0.1);
+             END LOOP;
+           END \$\$" >/dev/null
+ops_sees=$(as t_ops "SELECT count(*) FROM pgflow.horizon() WHERE detail LIKE '%secret_query_text%'")
+monitor_sees=$(as t_monitor "SELECT count(*) FROM pgflow.horizon() WHERE detail LIKE '%secret_query_text%'")
+su_sql -c "SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE application_name = 'pgflow_roles_holder'" >/dev/null
+wait $holder || true
+[ "$ops_sees" = 0 ] || fail "a pgflow_admin member read another session's query through horizon()"
+[ "$monitor_sees" = 1 ] || fail "pg_monitor did not see the holder's query in horizon(): $monitor_sees"
+ok "horizon() shows another session's query to pg_monitor, not to a pgflow_admin member"
+
 # worker_status: the caller's database, other databases too for pg_monitor.
 workers=$(su_sql -c "SELECT count(*) FROM pgflow.worker_status()")
 [ "$workers" -ge 2 ] || fail "expected workers in at least 2 databases, got $workers"
