@@ -56,13 +56,14 @@ CREATE OPERATOR pgflow.= (LEFTARG = oid, RIGHTARG = regnamespace, FUNCTION = pgf
 SQL
 }
 cleanup() {
-  for db in pgflow_atk_schema pgflow_atk_scs pgflow_atk_other pgflow_atk_owner pgflow_atk_0_1_0 pgflow_atk_0_2_0 pgflow_atk_again; do
+  for db in pgflow_atk_settings pgflow_atk_plain pgflow_atk_schema pgflow_atk_scs pgflow_atk_other pgflow_atk_owner pgflow_atk_0_1_0 pgflow_atk_0_2_0 pgflow_atk_again; do
     "$bindir/dropdb" --if-exists -h 127.0.0.1 -p "$port" -U postgres "$db" 2>/dev/null || true
   done
   psql_as postgres postgres -c "DROP ROLE IF EXISTS atk_dbowner" -c "DROP ROLE IF EXISTS atk_old" \
     -c "DROP ROLE IF EXISTS atk_member" >/dev/null 2>&1 || true
 }
-trap cleanup EXIT
+tmpd=$(mktemp -d)
+trap 'cleanup; rm -rf "$tmpd"' EXIT
 cleanup
 psql_as postgres postgres -c "CREATE ROLE atk_dbowner LOGIN" -c "CREATE ROLE atk_old LOGIN" \
   -c "CREATE ROLE atk_member LOGIN"
@@ -89,6 +90,29 @@ got=$(psql_as postgres pgflow_atk_scs -c "SELECT count(*) FILTER (WHERE NOT p.pr
         WHERE p.pronamespace = 'pgflow'::regnamespace AND left(p.proname, 1) <> '_' AND p.proname <> 'worker_status'")
 [ "$got" = 0 ] || fail "with standard_conforming_strings on in the session, $got user-facing functions are not SECURITY DEFINER"
 echo "ok: with it on in the session, the update and the install are whole"
+
+# The other settings a database owner controls that could change how the script reads or runs
+# (literals' styles, NULL comparison, array NULLs, function body checks, timeouts, isolation,
+# path; PL/pgSQL's own settings are for superusers only): the install is object for object a
+# plain one's.
+fresh_db pgflow_atk_settings atk_dbowner
+for setting in "DateStyle = 'SQL, DMY'" "IntervalStyle = 'sql_standard'" "TimeZone = 'Pacific/Chatham'" \
+  "array_nulls = off" "transform_null_equals = on" \
+  "check_function_bodies = off" "extra_float_digits = -15" \
+  "lock_timeout = '1ms'" "default_transaction_isolation = 'serializable'" "search_path = 'public'" \
+  "xmloption = 'document'" "row_security = off" "default_toast_compression = 'pglz'"; do
+  psql_as atk_dbowner pgflow_atk_settings -c "ALTER DATABASE pgflow_atk_settings SET $setting"
+done
+fresh_db pgflow_atk_plain
+psql_as postgres pgflow_atk_settings -c "CREATE EXTENSION pgflow"
+psql_as postgres pgflow_atk_plain -c "CREATE EXTENSION pgflow"
+neutral="-c IntervalStyle=postgres -c DateStyle=ISO,MDY -c TimeZone=UTC -c extra_float_digits=1"
+PGOPTIONS=$neutral psql_as postgres pgflow_atk_settings -z -0 -f "$(dirname "$0")/catalog.sql" >"$tmpd/settings.catalog"
+PGOPTIONS=$neutral psql_as postgres pgflow_atk_plain -z -0 -f "$(dirname "$0")/catalog.sql" >"$tmpd/plain.catalog"
+cmp -s "$tmpd/settings.catalog" "$tmpd/plain.catalog" || {
+  diff <(tr '\0' '\n' <"$tmpd/plain.catalog") <(tr '\0' '\n' <"$tmpd/settings.catalog") | head -20 >&2
+  fail "an install under the database owner's settings differs from a plain one"; }
+echo "ok: 13 settings a database owner controls leave the install identical to a plain one"
 
 # Another tool's schema of the same name, owned by a superuser.
 fresh_db pgflow_atk_other
