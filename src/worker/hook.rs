@@ -302,6 +302,65 @@ unsafe extern "C-unwind" fn before(stmt: *mut pg_sys::Node) {
     }
 }
 
+/// Whether a statement is `CREATE SCHEMA pgflow` (plain: no AUTHORIZATION, no elements, no IF
+/// NOT EXISTS) in a database where pgflow is created and pgflow_owner owns schema pgflow: what
+/// `pg_restore`
+/// of a pgflow database runs first. The schema is not a member of the extension (Postgres makes
+/// a control file's schema before the script and refuses to add an extension's own schema to
+/// it), so a dump creates it, and a restore into a database where `CREATE EXTENSION pgflow`
+/// already ran failed there and exited 1 (issue #34). The hook runs such a statement as
+/// `CREATE SCHEMA IF NOT EXISTS pgflow`: Postgres still checks the CREATE privilege on the
+/// database first, and says "already exists, skipping".
+unsafe fn restoring_pgflow_schema(node: *mut pg_sys::Node) -> bool {
+    unsafe {
+        if node.is_null() || (*node).type_ != pg_sys::NodeTag::T_CreateSchemaStmt {
+            return false;
+        }
+        let stmt = node as *mut pg_sys::CreateSchemaStmt;
+        if (*stmt).if_not_exists
+            || !(*stmt).authrole.is_null()
+            || !(*stmt).schemaElts.is_null()
+            || (*stmt).schemaname.is_null()
+            || CStr::from_ptr((*stmt).schemaname) != c"pgflow"
+        {
+            return false;
+        }
+        let nsp = pg_sys::get_namespace_oid(c"pgflow".as_ptr(), true);
+        let owner = pg_sys::get_role_oid(c"pgflow_owner".as_ptr(), true);
+        if pg_sys::get_extension_oid(c"pgflow".as_ptr(), true) == pg_sys::InvalidOid
+            || nsp == pg_sys::InvalidOid
+            || owner == pg_sys::InvalidOid
+        {
+            return false;
+        }
+        let tup = pg_sys::SearchSysCache1(
+            pg_sys::SysCacheIdentifier::NAMESPACEOID as i32,
+            pg_sys::Datum::from(nsp),
+        );
+        if tup.is_null() {
+            return false;
+        }
+        let ours = (*pg_sys::heap_tuple_get_struct::<pg_sys::FormData_pg_namespace>(tup)).nspowner
+            == owner;
+        pg_sys::ReleaseSysCache(tup);
+        ours
+    }
+}
+
+/// `restoring_pgflow_schema`'s statement as `CREATE SCHEMA IF NOT EXISTS pgflow`, in a copy
+/// (the tree Postgres passes may be read-only).
+#[pg_guard]
+unsafe extern "C-unwind" fn if_not_exists(
+    pstmt: *mut pg_sys::PlannedStmt,
+) -> *mut pg_sys::PlannedStmt {
+    unsafe {
+        let copy =
+            pg_sys::copyObjectImpl(pstmt as *const std::ffi::c_void) as *mut pg_sys::PlannedStmt;
+        (*((*copy).utilityStmt as *mut pg_sys::CreateSchemaStmt)).if_not_exists = true;
+        copy
+    }
+}
+
 unsafe extern "C-unwind" {
     /// Postgres's own `standard_ProcessUtility`, called without pgrx's FFI guard (see
     /// `process_utility`).
@@ -340,6 +399,11 @@ unsafe extern "C-unwind" fn process_utility(
     // hook (or Postgres's own function) takes the same arguments.
     unsafe {
         before((*pstmt).utilityStmt);
+        let pstmt = if crate::ipc::preloaded() && restoring_pgflow_schema((*pstmt).utilityStmt) {
+            if_not_exists(pstmt)
+        } else {
+            pstmt
+        };
         match PREV_PROCESS_UTILITY {
             Some(prev) => prev(
                 pstmt,

@@ -59,6 +59,9 @@ CREATE ROLE t_dbowner LOGIN PASSWORD '$pw';
 CREATE DATABASE $db OWNER t_dbowner;
 CREATE DATABASE ${db}_other;
 SQL
+# Whatever happens below, the databases go at the end: their workers take background worker
+# slots that the other layers sharing this cluster need.
+trap 'DB=postgres su_sql -c "DROP DATABASE IF EXISTS $db WITH (FORCE)" -c "DROP DATABASE IF EXISTS ${db}_other WITH (FORCE)" >/dev/null 2>&1 || true' EXIT
 DB=${db}_other su_sql -c "CREATE EXTENSION pgflow"
 su_sql -c "CREATE EXTENSION pgflow" >/dev/null
 su_sql -f "$ROOT/examples/evolution/topology.sql" >/dev/null
@@ -272,7 +275,8 @@ ok "a failing DDL statement's error keeps its schema, table, constraint, positio
 
 # horizon() shows another session's query only to a role pg_stat_activity shows it to: not to a
 # pgflow_admin member (before 0.3.0 it did), but to pg_monitor.
-PGAPPNAME=pgflow_roles_holder as_postgres "$bindir/psql" -X -q -h 127.0.0.1 -p "$port" -U postgres -d "$db" \
+# (application_name in the connection string: sudo does not pass PGAPPNAME on.)
+as_postgres "$bindir/psql" -X -q "host=127.0.0.1 port=$port user=postgres dbname=$db application_name=pgflow_roles_holder" \
   -c "BEGIN ISOLATION LEVEL REPEATABLE READ" -c "SELECT 1" -c "SELECT pg_sleep(120) /* secret_query_text */" >/dev/null 2>&1 &
 holder=$!
 su_sql -c "DO \$\$ BEGIN
