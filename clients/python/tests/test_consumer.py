@@ -297,6 +297,51 @@ def test_a_killed_workers_message_comes_back_and_is_processed_once(
     c.drop_queue("py_killed")
 
 
+def test_failures_retries_and_dead_letters_are_logged_and_reported(
+        dsn: str, conn: psycopg.Connection[Any], caplog: pytest.LogCaptureFixture) -> None:
+    c = pgflow.Client(conn)
+    c.create_queue("py_loud", max_retries=1, retry_delay=timedelta(0), retry_jitter=0.0)
+    mid = c.send("py_loud", {"proposal_id": "p-1"})
+    events: list[pgflow.ConsumerEvent] = []
+
+    async def handler(m: pgflow.Message, tx: psycopg.AsyncConnection[Any]) -> None:
+        raise KeyError("proposal_id")
+
+    with caplog.at_level("WARNING", logger="pgflow_mq.consumer"):
+        _consume(dsn, "py_loud", handler, lambda k: any(e.kind == "dead_lettered" for e in events),
+                 on_event=events.append)
+    assert [(e.kind, e.msg_id, e.read_ct) for e in events] == [
+        ("failed", mid, 1), ("retried", mid, 1), ("failed", mid, 2), ("dead_lettered", mid, 2)]
+    assert all(e.queue == "py_loud" and e.reason == "KeyError: 'proposal_id'" for e in events)
+    lines = [(r.levelname, r.getMessage()) for r in caplog.records]
+    assert ("WARNING", f"message {mid} of py_loud (read_ct 1) failed: KeyError: 'proposal_id'; "
+                       f"retried at {events[1].retry_at}") in lines
+    assert ("ERROR", f"message {mid} of py_loud (read_ct 2) failed: KeyError: 'proposal_id'; "
+                     "dead-lettered") in lines
+    assert one(conn, "SELECT count(*) FROM pgflow.dlq_list('py_loud')") == 1
+    c.drop_queue("py_loud")
+
+
+def test_a_handler_of_the_wrong_shape_is_refused_at_start() -> None:
+    async def one_arg(m: pgflow.Message) -> None:
+        return None
+
+    def not_async(m: pgflow.Message, tx: psycopg.AsyncConnection[Any]) -> None:
+        return None
+
+    class Callable2:
+        async def __call__(self, m: pgflow.Message, tx: psycopg.AsyncConnection[Any]) -> None:
+            return None
+
+    with pytest.raises(TypeError, match="two arguments"):
+        pgflow.Consumer("", "q", one_arg)  # type: ignore[arg-type]
+    with pytest.raises(TypeError, match="async function"):
+        pgflow.Consumer("", "q", not_async)  # type: ignore[arg-type]
+    with pytest.raises(TypeError, match="async function"):
+        pgflow.Consumer("", "q", "handler")  # type: ignore[arg-type]
+    pgflow.Consumer("", "q", Callable2())
+
+
 def test_the_runtime_refuses_bad_settings() -> None:
     async def h(m: pgflow.Message, tx: psycopg.AsyncConnection[Any]) -> None:
         return None

@@ -9,7 +9,7 @@
 
 from ._calls import Call, Message, NackResult
 from .client import AsyncClient, Client
-from .consumer import Consumer, Handler, Retry
+from .consumer import Consumer, ConsumerEvent, Handler, Retry
 from .errors import (
     ContractViolation,
     FeatureNotSupported,
@@ -32,6 +32,7 @@ __all__ = [
     "Call",
     "Client",
     "Consumer",
+    "ConsumerEvent",
     "ContractViolation",
     "FeatureNotSupported",
     "Handler",

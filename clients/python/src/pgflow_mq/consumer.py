@@ -14,6 +14,14 @@ empty, so it never waits in a long-poll with an archive uncommitted.
   back and the message is nacked with the error, so the queue's retry policy applies and a
   message that keeps failing ends in the dead-letter queue.
 
+Nothing fails without a word: each failed delivery is logged (a WARNING on logger
+``pgflow_mq.consumer`` with the queue, the id, its ``read_ct`` and the reason, and whether it
+comes back and when, or went to the dead-letter queue, an ERROR then), and handed to
+``on_event`` when one is given (a :class:`ConsumerEvent`: ``failed`` for every failure, then
+``retried`` or ``dead_lettered``). A handler that cannot be called as ``handler(message,
+connection)`` and awaited is refused when the consumer is made (``TypeError``): before, a
+one-argument handler failed every delivery until the message was dead-lettered.
+
 While a handler runs, a heartbeat extends the lease every ``heartbeat`` (a third of ``vt`` by
 default) over one connection the workers share, so a slow handler keeps its message. A nack
 names the lease ``receipt`` it received, and so do the archive and the heartbeat: if the lease
@@ -30,6 +38,7 @@ released with ``set_vt`` 0, not processed), and ``run`` returns when all are don
 from __future__ import annotations
 
 import asyncio
+import inspect
 import logging
 import signal
 from dataclasses import dataclass
@@ -55,6 +64,38 @@ class Retry:
 Handler = Callable[[Message, psycopg.AsyncConnection[Any]], Awaitable[Retry | None]]
 
 
+@dataclass(frozen=True)
+class ConsumerEvent:
+    """What happened to a delivery that did not succeed, as ``on_event`` receives it.
+
+    ``kind`` is ``"failed"`` (the handler raised, asked for a retry or timed out: ``reason``
+    says which), then ``"retried"`` (the message comes back at ``retry_at``) or
+    ``"dead_lettered"`` (it went to the queue's dead-letter queue).
+    """
+
+    kind: str
+    queue: str
+    msg_id: int
+    read_ct: int
+    reason: str
+    retry_at: Any = None
+
+
+def _check_handler(handler: Any) -> None:
+    """Refuses a handler that cannot be called as ``await handler(message, connection)``."""
+    if not callable(handler):
+        raise TypeError(f"handler must be an async function, got {type(handler).__name__}")
+    if not (inspect.iscoroutinefunction(handler)
+            or inspect.iscoroutinefunction(getattr(handler, "__call__", None))):
+        raise TypeError(f"handler {handler!r} must be an async function (async def), called as "
+                        "await handler(message, connection)")
+    try:
+        inspect.signature(handler).bind(None, None)
+    except TypeError as e:
+        raise TypeError(f"handler {handler!r} must take two arguments, (message, connection): "
+                        f"{e}") from None
+
+
 class _Retry(Exception):
     def __init__(self, after: timedelta) -> None:
         self.after = after
@@ -76,7 +117,9 @@ class Consumer:
         handler_timeout: timedelta | None = None,
         heartbeat: timedelta | None = None,
         pooled: bool = False,
+        on_event: Callable[[ConsumerEvent], None] | None = None,
     ) -> None:
+        _check_handler(handler)
         if workers < 1 or batch < 1:
             raise ValueError("workers and batch must be at least 1")
         if vt <= timedelta(0) or wait < timedelta(0):
@@ -93,6 +136,7 @@ class Consumer:
         # Through a transaction-mode pooler (PgBouncer): no prepared statements, and a queue
         # with session_leases is refused at start (its leases belong to a server connection).
         self.pooled = pooled
+        self.on_event = on_event
         self.processed = 0  # messages archived
         self.failed = 0  # messages nacked
         self._stopping = asyncio.Event()
@@ -239,12 +283,32 @@ class Consumer:
                 pass
         if error is not None:
             self.failed += 1
+            self._event(ConsumerEvent("failed", self.queue, m.msg_id, m.read_ct, error))
             try:
-                await client.nack(self.queue, m.msg_id, error=error, retry_after=retry_after,
-                                  receipt=m.receipt)
+                res = await client.nack(self.queue, m.msg_id, error=error, retry_after=retry_after,
+                                        receipt=m.receipt)
             except LeaseLost:
-                log.warning("message %s of %s: lease lost before the nack", m.msg_id, self.queue)
+                log.warning("message %s of %s (read_ct %s) failed: %s; its lease was lost before "
+                            "the nack", m.msg_id, self.queue, m.read_ct, error)
+                return nxt
+            if res is not None and res.outcome == "dead":
+                log.error("message %s of %s (read_ct %s) failed: %s; dead-lettered",
+                          m.msg_id, self.queue, m.read_ct, error)
+                self._event(ConsumerEvent("dead_lettered", self.queue, m.msg_id, m.read_ct, error))
+            elif res is not None:
+                log.warning("message %s of %s (read_ct %s) failed: %s; retried at %s",
+                            m.msg_id, self.queue, m.read_ct, error, res.retry_at)
+                self._event(ConsumerEvent("retried", self.queue, m.msg_id, m.read_ct, error,
+                                          res.retry_at))
         return nxt
+
+    def _event(self, e: ConsumerEvent) -> None:
+        if self.on_event is None:
+            return
+        try:
+            self.on_event(e)
+        except Exception:  # noqa: BLE001 - an observer must not break the consumer
+            log.exception("on_event raised on %s", e)
 
     async def _beat(self, m: Message) -> None:
         """Extends the lease every ``heartbeat`` while the handler runs."""
