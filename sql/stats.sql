@@ -254,10 +254,13 @@ BEGIN
         RAISE LOG 'pgflow alert %: queue "%" %: % (threshold %, since %)',
             r.state, r.queue_name, r.alert, r.value, r.threshold, r.since;
     END LOOP;
-    PERFORM pgflow._stats_alerts(coalesce(array_agg(a.queue_id), '{}'),
-                                 coalesce(array_agg(a.alert), '{}'),
-                                 coalesce(array_agg(a.since), '{}'))
-      FROM pgflow.alert a;
+    PERFORM pgflow._stats_alerts_at(coalesce(array_agg(a.queue_id), '{}'),
+                                    coalesce(array_agg(a.alert), '{}'),
+                                    coalesce(array_agg(a.since), '{}'),
+                                    coalesce(array_agg(v.value), '{}'),
+                                    coalesce(array_agg(a.threshold), '{}'))
+      FROM pgflow.alert a
+      LEFT JOIN pgflow._alert_values(v_now) v ON v.queue_id = a.queue_id AND v.alert = a.alert;
     RETURN NEXT;
 END $$;
 

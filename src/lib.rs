@@ -144,6 +144,7 @@ extension_sql_file!(
         api::stats::_stats_enabled,
         api::stats::_stats_reset,
         api::stats::_stats_alerts,
+        api::stats::_stats_alerts_at,
         api::stats::_stats_oldest,
         api::stats::_stats_ready,
         api::cursor::_cursor_status,

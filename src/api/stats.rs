@@ -379,16 +379,38 @@ fn _stats_needs_rebuild(queue_ids: Vec<i32>) -> bool {
     stats::enabled() && stats::needs_rebuild(&queue_ids)
 }
 
-/// The alerts now firing in this database (`_alerts_check`), by position, for the endpoint.
+/// The alerts now firing in this database, by position, for the endpoint: 0.2.0's call (its
+/// `_alerts_check` runs until `ALTER EXTENSION pgflow UPDATE`), without values.
 #[pg_extern(volatile, parallel_unsafe)]
 fn _stats_alerts(queue_ids: Vec<i32>, alerts: Vec<String>, since: Vec<TimestampWithTimeZone>) {
-    let firing: Vec<(i32, usize, i64)> = queue_ids
+    let none = vec![None; queue_ids.len()];
+    _stats_alerts_at(queue_ids, alerts, since, none.clone(), none);
+}
+
+/// The alerts now firing in this database (`_alerts_check`), with each one's value and
+/// threshold, by position, for the endpoint and the status page.
+#[pg_extern(volatile, parallel_unsafe)]
+fn _stats_alerts_at(
+    queue_ids: Vec<i32>,
+    alerts: Vec<String>,
+    since: Vec<TimestampWithTimeZone>,
+    values: Vec<Option<f64>>,
+    thresholds: Vec<Option<f64>>,
+) {
+    let firing: Vec<stats::Firing> = queue_ids
         .iter()
         .zip(&alerts)
         .zip(&since)
-        .filter_map(|((&q, a), &t)| {
+        .zip(values.iter().zip(&thresholds))
+        .filter_map(|(((&q, a), &t), (v, th))| {
             let kind = stats::ALERTS.iter().position(|k| k == a)?;
-            Some((q, kind, pg_sys::TimestampTz::from(t)))
+            Some(stats::Firing {
+                queue_id: q,
+                kind,
+                since: pg_sys::TimestampTz::from(t),
+                value: v.unwrap_or(f64::NAN),
+                threshold: th.unwrap_or(f64::NAN),
+            })
         })
         .collect();
     stats::set_alerts(&firing);

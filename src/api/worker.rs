@@ -3,7 +3,7 @@ use pgrx::pg_sys::panic::ErrorReport;
 use pgrx::prelude::*;
 use pgrx::PgSqlErrorCode;
 
-use crate::worker::{self, reindexer, IdleReason, SlotState, REGISTRY};
+use crate::worker::{self, reindexer, SlotState, REGISTRY};
 
 fn ts(t: i64) -> Option<TimestampWithTimeZone> {
     (t != 0)
@@ -75,45 +75,55 @@ fn worker_status() -> Result<
     // Other databases' workers only for pg_monitor (and pgflow_admin, superusers).
     let all = crate::api::access::class() != crate::api::access::Class::Grants;
     let mine = unsafe { pg_sys::MyDatabaseId }.to_u32();
-    let reg = REGISTRY.share();
-    let mut rows: Vec<_> = reg
+    // Who holds the background worker slots, for a database that could not get one (read
+    // before the registry's lock is taken: no query runs under it).
+    let starved = REGISTRY
+        .share()
+        .slots
+        .iter()
+        .any(|s| s.state != SlotState::Free && s.no_bgw_slot_since != 0);
+    let used_by = if starved {
+        bgworkers_in_use()
+    } else {
+        String::new()
+    };
+    // A copy of the slots: what follows reads the statistics' shared memory and other
+    // processes' wait events, none of it under the registry's lock.
+    let slots: Vec<worker::Slot> = REGISTRY
+        .share()
         .slots
         .iter()
         .filter(|s| s.state != SlotState::Free && (all || s.dboid == mine))
+        .copied()
+        .collect();
+    let mut rows: Vec<_> = slots
+        .iter()
         .map(|s| {
-            let detail = match (s.state, s.idle_reason, s.held) {
-                (_, _, true) => Some("held by a database-level command".to_owned()),
-                (SlotState::Idle, IdleReason::NoExtension, _) => {
-                    Some("extension not created in this database".to_owned())
+            let problem = s.problem(now).map(|p| {
+                if s.no_bgw_slot_since != 0 && s.state != SlotState::Running {
+                    format!(
+                        "{p}, used by {used_by}; its leases, retries, alerts and statistics \
+                         wait (raise max_worker_processes: docs/operations.md, Sizing)"
+                    )
+                } else {
+                    p
                 }
-                (SlotState::Idle, IdleReason::Disabled, _) => {
-                    Some("pgflow.enabled is off for this database".to_owned())
-                }
-                (SlotState::Held, _, _) => {
-                    Some("stopped by pgflow.enabled or pgflow.databases".to_owned())
-                }
-                (SlotState::Wanted, _, _) if s.not_before > now => {
-                    Some(format!("restarting after {} unplanned exits", s.restarts))
-                }
-                (SlotState::Running, _, _) if s.read_only => Some(
-                    "paused: default_transaction_read_only is on (a failover manager such as \
-                     pg_auto_failover sets it on a promoted standby until the old primary is \
-                     known to be down); the rounds resume when it is off"
-                        .to_owned(),
-                ),
-                (SlotState::Running, _, _) if s.pid > 0 && waits_for_sync_rep(s.pid) => Some(
+            });
+            let detail = match s.state {
+                _ if problem.is_some() => problem,
+                SlotState::Running if s.pid > 0 && waits_for_sync_rep(s.pid) => Some(
                     "its round waits for synchronous replication at commit (is a synchronous \
                      standby of synchronous_standby_names connected?)"
                         .to_owned(),
                 ),
-                (SlotState::Running, _, _) if s.reindex_pid != 0 => Some(format!(
+                SlotState::Running if s.reindex_pid != 0 => Some(format!(
                     "rebuilding the indexes of {} concurrently for {:.0} s ({:.1} MB before; \
                      pgflow.reindex_min_size)",
                     reindexer::table_name(s.reindex_table),
                     (now - s.reindex_started_at).max(0) as f64 / 1e6,
                     s.reindex_before as f64 / 1048576.0
                 )),
-                (SlotState::Running, _, _) if s.reindex_failed => Some(format!(
+                SlotState::Running if s.reindex_failed => Some(format!(
                     "the last index rebuild, of {}, did not finish (the server log says why); \
                      the next try comes in {:.0} s at the earliest",
                     reindexer::table_name(s.reindex_table),
@@ -144,9 +154,26 @@ fn worker_status() -> Result<
             )
         })
         .collect();
-    drop(reg);
     rows.sort_by(|a, b| a.0.cmp(&b.0));
     Ok(TableIterator::new(rows))
+}
+
+/// The background workers running, by type, most first ("5 pgflow worker, 1 pgflow launcher,
+/// 1 logical replication launcher"): every process that takes one of `max_worker_processes`'
+/// slots shows in pg_stat_activity with its worker type as `backend_type`; the server's own
+/// processes are left out.
+fn bgworkers_in_use() -> String {
+    let query = "SELECT coalesce(string_agg(n || ' ' || backend_type, ', ' ORDER BY n DESC, backend_type), 'nothing visible')
+                   FROM (SELECT backend_type, count(*) AS n FROM pg_catalog.pg_stat_activity
+                          WHERE backend_type <> ALL (ARRAY['client backend', 'autovacuum launcher',
+                                'autovacuum worker', 'background writer', 'checkpointer', 'walwriter',
+                                'walsender', 'walreceiver', 'startup', 'archiver', 'standalone backend',
+                                'slotsync worker', 'walsummarizer', 'io worker', 'logger'])
+                          GROUP BY backend_type) s";
+    Spi::get_one::<String>(query)
+        .ok()
+        .flatten()
+        .unwrap_or_else(|| "(unknown)".to_owned())
 }
 
 /// Whether the backend `pid` (a worker) waits for a synchronous standby to confirm its

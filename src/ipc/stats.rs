@@ -149,6 +149,10 @@ pub struct Entry {
     pub rebuilt_at: i64,
     /// Since when each alert fires (0: it does not), as the worker's last check found it.
     pub alerts: [i64; ALERTS.len()],
+    /// Each firing alert's value and threshold as the worker's check found them (the status
+    /// page shows them beside `alerts`).
+    pub alert_values: [f64; ALERTS.len()],
+    pub alert_thresholds: [f64; ALERTS.len()],
     /// When the oldest ready message was enqueued (0: none ready), as the worker's last tick
     /// found it.
     pub oldest_ready: i64,
@@ -171,6 +175,8 @@ impl Entry {
         reset_at: 0,
         rebuilt_at: 0,
         alerts: [0; ALERTS.len()],
+        alert_values: [0.0; ALERTS.len()],
+        alert_thresholds: [0.0; ALERTS.len()],
         oldest_ready: 0,
     };
 
@@ -684,9 +690,19 @@ pub fn needs_rebuild(queues: &[i32]) -> bool {
     })
 }
 
-/// The alerts firing in this database, (queue, kind, since), as the worker's check found them:
-/// every other alert of the database's entries is cleared.
-pub fn set_alerts(firing: &[(i32, usize, i64)]) {
+/// One firing alert as the worker's check found it.
+#[derive(Clone, Copy, Debug)]
+pub struct Firing {
+    pub queue_id: i32,
+    pub kind: usize,
+    pub since: i64,
+    pub value: f64,
+    pub threshold: f64,
+}
+
+/// The alerts firing in this database, as the worker's check found them: every other alert of
+/// the database's entries is cleared.
+pub fn set_alerts(firing: &[Firing]) {
     if !preloaded() {
         return;
     }
@@ -694,8 +710,12 @@ pub fn set_alerts(firing: &[(i32, usize, i64)]) {
     let mut s = STATS.exclusive();
     for e in s.entries.iter_mut().filter(|e| e.dboid == db) {
         e.alerts = [0; ALERTS.len()];
-        for &(_, kind, since) in firing.iter().filter(|f| f.0 == e.queue_id) {
-            e.alerts[kind] = since;
+        e.alert_values = [0.0; ALERTS.len()];
+        e.alert_thresholds = [0.0; ALERTS.len()];
+        for f in firing.iter().filter(|f| f.queue_id == e.queue_id) {
+            e.alerts[f.kind] = f.since;
+            e.alert_values[f.kind] = f.value;
+            e.alert_thresholds[f.kind] = f.threshold;
         }
     }
 }

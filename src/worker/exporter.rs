@@ -28,8 +28,8 @@ use pgrx::bgworkers::{BackgroundWorkerBuilder, BgWorkerStartTime};
 use pgrx::prelude::*;
 
 use super::{
-    exposition, handle_interrupts, micros, now, policy, setup_signals, status_page, SlotState,
-    REGISTRY,
+    exposition, handle_interrupts, micros, now, policy, setup_signals, status_page, IdleReason,
+    SlotState, REGISTRY,
 };
 use crate::guc;
 use crate::ipc::stats;
@@ -374,6 +374,31 @@ fn served(dboid: u32) -> bool {
     policy::allows(list.as_deref(), &name)
 }
 
+/// The workers of the databases served where pgflow is created, for the status page.
+fn workers() -> Vec<status_page::Worker> {
+    let slots: Vec<super::Slot> = {
+        let reg = REGISTRY.share();
+        reg.slots
+            .iter()
+            .filter(|s| {
+                s.state != SlotState::Free
+                    && !(s.state == SlotState::Idle && s.idle_reason == IdleReason::NoExtension)
+            })
+            .copied()
+            .collect()
+    };
+    let t = now();
+    slots
+        .into_iter()
+        .filter(|s| served(s.dboid))
+        .map(|s| status_page::Worker {
+            database: s.name(),
+            state: s.state.label(),
+            problem: s.problem(t).unwrap_or_default(),
+        })
+        .collect()
+}
+
 fn db_name(dboid: u32) -> String {
     let reg = REGISTRY.share();
     reg.slots
@@ -396,7 +421,7 @@ fn answer(route: Route, history: &status_page::History) -> Vec<u8> {
             )
         }
         Route::Page { head } => {
-            let page = status_page::render(&stats::snapshot(served), &db_name, history);
+            let page = status_page::render(&stats::snapshot(served), &workers(), &db_name, history);
             response(200, "OK", "text/html; charset=utf-8", page.as_bytes(), head)
         }
         Route::Error(status, reason) => {

@@ -242,6 +242,20 @@ pub fn render(
     }
     header(
         &mut out,
+        "pgflow_worker_no_slot",
+        "gauge",
+        "1 while the database's worker cannot start because every background worker slot (max_worker_processes) is taken.",
+    );
+    for s in &slots {
+        let _ = writeln!(
+            out,
+            "pgflow_worker_no_slot{{database=\"{}\"}} {}",
+            esc(&s.name()),
+            u8::from(s.no_bgw_slot_since != 0 && s.state != SlotState::Running)
+        );
+    }
+    header(
+        &mut out,
         "pgflow_worker_ticks_total",
         "counter",
         "Maintenance rounds since the server started.",

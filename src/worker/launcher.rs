@@ -162,15 +162,37 @@ fn reconcile(handles: &mut HashMap<u32, DynamicBackgroundWorker>) -> i64 {
         match start_worker(dboid, &name) {
             Some(h) => {
                 handles.insert(dboid, h);
+                if let Some(slot) = REGISTRY.exclusive().find(dboid) {
+                    slot.no_bgw_slot_since = 0;
+                }
             }
             None => {
-                pgrx::warning!(
-                    "pgflow: could not start a worker for database \"{name}\"; raise max_worker_processes"
-                );
-                let mut reg = REGISTRY.exclusive();
-                if let Some(slot) = reg.find(dboid) {
-                    slot.set_state(SlotState::Wanted);
-                    slot.not_before = now() + micros(Duration::from_secs(10));
+                // Every background worker slot is taken. Tried again every 10 s; said once per
+                // episode here, and all along by worker_status(), the endpoint and the page.
+                let first = {
+                    let mut reg = REGISTRY.exclusive();
+                    match reg.find(dboid) {
+                        Some(slot) => {
+                            slot.set_state(SlotState::Wanted);
+                            slot.not_before = now() + micros(Duration::from_secs(10));
+                            let first = slot.no_bgw_slot_since == 0;
+                            if first {
+                                slot.no_bgw_slot_since = now();
+                            }
+                            first
+                        }
+                        None => false,
+                    }
+                };
+                if first {
+                    // SAFETY: a plain int setting of the postmaster's.
+                    let max = unsafe { pg_sys::max_worker_processes };
+                    pgrx::warning!(
+                        "pgflow: no free background worker slot for database \"{name}\"'s worker \
+                         (max_worker_processes = {max}): its leases, retries, alerts and \
+                         statistics wait; raise max_worker_processes (docs/operations.md, \
+                         Sizing)"
+                    );
                 }
                 sleep_ms = sleep_ms.min(10_000);
             }

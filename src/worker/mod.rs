@@ -149,6 +149,10 @@ pub struct Slot {
     pub reindex_ended_at: i64,
     pub reindex_before: i64,
     pub reindex_next_check: i64,
+    /// Since when the launcher could not register this database's worker because every
+    /// background worker slot (`max_worker_processes`) was taken (0: it could, or never tried).
+    /// `worker_status()`, the endpoint and the status page say so; the launcher warns once.
+    pub no_bgw_slot_since: i64,
 }
 
 impl Slot {
@@ -183,6 +187,7 @@ impl Slot {
         reindex_ended_at: 0,
         reindex_before: 0,
         reindex_next_check: 0,
+        no_bgw_slot_since: 0,
     };
 
     pub fn name(&self) -> String {
@@ -199,6 +204,46 @@ impl Slot {
         // datname is a NameData (63 bytes and a NUL), so it always fits.
         let n = name.len().min(63);
         self.datname[..n].copy_from_slice(&name.as_bytes()[..n]);
+    }
+
+    /// What keeps this database's worker from doing its rounds, in words (None: nothing):
+    /// what `worker_status()` says first and what the status page shows.
+    pub fn problem(&self, now: i64) -> Option<String> {
+        Some(match (self.state, self.idle_reason) {
+            _ if self.held => "held by a database-level command".to_owned(),
+            (SlotState::Idle, IdleReason::NoExtension) => {
+                "extension not created in this database".to_owned()
+            }
+            (SlotState::Idle, IdleReason::Disabled) => {
+                "pgflow.enabled is off for this database".to_owned()
+            }
+            (SlotState::Held, _) => "stopped by pgflow.enabled or pgflow.databases".to_owned(),
+            (SlotState::Wanted | SlotState::Starting, _) if self.no_bgw_slot_since != 0 => {
+                // SAFETY: a plain int setting of the postmaster's.
+                let max = unsafe { pgrx::pg_sys::max_worker_processes };
+                let since = self
+                    .no_bgw_slot_since
+                    .div_euclid(1_000_000)
+                    .rem_euclid(86_400);
+                format!(
+                    "no free background worker slot since {:02}:{:02}:{:02} UTC: \
+                     max_worker_processes = {max}",
+                    since / 3600,
+                    since / 60 % 60,
+                    since % 60
+                )
+            }
+            (SlotState::Wanted, _) if self.not_before > now => {
+                format!("restarting after {} unplanned exits", self.restarts)
+            }
+            (SlotState::Running, _) if self.read_only => {
+                "paused: default_transaction_read_only is on (a failover manager such as \
+                 pg_auto_failover sets it on a promoted standby until the old primary is known \
+                 to be down); the rounds resume when it is off"
+                    .to_owned()
+            }
+            _ => return None,
+        })
     }
 
     pub fn set_state(&mut self, state: SlotState) {

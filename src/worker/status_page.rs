@@ -1,7 +1,11 @@
 //! The status page the endpoint serves at `/`: one self-contained HTML page (inline CSS, inline
-//! SVG, no script and no external asset) with every served queue's depth by state, its rates,
-//! its latency percentiles, its dead letters and its alerts, and a chart of its depth over the
-//! last minutes. The exporter samples shared memory every `SAMPLE_EVERY` into a ring of its own
+//! SVG, no script and no external asset), an operator's first screen: a summary line (the
+//! databases and how many have no running worker, the alerts firing, the oldest ready message,
+//! the dead letters), each database's worker with what keeps it from running, then every
+//! served queue, most troubled first, with its depth by state, its rates, its latency
+//! percentiles, its dead letters, its alerts (value, threshold and since) and a chart of its
+//! depth over the last minutes, labelled with its scale. It fits 1280 px without scrolling
+//! sideways (the metrics layer measures it). The exporter samples shared memory every `SAMPLE_EVERY` into a ring of its own
 //! (`History`, bounded: `SAMPLES` per queue, at most `MAX_QUEUES` queues); rates come from the
 //! ring's oldest sample within the last minute.
 use std::collections::HashMap;
@@ -86,7 +90,7 @@ impl History {
         const W: f64 = 200.0;
         const H: f64 = 40.0;
         let Some(ring) = self.queues.get(&key).filter(|r| r.len() >= 2) else {
-            return "<svg class=\"chart\" width=\"200\" height=\"40\"></svg>".to_owned();
+            return "<svg class=\"chart\" width=\"90\" height=\"28\"></svg>".to_owned();
         };
         let (t0, t1) = (ring[0].at, ring[ring.len() - 1].at);
         let max = ring.iter().map(|s| s.depth).max().unwrap_or(0).max(1) as f64;
@@ -99,10 +103,11 @@ impl History {
             })
             .collect();
         format!(
-            "<svg class=\"chart\" width=\"200\" height=\"40\" viewBox=\"0 0 200 40\" \
-             role=\"img\" aria-label=\"depth, max {max}\"><polyline fill=\"none\" \
-             stroke=\"#2a6fdb\" stroke-width=\"1.5\" points=\"{}\"/></svg>\
-             <span class=\"max\">max {max}</span>",
+            "<svg class=\"chart\" width=\"90\" height=\"28\" viewBox=\"0 0 200 40\" \
+             preserveAspectRatio=\"none\" role=\"img\" aria-label=\"depth, max {max}\">\
+             <polyline fill=\"none\" stroke=\"#2a6fdb\" stroke-width=\"2\" \
+             vector-effect=\"non-scaling-stroke\" points=\"{}\"/></svg>\
+             <span class=\"scale\">0–{max}</span>",
             points.join(" ")
         )
     }
@@ -131,37 +136,162 @@ fn secs(v: Option<f64>) -> String {
     }
 }
 
-/// The page, for the entries served (sorted by database and queue) and their databases' names.
-pub fn render(entries: &[Entry], db_name: &dyn Fn(u32) -> String, history: &History) -> String {
+/// A served database's worker, as the page's summary and worker table show it.
+pub struct Worker {
+    pub database: String,
+    /// The slot's state (`running`, `wanted`, ...).
+    pub state: &'static str,
+    /// Why it is not running, when it is not (empty otherwise).
+    pub problem: String,
+}
+
+/// How much trouble a queue is in, most first: firing alerts, then dead letters, then the age
+/// of its oldest ready message, then its depth. The page lists queues in this order, so that
+/// what needs an operator is on the first screen whatever the databases' names.
+fn trouble(e: &Entry, now: i64) -> (usize, i64, i64, i64) {
+    let firing = e.alerts.iter().filter(|&&since| since != 0).count();
+    let dead = if e.valid { e.gauges[stats::DEAD] } else { 0 };
+    let age = if e.valid && e.oldest_ready != 0 {
+        now - e.oldest_ready
+    } else {
+        0
+    };
+    (firing, dead, age, if e.valid { depth(e) } else { 0 })
+}
+
+fn clock(t: i64) -> String {
+    // Timestamps are microseconds since 2000-01-01 UTC; the page shows UTC wall-clock time.
+    let secs = t.div_euclid(1_000_000).rem_euclid(86_400);
+    format!(
+        "{:02}:{:02}:{:02} UTC",
+        secs / 3600,
+        secs / 60 % 60,
+        secs % 60
+    )
+}
+
+fn number(v: f64) -> String {
+    if v.is_nan() {
+        "?".to_owned()
+    } else if v.fract() == 0.0 && v.abs() < 1e15 {
+        format!("{v:.0}")
+    } else {
+        format!("{v:.1}")
+    }
+}
+
+/// The page: a summary line, the databases' workers, then the queues served, most troubled
+/// first (`entries` as `stats::snapshot` gives them, `workers` for the databases served).
+pub fn render(
+    entries: &[Entry],
+    workers: &[Worker],
+    db_name: &dyn Fn(u32) -> String,
+    history: &History,
+) -> String {
     let now = super::now();
     let mut out = String::with_capacity(4096 + entries.len() * 1500);
     out.push_str(
         "<!DOCTYPE html>\n<html lang=\"en\"><head><meta charset=\"utf-8\">\
          <meta http-equiv=\"refresh\" content=\"5\">\
+         <meta name=\"viewport\" content=\"width=device-width\">\
          <title>pgflow status</title><style>\
-         body{font:14px system-ui,sans-serif;margin:1.5em;color:#222}\
-         table{border-collapse:collapse}th,td{padding:4px 8px;border-bottom:1px solid #ddd;\
-         text-align:right;white-space:nowrap}th{background:#f3f3f3}td.name{text-align:left}\
-         td.alert{color:#b00;font-weight:bold;text-align:left}.max{color:#888;font-size:11px;\
-         margin-left:4px}.chart{vertical-align:middle;background:#fafafa}\
+         body{font:13px system-ui,sans-serif;margin:1em;color:#222;max-width:1260px}\
+         h1{font-size:20px;margin:0 0 .4em}h2{font-size:15px;margin:1em 0 .3em}\
+         p.summary{font-size:15px;margin:.3em 0}.bad{color:#b00;font-weight:bold}.good{color:#070}\
+         table{border-collapse:collapse}th,td{padding:3px 4px;border-bottom:1px solid #ddd;\
+         text-align:right;white-space:nowrap}th{background:#f3f3f3;font-weight:600;\
+         white-space:normal;vertical-align:bottom}th:nth-child(-n+2){text-align:left}\
+         td.name{text-align:left;max-width:160px;overflow:hidden;text-overflow:ellipsis}\
+         td.alert{color:#b00;text-align:left;white-space:normal;min-width:110px;max-width:170px}\
+         td.problem{text-align:left;white-space:normal;color:#b00}\
+         .scale{color:#666;font-size:11px;margin-left:3px}.chart{vertical-align:middle;\
+         background:#fafafa}tr.trouble td.name{font-weight:bold}\
          </style></head><body><h1>pgflow</h1>\n",
     );
+
+    // The summary: what an operator asks first.
+    let down: Vec<&Worker> = workers.iter().filter(|w| !w.problem.is_empty()).collect();
+    let firing: usize = entries
+        .iter()
+        .map(|e| e.alerts.iter().filter(|&&s| s != 0).count())
+        .sum();
+    let dead: i64 = entries
+        .iter()
+        .filter(|e| e.valid)
+        .map(|e| e.gauges[stats::DEAD])
+        .sum();
+    let oldest = entries
+        .iter()
+        .filter(|e| e.valid && e.oldest_ready != 0)
+        .min_by_key(|e| e.oldest_ready);
+    let _ = write!(
+        out,
+        "<p class=\"summary\" id=\"summary\"><span id=\"databases\">{} databases, <span class=\"{}\">{} \
+         without a running worker</span></span> · <span id=\"firing\" class=\"{}\">{firing} \
+         alerts firing</span> · <span id=\"oldest\">oldest ready message: {}</span> · \
+         <span id=\"dead\" class=\"{}\">{dead} dead letters</span> · {} queues</p>\n",
+        workers.len(),
+        if down.is_empty() { "good" } else { "bad" },
+        down.len(),
+        if firing == 0 { "good" } else { "bad" },
+        oldest.map_or_else(
+            || "none".to_owned(),
+            |e| format!(
+                "{} ({} / {})",
+                secs(Some((now - e.oldest_ready) as f64 / 1e6)),
+                esc(&db_name(e.dboid)),
+                esc(e.name())
+            )
+        ),
+        if dead == 0 { "good" } else { "bad" },
+        entries.len(),
+    );
+
+    // The workers: every served database's, those in trouble first.
+    out.push_str(
+        "<h2>Workers</h2><table id=\"workers\"><thead><tr><th>database</th><th>worker</th>\
+         <th>problem</th></tr></thead><tbody>\n",
+    );
+    let mut ws: Vec<&Worker> = workers.iter().collect();
+    ws.sort_by(|a, b| {
+        (a.problem.is_empty(), &a.database).cmp(&(b.problem.is_empty(), &b.database))
+    });
+    for w in ws {
+        let _ = writeln!(
+            out,
+            "<tr data-worker=\"{db}\"><td class=\"name\">{db}</td><td class=\"state\">{}</td>\
+             <td class=\"problem\">{}</td></tr>",
+            w.state,
+            esc(&w.problem),
+            db = esc(&w.database),
+        );
+    }
+    out.push_str("</tbody></table>\n");
+
     let _ = writeln!(
         out,
-        "<p>{} queues. Depths by state now; rates per second over the last minute; latency \
-         percentiles since the statistics were reset; the chart is the queue's depth over the \
-         last 5 minutes. Refreshes every 5 s.</p>",
-        entries.len()
+        "<h2>Queues</h2><p>Most troubled first (alerts, dead letters, oldest ready, depth). \
+         Depths by state now; rates per second over the last minute; latency percentiles since \
+         the statistics were reset; an alert as its value &gt; its threshold, since when; the \
+         chart is the queue's depth over the last 5 minutes, each on its own scale (0 to the \
+         max written beside it). Refreshes every 5 s.</p>"
     );
     out.push_str(
         "<table id=\"queues\"><thead><tr><th>database</th><th>queue</th><th>ready</th>\
-         <th>delayed</th><th>in flight</th><th>waiting</th><th>dead</th><th>oldest ready</th><th>sent/s</th>\
-         <th>delivered/s</th><th>archived/s</th><th>wait p50</th><th>wait p99</th>\
-         <th>processing p99</th><th>end to end p99</th><th>alerts</th><th>depth</th></tr></thead>\
-         <tbody>\n",
+         <th>delayed</th><th>in flight</th><th>waiting</th><th>dead</th><th>oldest ready</th>\
+         <th>sent /s</th><th>deliv. /s</th><th>arch. /s</th><th>wait p50</th><th>wait p99</th>\
+         <th>end to end p99</th><th>alerts</th><th>depth</th>\
+         </tr></thead><tbody>\n",
     );
-    for e in entries {
+    let mut order: Vec<&Entry> = entries.iter().collect();
+    order.sort_by(|a, b| {
+        trouble(b, now)
+            .cmp(&trouble(a, now))
+            .then_with(|| (db_name(a.dboid), a.name()).cmp(&(db_name(b.dboid), b.name())))
+    });
+    for e in order {
         let key = (e.dboid, e.queue_id);
+        let (firing, dead, _, _) = trouble(e, now);
         let g = |i: usize| {
             if e.valid {
                 e.gauges[i].to_string()
@@ -173,20 +303,27 @@ pub fn render(entries: &[Entry], db_name: &dyn Fn(u32) -> String, history: &Hist
             Some((s, d, a)) => (format!("{s:.1}"), format!("{d:.1}"), format!("{a:.1}")),
             None => ("–".to_owned(), "–".to_owned(), "–".to_owned()),
         };
-        let alerts: Vec<&str> = stats::ALERTS
+        let alerts: Vec<String> = stats::ALERTS
             .iter()
-            .zip(e.alerts)
-            .filter(|(_, since)| *since != 0)
-            .map(|(a, _)| *a)
+            .enumerate()
+            .filter(|&(i, _)| e.alerts[i] != 0)
+            .map(|(i, a)| {
+                format!(
+                    "<span class=\"firing\" data-alert=\"{a}\">{a} {} &gt; {} since {}</span>",
+                    number(e.alert_values[i]),
+                    number(e.alert_thresholds[i]),
+                    clock(e.alerts[i])
+                )
+            })
             .collect();
         let _ = writeln!(
             out,
-            "<tr data-database=\"{db}\" data-queue=\"{q}\"><td class=\"name\">{db}</td>\
+            "<tr data-database=\"{db}\" data-queue=\"{q}\"{cls}><td class=\"name\">{db}</td>\
              <td class=\"name\">{q}</td><td class=\"ready\">{}</td><td class=\"delayed\">{}</td>\
              <td class=\"in_flight\">{}</td><td class=\"waiting\">{}</td><td class=\"dead\">{}</td>\
              <td class=\"oldest_ready\">{}</td>\
              <td class=\"sent\">{sent}</td><td class=\"delivered\">{delivered}</td>\
-             <td class=\"archived\">{archived}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td>\
+             <td class=\"archived\">{archived}</td><td>{}</td><td>{}</td><td>{}</td>\
              <td class=\"alert\">{}</td><td>{}</td></tr>",
             g(stats::READY),
             g(stats::DELAYED),
@@ -196,12 +333,16 @@ pub fn render(entries: &[Entry], db_name: &dyn Fn(u32) -> String, history: &Hist
             secs((e.valid && e.oldest_ready != 0).then(|| (now - e.oldest_ready) as f64 / 1e6)),
             secs(quantile(&e.hist[stats::WAIT], 0.5)),
             secs(quantile(&e.hist[stats::WAIT], 0.99)),
-            secs(quantile(&e.hist[stats::PROCESSING], 0.99)),
             secs(quantile(&e.hist[stats::END_TO_END], 0.99)),
             alerts.join(" "),
             history.chart(key),
             db = esc(&db_name(e.dboid)),
             q = esc(e.name()),
+            cls = if firing > 0 || dead > 0 {
+                " class=\"trouble\""
+            } else {
+                ""
+            },
         );
     }
     out.push_str("</tbody></table></body></html>\n");

@@ -411,8 +411,10 @@ def page_agrees():
     row = rows.rows.get((DB, "work"))
     m = metrics("work", "true")
     want = {"ready": m["visible"], "delayed": m["delayed"], "in_flight": m["in_flight"],
-            "waiting": m["waiting"], "dead": m["dlq_length"], "alert": "dlq"}
-    return row is not None and all(row.get(k) == v for k, v in want.items()) and row
+            "waiting": m["waiting"], "dead": m["dlq_length"]}
+    # The alert with its value, threshold and since.
+    return (row is not None and all(row.get(k) == v for k, v in want.items())
+            and row.get("alert", "").startswith("dlq 1 > 0 since ") and row)
 
 
 row = poll("the status page showing metrics() and the alert", page_agrees)

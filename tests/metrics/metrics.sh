@@ -10,14 +10,19 @@
 #  - the status page at /, loaded in headless Chromium, shows metrics()'s numbers and the alert
 #    (a screenshot goes to /tmp/pgflow-out-VERSION/metrics/status-page.png);
 #  - examples/prometheus/alerts.yml passes promtool check rules;
-#  - bad requests get a short HTTP error and the endpoint keeps serving; 1,000 queues are
-#    served (the time is printed, not asserted);
+#  - bad requests get a short HTTP error and the endpoint keeps serving; a client trickling its
+#    request and ten silent ones hold no scrape; of 1,100 queues in one database those up to
+#    the statistics table's reserve are served, and a queue of another database still is (the
+#    time is printed, not asserted); no database without pgflow is named;
 #  - pgflow.metrics_databases narrows what it serves;
 #  - pgflow.stats off, then on: metrics() counts rows, then agrees again after the rebuild;
 #  - a crashed backend (the postmaster reinitializes shared memory): the worker rebuilds the
 #    gauges from the tables, and the counters start again;
 #  - restarted without shared_preload_libraries: metrics() counts rows and metrics_text()
-#    refuses with 55000.
+#    refuses with 55000;
+#  - on a second cluster with max_worker_processes = 4 (slots.py): databases that get no worker
+#    say so in worker_status(), on the endpoint, on the status page and once in the log; the
+#    page's summary, order by trouble and alerts (value, threshold, since); it fits 1280 px.
 # Usage: metrics.sh VERSION. Every wait is a bounded poll on the server's own state.
 set -euo pipefail
 . "$(dirname "$0")/../../scripts/lib.sh"
@@ -49,3 +54,17 @@ got=$(q -c "SHOW shared_preload_libraries" -c "SELECT m.exact, (SELECT ($depths)
 err=$(q -c '\set VERBOSITY sqlstate' -c "SELECT pgflow.metrics_text()" 2>&1) && die "metrics_text() worked without preload"
 [ "$err" = "ERROR:  55000" ] || die "without preload, metrics_text(): '$err' (want ERROR:  55000)"
 echo "ok: without preload, metrics() counts rows and metrics_text() refuses with 55000"
+cluster_stop "$ver" "$dir"
+
+# A cluster whose background worker slots run out (max_worker_processes = 4), with its own
+# endpoint: what a database without a worker looks like everywhere, and the status page as an
+# operator's first screen (tests/metrics/slots.py).
+sdir=/tmp/pgflow-slots-$ver
+sport=$(free_port)
+smport=$(free_port)
+while [ "$smport" = "$sport" ]; do smport=$(free_port); done
+trap 'cluster_stop "$ver" "$dir"; cluster_stop "$ver" "$sdir"' EXIT
+cluster_start "$ver" "$sdir" "$sport" \
+  "pgflow.metrics_listen = '127.0.0.1:$smport'" "pgflow.tick = 200ms" "max_worker_processes = 4"
+PSQL="$bindir/psql" PGPORT=$sport METRICS_PORT=$smport OUT_DIR=$out SERVER_LOG=$sdir/server.log \
+  "$PLOT_PYTHON" "$(dirname "$0")/slots.py"
