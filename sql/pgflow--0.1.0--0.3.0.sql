@@ -2924,6 +2924,12 @@ CREATE OR REPLACE FUNCTION pgflow._sees_activity_of(role oid)
  STABLE PARALLEL SAFE STRICT
 AS 'MODULE_PATHNAME', $function$_sees_activity_of_wrapper$function$;
 
+CREATE OR REPLACE FUNCTION pgflow._stats_alerts_at(queue_ids integer[], alerts text[], since timestamp with time zone[], "values" double precision[], thresholds double precision[])
+ RETURNS void
+ LANGUAGE c
+ STRICT
+AS 'MODULE_PATHNAME', $function$_stats_alerts_at_wrapper$function$;
+
 CREATE OR REPLACE FUNCTION pgflow."grant"(queue_name text, role regrole, privilege text)
  RETURNS boolean
  LANGUAGE plpgsql
@@ -2987,10 +2993,13 @@ BEGIN
         RAISE LOG 'pgflow alert %: queue "%" %: % (threshold %, since %)',
             r.state, r.queue_name, r.alert, r.value, r.threshold, r.since;
     END LOOP;
-    PERFORM pgflow._stats_alerts(coalesce(array_agg(a.queue_id), '{}'),
-                                 coalesce(array_agg(a.alert), '{}'),
-                                 coalesce(array_agg(a.since), '{}'))
-      FROM pgflow.alert a;
+    PERFORM pgflow._stats_alerts_at(coalesce(array_agg(a.queue_id), '{}'),
+                                    coalesce(array_agg(a.alert), '{}'),
+                                    coalesce(array_agg(a.since), '{}'),
+                                    coalesce(array_agg(v.value), '{}'),
+                                    coalesce(array_agg(a.threshold), '{}'))
+      FROM pgflow.alert a
+      LEFT JOIN pgflow._alert_values(v_now) v ON v.queue_id = a.queue_id AND v.alert = a.alert;
     RETURN NEXT;
 END $function$;
 

@@ -20,12 +20,17 @@ defmodule Pgflow.MixProject do
   end
 
   @example Path.expand("../../examples/evolution/elixir", __DIR__)
-  defp elixirc_paths(:test), do: ["lib", @example]
+  # test/support: modules the tests need compiled (structs that implement a protocol before
+  # it is consolidated).
+  defp elixirc_paths(:test), do: ["lib", "test/support", @example]
   defp elixirc_paths(_), do: ["lib"]
   defp test_paths(:test), do: ["test", @example]
   defp test_paths(_), do: ["test"]
 
   def application do
-    [extra_applications: [:logger, :p1_pgsql, :stringprep, :jiffy]]
+    [
+      mod: {Pgflow.Application, []},
+      extra_applications: [:logger, :crypto, :p1_pgsql, :stringprep, :jiffy]
+    ]
   end
 end

@@ -16,7 +16,8 @@ defmodule Pgflow do
       server on commit), not LISTEN.
   """
 
-  alias Pgflow.{Error, Message}
+  require Logger
+  alias Pgflow.{Error, Message, Payload}
 
   @max_wait_ms 4_000
 
@@ -66,6 +67,10 @@ defmodule Pgflow do
     dlq_list: "SELECT row_to_json(d)::text FROM pgflow.dlq_list($1, $2::int) d",
     dlq_list_all: "SELECT row_to_json(d)::text FROM pgflow.dlq_list_all($1::int) d",
     dlq_retry: "SELECT pgflow.dlq_retry($1, $2::bigint)::text",
+    # The queues whose dead letters include this id (ids are per queue).
+    dlq_find: "SELECT queue_name FROM pgflow.dlq_list_all(2147483647) WHERE msg_id = $1::bigint",
+    queue_exists:
+      "SELECT EXISTS (SELECT 1 FROM pgflow.list_queues() q WHERE q.queue_name = $1)::text",
     dlq_purge: "SELECT pgflow.dlq_purge($1)::text",
     # Every queue's dead letters, in one statement: all or nothing (42501 when the caller may
     # not administer one of the queues).
@@ -80,7 +85,7 @@ defmodule Pgflow do
   # Priority names for `send/4`'s `priority` (and the seeds' `priority: :high`).
   @priorities %{high: 10, normal: 0, low: -10}
 
-  @type conn :: pid() | atom()
+  @type conn :: pid() | atom() | {:via, module(), term()}
   @type result(t) :: {:ok, t} | {:error, Error.t()}
 
   @doc """
@@ -180,18 +185,22 @@ defmodule Pgflow do
   """
   @spec send(conn(), String.t(), map(), keyword()) :: result(integer())
   def send(conn, queue, payload, opts \\ []) do
-    params = [
-      queue,
-      json(payload),
-      json(opts[:headers]),
-      opts[:delay] || 0,
-      Map.get(@priorities, opts[:priority], opts[:priority]),
-      opts[:group_key],
-      opts[:dedup_key]
-    ]
-
     started = System.monotonic_time()
-    result = with {:ok, [[id]]} <- exec(conn, :send, params), do: {:ok, String.to_integer(id)}
+
+    result =
+      with {:ok, body} <- Payload.encode(payload),
+           {:ok, headers} <- json(opts[:headers], "headers"),
+           params = [
+             queue,
+             body,
+             headers,
+             opts[:delay] || 0,
+             Map.get(@priorities, opts[:priority], opts[:priority]),
+             opts[:group_key],
+             opts[:dedup_key]
+           ],
+           {:ok, [[id]]} <- exec(conn, :send, params),
+           do: {:ok, String.to_integer(id)}
 
     published(started, 1, %{queue: queue}, result, fn id -> %{msg_id: id} end)
     result
@@ -318,19 +327,56 @@ defmodule Pgflow do
          do: {:ok, rows != []}
   end
 
-  @doc "Publishes on a topic; returns `[{queue, msg_id}]`, one per bound queue (all or nothing)."
-  @spec publish(conn(), String.t(), map(), map() | nil) :: result([{String.t(), integer()}])
-  def publish(conn, topic, payload, headers \\ nil) do
+  @doc """
+  Publishes on a topic; returns `[{queue, msg_id}]`, one per queue bound to a matching pattern
+  (all or nothing), `[]` when no binding matches (nothing is stored). To put a message in a
+  queue, use `send/4`.
+  """
+  @spec publish_topic(conn(), String.t(), map(), map() | nil) ::
+          result([{String.t(), integer()}])
+  def publish_topic(conn, topic, payload, headers \\ nil) do
     started = System.monotonic_time()
 
     result =
-      with {:ok, rows} <- exec(conn, :publish, [topic, json(payload), json(headers)]) do
+      with {:ok, body} <- Payload.encode(payload),
+           {:ok, headers} <- json(headers, "headers"),
+           {:ok, rows} <- exec(conn, :publish, [topic, body, headers]) do
         {:ok, for([q, id] <- rows, do: {q, String.to_integer(id)})}
       end
 
     count = with {:ok, list} <- result, do: length(list), else: (_ -> 0)
     published(started, count, %{topic: topic}, result, fn list -> %{queues: list} end)
     result
+  end
+
+  @doc """
+  The former name of `publish_topic/4`, kept for topics. A name that is a queue's and that no
+  binding matches is refused (code 42809, and a warning is logged): `publish_topic/4` would
+  store nothing there, which is never what a caller that names a queue means. Use `send/4` for
+  a queue, `publish_topic/4` for a topic.
+  """
+  @spec publish(conn(), String.t(), map(), map() | nil) :: result([{String.t(), integer()}])
+  def publish(conn, topic, payload, headers \\ nil) do
+    case publish_topic(conn, topic, payload, headers) do
+      {:ok, []} = none ->
+        case exec(conn, :queue_exists, [topic]) do
+          {:ok, [["true"]]} ->
+            message =
+              "Pgflow.publish/4 publishes on topics, and #{inspect(topic)} is a queue's name " <>
+                "that no binding matches: nothing was stored. Send to the queue with " <>
+                "Pgflow.send/4 (or ExPgflow.publish/3); publish on topics with " <>
+                "Pgflow.publish_topic/4"
+
+            Logger.warning(message)
+            {:error, %Error{code: "42809", message: message}}
+
+          _ ->
+            none
+        end
+
+      other ->
+        other
+    end
   end
 
   @doc "A queue's metrics as a map (`queue_length`, `visible`, `in_flight`, `dlq_length`, ...)."
@@ -390,13 +436,40 @@ defmodule Pgflow do
 
   @doc """
   Moves a dead letter back into its queue as a new message; returns its new id, or nil when
-  it is no longer in the DLQ. Takes a map from `list_dlq_messages/0` or a queue and an id.
+  it is no longer in the DLQ. Takes a map from `list_dlq_messages/0`, a queue and an id, or an
+  id alone: ids are per queue, so an id found in the DLQs of several queues is refused (code
+  21000, naming them) and nothing moves.
   """
-  @spec retry_dlq_message(map() | String.t(), integer() | keyword()) :: result(integer() | nil)
+  @spec retry_dlq_message(map() | String.t() | integer(), integer() | keyword()) ::
+          result(integer() | nil)
   def retry_dlq_message(dead, opts \\ [])
 
   def retry_dlq_message(%{queue_name: queue, msg_id: id}, opts) when is_list(opts),
     do: retry_dlq_message(queue, id, opts)
+
+  def retry_dlq_message(id, opts) when is_integer(id) and is_list(opts) do
+    case exec(opts[:conn] || @default_conn, :dlq_find, [id]) do
+      {:ok, []} ->
+        {:ok, nil}
+
+      {:ok, [[queue]]} ->
+        retry_dlq_message(queue, id, opts)
+
+      {:ok, rows} ->
+        queues = Enum.map_join(rows, ", ", fn [q] -> inspect(q) end)
+
+        {:error,
+         %Error{
+           code: "21000",
+           message:
+             "dead letter #{id} is in the DLQs of several queues (#{queues}): name the queue, " <>
+               "retry_dlq_message(queue, #{id})"
+         }}
+
+      error ->
+        error
+    end
+  end
 
   def retry_dlq_message(queue, id) when is_binary(queue) and is_integer(id),
     do: retry_dlq_message(queue, id, [])
@@ -492,7 +565,29 @@ defmodule Pgflow do
   """
   @spec query(conn(), String.t(), list()) :: result([[String.t() | nil]])
   def query(conn, sql, params \\ []) do
-    if pooled?(conn), do: pooled(conn, sql, params), else: query_prepared(conn, sql, params)
+    with {:ok, params} <- encode_maps(params) do
+      if pooled?(conn), do: pooled(conn, sql, params), else: query_prepared(conn, sql, params)
+    end
+  end
+
+  # Map parameters as JSON text, or the first one that cannot be encoded as an error.
+  defp encode_maps(params) do
+    params
+    |> Enum.with_index(1)
+    |> Enum.reduce_while({:ok, []}, fn
+      {m, n}, {:ok, acc} when is_map(m) ->
+        case Payload.encode(m, "$#{n}") do
+          {:ok, json} -> {:cont, {:ok, [json | acc]}}
+          error -> {:halt, error}
+        end
+
+      {p, _}, {:ok, acc} ->
+        {:cont, {:ok, [p | acc]}}
+    end)
+    |> case do
+      {:ok, acc} -> {:ok, Enum.reverse(acc)}
+      error -> error
+    end
   end
 
   defp query_prepared(conn, sql, params) do
@@ -525,9 +620,10 @@ defmodule Pgflow do
   @doc false
   def pooled?(conn), do: :persistent_term.get({Pgflow.Pooled, conn}, false)
 
-  # A pooled connection's call. A shared Pgflow.Connection runs the whole sequence as one of its
-  # calls, so that no other process's call lands between its statements.
-  defp pooled(conn, sql, params) when is_atom(conn) do
+  # A pooled connection's call. A shared Pgflow.Connection (a name: an atom, or a {:via, ...}
+  # tuple) runs the whole sequence as one of its calls, so that no other process's call lands
+  # between its statements.
+  defp pooled(conn, sql, params) when not is_pid(conn) do
     case call(fn -> GenServer.call(conn, {:pgflow_pooled, sql, params}, :infinity) end) do
       {:error, {:exit, _} = e} -> {:error, lost(e)}
       {:error, :disconnected} -> {:error, lost(:disconnected)}
@@ -648,24 +744,18 @@ defmodule Pgflow do
   defp param(nil), do: :null
   defp param(i) when is_integer(i), do: i
   defp param(b) when is_binary(b), do: :binary.bin_to_list(b)
-  defp param(m) when is_map(m), do: m |> json() |> param()
 
   defp column({_type, :null}), do: nil
   defp column({_type, value}) when is_binary(value), do: value
   defp column({_type, value}) when is_list(value), do: List.to_string(value)
 
-  @doc false
-  def json(nil), do: nil
-  def json(term), do: :jiffy.encode(nulls_out(term))
+  # Optional JSON arguments (headers): nil stays NULL.
+  defp json(nil, _root), do: {:ok, nil}
+  defp json(term, root), do: Payload.encode(term, root)
 
   @doc false
   def decode(nil), do: nil
   def decode(text), do: :jiffy.decode(text, [:return_maps, {:null_term, nil}])
-
-  defp nulls_out(nil), do: :null
-  defp nulls_out(m) when is_map(m), do: Map.new(m, fn {k, v} -> {k, nulls_out(v)} end)
-  defp nulls_out(l) when is_list(l), do: Enum.map(l, &nulls_out/1)
-  defp nulls_out(v), do: v
 
   defp parse_url(url) do
     uri = URI.parse(url)

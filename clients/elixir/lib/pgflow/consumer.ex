@@ -14,9 +14,12 @@ defmodule Pgflow.Consumer do
     * **unsupervised**, with `start/1`, `stop/2` and `await/2` (scripts, batch jobs, tests),
       which also returns the totals.
 
-  Each worker long-polls `pgflow.read` for one message with a lease, runs the handler in a
-  process of its own (linked to the worker) and, while it works, renews the lease every
-  `heartbeat` ms (one third of the lease by default) until the per-message `timeout`. Then:
+  Each worker long-polls `pgflow.read` for up to `batch_size` messages with a lease (1 by
+  default), runs the handler on each in a process of its own (linked to the worker), at most
+  `max_parallel_workers` at a time (1 by default), and, while they work or wait their turn,
+  renews every lease it holds each `heartbeat` ms (one third of the lease by default). A
+  handler may run until the per-message `timeout`. When the whole batch is done, the worker
+  archives its successes and leases the next batch in one round trip. Each message then:
 
     * `:ok` or `{:ok, _}`: the message is archived, together with leasing the next in one
       `Pgflow.archive_read/4` round trip (the worker never long-polls with an archive
@@ -28,8 +31,25 @@ defmodule Pgflow.Consumer do
       the server retries it with the queue's backoff or dead-letters it. A 55000 (the lease
       was lost: someone else holds the message now) is counted as `lost`.
 
-  A handler of arity 2 gets a connection of its own as its second argument (each worker then
-  opens two); it is rolled back after a failure. On success it must leave no transaction open.
+  **Handlers.** A handler gets the `%Pgflow.Message{}` (`deliver: :message`, the default) or,
+  with `deliver: :payload` (the default of `ExPgflow.Consumer`), the payload alone as the seeds'
+  handlers read it: `Pgflow.Payload.both_keys/1`, so `message.proposal_id`,
+  `message["votes"]` and `%{"status" => "approved"} = message` all work. A handler of arity 2
+  gets a connection of its own as its second argument (one per handler a worker may run at a
+  time); it is rolled back after a failure. On success it must leave no transaction open. A
+  handler of another shape (another arity, an undefined function, a module without
+  `handler_method`, anything but a function or a module) is refused when the consumer starts,
+  with an `ArgumentError` that says why.
+
+  **Failures are never silent.** Each nacked delivery is logged (a warning when it will be
+  retried or its lease was lost, an error when it is dead-lettered) with the consumer, the
+  queue, `msg_id`, `read_ct` and the reason, and emits `[:pgflow, :consume, :retry]`,
+  `[:pgflow, :consume, :dead]` or `[:pgflow, :consume, :lost]` (`Pgflow.Telemetry`).
+
+  **A queue that does not exist** stops a consumer's start (42704), unless `missing_queue:
+  :wait` (the default under `Pgflow.Supervisor` and `ExPgflow.Consumer`): then the start logs
+  a warning that names the queue, and each worker retries its read with backoff (100 ms
+  doubling up to 5 s), logging once when the queue is missing and once when it appears.
 
   **Stopping.** `stop/1`, or the supervisor's shutdown, is graceful: each worker finishes the
   message in hand (archive or nack), then closes its connections; nothing is left leased and
@@ -39,18 +59,31 @@ defmodule Pgflow.Consumer do
 
   **Events** (`Pgflow.Telemetry`): `[:pgflow, :consume, :start]`, then `[:pgflow, :consume,
   :stop]` (the handler returned) or `[:pgflow, :consume, :exception]` (it raised, exited or
-  timed out), with the queue, consumer name, `msg_id`, `read_ct` and the `outcome` (`:archive`,
-  `:retry`, `:dead` or `:lost`).
+  timed out), with the queue, consumer name, `msg_id`, `read_ct`, `payload` and the `outcome`
+  (`:archive`, `:retry`, `:dead` or `:lost`).
 
-  Options (a keyword list or a map): `connect` (as `Pgflow.connect/1`; or `database_url`),
-  `queue` (or `queue_name`), `handler` (fn message -> result, fn message, conn -> result, or a
-  module with `handler_method`), `workers` (or `concurrency`; 4), `lease` (30_000 ms),
-  `timeout` (= lease), `heartbeat` (lease / 3), `wait` (1_000 ms per long-poll read), `name`
-  (the queue), `stop_when_idle` (`start/1` only; false: with true, the workers stop once a read comes back
-  empty), `on_progress` (fn stats -> any, `start/1` only), and the seeds' `max_retries`,
-  `retry_delay_ms` and `priority` (`:high` 10, `:normal` 0, `:low` -10, or an integer), which
-  are checked against the queue's settings at a supervised start (a mismatch is logged; the
-  queue's policy applies).
+  Options (a keyword list or a map; an unknown key is refused):
+
+    * `connect` (as `Pgflow.connect/1`; or `database_url`, or `repo`: see `Pgflow.Config`);
+    * `queue` (or `queue_name`), `handler` (a fn of arity 1 or 2, `{module, function}`, or a
+      module with `handler_method`), `deliver` (`:message` or `:payload`), `name` (the queue);
+    * `workers` (or `concurrency`): worker processes, each with its own connection (4; 1 when
+      `max_parallel_workers` is given, which is then the consumer's concurrency, as seed 004
+      means it);
+    * seed 004's `batch_size` (messages per read; default `max_parallel_workers`),
+      `max_parallel_workers` (handlers a worker runs at once; 1),
+      `enable_parallel_processing` (false: one at a time whatever `max_parallel_workers`
+      says), `poll_interval_ms` (how long an empty read waits in the server: a long poll that
+      a sent message ends at once, so no message waits for the interval; at most 4_000 ms,
+      the driver's limit, and a longer one is capped), `timeout_ms` (= `timeout`), `enabled`
+      (false: the consumer is not started, its `start_link/1` returns `:ignore`);
+    * `lease` (30_000 ms), `timeout` (= lease), `heartbeat` (lease / 3), `wait` (1_000 ms per
+      long-poll read; `poll_interval_ms` sets it too), `missing_queue` (`:fail` or `:wait`);
+    * `stop_when_idle` (`start/1` only; false: with true, the workers stop once a read comes
+      back empty), `on_progress` (fn stats -> any, `start/1` only);
+    * the seeds' `max_retries`, `retry_delay_ms` and `priority` (`:high` 10, `:normal` 0,
+      `:low` -10, or an integer), which are checked against the queue's settings at a
+      supervised start (a mismatch is logged; the queue's policy applies).
   """
   use Supervisor
 
@@ -94,9 +127,16 @@ defmodule Pgflow.Consumer do
   def start_link(opts) do
     cfg = options(opts)
 
-    case check_queue(cfg) do
-      :ok -> Supervisor.start_link(__MODULE__, cfg)
-      {:error, error} -> {:error, error}
+    cond do
+      not cfg.enabled ->
+        Logger.info("pgflow consumer #{inspect(cfg.name)}: enabled: false, not started")
+        :ignore
+
+      true ->
+        case check_queue(cfg) do
+          :ok -> Supervisor.start_link(__MODULE__, cfg)
+          {:error, error} -> {:error, error}
+        end
     end
   end
 
@@ -155,6 +195,15 @@ defmodule Pgflow.Consumer do
                 :priority,
                 Map.get(@priorities, cfg.priority, cfg.priority),
                 String.to_integer(priority)
+              )
+
+              :ok
+
+            {:ok, []} when cfg.missing_queue == :wait ->
+              Logger.warning(
+                "pgflow consumer #{inspect(cfg.name)}: queue #{inspect(cfg.queue)} does not " <>
+                  "exist; the consumer starts and its workers retry until it is created " <>
+                  "(pgflow.create_queue, or create_queues: true)"
               )
 
               :ok
@@ -220,25 +269,79 @@ defmodule Pgflow.Consumer do
 
   # ---- options: a keyword list, or the seeds' map ----
 
+  @option_keys [
+    :connect,
+    :database_url,
+    :repo,
+    :queue,
+    :queue_name,
+    :handler,
+    :handler_method,
+    :deliver,
+    :name,
+    :workers,
+    :concurrency,
+    :batch_size,
+    :max_parallel_workers,
+    :enable_parallel_processing,
+    :poll_interval_ms,
+    :timeout_ms,
+    :enabled,
+    :lease,
+    :timeout,
+    :heartbeat,
+    :wait,
+    :missing_queue,
+    :stop_when_idle,
+    :on_progress,
+    :max_retries,
+    :retry_delay_ms,
+    :priority
+  ]
+
+  # The longest long-poll wait one read may ask for (Pgflow.read/3).
+  @max_wait 4_000
+
+  @doc false
+  def option_keys, do: @option_keys
+
   @doc false
   def options(opts) do
     opts = Map.new(opts_list(opts))
+
+    for {k, _} <- opts, k not in @option_keys do
+      raise ArgumentError,
+            "unknown consumer option #{inspect(k)} (known: " <>
+              "#{Enum.map_join(@option_keys, ", ", &inspect/1)})"
+    end
+
     queue = opts[:queue] || opts[:queue_name] || raise ArgumentError, "a consumer needs :queue"
     handler = handler(opts)
-    lease = Map.get(opts, :lease, 30_000)
+    lease = positive(opts, :lease, 30_000)
+
+    parallel =
+      if opts[:enable_parallel_processing] == false,
+        do: 1,
+        else: positive(opts, :max_parallel_workers, 1)
+
+    default_workers = if Map.has_key?(opts, :max_parallel_workers), do: 1, else: 4
 
     %{
       name: Map.get(opts, :name, queue),
-      connect:
-        opts[:connect] || opts[:database_url] || raise(ArgumentError, "a consumer needs :connect"),
+      connect: connect(opts),
       queue: queue,
       handler: handler,
       handler_conn: handler_arity(handler) == 2,
-      workers: opts[:workers] || opts[:concurrency] || 4,
+      deliver: one_of(opts, :deliver, [:message, :payload]),
+      workers: positive(opts, :workers, opts[:concurrency] || default_workers),
+      batch: positive(opts, :batch_size, parallel),
+      parallel: parallel,
       lease: lease,
-      timeout: Map.get(opts, :timeout, lease),
-      heartbeat: Map.get(opts, :heartbeat, div(lease, 3)),
-      wait: Map.get(opts, :wait, 1_000),
+      timeout: positive(opts, :timeout, opts[:timeout_ms] || lease),
+      heartbeat: positive(opts, :heartbeat, div(lease, 3)),
+      wait: Map.get(opts, :wait, min(positive(opts, :poll_interval_ms, 1_000), @max_wait)),
+      missing_queue: one_of(opts, :missing_queue, [:fail, :wait]),
+      enabled: Map.get(opts, :enabled, true) != false,
       stop_when_idle: Map.get(opts, :stop_when_idle, false),
       max_retries: opts[:max_retries],
       retry_delay_ms: opts[:retry_delay_ms],
@@ -247,11 +350,62 @@ defmodule Pgflow.Consumer do
     }
   end
 
+  defp connect(opts) do
+    cond do
+      c = opts[:connect] || opts[:database_url] -> c
+      opts[:repo] -> Pgflow.Config.repo_connect(opts[:repo])
+      true -> raise ArgumentError, "a consumer needs :connect (or database_url:, or repo:)"
+    end
+  end
+
+  defp positive(opts, key, default) do
+    case Map.get(opts, key, default) do
+      n when is_integer(n) and n > 0 ->
+        n
+
+      other ->
+        raise ArgumentError, "#{inspect(key)} must be a positive integer, got #{inspect(other)}"
+    end
+  end
+
+  # The first of `allowed` is the default.
+  defp one_of(opts, key, [default | _] = allowed) do
+    value = Map.get(opts, key, default)
+
+    if value in allowed,
+      do: value,
+      else:
+        raise(
+          ArgumentError,
+          "#{inspect(key)} must be one of #{Enum.map_join(allowed, ", ", &inspect/1)}, " <>
+            "got #{inspect(value)}"
+        )
+  end
+
   defp handler(%{handler: mod, handler_method: fun}) when is_atom(mod) and is_atom(fun),
     do: {mod, fun}
 
   defp handler(%{handler: f}) when is_function(f, 1) or is_function(f, 2), do: f
+
+  defp handler(%{handler: f}) when is_function(f) do
+    raise ArgumentError,
+          "handler: a fn of arity #{:erlang.fun_info(f)[:arity]}; a handler takes the " <>
+            "message (arity 1), or the message and a connection (arity 2)"
+  end
+
   defp handler(%{handler: {mod, fun}}) when is_atom(mod) and is_atom(fun), do: {mod, fun}
+
+  defp handler(%{handler: mod}) when is_atom(mod) and not is_nil(mod) do
+    raise ArgumentError,
+          "handler: #{inspect(mod)} needs handler_method: (the name of its function of " <>
+            "arity 1 or 2 to call with each message)"
+  end
+
+  defp handler(%{handler: other}) when not is_nil(other) do
+    raise ArgumentError,
+          "handler: #{inspect(other)} is not a function, a {module, function} or a module " <>
+            "with handler_method:"
+  end
 
   defp handler(_),
     do:
@@ -262,13 +416,25 @@ defmodule Pgflow.Consumer do
 
   defp handler_arity(f) when is_function(f), do: :erlang.fun_info(f)[:arity]
 
+  # Loading the module also brings the atoms its code uses into existence, which is what lets
+  # Pgflow.Payload.both_keys/1 give a payload the atom keys the handler reads.
   defp handler_arity({mod, fun}) do
-    Code.ensure_loaded(mod)
+    loaded = Code.ensure_loaded(mod)
 
     cond do
-      function_exported?(mod, fun, 2) -> 2
-      function_exported?(mod, fun, 1) -> 1
-      true -> raise ArgumentError, "#{inspect(mod)}.#{fun}/1 or /2 is not defined"
+      function_exported?(mod, fun, 2) ->
+        2
+
+      function_exported?(mod, fun, 1) ->
+        1
+
+      match?({:error, _}, loaded) ->
+        raise ArgumentError,
+              "#{inspect(mod)}.#{fun}/1 or /2 is not defined: module #{inspect(mod)} " <>
+                "cannot be loaded (#{inspect(elem(loaded, 1))})"
+
+      true ->
+        raise ArgumentError, "#{inspect(mod)}.#{fun}/1 or /2 is not defined"
     end
   end
 
@@ -277,7 +443,7 @@ defmodule Pgflow.Consumer do
   defp coordinate(owner, ref, opts) do
     me = self()
     cfg = %{options(opts) | report: fn outcome -> send(me, {:outcome, outcome}) end}
-    per_worker = if cfg.handler_conn, do: 2, else: 1
+    per_worker = if cfg.handler_conn, do: 1 + cfg.parallel, else: 1
     conns = for _ <- 1..(cfg.workers * per_worker), do: Pgflow.connect(cfg.connect)
 
     # Through a pooler, the queue is checked first: one with session leases is refused.
