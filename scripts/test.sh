@@ -10,7 +10,7 @@
 #
 # Narrowing (CONTRIBUTING.md has examples):
 #   PG="15 17"        the versions (default: all of 15 16 17 18; PG_VERSIONS is the old name)
-#   LAYER=a,b         the layers: pgrx regress isolation upgrade roles fuzz lifecycle metrics
+#   LAYER=a,b         the layers: pgrx regress isolation upgrade roles docs fuzz lifecycle metrics
 #                     evolution e2e rust elixir python pooling ha sharding bench (ha and sharding
 #                     need Debian's packages for Postgres 15, so they run on 15 only)
 #   TEST=name         with one LAYER: one test of it (a pg_regress file or isolation spec name,
@@ -20,7 +20,7 @@ set -euo pipefail
 
 versions=${PG:-${PG_VERSIONS:-$PG_MAJORS}}
 versions=${versions//,/ }
-all_layers="pgrx regress isolation upgrade roles fuzz lifecycle metrics evolution e2e rust elixir python pooling ha sharding bench"
+all_layers="pgrx regress isolation upgrade roles docs fuzz lifecycle metrics evolution e2e rust elixir python pooling ha sharding bench"
 layers=${LAYER:-$all_layers}
 layers=${layers//,/ }
 one=${TEST:-}
@@ -114,6 +114,14 @@ cluster_layers() {
 
   want roles && run_layer "pg$ver: roles and grants (SCRAM logins, planted shadow)" \
     bash "$ROOT/tests/roles/roles.sh" "$ver" "$port" "$dir"
+
+  # Every SQL block of the README and docs/ runs as written; every Rust block of the docs
+  # compiles (tests/docs/rust). The Elixir and Python blocks run in their clients' layers.
+  want docs && run_layer "pg$ver: docs (every SQL block run, every Rust block compiled)" bash -c "
+    set -e
+    cd '$ROOT' && cargo build -q -p pgflow-docs
+    '$PY_PYTHON' '$ROOT/tests/docs/docs.py' '$dsn' '$ROOT/README.md' \$(ls '$ROOT'/docs/*.md | sort)
+  "
 
   want fuzz && run_layer "pg$ver: fuzz (bad input to every function, _ functions refused)" \
     bash "$ROOT/tests/fuzz/fuzz.sh" "$ver" "$port"
