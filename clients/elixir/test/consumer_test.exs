@@ -188,6 +188,55 @@ defmodule Pgflow.ConsumerTest do
     assert m.payload == %{"attempt" => 2}
   end
 
+  test "a batch: one read leases batch_size, max_parallel_workers run at once; a stop gives " <>
+         "back what had not started",
+       %{conn: c} do
+    q = fresh_queue!(c, "ex_batch")
+    ids = send_n(c, q, 6)
+    parent = self()
+
+    # Each handler waits until the test lets it go.
+    handler = fn m ->
+      send(parent, {:started, m.payload["i"], self()})
+
+      receive do
+        :go -> :ok
+      end
+    end
+
+    {:ok, consumer} =
+      Consumer.start(
+        connect: dsn(),
+        queue: q,
+        handler: handler,
+        batch_size: 4,
+        max_parallel_workers: 2,
+        wait: 200
+      )
+
+    # One worker leased four and runs two of them.
+    assert_receive {:started, 1, h1}, 5_000
+    assert_receive {:started, 2, h2}, 5_000
+    assert one!(c, "SELECT in_flight::text FROM pgflow.metrics($1)", [q]) == "4"
+
+    # The first done lets the third in; then a stop: the running two finish, the fourth goes
+    # back unread, nothing stays leased.
+    send(h1, :go)
+    assert_receive {:started, 3, h3}, 5_000
+    # The worker (the handlers' one link) must have the stop before the handlers end.
+    {:links, [worker]} = Process.info(h2, :links)
+    :erlang.trace(worker, true, [:receive])
+    send(consumer.pid, :stop)
+    assert_receive {:trace, ^worker, :receive, :stop}, 5_000
+    :erlang.trace(worker, false, [:receive])
+    send(h2, :go)
+    send(h3, :go)
+    assert Consumer.await(consumer) == %{archived: 3, nacked: 0, dead: 0, lost: 0}
+
+    assert archived_counts(c, q) == Map.new(Enum.take(ids, 3), &{&1, 1})
+    assert {:ok, %{"in_flight" => 0, "visible" => 3}} = Pgflow.metrics(c, q)
+  end
+
   test "stop finishes the messages in hand: none lost, none leased, none twice", %{conn: c} do
     q = fresh_queue!(c, "ex_stop")
     ids = send_n(c, q, 40)

@@ -133,12 +133,33 @@ defmodule Pgflow.Consumer do
         :ignore
 
       true ->
+        load_handler_app(cfg)
+
         case check_queue(cfg) do
           :ok -> Supervisor.start_link(__MODULE__, cfg)
           {:error, error} -> {:error, error}
         end
     end
   end
+
+  # With deliver: :payload a handler finds the atom keys whose atoms exist
+  # (Pgflow.Payload.both_keys/1). A release loads every module at boot; elsewhere a module is
+  # loaded at its first call, so the atoms of the code a handler calls may not exist when its
+  # first payload arrives. Loading the modules of the handler's application now makes them
+  # exist, as in a release (and creates no atom that its code does not hold).
+  defp load_handler_app(%{deliver: :payload, handler: handler}) do
+    mod =
+      case handler do
+        {mod, _fun} -> mod
+        f -> f |> :erlang.fun_info(:module) |> elem(1)
+      end
+
+    with {:ok, app} <- :application.get_application(mod),
+         {:ok, modules} <- :application.get_key(app, :modules),
+         do: :code.ensure_modules_loaded(modules)
+  end
+
+  defp load_handler_app(_cfg), do: :ok
 
   @impl true
   def init(cfg) do
@@ -443,6 +464,7 @@ defmodule Pgflow.Consumer do
   defp coordinate(owner, ref, opts) do
     me = self()
     cfg = %{options(opts) | report: fn outcome -> send(me, {:outcome, outcome}) end}
+    load_handler_app(cfg)
     per_worker = if cfg.handler_conn, do: 1 + cfg.parallel, else: 1
     conns = for _ <- 1..(cfg.workers * per_worker), do: Pgflow.connect(cfg.connect)
 
