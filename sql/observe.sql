@@ -22,6 +22,10 @@ LANGUAGE sql STABLE AS $$
           FROM pg_catalog.pg_stat_activity a
          WHERE (a.backend_xmin IS NOT NULL OR a.backend_xid IS NOT NULL)
            AND a.pid <> pg_catalog.pg_backend_pid()
+           -- pgflow's own processes hold a snapshot for the length of a round: not worth
+           -- naming unless one lasts (a stuck round, an index rebuild).
+           AND NOT (a.backend_type LIKE 'pgflow %'
+                    AND a.xact_start > pg_catalog.clock_timestamp() - interval '10 seconds')
            AND (a.datname = pg_catalog.current_database() OR a.backend_type = 'walsender')
         UNION ALL
         SELECT 'replication slot', s.active_pid, pg_catalog.age(s.xmin), NULL::timestamptz,
@@ -58,7 +62,9 @@ LANGUAGE sql VOLATILE AS $$
            coalesce(st.dead, (SELECT count(*) FROM pgflow.dead d WHERE d.queue_id = q.queue_id)),
            p_now,
            coalesce(st.waiting, s.waiting, 0),
-           extract(epoch FROM p_now - h.since)::double precision,
+           -- A holder whose transaction began after p_now (it started during this call) has
+           -- held for no time yet: never a negative age.
+           greatest(extract(epoch FROM p_now - h.since), 0)::double precision,
            h.holder || coalesce(' ' || h.pid, '') || ': ' || h.detail,
            st.ready IS NULL,
            c.sent, c.delivered, c.archived, c.deleted, c.nacked, c.expired, c.dead_lettered,

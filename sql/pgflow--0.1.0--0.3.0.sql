@@ -3252,6 +3252,68 @@ BEGIN
       FROM generate_series(1, least(q.max_retries, 1000)) AS n;  -- the CHECK's bound, again
 END $function$;
 
+CREATE OR REPLACE FUNCTION pgflow._metrics(p_queue_id integer, p_now timestamp with time zone, p_exact boolean)
+ RETURNS SETOF pgflow.queue_metrics
+ LANGUAGE sql
+AS $function$
+    SELECT q.queue_name,
+           coalesce(st.ready + st.delayed + st.in_flight + st.waiting, s.length, 0),
+           coalesce(st.ready, s.visible, 0),
+           coalesce(st.in_flight, s.in_flight, 0),
+           coalesce(st.delayed, s.delayed, 0),
+           extract(epoch FROM p_now - coalesce(s.oldest, o.oldest))::double precision,
+           extract(epoch FROM p_now - coalesce(s.newest, o.newest))::double precision,
+           coalesce(pg_catalog.pg_sequence_last_value(q.msg_seq), 0),
+           coalesce(pg_catalog.pg_sequence_last_value(q.archived_seq), 0),
+           coalesce(st.archived_rows, (SELECT count(*) FROM pgflow.archive a WHERE a.queue_id = q.queue_id)),
+           coalesce(st.dead, (SELECT count(*) FROM pgflow.dead d WHERE d.queue_id = q.queue_id)),
+           p_now,
+           coalesce(st.waiting, s.waiting, 0),
+           -- A holder whose transaction began after p_now (it started during this call) has
+           -- held for no time yet: never a negative age.
+           greatest(extract(epoch FROM p_now - h.since), 0)::double precision,
+           h.holder || coalesce(' ' || h.pid, '') || ': ' || h.detail,
+           st.ready IS NULL,
+           c.sent, c.delivered, c.archived, c.deleted, c.nacked, c.expired, c.dead_lettered,
+           c.redriven, c.wait_p50, c.wait_p99, c.end_to_end_p50, c.end_to_end_p99, c.reset_at,
+           c.processing_p50, c.processing_p99,
+           extract(epoch FROM p_now - coalesce(s.oldest_ready, st.oldest_ready_at))::double precision
+      FROM pgflow.queue q
+      -- The oldest holder of the horizon, looked up once for all queues.
+      LEFT JOIN (SELECT * FROM pgflow.horizon() LIMIT 1) h ON true
+      LEFT JOIN LATERAL (SELECT * FROM pgflow._stats(q.queue_id)) c ON true
+      -- The gauges, when they are exact and wanted.
+      LEFT JOIN LATERAL (SELECT c.ready, c.delayed, c.in_flight, c.waiting, c.dead, c.archived_rows,
+                                c.oldest_ready_at
+                          WHERE c.valid AND NOT p_exact) st ON true
+      -- Otherwise the rows, counted (the WHERE on st is a one-time filter: no scan when the
+      -- gauges are used).
+      LEFT JOIN LATERAL (
+        SELECT count(*) AS length,
+               count(*) FILTER (WHERE m.state = 'r' OR (m.state = 'd' AND m.vt <= p_now)) AS visible,
+               -- A lease that ran out stays in flight until the retry policy has run on it.
+               count(*) FILTER (WHERE m.state = 'l') AS in_flight,
+               count(*) FILTER (WHERE m.state = 'd' AND m.vt > p_now) AS delayed,
+               count(*) FILTER (WHERE m.state = 'g') AS waiting,
+               min(m.enqueued_at) AS oldest,
+               max(m.enqueued_at) AS newest,
+               min(m.enqueued_at) FILTER (WHERE m.state = 'r') AS oldest_ready
+          FROM pgflow.message m
+         WHERE m.queue_id = q.queue_id AND st.ready IS NULL
+      ) s ON true
+      -- With the gauges: the oldest and newest live message by id, one index probe each.
+      LEFT JOIN LATERAL (
+        SELECT (SELECT m.enqueued_at FROM pgflow.message m WHERE m.queue_id = q.queue_id
+                 ORDER BY m.msg_id LIMIT 1) AS oldest,
+               (SELECT m.enqueued_at FROM pgflow.message m WHERE m.queue_id = q.queue_id
+                 ORDER BY m.msg_id DESC LIMIT 1) AS newest
+         WHERE st.ready IS NOT NULL
+      ) o ON true
+     -- Every queue the caller sees (metrics_all), or the one metrics checked.
+     WHERE (p_queue_id IS NULL AND pgflow._visible(q.queue_id)) OR q.queue_id = p_queue_id
+     ORDER BY q.queue_name;
+$function$;
+
 CREATE OR REPLACE FUNCTION pgflow.horizon()
  RETURNS SETOF pgflow.horizon_holder
  LANGUAGE sql
@@ -3272,6 +3334,10 @@ AS $function$
           FROM pg_catalog.pg_stat_activity a
          WHERE (a.backend_xmin IS NOT NULL OR a.backend_xid IS NOT NULL)
            AND a.pid <> pg_catalog.pg_backend_pid()
+           -- pgflow's own processes hold a snapshot for the length of a round: not worth
+           -- naming unless one lasts (a stuck round, an index rebuild).
+           AND NOT (a.backend_type LIKE 'pgflow %'
+                    AND a.xact_start > pg_catalog.clock_timestamp() - interval '10 seconds')
            AND (a.datname = pg_catalog.current_database() OR a.backend_type = 'walsender')
         UNION ALL
         SELECT 'replication slot', s.active_pid, pg_catalog.age(s.xmin), NULL::timestamptz,
