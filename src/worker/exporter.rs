@@ -28,8 +28,8 @@ use pgrx::bgworkers::{BackgroundWorkerBuilder, BgWorkerStartTime};
 use pgrx::prelude::*;
 
 use super::{
-    exposition, handle_interrupts, micros, now, policy, setup_signals, status_page, IdleReason,
-    SlotState, REGISTRY,
+    exposition, handle_interrupts, micros, now, policy, setup_signals, status_page, SlotState,
+    REGISTRY,
 };
 use crate::guc;
 use crate::ipc::stats;
@@ -380,10 +380,7 @@ fn workers() -> Vec<status_page::Worker> {
         let reg = REGISTRY.share();
         reg.slots
             .iter()
-            .filter(|s| {
-                s.state != SlotState::Free
-                    && !(s.state == SlotState::Idle && s.idle_reason == IdleReason::NoExtension)
-            })
+            .filter(|s| s.has_pgflow())
             .copied()
             .collect()
     };

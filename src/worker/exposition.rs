@@ -7,7 +7,7 @@ use std::fmt::Write;
 use crate::ipc::stats::{self, Hist, BOUNDS_US};
 use crate::ipc::waiters;
 
-use super::{IdleReason, SlotState, REGISTRY};
+use super::{SlotState, REGISTRY};
 
 /// Microseconds from the Unix epoch to Postgres's (2000-01-01).
 const PG_EPOCH_UNIX_US: i64 = 946_684_800_000_000;
@@ -75,11 +75,7 @@ pub fn render(
             .iter()
             // A database where pgflow is not created is none of the endpoint's business: its
             // name would tell an unauthenticated scraper what the cluster holds (issue #34).
-            .filter(|s| {
-                s.state != SlotState::Free
-                    && !(s.state == SlotState::Idle && s.idle_reason == IdleReason::NoExtension)
-                    && keep_db(s.dboid)
-            })
+            .filter(|s| s.has_pgflow() && keep_db(s.dboid))
             .copied()
             .collect()
     };

@@ -186,6 +186,24 @@ unsafe fn database_of_waiters_to_release(node: *mut pg_sys::Node) -> Option<pg_s
     }
 }
 
+/// `f` of the catalog row with key `oid` in a syscache (`T` is that catalog's row struct), or
+/// None when there is no such row.
+unsafe fn catalog_row<T, R>(
+    cache: pg_sys::SysCacheIdentifier::Type,
+    oid: pg_sys::Oid,
+    f: impl FnOnce(&T) -> R,
+) -> Option<R> {
+    unsafe {
+        let tup = pg_sys::SearchSysCache1(cache as i32, pg_sys::Datum::from(oid));
+        if tup.is_null() {
+            return None;
+        }
+        let r = f(&*pg_sys::heap_tuple_get_struct::<T>(tup));
+        pg_sys::ReleaseSysCache(tup);
+        Some(r)
+    }
+}
+
 /// Whether the current user may run the command at all: the hook acts (stops a worker, wakes
 /// long-poll readers, drops statistics) only for a command Postgres would allow, so that a role
 /// with no privilege cannot disturb another database's worker by repeating a command that
@@ -209,18 +227,13 @@ unsafe fn allowed(node: *mut pg_sys::Node) -> bool {
                 pg_sys::object_ownercheck(class, oid, user)
             }
         };
-        let createdb = || -> bool {
-            let tup = pg_sys::SearchSysCache1(
-                pg_sys::SysCacheIdentifier::AUTHOID as i32,
-                pg_sys::Datum::from(user),
-            );
-            if tup.is_null() {
-                return false;
-            }
-            let form = pg_sys::heap_tuple_get_struct::<pg_sys::FormData_pg_authid>(tup);
-            let ok = (*form).rolsuper || (*form).rolcreatedb;
-            pg_sys::ReleaseSysCache(tup);
-            ok
+        let createdb = || {
+            catalog_row(
+                pg_sys::SysCacheIdentifier::AUTHOID,
+                user,
+                |r: &pg_sys::FormData_pg_authid| r.rolsuper || r.rolcreatedb,
+            )
+            .unwrap_or(false)
         };
         let database = |name: *const std::ffi::c_char| pg_sys::get_database_oid(name, true);
         match (*node).type_ {
@@ -244,17 +257,12 @@ unsafe fn allowed(node: *mut pg_sys::Node) -> bool {
                 if owns(pg_sys::DatabaseRelationId, oid) {
                     return true;
                 }
-                let tup = pg_sys::SearchSysCache1(
-                    pg_sys::SysCacheIdentifier::DATABASEOID as i32,
-                    pg_sys::Datum::from(oid),
-                );
-                if tup.is_null() {
-                    return false;
-                }
-                let form = pg_sys::heap_tuple_get_struct::<pg_sys::FormData_pg_database>(tup);
-                let template_ok = (*form).datistemplate;
-                pg_sys::ReleaseSysCache(tup);
-                template_ok
+                catalog_row(
+                    pg_sys::SysCacheIdentifier::DATABASEOID,
+                    oid,
+                    |r: &pg_sys::FormData_pg_database| r.datistemplate,
+                )
+                .unwrap_or(false)
             }
             pg_sys::NodeTag::T_RenameStmt => {
                 let stmt = node as *mut pg_sys::RenameStmt;
@@ -333,17 +341,12 @@ unsafe fn restoring_pgflow_schema(node: *mut pg_sys::Node) -> bool {
         {
             return false;
         }
-        let tup = pg_sys::SearchSysCache1(
-            pg_sys::SysCacheIdentifier::NAMESPACEOID as i32,
-            pg_sys::Datum::from(nsp),
-        );
-        if tup.is_null() {
-            return false;
-        }
-        let ours = (*pg_sys::heap_tuple_get_struct::<pg_sys::FormData_pg_namespace>(tup)).nspowner
-            == owner;
-        pg_sys::ReleaseSysCache(tup);
-        ours
+        catalog_row(
+            pg_sys::SysCacheIdentifier::NAMESPACEOID,
+            nsp,
+            |r: &pg_sys::FormData_pg_namespace| r.nspowner == owner,
+        )
+        .unwrap_or(false)
     }
 }
 

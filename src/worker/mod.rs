@@ -206,6 +206,13 @@ impl Slot {
         self.datname[..n].copy_from_slice(&name.as_bytes()[..n]);
     }
 
+    /// Whether this slot is a database where pgflow is created, as far as the launcher knows
+    /// (the endpoint and the status page show no other).
+    pub fn has_pgflow(&self) -> bool {
+        self.state != SlotState::Free
+            && !(self.state == SlotState::Idle && self.idle_reason == IdleReason::NoExtension)
+    }
+
     /// What keeps this database's worker from doing its rounds, in words (None: nothing):
     /// what `worker_status()` says first and what the status page shows.
     pub fn problem(&self, now: i64) -> Option<String> {

@@ -224,12 +224,12 @@ pub fn render(
         .iter()
         .filter(|e| e.valid && e.oldest_ready != 0)
         .min_by_key(|e| e.oldest_ready);
-    let _ = write!(
+    let _ = writeln!(
         out,
         "<p class=\"summary\" id=\"summary\"><span id=\"databases\">{} databases, <span class=\"{}\">{} \
          without a running worker</span></span> · <span id=\"firing\" class=\"{}\">{firing} \
          alerts firing</span> · <span id=\"oldest\">oldest ready message: {}</span> · \
-         <span id=\"dead\" class=\"{}\">{dead} dead letters</span> · {} queues</p>\n",
+         <span id=\"dead\" class=\"{}\">{dead} dead letters</span> · {} queues</p>",
         workers.len(),
         if down.is_empty() { "good" } else { "bad" },
         down.len(),
