@@ -69,7 +69,9 @@ cluster_start() {
     echo "logging_collector = off"
     for line in "$@"; do echo "$line"; done
   } | as_postgres tee -a "$dir/postgresql.conf" >/dev/null
-  as_postgres "$bindir/pg_ctl" -D "$dir" -l "$dir/server.log" -w -t 60 start >/dev/null \
+  # CLUSTER_ENV: NAME=value words for the server's environment (sudo passes none on).
+  # shellcheck disable=SC2086
+  as_postgres env ${CLUSTER_ENV:-} "$bindir/pg_ctl" -D "$dir" -l "$dir/server.log" -w -t 60 start >/dev/null \
     || { cat "$dir/server.log" >&2; die "Postgres $ver did not start"; }
 }
 

@@ -64,7 +64,9 @@ sport=$(free_port)
 smport=$(free_port)
 while [ "$smport" = "$sport" ]; do smport=$(free_port); done
 trap 'cluster_stop "$ver" "$dir"; cluster_stop "$ver" "$sdir"' EXIT
-cluster_start "$ver" "$sdir" "$sport" \
+# RUST_BACKTRACE in the server's environment: a failing DDL statement must not gain a Rust
+# backtrace from the utility hook (slots.py checks).
+CLUSTER_ENV="RUST_BACKTRACE=1" cluster_start "$ver" "$sdir" "$sport" \
   "pgflow.metrics_listen = '127.0.0.1:$smport'" "pgflow.tick = 200ms" "max_worker_processes = 4"
 PSQL="$bindir/psql" PGPORT=$sport METRICS_PORT=$smport OUT_DIR=$out SERVER_LOG=$sdir/server.log \
   "$PLOT_PYTHON" "$(dirname "$0")/slots.py"

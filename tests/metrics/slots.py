@@ -231,6 +231,26 @@ if not os.path.getsize(shot):
     fail("no screenshot")
 ok(f"the page fits 1280 px ({scroll} of {client} px wide); screenshot {shot}")
 
+# With RUST_BACKTRACE=1 in the server's environment, a failing DDL statement passes through the
+# utility hook untouched: Postgres's own fields, and no Rust backtrace in its DETAIL.
+p = subprocess.run([PSQL, "-X", "-q", "-h", "127.0.0.1", "-p", PORT, "-U", "postgres", "-d", has,
+                    "-c", "\\set VERBOSITY verbose", "-c", "CREATE TABLE t_ok (a int PRIMARY KEY)",
+                    "-c", "INSERT INTO t_ok VALUES (1)",
+                    "-c", "ALTER TABLE t_ok ADD CONSTRAINT t_ok_neg CHECK (a < 0)"],
+                   capture_output=True, text=True)
+err = p.stderr
+if "CONSTRAINT NAME:  t_ok_neg" not in err or "TABLE NAME:  t_ok" not in err:
+    fail(f"a DDL error lost its fields: {err}")
+for bad in ("backtrace", "panicked", "rust_begin_unwind", "pgrx"):
+    if bad in err:
+        fail(f"a DDL error carries '{bad}' with RUST_BACKTRACE=1 set: {err}")
+postmaster = open(os.path.join(os.path.dirname(LOG), "postmaster.pid")).readline().strip()
+env = open(f"/proc/{postmaster}/environ", "rb").read()
+if b"RUST_BACKTRACE=1" not in env:
+    fail("the server does not have RUST_BACKTRACE=1 in its environment")
+ok("with RUST_BACKTRACE=1 in the server's environment, a failing DDL statement keeps its fields "
+   "and gains no backtrace")
+
 # The launcher warned once per starved database, however often it tried again (every 10 s;
 # the checks above took a while).
 with open(LOG, errors="replace") as f:
