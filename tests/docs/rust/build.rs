@@ -49,7 +49,10 @@ fn main() {
             i += 1;
         }
     }
-    let _ = writeln!(out, "/// How many blocks there are.\npub const BLOCKS: usize = {n};");
+    let _ = writeln!(
+        out,
+        "/// How many blocks there are.\npub const BLOCKS: usize = {n};"
+    );
     let dest = format!("{}/blocks.rs", std::env::var("OUT_DIR").expect("OUT_DIR"));
     std::fs::write(dest, out).expect("writing the blocks");
 }

@@ -21,8 +21,8 @@ defmodule Pgflow.Consumer do
   handler may run until the per-message `timeout`. When the whole batch is done, the worker
   archives its successes and leases the next batch in one round trip. Each message then:
 
-    * `:ok` or `{:ok, _}`: the message is archived, together with leasing the next in one
-      `Pgflow.archive_read/4` round trip (the worker never long-polls with an archive
+    * `:ok` or `{:ok, _}`: the message is archived, together with leasing the next batch in
+      one `Pgflow.archive_read/4` round trip (the worker never long-polls with an archive
       pending);
     * `{:retry, ms}`: nacked with `retry_after` = `ms` (a failed delivery, so the retry limit
       applies);
@@ -52,8 +52,9 @@ defmodule Pgflow.Consumer do
   doubling up to 5 s), logging once when the queue is missing and once when it appears.
 
   **Stopping.** `stop/1`, or the supervisor's shutdown, is graceful: each worker finishes the
-  message in hand (archive or nack), then closes its connections; nothing is left leased and
-  nothing is handled twice. A worker killed outright (`:kill`, a node crash) cannot nack: its
+  handlers in hand (archive or nack), hands the messages of its batch that had not started
+  back to the queue, then closes its connections; nothing is left leased and nothing is
+  handled twice. A worker killed outright (`:kill`, a node crash) cannot nack: its
   connections are linked to it and close, and the message comes back when its lease runs out,
   or within a tick of the server's worker on a queue created with `session_leases => true`.
 

@@ -252,7 +252,7 @@ defmodule Pgflow.Consumer.Worker do
 
     cond do
       b.running == %{} ->
-        # Stopping: what did not start goes back to the queue at once.
+        # Done, or stopping: then what did not start goes back to the queue at once.
         give_back(st, b.waiting)
         {st, Enum.reverse(b.done)}
 
@@ -272,11 +272,18 @@ defmodule Pgflow.Consumer.Worker do
       meta
     )
 
-    h = %{m: m, meta: meta, conn: handler_conn, started: System.monotonic_time()}
-    deliver = cfg.deliver
-    handler = cfg.handler
-    pid = spawn_link(fn -> exit(run_handler(handler, [arg(deliver, m) | List.wrap(h.conn)])) end)
-    h = Map.put(h, :deadline, now() + cfg.timeout)
+    {deliver, handler, conns} = {cfg.deliver, cfg.handler, List.wrap(handler_conn)}
+    started = System.monotonic_time()
+    # The payload is converted in the handler's process, not the worker's.
+    pid = spawn_link(fn -> exit(run_handler(handler, [arg(deliver, m) | conns])) end)
+
+    h = %{
+      m: m,
+      meta: meta,
+      conn: handler_conn,
+      started: started,
+      deadline: now() + cfg.timeout
+    }
 
     start_handlers(st, %{b | waiting: rest, free: free, running: Map.put(b.running, pid, h)})
   end
@@ -303,7 +310,7 @@ defmodule Pgflow.Consumer.Worker do
     after
       max(min(b.beat, next_deadline) - now(), 0) ->
         t = now()
-        {late, _} = Enum.split_with(running, fn {_, h} -> h.deadline <= t end)
+        late = Enum.filter(running, fn {_, h} -> h.deadline <= t end)
 
         b =
           Enum.reduce(late, b, fn {pid, h}, b ->
@@ -316,7 +323,12 @@ defmodule Pgflow.Consumer.Worker do
               0 -> :ok
             end
 
-            finished(st, %{b | running: Map.delete(b.running, pid)}, h, :timeout)
+            finished(
+              st,
+              %{b | running: Map.delete(b.running, pid)},
+              h,
+              {:exception, :exit, :timeout, [], "timeout after #{cfg.timeout} ms"}
+            )
           end)
 
         b =
@@ -372,11 +384,6 @@ defmodule Pgflow.Consumer.Worker do
   # One handler's end: archive (by the next round trip) or nack, then the events and, for a
   # failure, the log line.
   defp finished(%{cfg: cfg, conns: [conn | _]} = st, b, h, verdict) do
-    verdict =
-      if verdict == :timeout,
-        do: {:exception, :exit, :timeout, [], "timeout after #{cfg.timeout} ms"},
-        else: verdict
-
     # A handler that failed may have left a transaction open on its connection; end it, so
     # its writes are undone and the next message does not run inside it.
     if verdict != :archive, do: Enum.each(List.wrap(h.conn), &Pgflow.rollback/1)
