@@ -215,11 +215,14 @@ def run_file(admin, path, n):
 
 with psycopg.connect(DSN, autocommit=True) as admin:
     n = 0
-    for f in FILES:
-        print(f"{f.replace(ROOT + '/', '')}")
-        n = run_file(admin, f, n)
-    for d in admin.execute("SELECT datname FROM pg_catalog.pg_database WHERE datname LIKE 'pgflow_docs_%'").fetchall():
-        admin.execute(pgsql.SQL("DROP DATABASE {} WITH (FORCE)").format(pgsql.Identifier(d[0])))
+    try:
+        for f in FILES:
+            print(f"{f.replace(ROOT + '/', '')}")
+            n = run_file(admin, f, n)
+    finally:
+        for d in admin.execute("SELECT datname FROM pg_catalog.pg_database"
+                               " WHERE datname LIKE 'pgflow_docs_%'").fetchall():
+            admin.execute(pgsql.SQL("DROP DATABASE {} WITH (FORCE)").format(pgsql.Identifier(d[0])))
 print(f"docs: {checked['blocks']} SQL blocks in {len(FILES)} files: {checked['statements']} statements "
       f"ran as written, {checked['signatures']} signatures matched the catalog, "
       f"{checked['skipped']} blocks skipped with a reason")
