@@ -373,6 +373,11 @@ struct Xact {
     recomputing: Vec<(i32, u32)>,
     /// Queues this transaction dropped: their entries are freed at its commit.
     forget: Vec<i32>,
+    /// Databases whose every entry goes at this transaction's commit: one it dropped (DROP
+    /// DATABASE), or this one when it drops pgflow (DROP EXTENSION, DROP SCHEMA). Before, a
+    /// dropped database's entries stayed for good, and a server that made and dropped test
+    /// databases ran out of entries (issue #30).
+    drop_dbs: Vec<u32>,
 }
 
 thread_local! {
@@ -476,6 +481,7 @@ fn commit(x: Xact) {
         && x.claims.is_empty()
         && x.recomputing.is_empty()
         && x.forget.is_empty()
+        && x.drop_dbs.is_empty()
     {
         return;
     }
@@ -507,6 +513,14 @@ fn commit(x: Xact) {
         {
             *e = Entry::fresh(db, 0, 0);
         }
+    }
+    // Left as `forget` leaves them (free for reuse, and still a step of the probe chains).
+    for e in t
+        .entries
+        .iter_mut()
+        .filter(|e| e.queue_id != 0 && x.drop_dbs.contains(&e.dboid))
+    {
+        *e = Entry::fresh(e.dboid, 0, 0);
     }
 }
 
@@ -803,6 +817,15 @@ pub fn lower_now(queue_id: i32, seq: u32, key: Key) {
     if let Some(e) = t.find(queue_id, seq, false) {
         e.lower(key);
     }
+}
+
+/// Forgets every queue of a database when the current transaction commits (see `drop_dbs`).
+pub fn drop_database_entries(dboid: u32) {
+    if !preloaded() {
+        return;
+    }
+    ensure_callbacks();
+    XACT.with(|x| x.borrow_mut().drop_dbs.push(dboid));
 }
 
 /// Forgets a dropped queue when the drop commits.

@@ -302,8 +302,9 @@ unsafe extern "C-unwind" fn before(stmt: *mut pg_sys::Node) {
     }
     if let Some(dboid) = waiters {
         crate::ipc::waiters::release_database(dboid.to_u32());
-        // Its queues' statistics go with it, if the command commits.
+        // Its queues' statistics and claim cursors go with it, if the command commits.
         crate::ipc::stats::drop_database_entries(dboid.to_u32());
+        crate::ipc::cursor::drop_database_entries(dboid.to_u32());
     }
     if let Some(dbname) = alone {
         hold(&dbname);
