@@ -11,7 +11,7 @@
 # Narrowing (CONTRIBUTING.md has examples):
 #   PG="15 17"        the versions (default: all of 15 16 17 18; PG_VERSIONS is the old name)
 #   LAYER=a,b         the layers: pgrx regress isolation upgrade roles docs fuzz lifecycle metrics
-#                     evolution e2e rust elixir python pooling ha sharding bench (ha and sharding
+#                     evolution e2e rust elixir python pooling links ha sharding bench (ha and sharding
 #                     need Debian's packages for Postgres 15, so they run on 15 only)
 #   TEST=name         with one LAYER: one test of it (a pg_regress file or isolation spec name,
 #                     a cargo test filter, or an ExUnit path such as test/consumer_test.exs:42)
@@ -20,7 +20,7 @@ set -euo pipefail
 
 versions=${PG:-${PG_VERSIONS:-$PG_MAJORS}}
 versions=${versions//,/ }
-all_layers="pgrx regress isolation upgrade roles docs fuzz lifecycle metrics evolution e2e rust elixir python pooling ha sharding bench"
+all_layers="pgrx regress isolation upgrade roles docs fuzz lifecycle metrics evolution e2e rust elixir python pooling links ha sharding bench"
 layers=${LAYER:-$all_layers}
 layers=${layers//,/ }
 one=${TEST:-}
@@ -158,6 +158,10 @@ cluster_layers() {
 
   want pooling && run_layer "pg$ver: the clients through PgBouncer in transaction mode" \
     bash "$ROOT/tests/cluster/pooling.sh" "$ver" "$port" "$dir"
+
+  # Three sites on their own clusters, wired by links (logical replication): issue #29.
+  want links && run_layer "pg$ver: links between sites (3 clusters: kills, an outage, refusals, roles)" \
+    bash "$ROOT/tests/cluster/links.sh" "$ver"
 
   if [ "$ver" = 15 ]; then
     want ha && run_layer "pg$ver: failover under pg_auto_failover (monitor, primary, secondary)" \

@@ -122,7 +122,7 @@ BEGIN
                                              'list_bindings', 'retry_schedule', 'worker_status']),
                    ('pgflow_consumer', ARRAY['list_queues', 'metrics', 'metrics_all', 'metrics_text', 'list_contracts',
                                              'list_bindings', 'retry_schedule', 'worker_status']),
-                   ('pg_monitor', ARRAY['list_queues', 'metrics', 'metrics_all', 'metrics_text', 'list_bindings',
+                   ('pg_monitor', ARRAY['list_queues', 'metrics', 'metrics_all', 'metrics_text', 'list_bindings', 'links',
                                         'worker_status', 'horizon', 'cursor_status']),
                    -- A per-queue 'admin' grant needs these too (each checks that grant itself).
                    ('pgflow_producer', ARRAY['alter_queue', 'purge_queue', 'drop_queue', 'dlq_list', 'dlq_list_all',

@@ -211,4 +211,5 @@ BEGIN
     job := 'prune_archive';   processed := pgflow.prune_archive(v_now, prune_batch);   RETURN NEXT;
     job := 'prune_dedup';     processed := pgflow.prune_dedup(v_now, prune_batch);     RETURN NEXT;
     job := 'check_cursors';   processed := pgflow.check_cursors(v_now);               RETURN NEXT;
+    job := 'confirm_forwarded'; processed := pgflow._links_confirm();                 RETURN NEXT;
 END $$;

@@ -53,6 +53,14 @@ BEGIN
     v_vt := greatest(v_now, coalesce(deliver_at, v_now + delay));
     v_priority := coalesce(send.priority, q.default_priority);
     v_id := nextval(q.msg_seq);
+    IF q.forward_link IS NOT NULL THEN
+        -- A forwarding rule (sql/links.sql): the message goes to the link's outbox, with what
+        -- the remote queue needs to apply its own rules (priority, group, dedup, due time).
+        PERFORM pgflow._forward(q, v_id, send.message, send.headers, send.priority,
+                                send.group_key, send.dedup_key,
+                                CASE WHEN v_vt > v_now THEN v_vt END, v_now);
+        RETURN v_id;
+    END IF;
     IF dedup_key IS NOT NULL THEN
         -- A concurrent send with the same key waits here for the first one's transaction: if it
         -- commits, this send returns its id; if it rolls back, this send goes ahead.
@@ -141,6 +149,15 @@ BEGIN
                       ORDER BY m.ord LOOP
             PERFORM pgflow._check_contract(q, v_bad.msg, v_bad.hdr, v_bad.ord::integer);
         END LOOP;
+    END IF;
+    IF q.forward_link IS NOT NULL THEN
+        -- A forwarding rule (sql/links.sql): each message to the link's outbox, in input order.
+        RETURN QUERY
+        SELECT pgflow._send_forwarded(q, m.msg, h.hdr, send_batch.priority, v_now, delay)
+          FROM unnest(messages) WITH ORDINALITY AS m(msg, ord)
+          LEFT JOIN unnest(headers) WITH ORDINALITY AS h(hdr, ord) USING (ord)
+         ORDER BY m.ord;
+        RETURN;
     END IF;
     PERFORM pgflow._announce(q.queue_id, q.queue_name, q.notify);
     -- Ids are drawn in input order (ORDER BY ord before nextval), then returned in that order.

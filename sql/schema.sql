@@ -63,7 +63,11 @@ CREATE TABLE pgflow.queue (
     -- Session leases: a lease is also held by the session (backend) that read it, and when that
     -- session ends the worker gives the message back within a tick (as a failed delivery), not
     -- at the end of its visibility timeout. Off for connections a pooler shares or recycles.
-    session_leases     boolean     NOT NULL DEFAULT false
+    session_leases     boolean     NOT NULL DEFAULT false,
+    -- Forwarding rule (sql/links.sql, pgflow.forward): sends go to queue forward_to at the
+    -- site of link forward_link instead of into this queue. NULL: sends stay here.
+    forward_link       integer,
+    forward_to         text
 );
 COMMENT ON TABLE pgflow.queue IS 'pgflow queues and their policies; use pgflow.create_queue/alter_queue/drop_queue.';
 

@@ -91,4 +91,8 @@ BEGIN
         msg_id := pgflow.send(queue_name, message, v_headers, delay, priority);
         RETURN NEXT;
     END LOOP;
+    -- Topic rules to other sites (sql/links.sql): 'link:remote_queue' and the outbox number.
+    IF EXISTS (SELECT 1 FROM pgflow.link_rule) THEN
+        RETURN QUERY SELECT f.target, f.seq FROM pgflow._forward_topic(topic, message, v_headers, delay, priority) f;
+    END IF;
 END $$;

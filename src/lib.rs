@@ -161,6 +161,21 @@ extension_sql_file!(
         api::_topic_matches
     ]
 );
+extension_sql_file!(
+    "../sql/links_schema.sql",
+    name = "links_schema",
+    requires = ["topics"]
+);
+extension_sql_file!(
+    "../sql/links.sql",
+    name = "links",
+    requires = [
+        "links_schema",
+        "stats",
+        "maintenance",
+        api::access::_arriving
+    ]
+);
 extension_sql_file!("../sql/finalize.sql", name = "finalize", finalize);
 
 /// Library load. The settings exist in every process; shared memory, the launcher and the

@@ -35,10 +35,55 @@ fn role(name: &std::ffi::CStr) -> pg_sys::Oid {
 /// security-restricted operation (the module's header says why).
 pub fn caller() -> Result<pg_sys::Oid, ErrorReport> {
     // SAFETY: both read backend-local state.
-    if unsafe { pg_sys::InSecurityRestrictedOperation() } {
+    if unsafe { pg_sys::InSecurityRestrictedOperation() } && !arriving() {
         return Err(restricted());
     }
     Ok(unsafe { pg_sys::GetOuterUserId() })
+}
+
+thread_local! {
+    /// Set by `_arriving(true)` around link_arrive's send (sql/links.sql).
+    static ARRIVING: std::cell::Cell<bool> = const { std::cell::Cell::new(false) };
+}
+
+/// Whether this is link_arrive's send in a subscription's apply. On 16 and later the apply
+/// runs a table's triggers as the table's owner (pgflow_owner) in a security-restricted
+/// operation, since that owner may not SET ROLE to the subscription's owner; the outer user is
+/// then the subscription's owner, whose rights the send must have. Only there is the caller
+/// known in a restricted operation: the flag is pgflow's own (set around one send), the session
+/// applies replicated changes (a replication origin is set up, which takes a superuser or the
+/// apply worker), and session_replication_role = replica (superuser-only) is in effect.
+fn arriving() -> bool {
+    // SAFETY: backend-local globals.
+    ARRIVING.with(|a| a.get())
+        && unsafe {
+            pg_sys::SessionReplicationRole == pg_sys::SESSION_REPLICATION_ROLE_REPLICA as i32
+                && pg_sys::replorigin_session_origin != 0
+        }
+}
+
+/// link_arrive's marker around its send: see `arriving`. Cleared again by the trigger (also in
+/// its exception handler), and at the end of the transaction whatever happens.
+#[pg_extern(volatile, parallel_unsafe)]
+fn _arriving(on: bool) {
+    ARRIVING.with(|a| a.set(on));
+    // Once per transaction (an apply takes many messages in one).
+    if on && !ARRIVAL_XACT.with(|r| r.replace(true)) {
+        for event in [
+            pgrx::PgXactCallbackEvent::Abort,
+            pgrx::PgXactCallbackEvent::Commit,
+        ] {
+            pgrx::register_xact_callback(event, || {
+                ARRIVING.with(|a| a.set(false));
+                ARRIVAL_XACT.with(|r| r.set(false));
+            });
+        }
+    }
+}
+
+thread_local! {
+    /// Whether `_arriving`'s end-of-transaction reset is registered for this transaction.
+    static ARRIVAL_XACT: std::cell::Cell<bool> = const { std::cell::Cell::new(false) };
 }
 
 fn restricted() -> ErrorReport {

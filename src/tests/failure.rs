@@ -316,7 +316,7 @@ mod tests {
             1
         );
         assert!(one_bool(&format!(
-            "SELECT array_agg(job || '=' || processed ORDER BY job) = '{{check_cursors=0,expire_leases=0,promote_delayed=0,prune_archive=0,prune_dedup=0}}'
+            "SELECT array_agg(job || '=' || processed ORDER BY job) = '{{check_cursors=0,confirm_forwarded=0,expire_leases=0,promote_delayed=0,prune_archive=0,prune_dedup=0}}'
                FROM pgflow.maintain(now => {in_two_days})"
         )));
     }

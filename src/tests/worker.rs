@@ -102,7 +102,8 @@ mod tests {
             )
             .unwrap()
             .unwrap(),
-            "expire_leases=0,promote_delayed=0,prune_archive=0,prune_dedup=0,check_cursors=0"
+            "expire_leases=0,promote_delayed=0,prune_archive=0,prune_dedup=0,check_cursors=0,\
+             confirm_forwarded=0"
         );
         assert_eq!(
             sqlstate("SELECT * FROM pgflow.maintain(batch => 0)"),

@@ -392,6 +392,23 @@ fn workers() -> Vec<status_page::Worker> {
             database: s.name(),
             state: s.state.label(),
             problem: s.problem(t).unwrap_or_default(),
+            links: if s.links_at == 0 || s.links == 0 {
+                String::new()
+            } else {
+                format!(
+                    "{} links, {} down, {} waiting, oldest {:.1} s{}",
+                    s.links,
+                    s.links_down,
+                    s.link_backlog,
+                    s.link_oldest_age,
+                    if s.links_alerting > 0 {
+                        format!(", {} past alert_age", s.links_alerting)
+                    } else {
+                        String::new()
+                    }
+                )
+            },
+            links_trouble: s.links_down > 0 || s.links_alerting > 0,
         })
         .collect()
 }

@@ -362,6 +362,44 @@ pub fn render(
             esc(name)
         );
     }
+    // Links to other sites (sql/links.sql), per database, as its worker last counted them.
+    let linked: Vec<&super::Slot> = slots.iter().filter(|s| s.links_at != 0).collect();
+    let link_gauges: [(&str, &str, fn(&super::Slot) -> f64); 5] = [
+        ("pgflow_links", "Links to other sites.", |s| {
+            f64::from(s.links)
+        }),
+        (
+            "pgflow_links_down",
+            "Links whose remote site is not streaming from them now.",
+            |s| f64::from(s.links_down),
+        ),
+        (
+            "pgflow_links_alerting",
+            "Links whose oldest unforwarded message is older than their alert_age.",
+            |s| f64::from(s.links_alerting),
+        ),
+        (
+            "pgflow_link_backlog_messages",
+            "Messages in the links' outboxes that their remote sites have not confirmed.",
+            |s| s.link_backlog as f64,
+        ),
+        (
+            "pgflow_link_oldest_unforwarded_seconds",
+            "Age of the oldest message in a link's outbox (0: none).",
+            |s| s.link_oldest_age,
+        ),
+    ];
+    for (name, help, value) in link_gauges {
+        header(&mut out, name, "gauge", help);
+        for s in &linked {
+            let _ = writeln!(
+                out,
+                "{name}{{database=\"{}\"}} {}",
+                esc(&s.name()),
+                value(s)
+            );
+        }
+    }
     out
 }
 

@@ -13,7 +13,7 @@
 use std::ffi::CStr;
 
 use pgrx::prelude::*;
-use pgrx::{register_xact_callback, PgXactCallbackEvent};
+use pgrx::{register_xact_callback, PgSqlErrorCode, PgXactCallbackEvent};
 
 use super::{SlotState, REGISTRY};
 
@@ -300,6 +300,9 @@ unsafe extern "C-unwind" fn before(stmt: *mut pg_sys::Node) {
     if (waiters.is_none() && alone.is_none()) || !unsafe { allowed(stmt) } {
         return;
     }
+    if waiters == Some(unsafe { pg_sys::MyDatabaseId }) {
+        refuse_drop_with_links();
+    }
     if let Some(dboid) = waiters {
         crate::ipc::waiters::release_database(dboid.to_u32());
         // Its queues' statistics and claim cursors go with it, if the command commits.
@@ -308,6 +311,43 @@ unsafe extern "C-unwind" fn before(stmt: *mut pg_sys::Node) {
     }
     if let Some(dbname) = alone {
         hold(&dbname);
+    }
+}
+
+/// `DROP EXTENSION pgflow` and `DROP SCHEMA pgflow` in a database with links (sql/links.sql)
+/// are refused with 55006: the outbox would go with them, and with it every message not yet
+/// at its remote site, while the publications and the remote's replication slots stayed
+/// behind. The links are dropped first (`pgflow.link_drop` refuses while messages wait).
+fn refuse_drop_with_links() {
+    let owner = unsafe { pg_sys::get_role_oid(c"pgflow_owner".as_ptr(), true) };
+    if owner == pg_sys::InvalidOid {
+        return;
+    }
+    let (mut user, mut context) = (pg_sys::InvalidOid, 0);
+    // SAFETY: the owner reads its own table; the previous user is restored on the normal path,
+    // and an error aborts the transaction, which restores it.
+    unsafe {
+        pg_sys::GetUserIdAndSecContext(&mut user, &mut context);
+        pg_sys::SetUserIdAndSecContext(
+            owner,
+            context | pg_sys::SECURITY_LOCAL_USERID_CHANGE as i32,
+        );
+    }
+    let links = Spi::get_one::<i64>(
+        "SELECT CASE WHEN pg_catalog.to_regclass('pgflow.link') IS NULL THEN 0 \
+                ELSE (SELECT pg_catalog.count(*) FROM pgflow.link) END",
+    );
+    unsafe { pg_sys::SetUserIdAndSecContext(user, context) };
+    if let Ok(Some(n)) = links {
+        if n > 0 {
+            pgrx::ereport!(
+                ERROR,
+                PgSqlErrorCode::ERRCODE_OBJECT_IN_USE,
+                format!("pgflow has {n} link(s) to other sites in this database"),
+                "Drop them first with pgflow.link_drop(), which waits until the remote sites \
+                 hold every message: the outbox would go with the extension."
+            );
+        }
     }
 }
 

@@ -190,19 +190,57 @@ fn stats_tick(dboid: u32) {
                     &[],
                 )?
                 .first();
-            Ok(Some((
+            let horizon = (
                 row.get::<f64>(1)?.unwrap_or(0.0),
                 row.get::<i32>(2)?.unwrap_or(0),
-            )))
+            );
+            // The links' summary for the endpoint and the status page (sql/links.sql), once
+            // the extension has them (after ALTER EXTENSION UPDATE from 0.2.0).
+            let has_links = client
+                .select(
+                    "SELECT pg_catalog.to_regprocedure('pgflow._links_state()') IS NOT NULL",
+                    Some(1),
+                    &[],
+                )?
+                .first()
+                .get::<bool>(1)?
+                .unwrap_or(false);
+            if !has_links {
+                return Ok(Some((horizon, (0, 0, 0, 0, 0.0))));
+            }
+            let row = client
+                .select(
+                    "SELECT count(*)::int4, (count(*) FILTER (WHERE NOT connected))::int4, \
+                            (count(*) FILTER (WHERE alerting))::int4, \
+                            coalesce(sum(backlog), 0)::int8, coalesce(max(oldest_age), 0)::float8 \
+                       FROM pgflow._links_state()",
+                    Some(1),
+                    &[],
+                )?
+                .first();
+            let links = (
+                row.get::<i32>(1)?.unwrap_or(0),
+                row.get::<i32>(2)?.unwrap_or(0),
+                row.get::<i32>(3)?.unwrap_or(0),
+                row.get::<i64>(4)?.unwrap_or(0),
+                row.get::<f64>(5)?.unwrap_or(0.0),
+            );
+            Ok(Some((horizon, links)))
         })
         .unwrap_or_else(|e| pgrx::error!("pgflow._stats_tick() failed: {e}"))
     });
-    if let Some(Some((age, xids))) = looked {
+    if let Some(Some(((age, xids), (n, down, alerting, backlog, oldest)))) = looked {
         let mut reg = REGISTRY.exclusive();
         if let Some(slot) = reg.find(dboid) {
             slot.horizon_age = age;
             slot.horizon_xmin_age = xids;
             slot.horizon_at = now();
+            slot.links = n;
+            slot.links_down = down;
+            slot.links_alerting = alerting;
+            slot.link_backlog = backlog;
+            slot.link_oldest_age = oldest;
+            slot.links_at = slot.horizon_at;
         }
     }
 }

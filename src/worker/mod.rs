@@ -153,6 +153,15 @@ pub struct Slot {
     /// background worker slot (`max_worker_processes`) was taken (0: it could, or never tried).
     /// `worker_status()`, the endpoint and the status page say so; the launcher warns once.
     pub no_bgw_slot_since: i64,
+    /// The database's links to other sites (sql/links.sql), as the worker last counted them
+    /// (links_at: when, 0 never): how many, how many not streaming, how many past their
+    /// alert_age, the messages in their outboxes and the oldest one's age in seconds.
+    pub links: i32,
+    pub links_down: i32,
+    pub links_alerting: i32,
+    pub link_backlog: i64,
+    pub link_oldest_age: f64,
+    pub links_at: i64,
 }
 
 impl Slot {
@@ -188,6 +197,12 @@ impl Slot {
         reindex_before: 0,
         reindex_next_check: 0,
         no_bgw_slot_since: 0,
+        links: 0,
+        links_down: 0,
+        links_alerting: 0,
+        link_backlog: 0,
+        link_oldest_age: 0.0,
+        links_at: 0,
     };
 
     pub fn name(&self) -> String {

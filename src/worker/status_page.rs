@@ -143,6 +143,9 @@ pub struct Worker {
     pub state: &'static str,
     /// Why it is not running, when it is not (empty otherwise).
     pub problem: String,
+    /// Its links to other sites (empty: none), and whether one is down or past its alert_age.
+    pub links: String,
+    pub links_trouble: bool,
 }
 
 /// How much trouble a queue is in, most first: firing alerts, then dead letters, then the age
@@ -229,7 +232,7 @@ pub fn render(
         "<p class=\"summary\" id=\"summary\"><span id=\"databases\">{} databases, <span class=\"{}\">{} \
          without a running worker</span></span> · <span id=\"firing\" class=\"{}\">{firing} \
          alerts firing</span> · <span id=\"oldest\">oldest ready message: {}</span> · \
-         <span id=\"dead\" class=\"{}\">{dead} dead letters</span> · {} queues</p>",
+         <span id=\"dead\" class=\"{}\">{dead} dead letters</span> · {} queues{}</p>",
         workers.len(),
         if down.is_empty() { "good" } else { "bad" },
         down.len(),
@@ -245,12 +248,21 @@ pub fn render(
         ),
         if dead == 0 { "good" } else { "bad" },
         entries.len(),
+        if workers.iter().any(|w| !w.links.is_empty()) {
+            let bad = workers.iter().filter(|w| w.links_trouble).count();
+            format!(
+                " · <span id=\"links\" class=\"{}\">{bad} databases with a link in trouble</span>",
+                if bad == 0 { "good" } else { "bad" }
+            )
+        } else {
+            String::new()
+        },
     );
 
     // The workers: every served database's, those in trouble first.
     out.push_str(
         "<h2>Workers</h2><table id=\"workers\"><thead><tr><th>database</th><th>worker</th>\
-         <th>problem</th></tr></thead><tbody>\n",
+         <th>problem</th><th>links to other sites</th></tr></thead><tbody>\n",
     );
     let mut ws: Vec<&Worker> = workers.iter().collect();
     ws.sort_by(|a, b| {
@@ -260,9 +272,15 @@ pub fn render(
         let _ = writeln!(
             out,
             "<tr data-worker=\"{db}\"><td class=\"name\">{db}</td><td class=\"state\">{}</td>\
-             <td class=\"problem\">{}</td></tr>",
+             <td class=\"problem\">{}</td><td class=\"{}\">{}</td></tr>",
             w.state,
             esc(&w.problem),
+            if w.links_trouble {
+                "links bad"
+            } else {
+                "links"
+            },
+            esc(&w.links),
             db = esc(&w.database),
         );
     }

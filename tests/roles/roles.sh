@@ -164,7 +164,7 @@ expect t_ops "SELECT pgflow.revoke('ops_made', 'genesis')" 1
 expect_unknown t_genesis "SELECT count(*) FROM pgflow.read('ops_made')"
 expect t_ops "SELECT string_agg(queue_name || ' ' || role || ' ' || privilege, ',') FROM pgflow.list_grants('rollback_triggers_queue')" \
   "rollback_triggers_queue guardian produce,rollback_triggers_queue singularity consume"
-expect t_ops "SELECT count(*) FROM pgflow.maintain()" 5
+expect t_ops "SELECT count(*) FROM pgflow.maintain()" 6
 expect t_ops "SELECT pgflow.grant('ops_made', 12345, 'consume')" "ERROR 42704"
 expect t_ops "SELECT pgflow.grant('ops_made', 0, 'consume')" "ERROR 42704"
 ok "pgflow_admin creates queues and grants; a revoke takes effect at once; grant() refuses unknown role oids (42704)"

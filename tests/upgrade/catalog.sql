@@ -64,6 +64,12 @@ SELECT kind, ident, def FROM (
       FROM pg_catalog.pg_trigger t JOIN rels r ON r.oid = t.tgrelid
      WHERE NOT t.tgisinternal
     UNION ALL
+    -- When each fires (O origin, A always, R replica, D disabled): a separate kind, which the
+    -- upgrade's hand-written steps set (ALTER TABLE ... ENABLE ALWAYS TRIGGER).
+    SELECT 'trigger_mode', t.tgrelid::regclass::text || '.' || t.tgname, t.tgenabled::text
+      FROM pg_catalog.pg_trigger t JOIN rels r ON r.oid = t.tgrelid
+     WHERE NOT t.tgisinternal
+    UNION ALL
     SELECT 'comment', pg_catalog.pg_describe_object(d.classoid, d.objoid, d.objsubid), d.description
       FROM pg_catalog.pg_description d
       JOIN members m ON m.classid = d.classoid AND m.objid = d.objoid

@@ -67,6 +67,10 @@ if [ "$generate" = --generate ]; then
     echo "-- sql/guard.sql, as at the start of the install script."
     cat "$ROOT/sql/guard.sql"; echo
     if [ -f "$steps.pre.sql" ]; then cat "$steps.pre.sql"; echo; fi
+    # New tables: the install's own files, named one per line in $steps.tables.
+    if [ -f "$steps.tables" ]; then
+      while read -r f; do echo "-- $f, as in the install script."; cat "$ROOT/$f"; echo; done <"$steps.tables"
+    fi
     python3 "$ROOT/scripts/upgrade_sql.py" "$tmp/old.catalog" "$tmp/new.catalog"
     if [ -f "$steps.sql" ]; then cat "$steps.sql"; fi
     echo
