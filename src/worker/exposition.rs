@@ -60,6 +60,9 @@ fn header(out: &mut String, name: &str, kind: &str, help: &str) {
     let _ = writeln!(out, "# TYPE {name} {kind}");
 }
 
+/// One of a database's link gauges, from its registry slot.
+type LinkGauge = fn(&super::Slot) -> f64;
+
 /// Renders the databases `keep_db` accepts and, of their queues, those `keep_queue` accepts.
 /// `sql_horizon`, from `metrics_text()`, gives one database's horizon as just measured
 /// (seconds and transactions, None when nothing holds it); otherwise each worker's last
@@ -364,7 +367,7 @@ pub fn render(
     }
     // Links to other sites (sql/links.sql), per database, as its worker last counted them.
     let linked: Vec<&super::Slot> = slots.iter().filter(|s| s.links_at != 0).collect();
-    let link_gauges: [(&str, &str, fn(&super::Slot) -> f64); 5] = [
+    let link_gauges: [(&str, &str, LinkGauge); 5] = [
         ("pgflow_links", "Links to other sites.", |s| {
             f64::from(s.links)
         }),
