@@ -335,6 +335,9 @@ defmodule Pgflow.SeedsTest do
     )
 
     on_exit(fn -> Pgflow.Telemetry.detach("seeds-failures") end)
+    # retry_dlq_message/1 takes an id, which is per queue: another test's dead letter of the same
+    # id in another queue would make it ambiguous (it refuses then). Start with empty DLQs.
+    ExPgflow.purge_dlq()
     proposal = proposal()
     Pgflow.Seeds.poison(proposal.id)
     on_exit(fn -> Pgflow.Seeds.cure(proposal.id) end)
@@ -378,7 +381,13 @@ defmodule Pgflow.SeedsTest do
     dlq_messages = ExPgflow.list_dlq_messages()
     inspected = ExUnit.CaptureIO.capture_io(fn -> Enum.each(dlq_messages, &IO.inspect(&1)) end)
     assert inspected =~ "consensus engine unavailable"
-    dead = Enum.find(dlq_messages, &(&1.msg_id == id))
+    # Ids are per queue: another test's queue may hold a dead letter with the same id.
+    dead =
+      Enum.find(
+        dlq_messages,
+        &(&1.msg_id == id and &1.queue_name == "proposals_for_consensus_queue")
+      )
+
     assert dead.payload.proposal_id == proposal.id and dead.read_ct == 4
 
     # After fixing the issue: retry it by id, then clear the DLQ.
