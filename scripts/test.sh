@@ -127,6 +127,8 @@ cluster_layers() {
 
   want lifecycle && run_layer "pg$ver: worker lifecycle (hot standby, crash)" \
     bash "$ROOT/tests/cluster/worker_lifecycle.sh" "$ver"
+  want lifecycle && run_layer "pg$ver: ids after a failover that lost acknowledged sends" \
+    bash "$ROOT/tests/cluster/failover_ids.sh" "$ver"
 
   want metrics && run_layer "pg$ver: statistics and the Prometheus endpoint" \
     bash "$ROOT/tests/metrics/metrics.sh" "$ver"

@@ -28,6 +28,7 @@ DECLARE
     v_id integer;
     v_msg_seq text;
     v_archived_seq text;
+    v_floor bigint;
 BEGIN
     PERFORM pgflow._primary();
     PERFORM pgflow._check_queue_name(queue_name);
@@ -65,6 +66,12 @@ BEGIN
     v_archived_seq := 'pgflow.q' || v_id || '_archived_seq';
     EXECUTE 'CREATE SEQUENCE ' || v_msg_seq || ' AS bigint';
     EXECUTE 'CREATE SEQUENCE ' || v_archived_seq || ' AS bigint';
+    -- After a failover, ids start past anything the old timelines issued (_ids_for_timeline);
+    -- _primary() above has brought pgflow.id_timeline up to this server's timeline.
+    v_floor := (SELECT t.timeline::bigint << 40 FROM pgflow.id_timeline t WHERE t.timeline > 1);
+    IF v_floor IS NOT NULL THEN
+        PERFORM setval(v_msg_seq::regclass, v_floor);
+    END IF;
 
     INSERT INTO pgflow.queue (queue_id, queue_name, visibility_timeout, max_retries, retry_delay,
                               retry_backoff, retry_delay_max, retry_jitter,

@@ -590,3 +590,50 @@ BEGIN
                            FROM pgflow.link_outbox x WHERE x.link_id = k.link_id) o ON true
      ORDER BY k.link_name;
 END $$;
+
+-- _ids_for_timeline: brings every id sequence past what earlier timelines may have issued,
+-- once per timeline, before this server's first pgflow write on it (src/api/access.rs calls it
+-- from the writing verbs' primary check, once per session and timeline). A standby promoted
+-- after an asynchronous failover may lack sends the old primary acknowledged; without this it
+-- would issue their ids again, and an archive or delete by id (a psql user's, a link's) would
+-- hit a message nobody read. Timeline t's ids start at t << 40 (1.1e12 per timeline); the ids a
+-- queue skips are counted in pgflow.queue.ids_skipped, so that its total stays the number sent.
+CREATE FUNCTION pgflow._ids_for_timeline(tli integer)
+RETURNS void
+LANGUAGE plpgsql VOLATILE AS $$
+DECLARE
+    v_done integer;
+    v_floor bigint := tli::bigint << 40;
+    v_last bigint;
+    q record;
+BEGIN
+    -- Timeline 1 has nothing before it: no row, no lock (a session's first write takes none).
+    IF tli <= 1 THEN
+        RETURN;
+    END IF;
+    SELECT t.timeline INTO v_done FROM pgflow.id_timeline t;
+    IF v_done >= tli THEN
+        RETURN;
+    END IF;
+    -- One session at a time, until its transaction ends: a second one that read a sequence
+    -- before the first moved it would move it back.
+    LOCK TABLE pgflow.id_timeline IN EXCLUSIVE MODE;
+    SELECT t.timeline INTO v_done FROM pgflow.id_timeline t;
+    IF v_done >= tli THEN
+        RETURN;
+    END IF;
+    FOR q IN SELECT u.queue_id, u.msg_seq FROM pgflow.queue u ORDER BY u.queue_id LOOP
+        v_last := coalesce(pg_sequence_last_value(q.msg_seq), 0);
+        IF v_last < v_floor THEN
+            PERFORM setval(q.msg_seq, v_floor);
+            UPDATE pgflow.queue u SET ids_skipped = u.ids_skipped + (v_floor - v_last)
+             WHERE u.queue_id = q.queue_id;
+        END IF;
+    END LOOP;
+    IF coalesce(pg_sequence_last_value('pgflow.link_outbox_seq'), 0) < v_floor THEN
+        PERFORM setval('pgflow.link_outbox_seq', v_floor);
+    END IF;
+    INSERT INTO pgflow.id_timeline AS t (timeline) VALUES (tli)
+    ON CONFLICT (only_row) DO UPDATE SET timeline = EXCLUDED.timeline, set_at = now();
+END $$;
+

@@ -1,5 +1,6 @@
--- The tables of sites and links (sql/links.sql has the functions and says how it works). A
--- file of its own: the update from 0.2.0 creates these tables with it, as the install does.
+-- The tables of sites and links (sql/links.sql has the functions and says how it works), and
+-- the timeline the ids are past. A file of its own: the update from 0.2.0 creates these tables
+-- with it, as the install does.
 
 -- This site's name: what a link at another site calls it, and what the origin headers and
 -- the loop check name. One row, set with pgflow.set_site.
@@ -97,6 +98,15 @@ CREATE TABLE pgflow.link_refused (
     reason       text        NOT NULL
 );
 COMMENT ON TABLE pgflow.link_refused IS 'Forwarded messages this site refused, with the reason.';
+
+-- The server timeline whose ids the sequences are past (pgflow._ids_for_timeline): a promoted
+-- standby may lack sends its old primary acknowledged, and must never issue their ids again.
+-- No row on timeline 1. Not in a dump: a restored database checks again.
+CREATE TABLE pgflow.id_timeline (
+    only_row boolean PRIMARY KEY DEFAULT true CHECK (only_row),
+    timeline integer NOT NULL CHECK (timeline >= 1),
+    set_at   timestamptz NOT NULL DEFAULT now()
+);
 
 -- A dump keeps them, as it keeps the queues (sql/schema.sql): the outbox holds messages.
 SELECT pg_catalog.pg_extension_config_dump('pgflow.site', '');

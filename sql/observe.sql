@@ -56,7 +56,7 @@ LANGUAGE sql VOLATILE AS $$
            coalesce(st.delayed, s.delayed, 0),
            extract(epoch FROM p_now - coalesce(s.oldest, o.oldest))::double precision,
            extract(epoch FROM p_now - coalesce(s.newest, o.newest))::double precision,
-           coalesce(pg_catalog.pg_sequence_last_value(q.msg_seq), 0),
+           coalesce(pg_catalog.pg_sequence_last_value(q.msg_seq) - q.ids_skipped, 0),
            coalesce(pg_catalog.pg_sequence_last_value(q.archived_seq), 0),
            coalesce(st.archived_rows, (SELECT count(*) FROM pgflow.archive a WHERE a.queue_id = q.queue_id)),
            coalesce(st.dead, (SELECT count(*) FROM pgflow.dead d WHERE d.queue_id = q.queue_id)),

@@ -2912,8 +2912,9 @@ $revoke$;
 UPDATE pgflow.queue SET max_retries = 1000 WHERE max_retries > 1000;
 
 -- sql/links_schema.sql, as in the install script.
--- The tables of sites and links (sql/links.sql has the functions and says how it works). A
--- file of its own: the update from 0.2.0 creates these tables with it, as the install does.
+-- The tables of sites and links (sql/links.sql has the functions and says how it works), and
+-- the timeline the ids are past. A file of its own: the update from 0.2.0 creates these tables
+-- with it, as the install does.
 
 -- This site's name: what a link at another site calls it, and what the origin headers and
 -- the loop check name. One row, set with pgflow.set_site.
@@ -3012,6 +3013,15 @@ CREATE TABLE pgflow.link_refused (
 );
 COMMENT ON TABLE pgflow.link_refused IS 'Forwarded messages this site refused, with the reason.';
 
+-- The server timeline whose ids the sequences are past (pgflow._ids_for_timeline): a promoted
+-- standby may lack sends its old primary acknowledged, and must never issue their ids again.
+-- No row on timeline 1. Not in a dump: a restored database checks again.
+CREATE TABLE pgflow.id_timeline (
+    only_row boolean PRIMARY KEY DEFAULT true CHECK (only_row),
+    timeline integer NOT NULL CHECK (timeline >= 1),
+    set_at   timestamptz NOT NULL DEFAULT now()
+);
+
 -- A dump keeps them, as it keeps the queues (sql/schema.sql): the outbox holds messages.
 SELECT pg_catalog.pg_extension_config_dump('pgflow.site', '');
 SELECT pg_catalog.pg_extension_config_dump('pgflow.link', '');
@@ -3026,6 +3036,7 @@ SELECT pg_catalog.pg_extension_config_dump('pgflow.link_refused_refused_id_seq',
 -- no row is rewritten). Their CHECKs come with the constraints below.
 ALTER TABLE pgflow.queue ADD COLUMN forward_link integer;
 ALTER TABLE pgflow.queue ADD COLUMN forward_to text;
+ALTER TABLE pgflow.queue ADD COLUMN ids_skipped bigint not null default 0;
 -- Functions 0.2.0 no longer has, or whose arguments or result changed.
 
 -- Composite types: new ones, and attributes appended to existing ones.
@@ -3221,6 +3232,46 @@ BEGIN
             CASE WHEN delay > interval '0' THEN v_now + delay END, v_now);
         RETURN NEXT;
     END LOOP;
+END $function$;
+
+CREATE OR REPLACE FUNCTION pgflow._ids_for_timeline(tli integer)
+ RETURNS void
+ LANGUAGE plpgsql
+AS $function$
+DECLARE
+    v_done integer;
+    v_floor bigint := tli::bigint << 40;
+    v_last bigint;
+    q record;
+BEGIN
+    -- Timeline 1 has nothing before it: no row, no lock (a session's first write takes none).
+    IF tli <= 1 THEN
+        RETURN;
+    END IF;
+    SELECT t.timeline INTO v_done FROM pgflow.id_timeline t;
+    IF v_done >= tli THEN
+        RETURN;
+    END IF;
+    -- One session at a time, until its transaction ends: a second one that read a sequence
+    -- before the first moved it would move it back.
+    LOCK TABLE pgflow.id_timeline IN EXCLUSIVE MODE;
+    SELECT t.timeline INTO v_done FROM pgflow.id_timeline t;
+    IF v_done >= tli THEN
+        RETURN;
+    END IF;
+    FOR q IN SELECT u.queue_id, u.msg_seq FROM pgflow.queue u ORDER BY u.queue_id LOOP
+        v_last := coalesce(pg_sequence_last_value(q.msg_seq), 0);
+        IF v_last < v_floor THEN
+            PERFORM setval(q.msg_seq, v_floor);
+            UPDATE pgflow.queue u SET ids_skipped = u.ids_skipped + (v_floor - v_last)
+             WHERE u.queue_id = q.queue_id;
+        END IF;
+    END LOOP;
+    IF coalesce(pg_sequence_last_value('pgflow.link_outbox_seq'), 0) < v_floor THEN
+        PERFORM setval('pgflow.link_outbox_seq', v_floor);
+    END IF;
+    INSERT INTO pgflow.id_timeline AS t (timeline) VALUES (tli)
+    ON CONFLICT (only_row) DO UPDATE SET timeline = EXCLUDED.timeline, set_at = now();
 END $function$;
 
 CREATE OR REPLACE FUNCTION pgflow._link(link_name text)
@@ -3508,6 +3559,7 @@ DECLARE
     v_id integer;
     v_msg_seq text;
     v_archived_seq text;
+    v_floor bigint;
 BEGIN
     PERFORM pgflow._primary();
     PERFORM pgflow._check_queue_name(queue_name);
@@ -3545,6 +3597,12 @@ BEGIN
     v_archived_seq := 'pgflow.q' || v_id || '_archived_seq';
     EXECUTE 'CREATE SEQUENCE ' || v_msg_seq || ' AS bigint';
     EXECUTE 'CREATE SEQUENCE ' || v_archived_seq || ' AS bigint';
+    -- After a failover, ids start past anything the old timelines issued (_ids_for_timeline);
+    -- _primary() above has brought pgflow.id_timeline up to this server's timeline.
+    v_floor := (SELECT t.timeline::bigint << 40 FROM pgflow.id_timeline t WHERE t.timeline > 1);
+    IF v_floor IS NOT NULL THEN
+        PERFORM setval(v_msg_seq::regclass, v_floor);
+    END IF;
 
     INSERT INTO pgflow.queue (queue_id, queue_name, visibility_timeout, max_retries, retry_delay,
                               retry_backoff, retry_delay_max, retry_jitter,
@@ -4138,7 +4196,7 @@ AS $function$
            coalesce(st.delayed, s.delayed, 0),
            extract(epoch FROM p_now - coalesce(s.oldest, o.oldest))::double precision,
            extract(epoch FROM p_now - coalesce(s.newest, o.newest))::double precision,
-           coalesce(pg_catalog.pg_sequence_last_value(q.msg_seq), 0),
+           coalesce(pg_catalog.pg_sequence_last_value(q.msg_seq) - q.ids_skipped, 0),
            coalesce(pg_catalog.pg_sequence_last_value(q.archived_seq), 0),
            coalesce(st.archived_rows, (SELECT count(*) FROM pgflow.archive a WHERE a.queue_id = q.queue_id)),
            coalesce(st.dead, (SELECT count(*) FROM pgflow.dead d WHERE d.queue_id = q.queue_id)),

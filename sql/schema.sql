@@ -67,7 +67,10 @@ CREATE TABLE pgflow.queue (
     -- Forwarding rule (sql/links.sql, pgflow.forward): sends go to queue forward_to at the
     -- site of link forward_link instead of into this queue. NULL: sends stay here.
     forward_link       integer,
-    forward_to         text
+    forward_to         text,
+    -- Ids skipped by failovers (pgflow._ids_for_timeline): msg_seq's last value less this is
+    -- the number of messages sent.
+    ids_skipped        bigint      NOT NULL DEFAULT 0
 );
 COMMENT ON TABLE pgflow.queue IS 'pgflow queues and their policies; use pgflow.create_queue/alter_queue/drop_queue.';
 

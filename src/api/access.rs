@@ -42,6 +42,34 @@ pub fn caller() -> Result<pg_sys::Oid, ErrorReport> {
 }
 
 thread_local! {
+    /// The timeline this session has checked pgflow's ids against (0: none yet).
+    static TIMELINE_CHECKED: std::cell::Cell<u32> = const { std::cell::Cell::new(0) };
+}
+
+/// Before this session's first pgflow write on a timeline: the id sequences are brought past
+/// what earlier timelines may have issued (`pgflow._ids_for_timeline`, sql/links.sql), so that a
+/// promoted standby never gives a lost message's id to another. A library newer than the
+/// installed extension (before ALTER EXTENSION UPDATE) finds no such function and skips it.
+fn ids_past_timeline() {
+    // SAFETY: reads shared memory; recovery has ended (primary() checked).
+    let tli = unsafe { pg_sys::GetWALInsertionTimeLine() };
+    if TIMELINE_CHECKED.with(|c| c.get()) == tli {
+        return;
+    }
+    let exists = Spi::get_one::<bool>(
+        "SELECT pg_catalog.to_regprocedure('pgflow._ids_for_timeline(integer)') IS NOT NULL",
+    );
+    if let Ok(Some(true)) = exists {
+        let tli_arg = i32::try_from(tli).unwrap_or(i32::MAX);
+        if let Err(e) = Spi::run_with_args("SELECT pgflow._ids_for_timeline($1)", &[tli_arg.into()])
+        {
+            pgrx::error!("pgflow: could not move the id sequences past timeline {tli}: {e}");
+        }
+    }
+    TIMELINE_CHECKED.with(|c| c.set(tli));
+}
+
+thread_local! {
     /// Set by `_arriving(true)` around link_arrive's send (sql/links.sql).
     static ARRIVING: std::cell::Cell<bool> = const { std::cell::Cell::new(false) };
 }
@@ -219,6 +247,7 @@ pub fn primary() -> Result<(), ErrorReport> {
              transaction was begun READ ONLY.",
         ));
     }
+    ids_past_timeline();
     Ok(())
 }
 
