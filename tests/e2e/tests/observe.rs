@@ -138,3 +138,62 @@ fn a_prepared_transaction_is_reported_until_it_is_resolved() {
         .get(0);
     assert_eq!(left, 0, "resolved, it holds nothing");
 }
+
+/// pgflow's own rounds hold a snapshot for their length; horizon() and metrics() leave them out
+/// unless one has lasted 10 s (issue #33: right after a read, metrics() named the worker). The
+/// worker's next round is made to wait, holding its snapshot, on a lock of a table its round
+/// writes (pgflow.dedup, prune_dedup); the 10 s are the server's own clock, in the query itself.
+#[test]
+fn pgflows_own_short_rounds_are_not_named_as_the_holder() {
+    let _g = serial();
+    let queue = "obs_own_round";
+    let mut admin = connect();
+    fresh_queue(&mut admin, queue);
+    let mut blocker = connect();
+    let mut tx = blocker.transaction().unwrap();
+    tx.batch_execute("LOCK TABLE pgflow.dedup IN ACCESS EXCLUSIVE MODE")
+        .unwrap();
+    let waiting = "SELECT EXISTS (SELECT 1 FROM pg_stat_activity
+                    WHERE backend_type = 'pgflow worker' AND datname = current_database()
+                      AND wait_event_type = 'Lock' AND backend_xmin IS NOT NULL)";
+    assert!(
+        eventually(&mut admin, waiting, DEADLINE),
+        "the worker's round never waited on the lock"
+    );
+    // Either pgflow's worker is not named, or its round has really lasted 10 s.
+    let lasted = "EXISTS (SELECT 1 FROM pg_stat_activity
+                   WHERE backend_type = 'pgflow worker' AND datname = current_database()
+                     AND xact_start <= clock_timestamp() - interval '10 seconds')";
+    let named: bool = admin
+        .query_one(
+            &format!(
+                "SELECT EXISTS (SELECT 1 FROM pgflow.horizon() h JOIN pg_stat_activity a USING (pid)
+                                 WHERE a.backend_type = 'pgflow worker') AND NOT {lasted}"
+            )[..],
+            &[],
+        )
+        .unwrap()
+        .get(0);
+    assert!(
+        !named,
+        "horizon() names pgflow's own worker in a short round"
+    );
+    let in_metrics: bool = admin
+        .query_one(
+            &format!(
+                "SELECT coalesce(horizon_holder LIKE 'backend ' || (SELECT pid FROM pg_stat_activity
+                                  WHERE backend_type = 'pgflow worker'
+                                    AND datname = current_database()) || ':%', false)
+                        AND NOT {lasted}
+                   FROM pgflow.metrics($1)"
+            )[..],
+            &[&queue],
+        )
+        .unwrap()
+        .get(0);
+    assert!(
+        !in_metrics,
+        "metrics() names pgflow's own worker in a short round"
+    );
+    tx.rollback().unwrap();
+}
