@@ -460,42 +460,44 @@ BEGIN
     END IF;
 END $function$;
 
-CREATE OR REPLACE FUNCTION pgflow._forward(q pgflow.queue, id bigint, message jsonb, headers jsonb, priority integer, group_key text, dedup_key text, deliver_at timestamp with time zone, now timestamp with time zone)
- RETURNS void
- LANGUAGE plpgsql
-AS $function$
-BEGIN
-    PERFORM pgflow._forward_to(q.forward_link, q.forward_to,
-        jsonb_build_object('site', pgflow._site(), 'queue', q.queue_name, 'id', id),
-        message, headers, priority, group_key, dedup_key, deliver_at, now);
-END $function$;
-
-CREATE OR REPLACE FUNCTION pgflow._forward_to(p_link integer, p_remote_queue text, p_origin jsonb, message jsonb, headers jsonb, priority integer, group_key text, dedup_key text, deliver_at timestamp with time zone, now timestamp with time zone)
+CREATE OR REPLACE FUNCTION pgflow._forward_to(p_link integer, p_remote_queue text, p_from_queue text, p_from_id bigint, p_topic text, message jsonb, headers jsonb, priority integer, group_key text, dedup_key text, deliver_at timestamp with time zone, now timestamp with time zone)
  RETURNS bigint
  LANGUAGE plpgsql
 AS $function$
 DECLARE
-    v_site text := pgflow._site();
+    v_site text;
     v_remote text;
     v_via text[];
+    v_origin jsonb;
     v_seq bigint;
 BEGIN
-    SELECT k.remote_site INTO v_remote FROM pgflow.link k WHERE k.link_id = p_link;
-    IF jsonb_typeof(headers -> 'pgflow_via') = 'array' THEN
-        v_via := ARRAY(SELECT jsonb_array_elements_text(headers -> 'pgflow_via'));
-    ELSE
-        v_via := '{}';
+    SELECT s.site_name, k.remote_site INTO v_site, v_remote
+      FROM pgflow.link k LEFT JOIN pgflow.site s ON true
+     WHERE k.link_id = p_link;
+    IF v_site IS NULL THEN
+        v_site := pgflow._site();  -- raises 55000
     END IF;
+    IF headers ? 'pgflow_via' OR headers ? 'pgflow_origin' THEN
+        IF jsonb_typeof(headers -> 'pgflow_via') = 'array' THEN
+            v_via := ARRAY(SELECT jsonb_array_elements_text(headers -> 'pgflow_via'));
+        END IF;
+        v_origin := headers -> 'pgflow_origin';
+        headers := headers - 'pgflow_origin' - 'pgflow_via';
+    END IF;
+    v_via := coalesce(v_via, '{}');
     IF v_remote = ANY (v_via) OR v_remote = v_site THEN
         RAISE EXCEPTION 'forwarding loop: the message has been at site "%" already (via %)', v_remote, v_via
             USING ERRCODE = 'invalid_parameter_value';
     END IF;
-    v_via := v_via || v_site;
+    IF v_origin IS NULL THEN
+        v_origin := CASE WHEN p_topic IS NULL
+                         THEN jsonb_build_object('site', v_site, 'queue', p_from_queue, 'id', p_from_id)
+                         ELSE jsonb_build_object('site', v_site, 'topic', p_topic) END;
+    END IF;
     INSERT INTO pgflow.link_outbox (link_id, sent_at, origin, via, remote_queue, message, headers,
                                     priority, group_key, dedup_key, deliver_at)
-    VALUES (p_link, now, coalesce(headers -> 'pgflow_origin', p_origin), v_via, p_remote_queue,
-            message, headers - 'pgflow_origin' - 'pgflow_via', priority, group_key, dedup_key,
-            deliver_at)
+    VALUES (p_link, now, v_origin, v_via || v_site, p_remote_queue, message, headers, priority,
+            group_key, dedup_key, deliver_at)
     RETURNING seq INTO v_seq;
     RETURN v_seq;
 END $function$;
@@ -516,10 +518,8 @@ BEGIN
                 AND (x.link_id IS NOT NULL OR l.subscribed_at IS NOT NULL)
               ORDER BY l.link_name, x.remote_queue LOOP
         target := r.link_name || ':' || r.remote_queue;
-        seq := pgflow._forward_to(r.link_id, r.remote_queue,
-            jsonb_build_object('site', pgflow._site(), 'topic', topic),
-            message, headers, priority, NULL, NULL,
-            CASE WHEN delay > interval '0' THEN v_now + delay END, v_now);
+        seq := pgflow._forward_to(r.link_id, r.remote_queue, NULL, NULL, topic, message, headers,
+            priority, NULL, NULL, CASE WHEN delay > interval '0' THEN v_now + delay END, v_now);
         RETURN NEXT;
     END LOOP;
 END $function$;
@@ -752,8 +752,9 @@ AS $function$
 DECLARE
     v_id bigint := nextval(q.msg_seq);
 BEGIN
-    PERFORM pgflow._forward(q, v_id, message, headers, priority, NULL, NULL,
-                            CASE WHEN delay > interval '0' THEN now + delay END, now);
+    PERFORM pgflow._forward_to(q.forward_link, q.forward_to, q.queue_name, v_id, NULL, message,
+                               headers, priority, NULL, NULL,
+                               CASE WHEN delay > interval '0' THEN now + delay END, now);
     RETURN v_id;
 END $function$;
 
@@ -1288,9 +1289,9 @@ BEGIN
     IF q.forward_link IS NOT NULL THEN
         -- A forwarding rule (sql/links.sql): the message goes to the link's outbox, with what
         -- the remote queue needs to apply its own rules (priority, group, dedup, due time).
-        PERFORM pgflow._forward(q, v_id, send.message, send.headers, send.priority,
-                                send.group_key, send.dedup_key,
-                                CASE WHEN v_vt > v_now THEN v_vt END, v_now);
+        PERFORM pgflow._forward_to(q.forward_link, q.forward_to, q.queue_name, v_id, NULL,
+                                   send.message, send.headers, send.priority, send.group_key,
+                                   send.dedup_key, CASE WHEN v_vt > v_now THEN v_vt END, v_now);
         RETURN v_id;
     END IF;
     IF dedup_key IS NOT NULL THEN

@@ -56,9 +56,9 @@ BEGIN
     IF q.forward_link IS NOT NULL THEN
         -- A forwarding rule (sql/links.sql): the message goes to the link's outbox, with what
         -- the remote queue needs to apply its own rules (priority, group, dedup, due time).
-        PERFORM pgflow._forward(q, v_id, send.message, send.headers, send.priority,
-                                send.group_key, send.dedup_key,
-                                CASE WHEN v_vt > v_now THEN v_vt END, v_now);
+        PERFORM pgflow._forward_to(q.forward_link, q.forward_to, q.queue_name, v_id, NULL,
+                                   send.message, send.headers, send.priority, send.group_key,
+                                   send.dedup_key, CASE WHEN v_vt > v_now THEN v_vt END, v_now);
         RETURN v_id;
     END IF;
     IF dedup_key IS NOT NULL THEN
