@@ -899,12 +899,12 @@ BEGIN
                               retry_backoff, retry_delay_max, retry_jitter,
                               archive_retention, msg_seq, archived_seq, default_priority,
                               dedup_window, notify, alert_dlq, alert_age, alert_depth,
-                              session_leases)
+                              session_leases, ids_skipped)
     VALUES (v_id, queue_name, visibility_timeout, max_retries, retry_delay,
             retry_backoff, retry_delay_max, retry_jitter,
             archive_retention, v_msg_seq::regclass, v_archived_seq::regclass, default_priority,
             dedup_window, notify, nullif(alert_dlq, -1), nullif(alert_age, interval '0'),
-            nullif(alert_depth, -1), session_leases)
+            nullif(alert_depth, -1), session_leases, coalesce(v_floor, 0))
     ON CONFLICT ON CONSTRAINT queue_queue_name_key DO NOTHING;
 
     IF NOT FOUND THEN

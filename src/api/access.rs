@@ -53,7 +53,9 @@ thread_local! {
 fn ids_past_timeline() {
     // SAFETY: reads shared memory; recovery has ended (primary() checked).
     let tli = unsafe { pg_sys::GetWALInsertionTimeLine() };
-    if TIMELINE_CHECKED.with(|c| c.get()) == tli {
+    // Timeline 1 has nothing before it (_ids_for_timeline does nothing there): no SPI for a
+    // new session's first write.
+    if tli <= 1 || TIMELINE_CHECKED.with(|c| c.get()) == tli {
         return;
     }
     let exists = Spi::get_one::<bool>(

@@ -171,16 +171,17 @@ fn round(batch: i32, prune_batch: i32) -> Option<(i64, i64, i64)> {
 fn stats_tick(dboid: u32) {
     let looked = as_owner(c"pgflow._stats_tick()", || {
         Spi::connect(|client| {
+            // What this extension version has (the links since 0.3.0), in one query.
             let has = client
                 .select(
-                    "SELECT pg_catalog.to_regprocedure('pgflow._stats_tick()') IS NOT NULL",
+                    "SELECT pg_catalog.to_regprocedure('pgflow._stats_tick()') IS NOT NULL, \
+                            pg_catalog.to_regprocedure('pgflow._links_state()') IS NOT NULL",
                     Some(1),
                     &[],
                 )?
-                .first()
-                .get::<bool>(1)?
-                .unwrap_or(false);
-            if !has {
+                .first();
+            let has_links = has.get::<bool>(2)?.unwrap_or(false);
+            if !has.get::<bool>(1)?.unwrap_or(false) {
                 return Ok::<_, pgrx::spi::SpiError>(None);
             }
             let row = client
@@ -196,15 +197,6 @@ fn stats_tick(dboid: u32) {
             );
             // The links' summary for the endpoint and the status page (sql/links.sql), once
             // the extension has them (after ALTER EXTENSION UPDATE from 0.2.0).
-            let has_links = client
-                .select(
-                    "SELECT pg_catalog.to_regprocedure('pgflow._links_state()') IS NOT NULL",
-                    Some(1),
-                    &[],
-                )?
-                .first()
-                .get::<bool>(1)?
-                .unwrap_or(false);
             if !has_links {
                 return Ok(Some((horizon, (0, 0, 0, 0, 0.0))));
             }

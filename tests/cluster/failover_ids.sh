@@ -70,5 +70,7 @@ echo "ok: an archive by a lost id finds nothing, and removes nothing"
 psql_at "$sport" -c "SELECT pgflow.create_queue('after')" >/dev/null
 [ "$(psql_at "$sport" -c "SELECT pgflow.send('after', '{}') > (2::bigint << 40)")" = t ] \
   || fail "a queue created after the failover starts its ids below the timeline's"
+[ "$(psql_at "$sport" -c "SELECT total_messages FROM pgflow.metrics('after')")" = 1 ] \
+  || fail "metrics('after').total_messages counts the ids the new queue skipped"
 echo "ok: total_messages stays the number sent (50); a queue made after the failover starts past too"
 echo "failover ids: all passed"
