@@ -35,7 +35,7 @@ for arg in sys.argv[3:]:
     SITES[name] = (int(port), datadir)
 # How long the remote stays down in the outage check: a minute on 15, less on the others (the
 # same code path; the suite's time is shared).
-OUTAGE = int(os.environ.get("LINKS_OUTAGE", 60 if VER == "15" else 15))
+OUTAGE = int(os.environ.get("LINKS_OUTAGE") or (60 if VER == "15" else 15))
 
 
 def log(msg: str) -> None:
