@@ -129,6 +129,8 @@ cluster_layers() {
     bash "$ROOT/tests/cluster/worker_lifecycle.sh" "$ver"
   want lifecycle && run_layer "pg$ver: ids after a failover that lost acknowledged sends" \
     bash "$ROOT/tests/cluster/failover_ids.sh" "$ver"
+  want lifecycle && run_layer "pg$ver: long-poll wake-ups without the worker" \
+    bash "$ROOT/tests/cluster/wakeups.sh" "$ver"
 
   want metrics && run_layer "pg$ver: statistics and the Prometheus endpoint" \
     bash "$ROOT/tests/metrics/metrics.sh" "$ver"

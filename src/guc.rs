@@ -72,6 +72,10 @@ pub static ALERTS_CHANNEL: GucSetting<Option<std::ffi::CString>> =
 /// start.
 pub static METRICS_ON_STANDBY: GucSetting<bool> = GucSetting::<bool>::new(false);
 
+/// Tests only: injects a failure into one phase of pgflow's transaction ends (src/ipc/xact.rs).
+pub static TEST_XACT_FAULT: GucSetting<crate::ipc::xact::Fault> =
+    GucSetting::<crate::ipc::xact::Fault>::new(crate::ipc::xact::Fault::None);
+
 /// Registers the settings; called from `_PG_init` in every process that loads the library.
 pub fn init() {
     GucRegistry::define_bool_guc(
@@ -163,6 +167,16 @@ pub fn init() {
         1,
         10_000_000,
         GucContext::Sighup,
+        GucFlags::default(),
+    );
+    GucRegistry::define_enum_guc(
+        c"pgflow.test_xact_fault",
+        c"Tests only: injects a failure into a phase of pgflow's transaction ends.",
+        c"pre_commit_error raises before the commit (the transaction aborts); the others fail \
+          on the commit, abort, prepare or subtransaction-abort side, where pgflow catches the \
+          failure, counts it (pgflow_xact_faults_total) and warns: the server stays up.",
+        &TEST_XACT_FAULT,
+        GucContext::Suset,
         GucFlags::default(),
     );
     // Server-start settings can only be defined while shared_preload_libraries loads: a

@@ -97,23 +97,14 @@ fn arriving() -> bool {
 #[pg_extern(volatile, parallel_unsafe)]
 fn _arriving(on: bool) {
     ARRIVING.with(|a| a.set(on));
-    // Once per transaction (an apply takes many messages in one).
-    if on && !ARRIVAL_XACT.with(|r| r.replace(true)) {
-        for event in [
-            pgrx::PgXactCallbackEvent::Abort,
-            pgrx::PgXactCallbackEvent::Commit,
-        ] {
-            pgrx::register_xact_callback(event, || {
-                ARRIVING.with(|a| a.set(false));
-                ARRIVAL_XACT.with(|r| r.set(false));
-            });
-        }
+    if on {
+        crate::ipc::xact::add_end_hook(end_arrival);
     }
 }
 
-thread_local! {
-    /// Whether `_arriving`'s end-of-transaction reset is registered for this transaction.
-    static ARRIVAL_XACT: std::cell::Cell<bool> = const { std::cell::Cell::new(false) };
+/// An end hook of `ipc::xact`: the marker never outlives its transaction.
+fn end_arrival(_committed: bool) {
+    let _ = ARRIVING.try_with(|a| a.set(false));
 }
 
 fn restricted() -> ErrorReport {

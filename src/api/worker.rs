@@ -209,7 +209,27 @@ fn _worker_wake() {
         }
         std::ffi::CStr::from_ptr(p).to_string_lossy().into_owned()
     };
-    pgrx::register_xact_callback(pgrx::PgXactCallbackEvent::Commit, move || {
-        worker::request_worker(dboid, &name)
-    });
+    crate::ipc::xact::add_end_hook(request_at_commit);
+    REQUEST.with(|r| r.borrow_mut().push((dboid, name)));
+}
+
+thread_local! {
+    /// Workers `_worker_wake` asked for in this transaction: requested if it commits.
+    static REQUEST: std::cell::RefCell<Vec<(u32, String)>> =
+        const { std::cell::RefCell::new(Vec::new()) };
+}
+
+/// An end hook of `ipc::xact`: takes the requests without allocating or panicking, and makes
+/// them only on commit.
+fn request_at_commit(committed: bool) {
+    let requests = REQUEST
+        .try_with(|r| r.try_borrow_mut().ok().map(|mut r| std::mem::take(&mut *r)))
+        .ok()
+        .flatten()
+        .unwrap_or_default();
+    if committed {
+        for (dboid, name) in &requests {
+            worker::request_worker(*dboid, name);
+        }
+    }
 }

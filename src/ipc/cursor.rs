@@ -384,19 +384,10 @@ thread_local! {
     static XACT: RefCell<Xact> = RefCell::new(Xact::default());
     /// Numbers this backend's claims (with its pid, the owner token of a watch slot).
     static TOKEN: std::cell::Cell<u64> = const { std::cell::Cell::new(0) };
-    static CALLBACKS: RefCell<bool> = const { RefCell::new(false) };
 }
 
 fn ensure_callbacks() {
-    CALLBACKS.with(|c| {
-        if !*c.borrow() {
-            *c.borrow_mut() = true;
-            unsafe {
-                pg_sys::RegisterXactCallback(Some(xact_callback), std::ptr::null_mut());
-                pg_sys::RegisterSubXactCallback(Some(subxact_callback), std::ptr::null_mut());
-            }
-        }
-    });
+    super::xact::ensure();
 }
 
 fn touch(x: &mut Xact, queue_id: i32, seq: u32) {
@@ -405,67 +396,67 @@ fn touch(x: &mut Xact, queue_id: i32, seq: u32) {
     }
 }
 
-/// Registered once per backend: applies what the transaction recorded at its end.
-#[pg_guard]
-unsafe extern "C-unwind" fn xact_callback(
-    event: pg_sys::XactEvent::Type,
-    _arg: *mut std::ffi::c_void,
-) {
-    use pg_sys::XactEvent::*;
-    match event {
-        XACT_EVENT_COMMIT | XACT_EVENT_PARALLEL_COMMIT => {
-            let x = XACT.with(|x| std::mem::take(&mut *x.borrow_mut()));
-            commit(x);
-        }
-        XACT_EVENT_ABORT | XACT_EVENT_PARALLEL_ABORT => {
-            let x = XACT.with(|x| std::mem::take(&mut *x.borrow_mut()));
-            abort(&x, false);
-        }
-        XACT_EVENT_PREPARE => {
-            let x = XACT.with(|x| std::mem::take(&mut *x.borrow_mut()));
-            abort(&x, true);
-        }
-        _ => {}
+/// This backend's transaction state, taken out without allocating or panicking (None when the
+/// cell is busy, which cannot happen between statements).
+fn take_xact() -> Option<Xact> {
+    XACT.try_with(|x| x.try_borrow_mut().ok().map(|mut b| std::mem::take(&mut *b)))
+        .ok()
+        .flatten()
+}
+
+/// Commit: publishes the transaction's lowerings and raises (`commit`), and adds to `wake` the
+/// queues whose due time it brought forward, so that their sleeping readers look again.
+pub(super) fn at_commit(wake: &mut super::xact::WakeSet) {
+    if let Some(x) = take_xact() {
+        commit(&x, wake);
+    }
+}
+
+/// Abort (`prepared`: PREPARE TRANSACTION): see `abort`.
+pub(super) fn at_abort(prepared: bool) {
+    if let Some(x) = take_xact() {
+        abort(&x, prepared);
     }
 }
 
 /// A subtransaction that aborts undoes its claims and locks; the top transaction may still
 /// commit, so none of its claims may raise the mark.
-#[pg_guard]
-unsafe extern "C-unwind" fn subxact_callback(
-    event: pg_sys::SubXactEvent::Type,
-    _my: pg_sys::SubTransactionId,
-    _parent: pg_sys::SubTransactionId,
-    _arg: *mut std::ffi::c_void,
-) {
-    if event != pg_sys::SubXactEvent::SUBXACT_EVENT_ABORT_SUB {
-        return;
-    }
+pub(super) fn at_subabort() {
     // The claims' rows are released now, but the parent keeps the locks of claims made before
     // the savepoint: keep every claim, so that the top-level abort (or PREPARE) lowers again,
-    // and take away their raises (MIN_KEY raises nothing).
-    let undo = XACT.with(|x| {
-        let mut x = x.borrow_mut();
+    // and take away their raises (MIN_KEY raises nothing). Nothing is allocated: the parent's
+    // lists are used in place.
+    let _ = XACT.try_with(|x| {
+        let Ok(mut x) = x.try_borrow_mut() else {
+            return;
+        };
         if let Some(c) = x.current.take() {
+            // Within the capacity reserved by claim_begin.
             x.claims.push((c, MIN_KEY));
         }
         for c in x.claims.iter_mut() {
             c.1 = MIN_KEY;
         }
-        Xact {
-            claims: x.claims.clone(),
-            touched: x.touched.clone(),
-            recomputing: std::mem::take(&mut x.recomputing),
-            ..Xact::default()
+        let recomputing = std::mem::take(&mut x.recomputing);
+        let mut t = CURSORS.exclusive();
+        release_recompute_of(&mut t, &recomputing);
+        undo_claims(&mut t, x.claims.iter().map(|c| &c.0));
+        for &(q, seq) in &x.touched {
+            if let Some(e) = t.find(q, seq, false) {
+                e.reset();
+            }
         }
     });
-    abort(&undo, false);
 }
 
 /// A recompute this backend started and did not finish: leave due as it was.
 fn release_recompute(t: &mut Cursors, x: &Xact) {
+    release_recompute_of(t, &x.recomputing);
+}
+
+fn release_recompute_of(t: &mut Cursors, recomputing: &[(i32, u32)]) {
     let me = unsafe { pg_sys::MyProcPid };
-    for &(q, seq) in &x.recomputing {
+    for &(q, seq) in recomputing {
         if let Some(e) = t.find(q, seq, false) {
             if e.due_busy == me {
                 e.due_busy = 0;
@@ -475,7 +466,20 @@ fn release_recompute(t: &mut Cursors, x: &Xact) {
     }
 }
 
-fn commit(x: Xact) {
+/// Claims that will not commit: every row they locked (noted or not) has a key above their
+/// `from`, so the mark goes back there, and their watches end without a raise.
+fn undo_claims<'a>(t: &mut Cursors, claims: impl Iterator<Item = &'a Claim>) {
+    for c in claims {
+        if let Some(e) = t.find(c.queue_id, c.seq, false) {
+            e.lower(c.from.succ());
+            if let (true, Some(slot)) = (e.gen == c.gen, c.slot) {
+                e.unwatch(slot, c.token, None);
+            }
+        }
+    }
+}
+
+fn commit(x: &Xact, wake: &mut super::xact::WakeSet) {
     if x.ready.is_empty()
         && x.due.is_empty()
         && x.claims.is_empty()
@@ -486,7 +490,7 @@ fn commit(x: Xact) {
         return;
     }
     let mut t = CURSORS.exclusive();
-    release_recompute(&mut t, &x);
+    release_recompute(&mut t, x);
     for &(q, seq, key) in &x.ready {
         if let Some(e) = t.find(q, seq, true) {
             e.lower(key);
@@ -494,6 +498,10 @@ fn commit(x: Xact) {
     }
     for &(q, seq, vt) in &x.due {
         if let Some(e) = t.find(q, seq, true) {
+            // Readers asleep until the old due time must look at the new one.
+            if vt < e.due {
+                wake.add(q);
+            }
             e.lower_due(vt);
         }
     }
@@ -525,37 +533,27 @@ fn commit(x: Xact) {
 }
 
 fn abort(x: &Xact, prepared: bool) {
-    let mut claims: Vec<Claim> = x.claims.iter().map(|c| c.0).collect();
-    claims.extend(x.current);
+    let claims = || x.claims.iter().map(|c| &c.0).chain(x.current.iter());
     let frozen = prepared && !(x.ready.is_empty() && x.due.is_empty());
-    if claims.is_empty() && x.touched.is_empty() && x.recomputing.is_empty() && !frozen {
+    if claims().next().is_none() && x.touched.is_empty() && x.recomputing.is_empty() && !frozen {
         return;
     }
     let mut t = CURSORS.exclusive();
     release_recompute(&mut t, x);
-    for c in &claims {
-        if let Some(e) = t.find(c.queue_id, c.seq, false) {
-            // Every row the claim locked (noted or not) has a key above `from`.
-            e.lower(c.from.succ());
-            if let (true, Some(slot)) = (e.gen == c.gen, c.slot) {
-                e.unwatch(slot, c.token, None);
-            }
-        }
-    }
+    undo_claims(&mut t, claims());
     for &(q, seq) in &x.touched {
         if let Some(e) = t.find(q, seq, false) {
             e.reset();
         }
     }
     if prepared {
-        let queues: Vec<(i32, u32)> = x
+        let queues = x
             .ready
             .iter()
             .map(|r| (r.0, r.1))
             .chain(x.due.iter().map(|d| (d.0, d.1)))
             .chain(x.touched.iter().copied())
-            .chain(claims.iter().map(|c| (c.queue_id, c.seq)))
-            .collect();
+            .chain(claims().map(|c| (c.queue_id, c.seq)));
         t.freezes += 1;
         for (q, seq) in queues {
             if let Some(e) = t.find(q, seq, true) {
@@ -595,6 +593,9 @@ pub fn claim_begin(queue_id: i32, seq: u32) -> Key {
             return MIN_KEY;
         };
         let from = own.map_or(mark, |o| o.min(mark));
+        // Room for this claim in `claims`, so that a subtransaction's abort can keep it there
+        // without allocating (at_subabort).
+        x.claims.reserve(1);
         x.current = Some(Claim {
             queue_id,
             seq,
@@ -628,8 +629,31 @@ pub fn claim_span(first: Key, last: Key, n: i64) {
 
 /// After a claim of up to `qty`: at commit the mark may rise past what it claimed, or past
 /// everything when it found fewer than `qty`.
+///
+/// A claim that took nothing locked nothing, so it has nothing to wait for: its watch ends now,
+/// raising the mark as its commit would (the cap is the same: every key lowered since its
+/// note). A long-poll read, which looks again and again in one transaction, so holds at most
+/// one watch slot at a time; before, each empty look kept its slot until the read ended, and 4
+/// idle long-pollers used up all 16 (issue #30).
 pub fn claim_end(qty: i64) {
     if !preloaded() {
+        return;
+    }
+    let empty = XACT.with(|x| {
+        let x = x.borrow();
+        x.current.filter(|c| c.count == 0)
+    });
+    if let Some(c) = empty {
+        XACT.with(|x| x.borrow_mut().current = None);
+        if let Some(slot) = c.slot {
+            let target = (!xact_snapshot() && !c.frozen).then_some(MAX_KEY);
+            let mut t = CURSORS.exclusive();
+            if let Some(e) = t.find(c.queue_id, c.seq, false) {
+                if e.gen == c.gen {
+                    e.unwatch(slot, c.token, target);
+                }
+            }
+        }
         return;
     }
     XACT.with(|x| {

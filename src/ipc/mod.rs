@@ -1,5 +1,7 @@
 //! Shared memory and the signals between processes: long-poll waiters (`waiters`), the NOTIFY
-//! throttle (`notify`), and the one way any pgflow process wakes another: setting its latch.
+//! throttle (`notify`), the claim cursor (`cursor`), the statistics (`stats`), what happens at
+//! transaction ends (`xact`, the only callback registration), and the one way any pgflow
+//! process wakes another: setting its latch. `README.md` here maps them.
 //!
 //! Every wake-up sets a latch (the `procLatch` of the process's PGPROC, in shared memory and so
 //! valid in every process); none signals a stored pid, which could by then belong to another
@@ -9,9 +11,6 @@
 //!
 //! This module depends on nothing else of the crate but the settings: the workers, the SQL shims
 //! and the hook all build on it.
-use std::cell::RefCell;
-use std::thread::LocalKey;
-
 use pgrx::prelude::*;
 use pgrx::{pg_shmem_init, PGRXSharedMemory, PgLwLock};
 
@@ -19,6 +18,7 @@ pub mod cursor;
 pub mod notify;
 pub mod stats;
 pub mod waiters;
+pub mod xact;
 
 /// Databases whose worker can be woken at once (the worker registry has the same size).
 pub const MAX_WORKERS: usize = 256;
@@ -33,30 +33,6 @@ pub fn preloaded() -> bool {
     unsafe { PRELOADED }
 }
 
-/// Queue ids a transaction collected (each once), and whether its end-of-transaction callbacks
-/// are registered; one per kind of commit action.
-pub type XactQueues = RefCell<(Vec<i32>, bool)>;
-
-/// Adds `queue_id` to what `set` collects in this transaction; when the transaction commits,
-/// `on_commit` gets the ids; when it aborts they are dropped.
-pub fn on_commit_with(set: &'static LocalKey<XactQueues>, queue_id: i32, on_commit: fn(Vec<i32>)) {
-    set.with(|s| {
-        let mut s = s.borrow_mut();
-        if !s.0.contains(&queue_id) {
-            s.0.push(queue_id);
-        }
-        if !s.1 {
-            s.1 = true;
-            pgrx::register_xact_callback(pgrx::PgXactCallbackEvent::Commit, move || {
-                on_commit(set.with(|s| std::mem::take(&mut *s.borrow_mut()).0))
-            });
-            pgrx::register_xact_callback(pgrx::PgXactCallbackEvent::Abort, move || {
-                set.with(|s| *s.borrow_mut() = (Vec::new(), false))
-            });
-        }
-    });
-}
-
 /// A process's latch as stored in shared memory (0: none).
 pub type LatchRef = usize;
 
@@ -69,6 +45,7 @@ pub fn init() {
     notify::init();
     cursor::init();
     stats::init();
+    xact::init();
     pg_shmem_init!(WORKER_LATCHES);
 }
 

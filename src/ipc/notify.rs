@@ -17,7 +17,7 @@ use std::cell::RefCell;
 use pgrx::prelude::*;
 use pgrx::{pg_shmem_init, PGRXSharedMemory, PgLwLock};
 
-use super::{preloaded, XactQueues};
+use super::preloaded;
 
 /// Queues that can be throttled at once; beyond that, sends notify unthrottled.
 pub const MAX_NOTIFY_QUEUES: usize = 1024;
@@ -84,7 +84,7 @@ fn notify_now(queue_name: &str) {
 
 thread_local! {
     /// Queues whose send in this transaction was throttled: marked pending at commit.
-    static THROTTLED: XactQueues = const { RefCell::new((Vec::new(), false)) };
+    static THROTTLED: RefCell<Vec<i32>> = const { RefCell::new(Vec::new()) };
 }
 
 /// A send to a notify-enabled queue: NOTIFY now, or leave it to the trailing one (see above).
@@ -129,11 +129,29 @@ pub fn send(queue_id: i32, queue_name: &str) {
         notify_now(queue_name);
         return;
     }
-    super::on_commit_with(&THROTTLED, queue_id, mark_pending);
+    super::xact::ensure();
+    THROTTLED.with(|t| {
+        let mut t = t.borrow_mut();
+        if !t.contains(&queue_id) {
+            t.push(queue_id);
+        }
+    });
 }
 
-/// After commit: the throttled queues need a trailing notification; wake the worker for it.
-fn mark_pending(queues: Vec<i32>) {
+/// Commit (step 4 of `xact`): the throttled queues need a trailing notification; wake the
+/// worker for it. Abort and prepare forget them.
+pub(super) fn at_end(committed: bool) {
+    let Ok(Some(queues)) =
+        THROTTLED.try_with(|t| t.try_borrow_mut().ok().map(|mut t| std::mem::take(&mut *t)))
+    else {
+        return;
+    };
+    if committed && !queues.is_empty() && preloaded() {
+        mark_pending(&queues);
+    }
+}
+
+fn mark_pending(queues: &[i32]) {
     let db = unsafe { pg_sys::MyDatabaseId }.to_u32();
     {
         let mut t = NOTIFY.exclusive();
@@ -189,6 +207,19 @@ pub fn forget(queue_id: i32) {
         .iter_mut()
         .filter(|s| s.dboid == db && s.queue_id == queue_id)
     {
+        *s = NotifySlot::default();
+    }
+}
+
+/// Forgets every throttle slot of a database (DROP DATABASE, DROP EXTENSION, DROP SCHEMA
+/// pgflow). Done before the command runs: if it rolls back, the next send of a queue just
+/// notifies at once, as after a restart.
+pub fn forget_database(dboid: u32) {
+    if !preloaded() {
+        return;
+    }
+    let mut t = NOTIFY.exclusive();
+    for s in t.slots.iter_mut().filter(|s| s.dboid == dboid) {
         *s = NotifySlot::default();
     }
 }

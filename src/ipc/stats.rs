@@ -449,7 +449,6 @@ impl Xact {
 thread_local! {
     static XACT: RefCell<Xact> = RefCell::new(Xact::default());
     static MODE: Cell<Mode> = const { Cell::new(Mode::Plain) };
-    static CALLBACKS: Cell<bool> = const { Cell::new(false) };
 }
 
 fn level() -> i32 {
@@ -457,12 +456,7 @@ fn level() -> i32 {
 }
 
 fn ensure_callbacks() {
-    if !CALLBACKS.with(|c| c.replace(true)) {
-        unsafe {
-            pg_sys::RegisterXactCallback(Some(xact_callback), std::ptr::null_mut());
-            pg_sys::RegisterSubXactCallback(Some(subxact_callback), std::ptr::null_mut());
-        }
-    }
+    super::xact::ensure();
 }
 
 /// Whether the trigger should note anything: preloaded and the statistics on.
@@ -538,40 +532,29 @@ pub fn drop_database_entries(dboid: u32) {
     XACT.with(|x| x.borrow_mut().drop_all.push(dboid));
 }
 
-#[pg_guard]
-unsafe extern "C-unwind" fn xact_callback(
-    event: pg_sys::XactEvent::Type,
-    _arg: *mut std::ffi::c_void,
-) {
-    use pg_sys::XactEvent::*;
-    match event {
-        // A prepared transaction commits (or not) later, in whichever backend: count it now.
-        XACT_EVENT_COMMIT | XACT_EVENT_PARALLEL_COMMIT | XACT_EVENT_PREPARE => {
-            MODE.with(|m| m.set(Mode::Plain));
-            let x = XACT.with(|x| std::mem::take(&mut *x.borrow_mut()));
-            apply(x);
-        }
-        XACT_EVENT_ABORT | XACT_EVENT_PARALLEL_ABORT => {
-            MODE.with(|m| m.set(Mode::Plain));
-            XACT.with(|x| *x.borrow_mut() = Xact::default());
-        }
-        _ => {}
+/// Commit and prepare publish this transaction's deltas (a prepared transaction commits, or
+/// not, later and elsewhere: counted now); abort drops them. Any end ends the mode.
+pub(super) fn at_end(end: super::xact::End) {
+    MODE.with(|m| m.set(Mode::Plain));
+    let Some(x) = take_xact() else { return };
+    if end != super::xact::End::Abort {
+        apply(&x);
     }
 }
 
-/// A subtransaction's commit hands its part to the parent; its abort drops it.
-#[pg_guard]
-unsafe extern "C-unwind" fn subxact_callback(
-    event: pg_sys::SubXactEvent::Type,
-    _my: pg_sys::SubTransactionId,
-    _parent: pg_sys::SubTransactionId,
-    _arg: *mut std::ffi::c_void,
-) {
-    use pg_sys::SubXactEvent::*;
+/// This backend's transaction state, taken out without allocating or panicking (None when the
+/// cell is busy, which cannot happen between statements).
+fn take_xact() -> Option<Xact> {
+    XACT.try_with(|x| x.try_borrow_mut().ok().map(|mut b| std::mem::take(&mut *b)))
+        .ok()
+        .flatten()
+}
+
+/// A subtransaction's commit hands its part to the parent.
+pub(super) fn at_subcommit() {
     let lvl = level();
-    match event {
-        SUBXACT_EVENT_COMMIT_SUB => XACT.with(|x| {
-            let mut x = x.borrow_mut();
+    let _ = XACT.try_with(|x| {
+        if let Ok(mut x) = x.try_borrow_mut() {
             for d in x.deltas.iter_mut().filter(|d| d.0 >= lvl) {
                 d.0 = lvl - 1;
             }
@@ -581,21 +564,24 @@ unsafe extern "C-unwind" fn subxact_callback(
             for d in x.dropped.iter_mut().filter(|d| d.0 >= lvl) {
                 d.0 = lvl - 1;
             }
-        }),
-        SUBXACT_EVENT_ABORT_SUB => {
-            MODE.with(|m| m.set(Mode::Plain));
-            XACT.with(|x| {
-                let mut x = x.borrow_mut();
-                x.deltas.retain(|d| d.0 < lvl);
-                x.created.retain(|c| c.0 < lvl);
-                x.dropped.retain(|d| d.0 < lvl);
-            });
         }
-        _ => {}
-    }
+    });
 }
 
-fn apply(x: Xact) {
+/// A subtransaction's abort drops its part.
+pub(super) fn at_subabort() {
+    MODE.with(|m| m.set(Mode::Plain));
+    let lvl = level();
+    let _ = XACT.try_with(|x| {
+        if let Ok(mut x) = x.try_borrow_mut() {
+            x.deltas.retain(|d| d.0 < lvl);
+            x.created.retain(|c| c.0 < lvl);
+            x.dropped.retain(|d| d.0 < lvl);
+        }
+    });
+}
+
+fn apply(x: &Xact) {
     if x.is_empty() || !preloaded() {
         return;
     }

@@ -13,13 +13,14 @@
 //! cleans up too). A stale entry can only cause a spurious wake-up, which every sleeper
 //! tolerates. Without `shared_preload_libraries` there is no table: readers fall back to
 //! looking every `POLL_FALLBACK_MS`.
-use std::cell::RefCell;
+use std::cell::{Cell, RefCell};
 use std::sync::atomic::{AtomicU32, Ordering};
 
 use pgrx::prelude::*;
 use pgrx::{pg_shmem_init, PGRXSharedMemory, PgAtomic, PgLwLock};
 
-use super::{preloaded, LatchRef, XactQueues};
+use super::xact::WakeSet;
+use super::{preloaded, LatchRef};
 
 /// Readers that can wait at once with wake-ups; more fall back to polling.
 pub const MAX_WAITERS: usize = 1024;
@@ -64,14 +65,14 @@ pub(super) fn init() {
 }
 
 thread_local! {
-    /// Queues this transaction sent to, and whether the commit callback is registered.
-    static SENT: XactQueues = const { RefCell::new((Vec::new(), false)) };
-    /// Whether this backend holds a registration, and whether its cleanup is registered.
-    static REGISTERED: RefCell<(bool, bool)> = const { RefCell::new((false, false)) };
+    /// Queues this transaction made messages ready in.
+    static SENT: RefCell<WakeSet> = const { RefCell::new(WakeSet::new()) };
+    /// Whether this backend holds a registration.
+    static REGISTERED: Cell<bool> = const { Cell::new(false) };
 }
 
 fn unregister() {
-    let had = REGISTERED.with(|r| std::mem::replace(&mut r.borrow_mut().0, false));
+    let had = REGISTERED.with(|r| r.replace(false));
     if !had {
         return;
     }
@@ -107,19 +108,8 @@ pub fn begin(queue_id: i32) -> bool {
         *slot = entry;
         WAITING.get().fetch_add(1, Ordering::SeqCst);
     }
-    REGISTERED.with(|r| {
-        let mut r = r.borrow_mut();
-        r.0 = true;
-        if !r.1 {
-            r.1 = true;
-            let clean = || {
-                REGISTERED.with(|r| r.borrow_mut().1 = false);
-                unregister();
-            };
-            pgrx::register_xact_callback(pgrx::PgXactCallbackEvent::Commit, clean);
-            pgrx::register_xact_callback(pgrx::PgXactCallbackEvent::Abort, clean);
-        }
-    });
+    super::xact::ensure();
+    REGISTERED.with(|r| r.set(true));
     true
 }
 
@@ -148,7 +138,7 @@ pub fn sleep_until(until: i64, woken: bool) {
 /// Whether this backend's registration was released (`release_database`): its read stops
 /// waiting and returns what it has.
 pub fn released() -> bool {
-    if !preloaded() || !REGISTERED.with(|r| r.borrow().0) {
+    if !preloaded() || !REGISTERED.with(|r| r.get()) {
         return false;
     }
     let me = unsafe { pg_sys::MyProcPid };
@@ -198,19 +188,50 @@ pub fn wake_on_commit(queue_id: i32) {
     if !preloaded() {
         return;
     }
-    super::on_commit_with(&SENT, queue_id, wake_sent);
+    super::xact::ensure();
+    SENT.with(|s| s.borrow_mut().add(queue_id));
 }
 
-/// After commit: set the latch of every reader waiting on a queue this transaction sent to.
-fn wake_sent(queues: Vec<i32>) {
-    if WAITING.get().load(Ordering::SeqCst) == 0 {
+/// Commit (step 3 of `xact`): this backend's registration ends, and every reader waiting in
+/// this database on a queue of `wake` or of this transaction's sends is woken, after the claim
+/// cursor has published the commit's lowerings (step 2).
+pub(super) fn at_commit(wake: &mut WakeSet) {
+    if !preloaded() {
+        return;
+    }
+    let _ = SENT.try_with(|s| {
+        if let Ok(mut s) = s.try_borrow_mut() {
+            let sent = std::mem::take(&mut *s);
+            if sent.all {
+                wake.all = true;
+            }
+            for &q in sent.ids() {
+                wake.add(q);
+            }
+        }
+    });
+    unregister();
+    if wake.is_empty() || WAITING.get().load(Ordering::SeqCst) == 0 {
         return;
     }
     let db = unsafe { pg_sys::MyDatabaseId }.to_u32();
     let w = WAITERS.share();
     for s in w.slots.iter() {
-        if s.pid != 0 && s.dboid == db && queues.contains(&s.queue_id) {
+        if s.pid != 0 && s.dboid == db && wake.contains(s.queue_id) {
             super::set_latch(s.latch);
         }
     }
+}
+
+/// Abort and prepare: the registration ends, the sends wake no one.
+pub(super) fn at_abort() {
+    if !preloaded() {
+        return;
+    }
+    let _ = SENT.try_with(|s| {
+        if let Ok(mut s) = s.try_borrow_mut() {
+            *s = WakeSet::new();
+        }
+    });
+    unregister();
 }

@@ -403,6 +403,18 @@ pub fn render(
             );
         }
     }
+    header(
+        &mut out,
+        "pgflow_xact_faults_total",
+        "counter",
+        "Failures caught at a transaction's end (commit, abort, prepare) since the server \
+         started; each also logged a WARNING. Expected to stay 0.",
+    );
+    let _ = writeln!(
+        out,
+        "pgflow_xact_faults_total {}",
+        crate::ipc::xact::faults()
+    );
     out
 }
 

@@ -13,7 +13,7 @@
 use std::ffi::CStr;
 
 use pgrx::prelude::*;
-use pgrx::{register_xact_callback, PgSqlErrorCode, PgXactCallbackEvent};
+use pgrx::PgSqlErrorCode;
 
 use super::{SlotState, REGISTRY};
 
@@ -76,6 +76,24 @@ unsafe fn database_needed_alone(node: *mut pg_sys::Node) -> Option<String> {
     }
 }
 
+thread_local! {
+    /// Databases this transaction holds the worker of (`hold`): released at its end.
+    static HELD: std::cell::RefCell<Vec<u32>> = const { std::cell::RefCell::new(Vec::new()) };
+}
+
+/// The transaction's end, committed or not (an end hook of `ipc::xact`): its holds are
+/// released. Takes the list without allocating or panicking.
+fn release_held(_committed: bool) {
+    let held = HELD
+        .try_with(|h| h.try_borrow_mut().ok().map(|mut h| std::mem::take(&mut *h)))
+        .ok()
+        .flatten()
+        .unwrap_or_default();
+    for dboid in held {
+        release(dboid);
+    }
+}
+
 fn release(dboid: u32) {
     let launcher = {
         let mut reg = REGISTRY.exclusive();
@@ -108,8 +126,8 @@ fn hold(dbname: &str) {
         }
         slot.pid
     };
-    register_xact_callback(PgXactCallbackEvent::Commit, move || release(dboid));
-    register_xact_callback(PgXactCallbackEvent::Abort, move || release(dboid));
+    crate::ipc::xact::add_end_hook(release_held);
+    HELD.with(|h| h.borrow_mut().push(dboid));
     if pid > 0 {
         unsafe {
             libc::kill(pid, libc::SIGTERM);
@@ -288,11 +306,29 @@ unsafe fn allowed(node: *mut pg_sys::Node) -> bool {
     }
 }
 
+/// `COMMIT PREPARED` and `ROLLBACK PREPARED`: the prepared transaction's sends (or its claims'
+/// release) reach readers now, in this session, where no callback of that transaction runs;
+/// so its commit wakes the database's readers (`ipc::xact`). Before, a long-poll read waited
+/// out its whole wait (issue #30).
+unsafe fn ends_prepared(node: *mut pg_sys::Node) -> bool {
+    unsafe {
+        (*node).type_ == pg_sys::NodeTag::T_TransactionStmt && {
+            let kind = (*(node as *mut pg_sys::TransactionStmt)).kind;
+            kind == pg_sys::TransactionStmtKind::TRANS_STMT_COMMIT_PREPARED
+                || kind == pg_sys::TransactionStmtKind::TRANS_STMT_ROLLBACK_PREPARED
+        }
+    }
+}
+
 /// The hook's own work before a statement runs. Its errors (a cancel while it waits for a
 /// worker to exit) are reported by the guard as usual.
 #[pg_guard]
 unsafe extern "C-unwind" fn before(stmt: *mut pg_sys::Node) {
     if !crate::ipc::preloaded() || stmt.is_null() {
+        return;
+    }
+    if unsafe { ends_prepared(stmt) } {
+        crate::ipc::xact::wake_database_at_commit();
         return;
     }
     let waiters = unsafe { database_of_waiters_to_release(stmt) };
@@ -308,6 +344,7 @@ unsafe extern "C-unwind" fn before(stmt: *mut pg_sys::Node) {
         // Its queues' statistics and claim cursors go with it, if the command commits.
         crate::ipc::stats::drop_database_entries(dboid.to_u32());
         crate::ipc::cursor::drop_database_entries(dboid.to_u32());
+        crate::ipc::notify::forget_database(dboid.to_u32());
     }
     if let Some(dbname) = alone {
         hold(&dbname);
