@@ -251,7 +251,7 @@ fn guarded(step: &str, f: impl FnOnce()) {
 }
 
 fn end_hooks(committed: bool) {
-    let hooks = HOOKS.with(|h| h.get());
+    let hooks = HOOKS.try_with(|h| h.get()).unwrap_or([None; MAX_HOOKS]);
     for hook in hooks.iter().flatten() {
         guarded("end hook", || hook(committed));
     }
@@ -272,37 +272,31 @@ unsafe extern "C-unwind" fn on_xact(event: pg_sys::XactEvent::Type, _arg: *mut s
                 guarded("injected", || inject(f == Fault::CommitPanic));
             }
             let mut wake = WakeSet::new();
-            if WAKE_DATABASE.with(|w| w.replace(false)) {
-                wake.all = true;
-            }
+            wake.all = WAKE_DATABASE
+                .try_with(|w| w.replace(false))
+                .unwrap_or(false);
             guarded("statistics", || stats::at_end(End::Commit));
             guarded("claim cursor", || cursor::at_commit(&mut wake));
             guarded("wake-up", || waiters::at_commit(&mut wake));
             guarded("notify", || notify::at_end(true));
             end_hooks(true);
         }
-        XACT_EVENT_ABORT | XACT_EVENT_PARALLEL_ABORT => {
+        // PREPARE: the transaction commits later, in whichever session runs COMMIT PREPARED;
+        // what it sent wakes readers then (wake_database_at_commit). Here it ends as an abort
+        // does, but for the statistics (counted now) and the cursor (frozen).
+        XACT_EVENT_ABORT | XACT_EVENT_PARALLEL_ABORT | XACT_EVENT_PREPARE => {
+            let (end, faults) = if event == XACT_EVENT_PREPARE {
+                (End::Prepare, (Fault::PreparePanic, Fault::PrepareError))
+            } else {
+                (End::Abort, (Fault::AbortPanic, Fault::AbortError))
+            };
             let f = fault();
-            if matches!(f, Fault::AbortPanic | Fault::AbortError) {
-                guarded("injected", || inject(f == Fault::AbortPanic));
+            if f == faults.0 || f == faults.1 {
+                guarded("injected", || inject(f == faults.0));
             }
-            WAKE_DATABASE.with(|w| w.set(false));
-            guarded("statistics", || stats::at_end(End::Abort));
-            guarded("claim cursor", || cursor::at_abort(false));
-            guarded("wake-up", waiters::at_abort);
-            guarded("notify", || notify::at_end(false));
-            end_hooks(false);
-        }
-        // The transaction commits later, in whichever session runs COMMIT PREPARED; what it
-        // sent wakes readers then (wake_database_at_commit).
-        XACT_EVENT_PREPARE => {
-            let f = fault();
-            if matches!(f, Fault::PreparePanic | Fault::PrepareError) {
-                guarded("injected", || inject(f == Fault::PreparePanic));
-            }
-            WAKE_DATABASE.with(|w| w.set(false));
-            guarded("statistics", || stats::at_end(End::Prepare));
-            guarded("claim cursor", || cursor::at_abort(true));
+            let _ = WAKE_DATABASE.try_with(|w| w.set(false));
+            guarded("statistics", || stats::at_end(end));
+            guarded("claim cursor", || cursor::at_abort(end == End::Prepare));
             guarded("wake-up", waiters::at_abort);
             guarded("notify", || notify::at_end(false));
             end_hooks(false);
