@@ -217,6 +217,27 @@ fn stats_tick(dboid: u32) {
                 row.get::<i64>(4)?.unwrap_or(0),
                 row.get::<f64>(5)?.unwrap_or(0.0),
             );
+            // This site's end of links: pgflow's subscriptions that are enabled and have no
+            // apply worker, with the replication launcher's pid (see `nudge_launcher`).
+            let row = client
+                .select(
+                    "SELECT (SELECT pg_catalog.string_agg(s.subname, ', ' ORDER BY s.subname) \
+                               FROM pg_catalog.pg_subscription s \
+                              WHERE s.subdbid = (SELECT d.oid FROM pg_catalog.pg_database d \
+                                                  WHERE d.datname = pg_catalog.current_database()) \
+                                AND s.subenabled AND s.subname LIKE 'pgflow\\_from\\_%' \
+                                AND NOT EXISTS (SELECT 1 FROM pg_catalog.pg_stat_subscription w \
+                                                 WHERE w.subid = s.oid AND w.relid IS NULL \
+                                                   AND w.pid IS NOT NULL)), \
+                            (SELECT a.pid FROM pg_catalog.pg_stat_activity a \
+                              WHERE a.backend_type = 'logical replication launcher' LIMIT 1)",
+                    Some(1),
+                    &[],
+                )?
+                .first();
+            let idle = row.get::<String>(1)?;
+            let launcher = row.get::<i32>(2)?.unwrap_or(0);
+            nudge_launcher(idle, launcher);
             Ok(Some((horizon, links)))
         })
         .unwrap_or_else(|e| pgrx::error!("pgflow._stats_tick() failed: {e}"))
@@ -234,6 +255,64 @@ fn stats_tick(dboid: u32) {
             slot.link_oldest_age = oldest;
             slot.links_at = slot.horizon_at;
         }
+    }
+}
+
+thread_local! {
+    /// Since when (this worker's clock) some subscription of pgflow's has been enabled and
+    /// without an apply worker; 0: none is.
+    static IDLE_SINCE: std::cell::Cell<i64> = const { std::cell::Cell::new(0) };
+    /// Whether the current episode has been logged.
+    static NUDGED: std::cell::Cell<bool> = const { std::cell::Cell::new(false) };
+}
+
+/// Wakes Postgres's logical replication launcher when pgflow's subscriptions named in `idle`
+/// (enabled, links' remote ends in this database) have had no apply worker for longer than
+/// the launcher itself waits before a restart (`wal_retrieve_retry_interval`, twice, plus a
+/// second).
+///
+/// The launcher restarts an apply worker that exited once that interval has passed, when it
+/// is woken by the worker's exit. Postgres 16.2 (the PyPI wheel the tests use) can lose that
+/// wake-up: when the new worker fails at once (its publisher restarting), the launcher's wait
+/// for the worker to attach consumes the latch set by its exit, and it sleeps its full cycle
+/// of 3 minutes (later minor releases keep the latch set). Seen in the links layer: a kill -9
+/// of the sending site left its link down for 3 minutes after the site was back. Setting the
+/// launcher's latch makes it look again; a spurious wake-up costs it one scan of
+/// pg_subscription, and it still keeps its own restart interval.
+fn nudge_launcher(idle: Option<String>, launcher_pid: i32) {
+    let t = now();
+    let Some(names) = idle else {
+        IDLE_SINCE.with(|c| c.set(0));
+        NUDGED.with(|c| c.set(false));
+        return;
+    };
+    let since = IDLE_SINCE.with(|c| {
+        if c.get() == 0 {
+            c.set(t);
+        }
+        c.get()
+    });
+    let retry_ms = i64::from(unsafe { pg_sys::wal_retrieve_retry_interval });
+    if launcher_pid == 0 || t - since < (2 * retry_ms + 1000) * 1000 {
+        return;
+    }
+    // SAFETY: the PGPROC is looked up under ProcArrayLock and lives in shared memory for the
+    // server's lifetime; setting a latch of a process that has since exited is harmless.
+    let latch = unsafe {
+        let proc_ = pg_sys::BackendPidGetProc(launcher_pid);
+        (!proc_.is_null()).then(|| std::ptr::addr_of_mut!((*proc_).procLatch))
+    };
+    if let Some(latch) = latch {
+        // One line per episode (an outage of the publisher is one, however long).
+        if !NUDGED.with(|c| c.replace(true)) {
+            pgrx::log!(
+                "pgflow: subscription {names} has had no apply worker for {:.1} s; waking the logical replication launcher (again every {:.1} s while it has none)",
+                (t - since) as f64 / 1e6,
+                (2 * retry_ms + 1000) as f64 / 1e3
+            );
+        }
+        unsafe { pg_sys::SetLatch(latch) };
+        IDLE_SINCE.with(|c| c.set(t));
     }
 }
 

@@ -7,6 +7,8 @@ own state; every wait is bounded and polls. What is checked:
     carried and the origin recorded; topic rules to one link and to every link;
   * kill -9 of the remote postmaster mid-stream, of the local postmaster mid-stream (every
     acknowledged send arrives once), of the remote's apply worker and of the local walsender;
+  * a subscription left without an apply worker: the remote's pgflow worker wakes Postgres's
+    launcher (16.2's can sleep through a failed worker's exit for 3 minutes);
   * the remote stopped under load: sends stay local, links() shows the backlog and its age and
     the alert; after the restart everything arrives once, in order;
   * refusals: a missing remote queue and a contract refuse at the remote (kept in
@@ -146,13 +148,42 @@ def arrived(site: str, queue: str, origin_site: str) -> list[tuple[int, int, Any
         "AND m.headers -> 'pgflow_origin' ->> 'site' = %s ORDER BY m.msg_id", queue, origin_site)]
 
 
+def why_missing(site: str, queue: str, origin_site: str, acked: list[int]) -> dict[str, Any]:
+    """What a failed wait for arrivals prints: the missing ids, where they are at the origin,
+    and both ends' replication state."""
+    missing = sorted(set(acked) - {o for _, o, _ in arrived(site, queue, origin_site)})
+    out: dict[str, Any] = {"missing": len(missing), "first missing": missing[:10]}
+    for label, s, sql, params in (
+        ("origin outbox rows of the missing", origin_site,
+         "SELECT link_id, seq, xid::text, sent_at, resent FROM pgflow.link_outbox "
+         "WHERE (origin ->> 'id')::bigint = ANY (%s) ORDER BY seq LIMIT 10", (missing,)),
+        ("origin links", origin_site, "SELECT * FROM pgflow.links()", ()),
+        ("origin link rows", origin_site, "SELECT link_id, seal_lsn, seal_snap::text, slot_seen_at, "
+         "slot_lost_at, forwarded FROM pgflow.link", ()),
+        ("origin slots", origin_site, "SELECT slot_name, active, restart_lsn, confirmed_flush_lsn, "
+         "wal_status FROM pg_replication_slots", ()),
+        ("origin insert lsn", origin_site, "SELECT pg_current_wal_insert_lsn()", ()),
+        ("subscriptions", site, "SELECT subname, pid, received_lsn, latest_end_lsn, last_msg_receipt_time "
+         "FROM pg_stat_subscription", ()),
+        ("origins", site, "SELECT * FROM pg_replication_origin_status", ()),
+        ("refused", site, "SELECT origin, sqlstate, reason FROM pgflow.link_refused "
+         "ORDER BY refused_id DESC LIMIT 5", ()),
+    ):
+        try:
+            out[label] = q(s, sql, *params)
+        except psycopg.Error as e:
+            out[label] = f"{e.sqlstate}: {e}"
+    return out
+
+
 def exactly_once(what: str, site: str, queue: str, origin_site: str, acked: list[int],
                  attempted: set[int] | None = None) -> None:
     """Every id of acked arrived once, in order; nothing arrived from origin_site with an id
     of at least min(acked) that is not in attempted (default: acked)."""
     lo = min(acked)
     until(f"{what}: every acknowledged send arrives",
-          lambda: {o for _, o, _ in arrived(site, queue, origin_site)} >= set(acked))
+          lambda: {o for _, o, _ in arrived(site, queue, origin_site)} >= set(acked),
+          detail=lambda: why_missing(site, queue, origin_site, acked))
     got = [o for _, o, _ in arrived(site, queue, origin_site) if o >= lo]
     check(f"{what}: none twice", len(got) == len(set(got)), f"{len(got) - len(set(got))} duplicates")
     allowed = attempted if attempted is not None else set(acked)
@@ -342,6 +373,36 @@ def kill_walsender() -> None:
 
 kill_run("kill -9 of the remote's apply worker mid-stream", kill_apply)
 kill_run("kill -9 of the local walsender mid-stream", kill_walsender)
+
+
+def launcher_nudged() -> None:
+    """A subscription of pgflow's left without an apply worker, with Postgres's launcher that
+    would restart it unable to (stopped here; on 16.2 it can sleep through the wake-up, see
+    nudge_launcher in src/worker/maintainer.rs): the remote's pgflow worker notices within a
+    few ticks and sets the launcher's latch, and says so in the log once."""
+    log_path = f"{SITES['c'][1]}/server.log"
+    start = os.path.getsize(log_path)
+    launcher = q1("c", "SELECT pid FROM pg_stat_activity WHERE backend_type = 'logical replication launcher'")
+    check("the remote's logical replication launcher runs", launcher is not None)
+    os.kill(launcher, signal.SIGSTOP)
+    try:
+        apply = q1("c", "SELECT pid FROM pg_stat_subscription WHERE subname = 'pgflow_from_a_central' "
+                        "AND relid IS NULL")
+        check("the remote's apply worker runs", apply is not None)
+        q("c", "SELECT pg_terminate_backend(%s)", apply)
+
+        def said() -> bool:
+            with open(log_path, errors="replace") as f:
+                f.seek(start)
+                return "pgflow_from_a_central has had no apply worker" in f.read()
+        until("the remote's pgflow worker wakes the launcher of a subscription without apply worker",
+              said, seconds=60)
+    finally:
+        os.kill(launcher, signal.SIGCONT)
+    until("the link is connected again", lambda: link_state("a", "central")["state"] == "connected")
+
+
+launcher_nudged()
 
 # --- The remote down under load ------------------------------------------------------------
 acked = []
