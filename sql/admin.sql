@@ -217,7 +217,7 @@ BEGIN
     PERFORM pgflow._queue(queue_name, 'admin');  -- 42501 unless the caller may
 
     -- The deletes lock every message, ready ones included: should this transaction abort, the
-    -- queue's claim cursor must start over (src/ipc/cursor.rs).
+    -- queue's claim cursor must start over (src/ipc/cursor/).
     PERFORM pgflow._touch(q.queue_id, q.msg_seq::oid);
     DELETE FROM pgflow.message m WHERE m.queue_id = q.queue_id;
     DELETE FROM pgflow.archive a WHERE a.queue_id = q.queue_id;

@@ -43,7 +43,7 @@ END $$;
 -- with or without the worker. An expired lease is a failed delivery: the retry policy applies
 -- (retry later or dead-letter). Then delayed and retried messages that came due join the
 -- ready backlog, so priority and id order hold across all of them. Both probes run only once
--- the queue's due time (shared memory, src/ipc/cursor.rs) has passed: until then no lease can
+-- the queue's due time (shared memory, src/ipc/cursor/) has passed: until then no lease can
 -- have run out and no delayed message can have come due, and the probes, whose indexes fill
 -- with dead entries while a snapshot is held, stay off the read path. The reader that finds
 -- due passed recomputes it after probing (one reader at a time). read and pop call it only
@@ -147,7 +147,7 @@ BEGIN
             PERFORM pgflow._before_claim(q, v_now, qty, v_probe);
         END IF;
         -- The claim starts after the queue's claim cursor (a statement of its own, before the
-        -- claim's snapshot; src/ipc/cursor.rs has the rules that keep it safe).
+        -- claim's snapshot; src/ipc/cursor/ has the rules that keep it safe).
         v_from := pgflow._claim_begin(q.queue_id, q.msg_seq::oid);
         RETURN QUERY
         WITH picked AS (

@@ -150,7 +150,7 @@ BEGIN ATOMIC
     SELECT pgflow._each_queue('prune_dedup', coalesce(prune_dedup.now, clock_timestamp()), batch);
 END;
 
--- check_cursors (maintenance job): the safety net under the claim cursor (src/ipc/cursor.rs).
+-- check_cursors (maintenance job): the safety net under the claim cursor (src/ipc/cursor/).
 -- Every verb notes the messages it makes ready, so the cursor never passes one; what bypasses
 -- the verbs (a restore, a user's own UPDATE of pgflow.message, a logical replication apply)
 -- does not. Every 10 seconds per queue this looks for a ready message at or below the queue's

@@ -157,7 +157,7 @@ BEGIN
      LIMIT qty;
 END $$;
 
--- cursor_status: each queue's claim cursor and due time (src/ipc/cursor.rs): the key below
+-- cursor_status: each queue's claim cursor and due time (src/ipc/cursor/): the key below
 -- which nothing is ready (NULL: scan from the start, or nothing ready at all when
 -- nothing_ready), the earliest time a lease can run out or a delayed message come due, how
 -- many lowering events the cursor has seen, and whether a PREPARE TRANSACTION froze it. Empty

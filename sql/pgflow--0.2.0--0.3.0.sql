@@ -745,6 +745,109 @@ BEGIN
     RETURN q;
 END $function$;
 
+CREATE OR REPLACE FUNCTION pgflow._read(q pgflow.queue, vt interval, qty integer, wait interval)
+ RETURNS SETOF pgflow.message_record
+ LANGUAGE plpgsql
+AS $function$
+DECLARE
+    v_now timestamptz := clock_timestamp();
+    v_vt interval := coalesce(_read.vt, q.visibility_timeout);
+    v_deadline timestamptz;
+    v_woken boolean;
+    v_next timestamptz;
+    v_from bigint[];
+    v_probe integer;
+    v_backoff interval;
+    n bigint;
+BEGIN
+    -- The checks' fast path inline; the helpers raise the precise error.
+    IF v_vt IS NULL OR v_vt <= interval '0' OR v_vt > interval '100 years' THEN
+        PERFORM pgflow._check_interval(v_vt, 'vt', false);
+    END IF;
+    IF qty IS NULL OR qty < 1 THEN
+        PERFORM pgflow._check_int(qty, 'qty', 1);
+    END IF;
+    IF wait IS NOT NULL AND wait > interval '0' THEN
+        PERFORM pgflow._check_interval(wait, 'wait', true);
+        IF current_setting('transaction_isolation') <> 'read committed' THEN
+            RAISE EXCEPTION 'read with wait needs READ COMMITTED, not %',
+                            current_setting('transaction_isolation')
+                USING ERRCODE = 'feature_not_supported',
+                      HINT = 'A snapshot that never changes would never see a new message.';
+        END IF;
+        v_deadline := v_now + wait;
+        -- Register before the first look, so a send that commits after it wakes us.
+        v_woken := pgflow._wait_begin(q.queue_id);
+    ELSIF wait IS NOT NULL THEN
+        PERFORM pgflow._check_interval(wait, 'wait', true);
+    END IF;
+    LOOP
+        v_probe := pgflow._due_begin(q.queue_id, q.msg_seq::oid, v_now);
+        IF v_probe > 0 THEN
+            PERFORM pgflow._before_claim(q, v_now, qty, v_probe);
+        END IF;
+        -- The claim starts after the queue's claim cursor (a statement of its own, before the
+        -- claim's snapshot; src/ipc/cursor/ has the rules that keep it safe).
+        v_from := pgflow._claim_begin(q.queue_id, q.msg_seq::oid);
+        RETURN QUERY
+        WITH picked AS (
+            SELECT m.msg_id FROM pgflow.message m
+             WHERE m.queue_id = q.queue_id AND m.state = 'r'
+               AND (-(m.priority::integer), m.msg_id) > (v_from[1]::integer, v_from[2])
+             ORDER BY -(m.priority::integer), m.msg_id
+             LIMIT qty
+               FOR UPDATE SKIP LOCKED
+        ), leased AS (
+            -- The picked ids as an array, so both key columns are the index condition: a join
+            -- with picked let a plan cached on a near-empty table (a fresh install) scan every
+            -- row of the queue on each claim, for the life of the session. The span bounds
+            -- the walk whatever the plan (sql/internal.sql, "Id spans").
+            UPDATE pgflow.message m
+               SET state = 'l', vt = v_now + v_vt, read_ct = m.read_ct + 1,
+                   holder = CASE WHEN q.session_leases THEN pgflow._session_key() END
+             WHERE m.queue_id = q.queue_id AND m.msg_id = ANY (ARRAY(SELECT p.msg_id FROM picked p))
+               AND m.msg_id BETWEEN (SELECT min(p.msg_id) FROM picked p)
+                                AND (SELECT max(p.msg_id) FROM picked p)
+            RETURNING m.msg_id, m.read_ct, m.enqueued_at, m.vt, m.message, m.headers, m.priority
+        ), noted AS (
+            -- What the claim took, noted for the claim cursor in one call.
+            SELECT pgflow._claim_span(min(ARRAY[-(l.priority::bigint), l.msg_id]),
+                                      max(ARRAY[-(l.priority::bigint), l.msg_id]), count(*)) AS ok
+              FROM leased l
+        )
+        SELECT l.msg_id, l.read_ct, l.enqueued_at, l.vt, l.message, l.headers,
+               pgflow._receipt(l.enqueued_at, l.read_ct)
+          FROM leased l, noted
+         WHERE noted.ok
+         ORDER BY l.priority DESC, l.msg_id;
+        GET DIAGNOSTICS n = ROW_COUNT;
+        PERFORM pgflow._claim_end(qty);
+        IF n > 0 THEN
+            PERFORM pgflow._due_at(q.queue_id, q.msg_seq::oid, v_now + v_vt);
+        END IF;
+        EXIT WHEN n > 0 OR v_deadline IS NULL OR v_now >= v_deadline;
+        -- Sleep at most until the next delayed message or lease comes due: the queue's due
+        -- time when shared memory knows it, else from the table. When that has passed and
+        -- still nothing could be claimed (another reader is recomputing it, or the due lease
+        -- is row-locked by an open transaction, such as a consumer archiving inside a longer
+        -- one), back off: 10 ms, doubling up to 1 s, or until a wake-up.
+        v_next := pgflow._due(q.queue_id, q.msg_seq::oid);
+        IF v_next IS NULL THEN
+            v_next := pgflow._next_due(q.queue_id);
+        END IF;
+        IF v_next <= v_now THEN
+            v_backoff := least(coalesce(v_backoff * 2, interval '10 ms'), interval '1 s');
+            v_next := v_now + v_backoff;
+        END IF;
+        -- False when the extension, its schema or the database is being dropped.
+        EXIT WHEN NOT pgflow._wait_for(least(v_deadline, v_next), v_woken);
+        v_now := clock_timestamp();
+    END LOOP;
+    IF v_deadline IS NOT NULL THEN
+        PERFORM pgflow._wait_end();
+    END IF;
+END $function$;
+
 CREATE OR REPLACE FUNCTION pgflow._send_forwarded(q pgflow.queue, message jsonb, headers jsonb, priority integer, now timestamp with time zone, delay interval)
  RETURNS bigint
  LANGUAGE plpgsql
@@ -920,6 +1023,47 @@ BEGIN
     END IF;
     -- Its statistics start empty, and exact, when this commits (src/ipc/stats.rs).
     PERFORM pgflow._stats_created(v_id, queue_name);
+    RETURN true;
+END $function$;
+
+CREATE OR REPLACE FUNCTION pgflow.drop_queue(queue_name text, if_exists boolean DEFAULT false)
+ RETURNS boolean
+ LANGUAGE plpgsql
+ SECURITY DEFINER
+ SET search_path TO 'pg_catalog', 'pgflow', 'pg_temp'
+AS $function$
+DECLARE
+    q pgflow.queue;
+BEGIN
+    PERFORM pgflow._primary();
+    PERFORM pgflow._require(queue_name, 'queue_name');
+    -- Lock the queue row: a concurrent drop of the same queue waits, then finds nothing.
+    SELECT * INTO q FROM pgflow.queue u WHERE u.queue_name = drop_queue.queue_name FOR UPDATE;
+    IF NOT FOUND THEN
+        IF coalesce(if_exists, false) THEN
+            RETURN false;
+        END IF;
+        q := pgflow._queue(queue_name, 'admin');  -- raises the right error
+    END IF;
+    PERFORM pgflow._queue(queue_name, 'admin');  -- 42501 unless the caller may
+
+    -- The deletes lock every message, ready ones included: should this transaction abort, the
+    -- queue's claim cursor must start over (src/ipc/cursor/).
+    PERFORM pgflow._touch(q.queue_id, q.msg_seq::oid);
+    DELETE FROM pgflow.message m WHERE m.queue_id = q.queue_id;
+    DELETE FROM pgflow.archive a WHERE a.queue_id = q.queue_id;
+    DELETE FROM pgflow.dead d WHERE d.queue_id = q.queue_id;
+    DELETE FROM pgflow.dedup k WHERE k.queue_id = q.queue_id;
+    DELETE FROM pgflow.binding b WHERE b.queue_id = q.queue_id;
+    DELETE FROM pgflow.queue_grant g WHERE g.queue_id = q.queue_id;
+    DELETE FROM pgflow.contract c WHERE c.queue_id = q.queue_id;
+    DELETE FROM pgflow.alert x WHERE x.queue_id = q.queue_id;
+    DELETE FROM pgflow.queue u WHERE u.queue_id = q.queue_id;
+    PERFORM pgflow._notify_forget(q.queue_id);
+    PERFORM pgflow._cursor_forget(q.queue_id);
+    PERFORM pgflow._stats_dropped(q.queue_id);
+    -- regclass values print as qualified, quoted names: safe to splice.
+    EXECUTE 'DROP SEQUENCE ' || q.msg_seq::text || ', ' || q.archived_seq::text;
     RETURN true;
 END $function$;
 
@@ -1405,7 +1549,7 @@ BEGIN
     )
     SELECT array_agg(n.id ORDER BY n.ord) INTO v_ids FROM numbered n;
     -- One note for the whole batch, for the claim cursor (its lowest key: every message has
-    -- the same priority) or the due time (the same for all); see src/ipc/cursor.rs.
+    -- the same priority) or the due time (the same for all); see src/ipc/cursor/.
     IF cardinality(v_ids) > 0 THEN
         IF delay > interval '0' THEN
             PERFORM pgflow._due_at(q.queue_id, q.msg_seq::oid, v_now + delay);

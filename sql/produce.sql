@@ -178,7 +178,7 @@ BEGIN
     )
     SELECT array_agg(n.id ORDER BY n.ord) INTO v_ids FROM numbered n;
     -- One note for the whole batch, for the claim cursor (its lowest key: every message has
-    -- the same priority) or the due time (the same for all); see src/ipc/cursor.rs.
+    -- the same priority) or the due time (the same for all); see src/ipc/cursor/.
     IF cardinality(v_ids) > 0 THEN
         IF delay > interval '0' THEN
             PERFORM pgflow._due_at(q.queue_id, q.msg_seq::oid, v_now + delay);

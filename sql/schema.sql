@@ -112,7 +112,7 @@ COMMENT ON TABLE pgflow.message IS 'Live pgflow messages (ready, delayed, leased
 
 -- The claim path: the ready backlog in delivery order, by claim key (-priority, msg_id), so
 -- that a read can start right after the queue's claim cursor with one row comparison (see
--- src/ipc/cursor.rs). A claimed message leaves this index (its new version is 'l'); the entry
+-- src/ipc/cursor/). A claimed message leaves this index (its new version is 'l'); the entry
 -- of its old version stays until VACUUM can remove it, and the cursor is what keeps readers
 -- from walking over those entries while a snapshot holds them.
 CREATE INDEX message_ready ON pgflow.message (queue_id, (-(priority::integer)), msg_id) WHERE state = 'r';
