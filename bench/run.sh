@@ -14,8 +14,12 @@ build=${BENCH_BUILD:-release}
 "$ROOT/scripts/setup.sh" bench "$ver"
 cfg=$(pg_config_for "$ver"); bindir=$($cfg --bindir)
 
-say "bench: installing pgflow ($build) into Postgres $ver"
-if [ "$build" = release ]; then install_pgflow "$ver" --release; else install_pgflow "$ver"; fi
+# SKIP_INSTALL=1: the caller installed it (make test, which runs versions side by side: two
+# installs at once would share pgrx's schema generator).
+if [ "${SKIP_INSTALL:-}" != 1 ]; then
+  say "bench: installing pgflow ($build) into Postgres $ver"
+  if [ "$build" = release ]; then install_pgflow "$ver" --release; else install_pgflow "$ver"; fi
+fi
 (cd "$ROOT" && cargo build -q --release -p pgflow-bench)
 
 dir=/tmp/pgflow-bench-$ver

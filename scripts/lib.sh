@@ -42,8 +42,36 @@ pg_config_for() {
 pgxs_root() { dirname "$(dirname "$(dirname "$("$1" --pgxs)")")"; }
 
 # A TCP port nobody listens on.
+# free_port: a loopback port nothing listens on, and that no other free_port call handed out in
+# the last two minutes (make test starts clusters of several versions at once; a port is only
+# taken once its server starts, seconds later).
 free_port() {
-  python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])'
+  python3 -c '
+import fcntl, socket, time
+path = "/tmp/pgflow-ports"
+with open(path + ".lock", "a") as lock:
+    fcntl.flock(lock, fcntl.LOCK_EX)
+    now, recent = time.time(), {}
+    try:
+        with open(path) as f:
+            for line in f:
+                port, at = line.split()
+                if now - float(at) < 120:
+                    recent[int(port)] = float(at)
+    except (FileNotFoundError, ValueError):
+        pass
+    while True:
+        s = socket.socket()
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+        s.close()
+        if port not in recent:
+            break
+    recent[port] = now
+    with open(path, "w") as f:
+        f.writelines(f"{p} {t}\n" for p, t in recent.items())
+    print(port)
+'
 }
 
 as_postgres() {

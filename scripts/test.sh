@@ -15,6 +15,14 @@
 #                     need Debian's packages for Postgres 15, so they run on 15 only)
 #   TEST=name         with one LAYER: one test of it (a pg_regress file or isolation spec name,
 #                     a cargo test filter, or an ExUnit path such as test/consumer_test.exs:42)
+#   JOBS=n            how many versions run their cluster layers at once (default 2; 1: one
+#                     after the other, with the output as it comes)
+#
+# Where the time goes: the builds (cargo pgrx test, one per version) run one after the other,
+# since the machine has two cores and they are CPU-bound; the cluster layers mostly wait (on
+# servers, sockets, timeouts and the clients' own sleeps), so the versions run them side by side,
+# JOBS at a time, each on its own clusters, ports and directories, its output kept in a file and
+# printed whole when it ends. Every layer says how long it took.
 set -euo pipefail
 . "$(dirname "$0")/lib.sh"
 
@@ -46,10 +54,20 @@ want sharding && parts+=(sharding python)
 failed=()
 passed=0
 
+# Results of the layers that ran in the background (one file per version).
+results=$(mktemp -d); chmod 755 "$results"
+trap 'rm -rf "$results"' EXIT
+
 run_layer() {  # run_layer NAME COMMAND...
-  local name=$1; shift
+  local name=$1 t0=$SECONDS; shift
   say "$name"
-  if "$@"; then passed=$((passed + 1)); else failed+=("$name"); fi
+  if "$@"; then
+    passed=$((passed + 1)); echo "pass $name" >>"$results/layers"
+    echo "   ($name: $((SECONDS - t0)) s)" >&2
+  else
+    failed+=("$name"); echo "fail $name" >>"$results/layers"
+    echo "   ($name: FAILED after $((SECONDS - t0)) s)" >&2
+  fi
 }
 
 # pg_regress leaves regression.diffs only when a test failed.
@@ -180,6 +198,8 @@ cluster_layers() {
   return 0
 }
 
+# The builds, one version after the other: the pgrx layer, the install, and what the cluster
+# layers build, so that they find it built when they run side by side.
 for ver in $versions; do
   want pgrx && run_layer "pg$ver: cargo pgrx test (#[test] + #[pg_test])" \
     bash -c "cd '$ROOT' && cargo pgrx test pg$ver ${one:+'$one'}"
@@ -187,14 +207,48 @@ for ver in $versions; do
     say "pg$ver: install"
     install_pgflow "$ver"
   fi
+done
+if [ -n "$(printf '%s\n' $layers | grep -vxE 'pgrx|regress|isolation|upgrade|roles|fuzz|lifecycle|metrics|links|ha|sharding|python|pooling')" ]; then
+  say "building the clients, the docs' Rust blocks and the benchmark"
+  (cd "$ROOT" && cargo build -q -p pgflow-client --example genesis_runner && cargo build -q -p pgflow-docs \
+    && cargo test -q --no-run -p pgflow-e2e -p pgflow-client \
+    && { ! want bench || cargo build -q --release -p pgflow-bench; }) || true
+fi
+
+# One version's cluster layers and benchmark smoke run.
+cluster_pipeline() {
+  local ver=$1
   if [ -n "$(printf '%s\n' $layers | grep -vxE 'pgrx|bench')" ]; then
     cluster_layers "$ver"
   fi
   # The benchmark in smoke mode (seconds, tiny sizes), so it never rots.
   if want bench; then
-    run_layer "pg$ver: bench smoke" env MODE=smoke BENCH_BUILD=debug PG="$ver" bash "$ROOT/bench/run.sh"
+    run_layer "pg$ver: bench smoke" env MODE=smoke BENCH_BUILD=debug SKIP_INSTALL=1 PG="$ver" bash "$ROOT/bench/run.sh"
   fi
-done
+}
+
+jobs_max=${JOBS:-2}
+if [ "$(wc -w <<<"$versions")" -le 1 ] || [ "$jobs_max" -le 1 ]; then
+  for ver in $versions; do cluster_pipeline "$ver"; done
+else
+  # Side by side: each version's output goes to its own file, printed whole, in version order,
+  # once that version is done; its layers' results come back through $results/layers.
+  pids=()
+  for ver in $versions; do
+    while [ "$(jobs -rp | wc -l)" -ge "$jobs_max" ]; do wait -n || true; done
+    ( failed=(); passed=0; cluster_pipeline "$ver" ) >"$results/pg$ver.log" 2>&1 &
+    pids+=("$!")
+  done
+  i=0
+  for ver in $versions; do
+    wait "${pids[$i]}" || true
+    i=$((i + 1))
+    cat "$results/pg$ver.log"
+  done
+  while read -r status name; do
+    if [ "$status" = pass ]; then passed=$((passed + 1)); else failed+=("$name"); fi
+  done < <(grep -v "cargo pgrx test" "$results/layers" || true)
+fi
 
 echo
 if [ ${#failed[@]} -gt 0 ]; then

@@ -30,7 +30,8 @@ fi
 work=$ROOT/target/elixir
 mkdir -p "$work/home" "$work/mix"
 cd "$ROOT/clients/elixir"
-HOME=$work/home MIX_HOME=$work/mix MIX_BUILD_PATH=$work/build MIX_ENV=test \
+# One build per cluster (make test runs versions side by side, each with its own data directory).
+HOME=$work/home MIX_HOME=$work/mix MIX_BUILD_PATH="$work/build-$(basename "$datadir")" MIX_ENV=test \
 PGFLOW_TEST_DSN="host=127.0.0.1 port=$port user=postgres dbname=$db" \
 PGFLOW_TEST_SCRAM_DSN="host=127.0.0.1 port=$port user=pgflow_elixir password=elixir-Sécret dbname=$db" \
   mix test "$@" 2>&1

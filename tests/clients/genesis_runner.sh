@@ -10,6 +10,7 @@ q() { "$bindir/psql" -X -q -At -h 127.0.0.1 -p "$port" -U postgres -d "$db" -v O
 fail() { echo "FAIL: $*" >&2; exit 1; }
 
 (cd "$ROOT" && cargo build -q -p pgflow-client --example genesis_runner)
+log=$(mktemp); trap 'rm -f "$log"' EXIT
 before=$(q "SELECT count(*) FROM pgflow.message m JOIN pgflow.queue q USING (queue_id)
              WHERE q.queue_name = 'code_execution_results'")
 q "SELECT count(pgflow.send('code_execution_requests', jsonb_build_object(
@@ -17,7 +18,7 @@ q "SELECT count(pgflow.send('code_execution_requests', jsonb_build_object(
      'language', 'rust', 'analysis_type', 'quality'))) FROM generate_series(1, 8) i" >/dev/null
 
 PGFLOW_DSN="host=127.0.0.1 port=$port user=postgres dbname=$db" \
-  "$ROOT/target/debug/examples/genesis_runner" 2>/tmp/genesis_runner.log &
+  "$ROOT/target/debug/examples/genesis_runner" 2>"$log" &
 runner=$!
 # Wait (bounded) until the runner has drained the requests: archived, not just leased.
 for _ in $(seq 1 1500); do
@@ -25,8 +26,8 @@ for _ in $(seq 1 1500); do
   sleep 0.02
 done
 kill -TERM "$runner"
-wait "$runner" || fail "the runner did not exit cleanly on SIGTERM: $(cat /tmp/genesis_runner.log)"
-grep -q "done, 8 archived" /tmp/genesis_runner.log || fail "$(cat /tmp/genesis_runner.log)"
+wait "$runner" || fail "the runner did not exit cleanly on SIGTERM: $(cat "$log")"
+grep -q "done, 8 archived" "$log" || fail "$(cat "$log")"
 after=$(q "SELECT count(DISTINCT message->>'id') FROM pgflow.message m JOIN pgflow.queue q USING (queue_id)
             WHERE q.queue_name = 'code_execution_results' AND message->>'id' LIKE 'rust_%'")
 [ "$after" = 8 ] || fail "expected 8 distinct rust_ results, got $after"

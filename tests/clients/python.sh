@@ -8,6 +8,11 @@ set -euo pipefail
 
 dsn=$1
 one=${2:-}
+# One Python layer at a time (make test runs versions side by side): the install rewrites the
+# venv's copy of the package that another run's tests import, and builds in the source tree.
+mkdir -p "$ROOT/target"
+exec 9>"$ROOT/target/python-layer.lock"
+flock 9
 cd "$ROOT/clients/python"
 # No build isolation: the venv has setuptools (scripts/setup.sh python), so nothing is fetched.
 "$PY_PYTHON" -m pip install -q --no-deps --no-build-isolation --force-reinstall . >/dev/null
