@@ -72,6 +72,10 @@ pub static ALERTS_CHANNEL: GucSetting<Option<std::ffi::CString>> =
 /// start.
 pub static METRICS_ON_STANDBY: GucSetting<bool> = GucSetting::<bool>::new(false);
 
+/// Tests only: holds a claim inside one of its windows (src/api/cursor.rs, `pause_at`).
+pub static TEST_PAUSE: GucSetting<crate::api::cursor::Pause> =
+    GucSetting::<crate::api::cursor::Pause>::new(crate::api::cursor::Pause::None);
+
 /// Tests only: injects a failure into one phase of pgflow's transaction ends (src/ipc/xact.rs).
 pub static TEST_XACT_FAULT: GucSetting<crate::ipc::xact::Fault> =
     GucSetting::<crate::ipc::xact::Fault>::new(crate::ipc::xact::Fault::None);
@@ -167,6 +171,16 @@ pub fn init() {
         1,
         10_000_000,
         GucContext::Sighup,
+        GucFlags::default(),
+    );
+    GucRegistry::define_enum_guc(
+        c"pgflow.test_pause",
+        c"Tests only: holds a claim inside one of its windows.",
+        c"claim_noted holds a read after it noted its claim and before the claim's snapshot; \
+          claim_scanned after the claim locked its rows and before its end. The read waits \
+          while another session holds pg_advisory_lock(7400613590).",
+        &TEST_PAUSE,
+        GucContext::Suset,
         GucFlags::default(),
     );
     GucRegistry::define_enum_guc(

@@ -9,11 +9,44 @@ fn ts(t: Option<TimestampWithTimeZone>) -> Option<i64> {
     t.map(Into::into)
 }
 
+/// Where `pgflow.test_pause` holds a claim (tests only).
+#[derive(Copy, Clone, PartialEq, Eq, Debug, pgrx::PostgresGucEnum)]
+pub enum Pause {
+    #[name = c"none"]
+    None,
+    /// After the claim's note (`_claim_begin`), before its snapshot.
+    #[name = c"claim_noted"]
+    ClaimNoted,
+    /// After the claim locked its rows, before its end (`_claim_end`).
+    #[name = c"claim_scanned"]
+    ClaimScanned,
+}
+
+/// The advisory lock key a paused claim waits on.
+pub const PAUSE_KEY: i64 = 7_400_613_590;
+
+/// Tests only: when `pgflow.test_pause` names this window, waits until no other session holds
+/// the advisory lock `PAUSE_KEY` (taken and released at once, in shared mode), so that an
+/// isolation spec can act inside the window: the spec's controller holds the lock, the reader
+/// shows as blocked on it (tests/isolation/specs/claim_cursor.spec). Off, it costs one read of
+/// a setting.
+fn pause_at(at: Pause) {
+    if crate::guc::TEST_PAUSE.get() != at {
+        return;
+    }
+    Spi::run_with_args(
+        "SELECT pg_catalog.pg_advisory_lock_shared($1), pg_catalog.pg_advisory_unlock_shared($1)",
+        &[PAUSE_KEY.into()],
+    )
+    .unwrap_or_else(|e| pgrx::error!("pgflow.test_pause: {e}"));
+}
+
 /// Before a claim's snapshot: `ARRAY[-priority, msg_id]` to scan the ready index from
 /// (exclusive). Must run in a statement of its own, before the claim.
 #[pg_extern(volatile, strict, parallel_unsafe)]
 fn _claim_begin(queue_id: i32, seq: pg_sys::Oid) -> Vec<i64> {
     let k = cursor::claim_begin(queue_id, seq.to_u32());
+    pause_at(Pause::ClaimNoted);
     vec![i64::from(k.p), k.id]
 }
 
@@ -31,6 +64,7 @@ fn _claim_span(first: Vec<i64>, last: Vec<i64>, n: i64) -> bool {
 /// After a claim of up to `qty` messages.
 #[pg_extern(volatile, strict, parallel_unsafe)]
 fn _claim_end(qty: i32) {
+    pause_at(Pause::ClaimScanned);
     cursor::claim_end(i64::from(qty));
 }
 
