@@ -1,40 +1,173 @@
 //! The SQL face of the per-queue statistics (`ipc::stats`): the row trigger that notes every
 //! change, the shims `metrics()`, the rebuild and `stats_reset()` call, and `metrics_text()`.
+use pgrx::datum::UnboxDatum;
 use pgrx::pg_sys::panic::ErrorReport;
 use pgrx::prelude::*;
-use pgrx::{PgSqlErrorCode, PgTriggerError, WhoAllocated};
+use pgrx::{PgRelation, PgSqlErrorCode, PgTriggerError, PgTupleDesc, WhoAllocated};
 
 use crate::ipc::stats::{self, Counted, Mode};
 
 /// Which table a trigger sits on (its argument), and where its columns are.
-#[derive(Copy, Clone, PartialEq, Eq)]
+#[derive(Copy, Clone, PartialEq, Eq, Debug)]
 enum Table {
     Message,
     Archive,
     Dead,
 }
 
-/// Attribute numbers of the columns the trigger reads, the same in `message`, `archive` and
-/// `dead` for the first four (sql/schema.sql). No test names them; if they moved, the metrics
-/// layer's and pg_regress `stats`'s comparisons with exact counts would fail.
-const QUEUE_ID: i32 = 1;
-const READ_CT: i32 = 2;
-const MSG_ID: i32 = 3;
-const ENQUEUED_AT: i32 = 4;
-/// `message.state`; `archive.archived_at`.
-const STATE: i32 = 7;
-const ARCHIVED_AT: i32 = 5;
-
-unsafe fn attr<T: FromDatum>(
-    tuple: *mut pg_sys::HeapTupleData,
-    desc: pg_sys::TupleDesc,
-    n: i32,
-) -> Option<T> {
-    let mut isnull = false;
-    unsafe {
-        let d = pg_sys::heap_getattr(tuple, n, desc, &mut isnull);
-        T::from_polymorphic_datum(d, isnull, pg_sys::InvalidOid)
+impl Table {
+    fn name(self) -> &'static str {
+        match self {
+            Table::Message => "message",
+            Table::Archive => "archive",
+            Table::Dead => "dead",
+        }
     }
+}
+
+/// The attribute numbers of the columns the trigger reads in one table (0: not read there),
+/// found by name in the table's descriptor (`Cols::of`).
+#[derive(Copy, Clone, Default, Debug, PartialEq, Eq)]
+struct Cols {
+    queue_id: i32,
+    read_ct: i32,
+    msg_id: i32,
+    enqueued_at: i32,
+    /// `message` only.
+    state: i32,
+    message: i32,
+    headers: i32,
+    errors: i32,
+    /// `archive` only.
+    archived_at: i32,
+}
+
+/// The columns the trigger reads, by name, with their types and the tables they are read in
+/// (sql/schema.sql).
+const COLUMNS: [(&str, pg_sys::Oid, &[Table]); 9] = [
+    (
+        "queue_id",
+        pg_sys::INT4OID,
+        &[Table::Message, Table::Archive, Table::Dead],
+    ),
+    (
+        "read_ct",
+        pg_sys::INT4OID,
+        &[Table::Message, Table::Archive, Table::Dead],
+    ),
+    (
+        "msg_id",
+        pg_sys::INT8OID,
+        &[Table::Message, Table::Archive, Table::Dead],
+    ),
+    (
+        "enqueued_at",
+        pg_sys::TIMESTAMPTZOID,
+        &[Table::Message, Table::Archive, Table::Dead],
+    ),
+    ("state", pg_sys::CHAROID, &[Table::Message]),
+    ("message", pg_sys::JSONBOID, &[Table::Message]),
+    ("headers", pg_sys::JSONBOID, &[Table::Message]),
+    ("errors", pg_sys::JSONBOID, &[Table::Message]),
+    ("archived_at", pg_sys::TIMESTAMPTZOID, &[Table::Archive]),
+];
+
+impl Cols {
+    /// Finds every column `table`'s trigger reads in `desc` by name, and checks its type: a
+    /// table that lacks one, or has it with another type, gets 55000 rather than numbers read
+    /// from the wrong column (before 0.3.0 the numbers were constants).
+    fn of(table: Table, desc: &PgTupleDesc) -> Result<Cols, ErrorReport> {
+        let mut c = Cols::default();
+        for (name, typ, tables) in COLUMNS {
+            if !tables.contains(&table) {
+                continue;
+            }
+            let found = desc
+                .iter()
+                .enumerate()
+                .find(|(_, a)| !a.is_dropped() && a.name() == name);
+            let attnum = match found {
+                Some((i, a)) if a.type_oid().value() == typ => i as i32 + 1,
+                _ => {
+                    return Err(ErrorReport::new(
+                        PgSqlErrorCode::ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE,
+                        format!(
+                            "pgflow's statistics trigger for \"{}\" needs a column \"{name}\" of type {}",
+                            table.name(),
+                            type_name(typ)
+                        ),
+                        "pgflow",
+                    ))
+                }
+            };
+            match name {
+                "queue_id" => c.queue_id = attnum,
+                "read_ct" => c.read_ct = attnum,
+                "msg_id" => c.msg_id = attnum,
+                "enqueued_at" => c.enqueued_at = attnum,
+                "state" => c.state = attnum,
+                "message" => c.message = attnum,
+                "headers" => c.headers = attnum,
+                "errors" => c.errors = attnum,
+                _ => c.archived_at = attnum,
+            }
+        }
+        Ok(c)
+    }
+}
+
+fn type_name(typ: pg_sys::Oid) -> &'static str {
+    match typ {
+        pg_sys::INT4OID => "integer",
+        pg_sys::INT8OID => "bigint",
+        pg_sys::TIMESTAMPTZOID => "timestamp with time zone",
+        pg_sys::CHAROID => "\"char\"",
+        _ => "jsonb",
+    }
+}
+
+thread_local! {
+    /// Each relation's columns, found at its trigger's first row in this backend; a relcache
+    /// invalidation of the relation (ALTER TABLE, an extension update) forgets them.
+    static COLS: std::cell::RefCell<Vec<(pg_sys::Oid, Cols)>> = const { std::cell::RefCell::new(Vec::new()) };
+    static COLS_CALLBACK: std::cell::Cell<bool> = const { std::cell::Cell::new(false) };
+}
+
+#[pg_guard]
+unsafe extern "C-unwind" fn forget_cols(_arg: pg_sys::Datum, relid: pg_sys::Oid) {
+    let _ = COLS.try_with(|c| {
+        if let Ok(mut c) = c.try_borrow_mut() {
+            c.retain(|e| relid != pg_sys::InvalidOid && e.0 != relid);
+        }
+    });
+}
+
+/// The columns of the trigger's relation, from the cache or found now.
+fn cols_of(table: Table, rel: &PgRelation) -> Result<Cols, ErrorReport> {
+    let relid = rel.oid();
+    if let Some(c) = COLS.with(|c| c.borrow().iter().find(|e| e.0 == relid).map(|e| e.1)) {
+        return Ok(c);
+    }
+    if !COLS_CALLBACK.with(|r| r.replace(true)) {
+        // SAFETY: registered once per backend; the callback touches only this thread-local.
+        unsafe { pg_sys::CacheRegisterRelcacheCallback(Some(forget_cols), pg_sys::Datum::from(0)) };
+    }
+    let c = Cols::of(table, &rel.tuple_desc())?;
+    COLS.with(|v| v.borrow_mut().push((relid, c)));
+    Ok(c)
+}
+
+/// One column of a row, through pgrx's typed accessor (its type checked against `T`).
+fn get<'t, T>(row: &'t PgHeapTuple<'_, impl WhoAllocated>, attnum: i32) -> Option<T>
+where
+    T: IntoDatum + FromDatum + UnboxDatum<As<'t> = T> + 't,
+{
+    let n = std::num::NonZeroUsize::new(usize::try_from(attnum).ok()?)?;
+    row.get_by_index::<T>(n).ok().flatten()
+}
+
+fn ts(row: &PgHeapTuple<'_, impl WhoAllocated>, attnum: i32) -> Option<i64> {
+    get::<TimestampWithTimeZone>(row, attnum).map(i64::from)
 }
 
 /// Deliveries this session made, (queue, message) to when, so that its archive of the message
@@ -47,15 +180,11 @@ thread_local! {
         std::cell::RefCell::new(std::collections::HashMap::new());
 }
 
-/// `message.message`, `headers`, `errors` (sql/schema.sql).
-const MESSAGE: i32 = 9;
-const HEADERS: i32 = 10;
-const ERRORS: i32 = 11;
-
 /// The root container's kind of a jsonb datum: its first word after the varlena header
 /// (`JsonbContainer.header`; a scalar is stored as a one-element array flagged scalar).
 /// A value stored out of line or compressed is detoasted only as far as that word; a plain
-/// one (what a send writes) is read in place.
+/// one (what a send writes) is read in place. Unsafe on purpose: pgrx's safe `JsonB` would
+/// parse the whole document of every row written.
 unsafe fn jsonb_kind(d: pg_sys::Datum) -> &'static str {
     const JB_FSCALAR: u32 = 0x1000_0000;
     const JB_FOBJECT: u32 = 0x2000_0000;
@@ -84,28 +213,36 @@ unsafe fn jsonb_kind(d: pg_sys::Datum) -> &'static str {
 /// state, a read count that is not negative, a payload and headers that are JSON objects and
 /// errors that are an array. They were CHECK constraints until 0.2.0; Postgres rebuilds a
 /// table's CHECK expressions from their stored text for every statement that writes it, which
-/// cost about 15% of a send's CPU (docs/design.md). Errors are 23514, as a CHECK's were.
-unsafe fn check_message_row(row: *mut pg_sys::HeapTupleData, desc: pg_sys::TupleDesc) {
+/// cost about 15% of a send's CPU (docs/design.md). Errors are 23514, as a CHECK's were; each
+/// check has its case in pg_regress `hardening`.
+fn check_message_row(
+    row: &PgHeapTuple<'_, impl WhoAllocated>,
+    raw: *mut pg_sys::HeapTupleData,
+    desc: pg_sys::TupleDesc,
+    c: &Cols,
+) {
     // NULLs are left to the NOT NULL constraints, checked after BEFORE triggers.
-    unsafe {
-        if let Some(state) = attr::<i8>(row, desc, STATE) {
-            if !matches!(state as u8, b'r' | b'd' | b'l' | b'g') {
-                violation(format!(
-                    "state must be 'r', 'd', 'l' or 'g', got {:?}",
-                    state as u8 as char
-                ));
-            }
+    if let Some(state) = get::<i8>(row, c.state) {
+        if !matches!(state as u8, b'r' | b'd' | b'l' | b'g') {
+            violation(format!(
+                "state must be 'r', 'd', 'l' or 'g', got {:?}",
+                state as u8 as char
+            ));
         }
-        if attr::<i32>(row, desc, READ_CT).is_some_and(|n| n < 0) {
-            violation("read_ct must not be negative".into());
-        }
-        for (n, name, want) in [
-            (MESSAGE, "message", "object"),
-            (HEADERS, "headers", "object"),
-            (ERRORS, "errors", "array"),
-        ] {
-            let mut isnull = false;
-            let d = pg_sys::heap_getattr(row, n, desc, &mut isnull);
+    }
+    if get::<i32>(row, c.read_ct).is_some_and(|n| n < 0) {
+        violation("read_ct must not be negative".into());
+    }
+    for (n, name, want) in [
+        (c.message, "message", "object"),
+        (c.headers, "headers", "object"),
+        (c.errors, "errors", "array"),
+    ] {
+        let mut isnull = false;
+        // SAFETY: `raw` is `row`, with its relation's descriptor, as the trigger got them; `n`
+        // was found in that descriptor as a jsonb column (`Cols::of`).
+        unsafe {
+            let d = pg_sys::heap_getattr(raw, n, desc, &mut isnull);
             if !isnull {
                 let got = jsonb_kind(d);
                 if got != want {
@@ -138,14 +275,13 @@ fn gauge_of(state: i8) -> Option<usize> {
 
 /// The row trigger on `message`, `archive` and `dead` (BEFORE, so it sees each row once, with
 /// no after-trigger queue): notes the change in this transaction's statistics, applied at its
-/// commit. Returns the row unchanged.
+/// commit. Returns the row unchanged. Its columns are found by name (`cols_of`).
 #[pg_trigger]
 fn _stats_note<'a>(
     trigger: &'a PgTrigger<'a>,
 ) -> Result<Option<PgHeapTuple<'a, impl WhoAllocated>>, PgTriggerError> {
     let td = trigger.trigger_data();
-    let event = td.tg_event;
-    let op = event & pg_sys::TRIGGER_EVENT_OPMASK;
+    let op = td.tg_event & pg_sys::TRIGGER_EVENT_OPMASK;
     let (insert, update) = (
         op == pg_sys::TRIGGER_EVENT_INSERT,
         op == pg_sys::TRIGGER_EVENT_UPDATE,
@@ -156,144 +292,139 @@ fn _stats_note<'a>(
         trigger.old()
     };
     let tg = trigger.trigger();
-    let table = if tg.tgnargs < 1 {
+    if tg.tgnargs < 1 {
         return Ok(ret);
-    } else {
-        // SAFETY: tgargs has tgnargs C strings.
-        match unsafe { std::ffi::CStr::from_ptr(*tg.tgargs) }.to_bytes() {
-            b"message" => Table::Message,
-            b"archive" => Table::Archive,
-            b"dead" => Table::Dead,
-            _ => return Ok(ret),
-        }
+    }
+    // SAFETY: tgargs has tgnargs C strings. (`extra_args()` would allocate a Vec of Strings
+    // for every row.)
+    let table = match unsafe { std::ffi::CStr::from_ptr(*tg.tgargs) }.to_bytes() {
+        b"message" => Table::Message,
+        b"archive" => Table::Archive,
+        b"dead" => Table::Dead,
+        _ => return Ok(ret),
+    };
+    let c = cols_of(table, &trigger.relation()?).unwrap_or_else(|e| {
+        e.report(PgLogLevel::ERROR);
+        unreachable!("an ERROR does not return")
+    });
+    // The row the change is about: the new one for INSERT, the old one otherwise.
+    let (Some(row), new) = (
+        if insert { trigger.new() } else { trigger.old() },
+        trigger.new(),
+    ) else {
+        return Ok(ret);
     };
     if table == Table::Message && (insert || update) {
-        // SAFETY: a row trigger's relation and its new row, as Postgres passed them.
-        unsafe {
-            let row = if insert {
-                td.tg_trigtuple
-            } else {
-                td.tg_newtuple
-            };
-            check_message_row(row, (*td.tg_relation).rd_att);
-        }
+        let checked = new.as_ref().unwrap_or(&row);
+        let raw = if insert {
+            td.tg_trigtuple
+        } else {
+            td.tg_newtuple
+        };
+        // SAFETY: the trigger's relation, as Postgres passed it.
+        let desc = unsafe { (*td.tg_relation).rd_att };
+        check_message_row(checked, raw, desc, &c);
     }
     if !stats::enabled() {
         return Ok(ret);
     }
-    // SAFETY: a row trigger's relation and tuples, as Postgres passed them.
-    unsafe {
-        let desc = (*td.tg_relation).rd_att;
-        let row = td.tg_trigtuple; // the new row for INSERT, the old one otherwise
-        let Some(queue_id) = attr::<i32>(row, desc, QUEUE_ID) else {
-            return Ok(ret);
-        };
-        // An UPDATE that changes neither the state nor the read count (a heartbeat, set_vt on a
-        // lease) counts nothing: no delta, so its commit takes no lock.
-        if table == Table::Message
-            && update
-            && attr::<i8>(row, desc, STATE) == attr::<i8>(td.tg_newtuple, desc, STATE)
-            && attr::<i32>(row, desc, READ_CT) == attr::<i32>(td.tg_newtuple, desc, READ_CT)
-        {
+    let Some(queue_id) = get::<i32>(&row, c.queue_id) else {
+        return Ok(ret);
+    };
+    let state = |t: &PgHeapTuple<'_, _>| get::<i8>(t, c.state);
+    let read_ct = |t: &PgHeapTuple<'_, _>| get::<i32>(t, c.read_ct);
+    // An UPDATE that changes neither the state nor the read count (a heartbeat, set_vt on a
+    // lease) counts nothing: no delta, so its commit takes no lock.
+    if let (Table::Message, true, Some(n)) = (table, update, new.as_ref()) {
+        if state(&row) == state(n) && read_ct(&row) == read_ct(n) {
             return Ok(ret);
         }
-        // The clock only for what needs it (a delivery): a send does not read it.
-        let now = || pg_sys::GetCurrentTimestamp();
-        let mode = stats::mode();
-        stats::with_delta(queue_id, |d| match (table, insert, update) {
-            (Table::Message, true, _) => {
-                if let Some(g) = attr::<i8>(row, desc, STATE).and_then(gauge_of) {
-                    d.gauges[g] += 1;
-                }
-                d.events[if mode == Mode::Redrive {
-                    stats::REDRIVEN
-                } else {
-                    stats::SENT
-                }] += 1;
+    }
+    // The clock only for what needs it (a delivery): a send does not read it.
+    let now = || unsafe { pg_sys::GetCurrentTimestamp() };
+    let mode = stats::mode();
+    stats::with_delta(queue_id, |d| match (table, insert, update) {
+        (Table::Message, true, _) => {
+            if let Some(g) = state(&row).and_then(gauge_of) {
+                d.gauges[g] += 1;
             }
-            (Table::Message, false, true) => {
-                let new = td.tg_newtuple;
-                let (so, sn) = (
-                    attr::<i8>(row, desc, STATE).unwrap_or(0),
-                    attr::<i8>(new, desc, STATE).unwrap_or(0),
-                );
-                if so != sn {
-                    if let Some(g) = gauge_of(so) {
-                        d.gauges[g] -= 1;
-                    }
-                    if let Some(g) = gauge_of(sn) {
-                        d.gauges[g] += 1;
-                    }
-                }
-                let (ro, rn) = (
-                    attr::<i32>(row, desc, READ_CT).unwrap_or(0),
-                    attr::<i32>(new, desc, READ_CT).unwrap_or(0),
-                );
-                if rn > ro {
-                    d.events[stats::DELIVERED] += i64::from(rn - ro);
-                    if let Some(id) = attr::<i64>(row, desc, MSG_ID) {
-                        LEASED.with(|l| {
-                            let mut l = l.borrow_mut();
-                            if l.len() >= LEASED_MAX {
-                                l.clear();
-                            }
-                            l.insert((queue_id, id), now());
-                        });
-                    }
-                    if ro == 0 {
-                        if let Some(at) = attr::<i64>(row, desc, ENQUEUED_AT) {
-                            d.observe(stats::WAIT, now() - at);
-                        }
-                    }
-                } else if so as u8 == b'l' && sn as u8 == b'd' {
-                    // A lease given back with a failure (nack, or an expired lease) that will
-                    // be retried; set_vt keeps a lease 'l' or hands it back as 'r'.
-                    d.events[failure(mode)] += 1;
-                }
-            }
-            (Table::Message, false, false) => {
-                if let Some(g) = attr::<i8>(row, desc, STATE).and_then(gauge_of) {
+            d.events[if mode == Mode::Redrive {
+                stats::REDRIVEN
+            } else {
+                stats::SENT
+            }] += 1;
+        }
+        (Table::Message, false, true) => {
+            let Some(n) = new.as_ref() else { return };
+            let (so, sn) = (state(&row).unwrap_or(0), state(n).unwrap_or(0));
+            if so != sn {
+                if let Some(g) = gauge_of(so) {
                     d.gauges[g] -= 1;
                 }
-                d.removed += 1;
-                if mode == Mode::Pop {
-                    d.events[stats::DELIVERED] += 1;
-                    if attr::<i32>(row, desc, READ_CT) == Some(0) {
-                        if let Some(at) = attr::<i64>(row, desc, ENQUEUED_AT) {
-                            d.observe(stats::WAIT, now() - at);
+                if let Some(g) = gauge_of(sn) {
+                    d.gauges[g] += 1;
+                }
+            }
+            let (ro, rn) = (read_ct(&row).unwrap_or(0), read_ct(n).unwrap_or(0));
+            if rn > ro {
+                d.events[stats::DELIVERED] += i64::from(rn - ro);
+                if let Some(id) = get::<i64>(&row, c.msg_id) {
+                    LEASED.with(|l| {
+                        let mut l = l.borrow_mut();
+                        if l.len() >= LEASED_MAX {
+                            l.clear();
                         }
+                        l.insert((queue_id, id), now());
+                    });
+                }
+                if ro == 0 {
+                    if let Some(at) = ts(&row, c.enqueued_at) {
+                        d.observe(stats::WAIT, now() - at);
                     }
                 }
-            }
-            (Table::Archive, true, _) => {
-                d.gauges[stats::ARCHIVED_ROWS] += 1;
-                d.events[stats::ARCHIVED] += 1;
-                if let (Some(from), Some(to)) = (
-                    attr::<i64>(row, desc, ENQUEUED_AT),
-                    attr::<i64>(row, desc, ARCHIVED_AT),
-                ) {
-                    d.observe(stats::END_TO_END, to - from);
-                }
-                if let (Some(id), Some(to)) = (
-                    attr::<i64>(row, desc, MSG_ID),
-                    attr::<i64>(row, desc, ARCHIVED_AT),
-                ) {
-                    if let Some(at) = LEASED.with(|l| l.borrow_mut().remove(&(queue_id, id))) {
-                        d.observe(stats::PROCESSING, to - at);
-                    }
-                }
-            }
-            (Table::Archive, false, false) => d.gauges[stats::ARCHIVED_ROWS] -= 1,
-            (Table::Dead, true, _) => {
-                d.gauges[stats::DEAD] += 1;
-                d.events[stats::DEAD_LETTERED] += 1;
+            } else if so as u8 == b'l' && sn as u8 == b'd' {
+                // A lease given back with a failure (nack, or an expired lease) that will be
+                // retried; set_vt keeps a lease 'l' or hands it back as 'r'.
                 d.events[failure(mode)] += 1;
             }
-            (Table::Dead, false, false) => d.gauges[stats::DEAD] -= 1,
-            // An UPDATE of an archived or dead row changes no statistic.
-            (_, false, true) => {}
-        });
-    }
+        }
+        (Table::Message, false, false) => {
+            if let Some(g) = state(&row).and_then(gauge_of) {
+                d.gauges[g] -= 1;
+            }
+            d.removed += 1;
+            if mode == Mode::Pop {
+                d.events[stats::DELIVERED] += 1;
+                if read_ct(&row) == Some(0) {
+                    if let Some(at) = ts(&row, c.enqueued_at) {
+                        d.observe(stats::WAIT, now() - at);
+                    }
+                }
+            }
+        }
+        (Table::Archive, true, _) => {
+            d.gauges[stats::ARCHIVED_ROWS] += 1;
+            d.events[stats::ARCHIVED] += 1;
+            let (from, to) = (ts(&row, c.enqueued_at), ts(&row, c.archived_at));
+            if let (Some(from), Some(to)) = (from, to) {
+                d.observe(stats::END_TO_END, to - from);
+            }
+            if let (Some(id), Some(to)) = (get::<i64>(&row, c.msg_id), to) {
+                if let Some(at) = LEASED.with(|l| l.borrow_mut().remove(&(queue_id, id))) {
+                    d.observe(stats::PROCESSING, to - at);
+                }
+            }
+        }
+        (Table::Archive, false, false) => d.gauges[stats::ARCHIVED_ROWS] -= 1,
+        (Table::Dead, true, _) => {
+            d.gauges[stats::DEAD] += 1;
+            d.events[stats::DEAD_LETTERED] += 1;
+            d.events[failure(mode)] += 1;
+        }
+        (Table::Dead, false, false) => d.gauges[stats::DEAD] -= 1,
+        // An UPDATE of an archived or dead row changes no statistic.
+        (_, false, true) => {}
+    });
     Ok(ret)
 }
 

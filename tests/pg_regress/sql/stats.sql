@@ -85,3 +85,33 @@ SELECT pgflow.drop_queue('stats_q2');
 REVOKE ALL ON FUNCTION pgflow.stats_reset(text) FROM pgflow_regress_stats;
 REVOKE ALL ON SCHEMA pgflow FROM pgflow_regress_stats;
 DROP ROLE pgflow_regress_stats;
+
+-- The trigger finds its columns by name (src/api/stats.rs, Cols::of): on a table with
+-- message's columns in another order it counts the rows under the queue they name; on a table
+-- that lacks one of them it refuses the write with 55000 instead of reading another column.
+SELECT pgflow.create_queue('stats_byname');
+CREATE TABLE public.stats_shuffled (errors jsonb, state "char", extra text, headers jsonb,
+    message jsonb, msg_id bigint, enqueued_at timestamptz, read_ct integer, queue_id integer);
+ALTER TABLE public.stats_shuffled DROP COLUMN extra;
+CREATE TRIGGER stats_note BEFORE INSERT OR UPDATE OR DELETE ON public.stats_shuffled
+    FOR EACH ROW EXECUTE FUNCTION pgflow._stats_note('message');
+INSERT INTO public.stats_shuffled (state, message, msg_id, enqueued_at, read_ct, queue_id)
+SELECT 'r', '{}', g, now(), 0, queue_id FROM pgflow.queue, generate_series(1, 2) g
+ WHERE queue_name = 'stats_byname';
+SELECT pg_temp.depths('stats_byname', false) AS from_stats;
+SELECT pg_temp.err($$UPDATE public.stats_shuffled SET state = 'x'$$);
+UPDATE public.stats_shuffled SET state = 'l', read_ct = 1;
+SELECT pg_temp.depths('stats_byname', false) AS from_stats;
+DELETE FROM public.stats_shuffled;
+SELECT pg_temp.depths('stats_byname', false) AS from_stats;
+CREATE TABLE public.stats_no_queue (read_ct integer, msg_id bigint, enqueued_at timestamptz);
+CREATE TRIGGER stats_note BEFORE INSERT ON public.stats_no_queue
+    FOR EACH ROW EXECUTE FUNCTION pgflow._stats_note('dead');
+SELECT pg_temp.err($$INSERT INTO public.stats_no_queue VALUES (0, 1, now())$$);
+CREATE TABLE public.stats_wrong_type (queue_id bigint, read_ct integer, msg_id bigint,
+    enqueued_at timestamptz);
+CREATE TRIGGER stats_note BEFORE INSERT ON public.stats_wrong_type
+    FOR EACH ROW EXECUTE FUNCTION pgflow._stats_note('dead');
+SELECT pg_temp.err($$INSERT INTO public.stats_wrong_type VALUES (1, 0, 1, now())$$);
+DROP TABLE public.stats_shuffled, public.stats_no_queue, public.stats_wrong_type;
+SELECT pgflow.drop_queue('stats_byname');
