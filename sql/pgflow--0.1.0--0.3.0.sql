@@ -3038,6 +3038,7 @@ ALTER TABLE pgflow.queue ADD COLUMN forward_link integer;
 ALTER TABLE pgflow.queue ADD COLUMN forward_to text;
 ALTER TABLE pgflow.queue ADD COLUMN ids_skipped bigint not null default 0;
 -- Functions 0.2.0 no longer has, or whose arguments or result changed.
+DROP FUNCTION pgflow.worker_status();
 
 -- Composite types: new ones, and attributes appended to existing ones.
 
@@ -3059,6 +3060,13 @@ CREATE OR REPLACE FUNCTION pgflow._stats_alerts_at(queue_ids integer[], alerts t
  LANGUAGE c
  STRICT
 AS 'MODULE_PATHNAME', $function$_stats_alerts_at_wrapper$function$;
+
+CREATE OR REPLACE FUNCTION pgflow.worker_status()
+ RETURNS TABLE(datname text, state text, pid integer, started_at timestamp with time zone, last_tick_at timestamp with time zone, ticks bigint, expired bigint, promoted bigint, pruned bigint, restarts integer, detail text, cursor_entries integer, cursor_free integer, stats_free integer)
+ LANGUAGE c
+ PARALLEL RESTRICTED STRICT
+ SET search_path TO 'pg_catalog', 'pgflow', 'pg_temp'
+AS 'MODULE_PATHNAME', $function$worker_status_wrapper$function$;
 
 CREATE OR REPLACE FUNCTION pgflow."grant"(queue_name text, role regrole, privilege text)
  RETURNS boolean

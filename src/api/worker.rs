@@ -31,6 +31,9 @@ fn worker_status() -> Result<
             name!(pruned, i64),
             name!(restarts, i32),
             name!(detail, Option<String>),
+            name!(cursor_entries, i32),
+            name!(cursor_free, i32),
+            name!(stats_free, i32),
         ),
     >,
     ErrorReport,
@@ -69,6 +72,9 @@ fn worker_status() -> Result<
             0,
             0,
             Some(detail),
+            0,
+            0,
+            0,
         )]));
     }
     let now = worker::now();
@@ -96,6 +102,15 @@ fn worker_status() -> Result<
         .filter(|s| s.state != SlotState::Free && (all || s.dboid == mine))
         .copied()
         .collect();
+    // The shared tables' room (src/ipc/README.md): this database's claim cursor entries, and
+    // the free entries of all databases.
+    let cursor_used = crate::ipc::cursor::capacity(mine).0;
+    let cursor_free =
+        i32::try_from(crate::ipc::cursor::MAX_QUEUES.saturating_sub(cursor_used)).unwrap_or(0);
+    let stats_free = i32::try_from(
+        crate::ipc::stats::MAX_QUEUES.saturating_sub(crate::ipc::stats::capacity(mine).0),
+    )
+    .unwrap_or(0);
     let mut rows: Vec<_> = slots
         .iter()
         .map(|s| {
@@ -129,15 +144,7 @@ fn worker_status() -> Result<
                     reindexer::table_name(s.reindex_table),
                     (s.reindex_next_check - now).max(0) as f64 / 1e6
                 )),
-                _ if crate::ipc::stats::refused(s.dboid) > 0 => Some(format!(
-                    "statistics: {} lookups found no entry for a queue of this database (the \
-                     shared table holds {} queues of all databases, and the last {} go only to \
-                     databases holding fewer): metrics() counts rows for those queues",
-                    crate::ipc::stats::refused(s.dboid),
-                    crate::ipc::stats::MAX_QUEUES,
-                    crate::ipc::stats::RESERVE
-                )),
-                _ => None,
+                _ => shm_detail(s.dboid),
             };
             (
                 s.name(),
@@ -151,11 +158,39 @@ fn worker_status() -> Result<
                 s.pruned,
                 s.restarts,
                 detail,
+                i32::try_from(crate::ipc::cursor::capacity(s.dboid).1).unwrap_or(i32::MAX),
+                cursor_free,
+                stats_free,
             )
         })
         .collect();
     rows.sort_by(|a, b| a.0.cmp(&b.0));
     Ok(TableIterator::new(rows))
+}
+
+/// What did not fit in the shared-memory tables of queues for database `db` (the claim
+/// cursor's and the statistics'), if anything.
+fn shm_detail(db: u32) -> Option<String> {
+    let cursor = crate::ipc::cursor::capacity(db).3;
+    let stats = crate::ipc::stats::refused(db);
+    let mut parts = Vec::new();
+    if cursor > 0 {
+        parts.push(format!(
+            "claim cursor: {cursor} lookups found the shared table full ({} queues of all \
+             databases): those queues' reads start from the queue's start",
+            crate::ipc::cursor::MAX_QUEUES
+        ));
+    }
+    if stats > 0 {
+        parts.push(format!(
+            "statistics: {stats} lookups found no entry for a queue of this database (the \
+             shared table holds {} queues of all databases, and the last {} go only to \
+             databases holding fewer): metrics() counts rows for those queues",
+            crate::ipc::stats::MAX_QUEUES,
+            crate::ipc::stats::RESERVE
+        ));
+    }
+    (!parts.is_empty()).then(|| parts.join("; "))
 }
 
 /// The background workers running, by type, most first ("5 pgflow worker, 1 pgflow launcher,

@@ -374,6 +374,21 @@ impl Stats {
     }
 }
 
+/// The table's use: (entries in use of all databases, of database `db`).
+pub fn capacity(db: u32) -> (usize, usize) {
+    if !preloaded() {
+        return (0, 0);
+    }
+    STATS
+        .share()
+        .entries
+        .iter()
+        .filter(|e| e.dboid != 0)
+        .fold((0, 0), |(all, mine), e| {
+            (all + 1, mine + usize::from(e.dboid == db))
+        })
+}
+
 /// Whether a database that holds `mine` entries may take one of `free` free ones.
 pub fn may_take(free: usize, mine: usize) -> bool {
     free > RESERVE || (free > 0 && mine < RESERVE)

@@ -302,6 +302,30 @@ pub fn render(
     }
     header(
         &mut out,
+        "pgflow_shm_free_entries",
+        "gauge",
+        "Free entries of a shared-memory table of queues (all databases): the claim cursor's and the statistics'.",
+    );
+    let (cursor_used, _, cursor_refused, _) = crate::ipc::cursor::capacity(0);
+    let _ = writeln!(
+        out,
+        "pgflow_shm_free_entries{{table=\"cursor\"}} {}",
+        crate::ipc::cursor::MAX_QUEUES.saturating_sub(cursor_used)
+    );
+    let _ = writeln!(
+        out,
+        "pgflow_shm_free_entries{{table=\"stats\"}} {}",
+        stats::MAX_QUEUES.saturating_sub(stats::capacity(0).0)
+    );
+    header(
+        &mut out,
+        "pgflow_cursor_refused_total",
+        "counter",
+        "Lookups that found the claim cursor's table full (that queue reads from its start).",
+    );
+    let _ = writeln!(out, "pgflow_cursor_refused_total {cursor_refused}");
+    header(
+        &mut out,
         "pgflow_stats_refused_total",
         "counter",
         "Lookups that found no statistics entry for a queue of the database (shared memory full, or its share taken).",

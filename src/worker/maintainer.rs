@@ -454,6 +454,14 @@ pub extern "C-unwind" fn pgflow_worker_main(arg: pg_sys::Datum) {
         }
         if now() >= next_round {
             stats_tick(dboid);
+            // Once per server life, by whichever worker sees it first: the claim cursor's
+            // table was full for some queue (worker_status() and the endpoint count it).
+            if let Some(n) = ipc::cursor::take_warning() {
+                pgrx::warning!(
+                    "pgflow: the claim cursor's shared table is full ({} queues of all databases; {n} lookups refused so far): queues without an entry read from their start, which is slow under a held snapshot; drop unused queues or databases (worker_status(): cursor_free)",
+                    ipc::cursor::MAX_QUEUES
+                );
+            }
             let batch = guc::BATCH_SIZE.get();
             let prune_batch = guc::PRUNE_BATCH_SIZE.get();
             for _ in 0..MAX_ROUNDS {

@@ -611,6 +611,14 @@ if not refused:
 detail = one(f"SELECT detail FROM pgflow.worker_status() WHERE datname = '{DB}'")
 if "statistics:" not in (detail or ""):
     fail(f"worker_status() does not say what did not fit: {detail!r}")
+# The shared tables' room, as worker_status() has it (all databases).
+room = one(f"SELECT stats_free || ' ' || cursor_free FROM pgflow.worker_status() WHERE datname = '{DB}'")
+shown = (sample(s, "pgflow_shm_free_entries", table="stats"), sample(s, "pgflow_shm_free_entries", table="cursor"))
+if None in shown or sample(s, "pgflow_cursor_refused_total") is None:
+    fail(f"the endpoint lacks the shared tables' room: {shown}")
+if shown[0] > 128:
+    fail(f"with 1,100 queues the statistics table shows {shown[0]} free entries (its reserve is 128)")
+ok(f"the shared tables' room: worker_status() {room}, the endpoint {shown[0]:.0f} {shown[1]:.0f}")
 ok(f"1,100 queues in one database: {many} served up to the reserve, one of another database "
    f"created after them served too; {refused:.0f} refused lookups counted and worker_status() says "
    f"so; one scrape of {len(text)} bytes in {took * 1000:.0f} ms")

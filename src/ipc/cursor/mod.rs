@@ -294,3 +294,27 @@ pub fn status() -> Vec<Status> {
     }
     rules::status(&CURSORS.share(), ctx().db)
 }
+
+/// The table's use, for `worker_status()` and the endpoint: (entries in use of all databases,
+/// of database `db`, refusals since the server started of all databases, of `db`).
+pub fn capacity(db: u32) -> (usize, usize, u64, u64) {
+    if !preloaded() {
+        return (0, 0, 0, 0);
+    }
+    let t = CURSORS.share();
+    let (all, mine) = t.used(db);
+    (all, mine, t.refused, t.refused_of(db))
+}
+
+/// The first refusal since the server started, once: true for the one caller that should warn.
+pub fn take_warning() -> Option<u64> {
+    if !preloaded() || CURSORS.share().refused == 0 {
+        return None;
+    }
+    let mut t = CURSORS.exclusive();
+    if t.warned {
+        return None;
+    }
+    t.warned = true;
+    Some(t.refused)
+}

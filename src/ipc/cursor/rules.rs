@@ -212,7 +212,16 @@ pub struct Cursors {
     pub freezes: u64,
     /// The generation the next (re)initialized entry takes.
     pub next_gen: u64,
+    /// How many times a queue found the table full (it reads from its start), since the server
+    /// started, in all and per database (the last counter is shared past `REFUSED_DBS`); and
+    /// whether a worker has warned of it.
+    pub refused: u64,
+    pub refused_by: [(u32, u64); REFUSED_DBS],
+    pub warned: bool,
 }
+
+/// Databases whose refusals are counted apart.
+pub const REFUSED_DBS: usize = 32;
 
 impl Default for Cursors {
     fn default() -> Self {
@@ -220,6 +229,9 @@ impl Default for Cursors {
             entries: [Entry::fresh(0, 0, 0); MAX_QUEUES],
             freezes: 0,
             next_gen: 1,
+            refused: 0,
+            refused_by: [(0, 0); REFUSED_DBS],
+            warned: false,
         }
     }
 }
@@ -274,11 +286,47 @@ impl Cursors {
                 break;
             }
         }
-        let idx = free.filter(|_| create)?;
+        if !create {
+            return None;
+        }
+        let Some(idx) = free else {
+            self.refuse(db);
+            return None;
+        };
         self.entries[idx] = Entry::fresh(db, queue_id, seq);
         self.entries[idx].gen = self.next_gen;
         self.next_gen = self.next_gen.wrapping_add(1);
         Some(&mut self.entries[idx])
+    }
+
+    fn refuse(&mut self, db: u32) {
+        self.refused = self.refused.wrapping_add(1);
+        let i = self
+            .refused_by
+            .iter()
+            .position(|r| r.0 == db)
+            .or_else(|| self.refused_by.iter().position(|r| r.0 == 0))
+            .unwrap_or(REFUSED_DBS - 1);
+        self.refused_by[i].0 = db;
+        self.refused_by[i].1 = self.refused_by[i].1.wrapping_add(1);
+    }
+
+    /// Refusals of database `db`'s queues.
+    pub fn refused_of(&self, db: u32) -> u64 {
+        self.refused_by
+            .iter()
+            .find(|r| r.0 == db)
+            .map_or(0, |r| r.1)
+    }
+
+    /// Entries in use: of every database, and of `db`.
+    pub fn used(&self, db: u32) -> (usize, usize) {
+        self.entries
+            .iter()
+            .filter(|e| e.dboid != 0 && e.queue_id != 0)
+            .fold((0, 0), |(all, mine), e| {
+                (all + 1, mine + usize::from(e.dboid == db))
+            })
     }
 
     /// Frees a dropped queue's entry (a tombstone: free for reuse, still a step of the probe
