@@ -15,7 +15,7 @@
 #                     need Debian's packages for Postgres 15, so they run on 15 only)
 #   TEST=name         with one LAYER: one test of it (a pg_regress file or isolation spec name,
 #                     a cargo test filter, or an ExUnit path such as test/consumer_test.exs:42)
-#   JOBS=n            how many versions run their cluster layers at once (default 2; 1: one
+#   JOBS=n            how many versions run their cluster layers at once (default 4; 1: one
 #                     after the other, with the output as it comes)
 #
 # Where the time goes: the builds (cargo pgrx test, one per version) run one after the other,
@@ -229,7 +229,7 @@ cluster_pipeline() {
   fi
 }
 
-jobs_max=${JOBS:-2}
+jobs_max=${JOBS:-4}
 if [ "$(wc -w <<<"$versions")" -le 1 ] || [ "$jobs_max" -le 1 ]; then
   for ver in $versions; do cluster_pipeline "$ver"; done
 else
