@@ -242,14 +242,20 @@ else
     pids+=("$!")
   done
   i=0
+  stopped=()
   for ver in $versions; do
-    wait "${pids[$i]}" || true
+    # A version whose pipeline stopped early (a cluster that did not start: `die`) must not
+    # pass for the layers it never ran.
+    status=0
+    wait "${pids[$i]}" || status=$?
     i=$((i + 1))
     cat "$results/pg$ver.log"
+    [ "$status" = 0 ] || stopped+=("pg$ver: its layers stopped early (exit status $status)")
   done
   while read -r status name; do
     if [ "$status" = pass ]; then passed=$((passed + 1)); else failed+=("$name"); fi
   done < <(grep -v "cargo pgrx test" "$results/layers" || true)
+  failed+=("${stopped[@]}")
 fi
 
 echo
