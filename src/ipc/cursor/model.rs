@@ -85,6 +85,9 @@ impl Msg {
     }
 }
 
+/// A row's uncommitted version: the transaction that holds it, and its state.
+type Pending = Option<(usize, St)>;
+
 #[derive(Default)]
 struct Txn {
     x: Xact,
@@ -92,7 +95,7 @@ struct Txn {
     /// REPEATABLE READ's snapshot, taken at its first statement.
     snap: Option<u64>,
     /// (message, its pending version and vt before this transaction's change), in order.
-    changes: Vec<(usize, Option<(usize, St)>, i64)>,
+    changes: Vec<(usize, Pending, i64)>,
     savepoints: Vec<usize>,
     prepared: bool,
 }
