@@ -200,14 +200,27 @@ fn stats_tick(dboid: u32) {
             if !has_links {
                 return Ok(Some((horizon, (0, 0, 0, 0, 0.0))));
             }
+            // With this site's end of links: pgflow's subscriptions that are enabled and have no
+            // apply worker, and then the replication launcher's pid (see `nudge_launcher`).
             let row = client
                 .select(
-                    "SELECT count(*)::int4, (count(*) FILTER (WHERE NOT connected))::int4, \
+                    "WITH idle AS ( \
+                         SELECT pg_catalog.string_agg(s.subname, ', ' ORDER BY s.subname) AS names \
+                           FROM pg_catalog.pg_subscription s \
+                          WHERE s.subdbid = $1 AND s.subenabled AND s.subname LIKE 'pgflow\\_from\\_%' \
+                            AND NOT EXISTS (SELECT 1 FROM pg_catalog.pg_stat_subscription w \
+                                             WHERE w.subid = s.oid AND w.relid IS NULL \
+                                               AND w.pid IS NOT NULL)) \
+                     SELECT count(*)::int4, (count(*) FILTER (WHERE NOT connected))::int4, \
                             (count(*) FILTER (WHERE alerting))::int4, \
-                            coalesce(sum(backlog), 0)::int8, coalesce(max(oldest_age), 0)::float8 \
+                            coalesce(sum(backlog), 0)::int8, coalesce(max(oldest_age), 0)::float8, \
+                            (SELECT names FROM idle), \
+                            (SELECT a.pid FROM pg_catalog.pg_stat_activity a \
+                              WHERE (SELECT names FROM idle) IS NOT NULL \
+                                AND a.backend_type = 'logical replication launcher' LIMIT 1) \
                        FROM pgflow._links_state()",
                     Some(1),
-                    &[],
+                    &[pg_sys::Oid::from(dboid).into()],
                 )?
                 .first();
             let links = (
@@ -217,26 +230,8 @@ fn stats_tick(dboid: u32) {
                 row.get::<i64>(4)?.unwrap_or(0),
                 row.get::<f64>(5)?.unwrap_or(0.0),
             );
-            // This site's end of links: pgflow's subscriptions that are enabled and have no
-            // apply worker, with the replication launcher's pid (see `nudge_launcher`).
-            let row = client
-                .select(
-                    "SELECT (SELECT pg_catalog.string_agg(s.subname, ', ' ORDER BY s.subname) \
-                               FROM pg_catalog.pg_subscription s \
-                              WHERE s.subdbid = (SELECT d.oid FROM pg_catalog.pg_database d \
-                                                  WHERE d.datname = pg_catalog.current_database()) \
-                                AND s.subenabled AND s.subname LIKE 'pgflow\\_from\\_%' \
-                                AND NOT EXISTS (SELECT 1 FROM pg_catalog.pg_stat_subscription w \
-                                                 WHERE w.subid = s.oid AND w.relid IS NULL \
-                                                   AND w.pid IS NOT NULL)), \
-                            (SELECT a.pid FROM pg_catalog.pg_stat_activity a \
-                              WHERE a.backend_type = 'logical replication launcher' LIMIT 1)",
-                    Some(1),
-                    &[],
-                )?
-                .first();
-            let idle = row.get::<String>(1)?;
-            let launcher = row.get::<i32>(2)?.unwrap_or(0);
+            let idle = row.get::<String>(6)?;
+            let launcher = row.get::<i32>(7)?.unwrap_or(0);
             nudge_launcher(idle, launcher);
             Ok(Some((horizon, links)))
         })

@@ -93,6 +93,8 @@ SELECT pg_postmaster_start_time() = :'started' AS same_server;
 CREATE ROLE xact_nobody;
 SET ROLE xact_nobody;
 SET pgflow.test_xact_fault = 'commit_panic';
+-- Nor the claim pause of the isolation specs (src/api/cursor.rs, pause_at).
+SET pgflow.test_pause = 'claim_noted';
 RESET ROLE;
 DROP ROLE xact_nobody;
 DROP FUNCTION xact_faults();
