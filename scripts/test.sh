@@ -149,7 +149,7 @@ cluster_layers() {
     bash "$ROOT/tests/cluster/failover_ids.sh" "$ver"
   want lifecycle && run_layer "pg$ver: long-poll wake-ups without the worker" \
     bash "$ROOT/tests/cluster/wakeups.sh" "$ver"
-  want lifecycle && run_layer "pg$ver: shared memory given back (1,500 queues in 10 databases; a full table)" \
+  want lifecycle && run_layer "pg$ver: shared memory given back (1,500 queues in 10 databases; a swept database; a full table)" \
     bash "$ROOT/tests/cluster/leak.sh" "$ver"
 
   want metrics && run_layer "pg$ver: statistics and the Prometheus endpoint" \

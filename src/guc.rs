@@ -72,9 +72,22 @@ pub static ALERTS_CHANNEL: GucSetting<Option<std::ffi::CString>> =
 /// start.
 pub static METRICS_ON_STANDBY: GucSetting<bool> = GucSetting::<bool>::new(false);
 
+/// `pgflow.max_queues` (default 1024, restart): the queues of all databases that get an entry
+/// in each of the shared-memory tables (the claim cursor, the statistics, the NOTIFY throttle;
+/// src/ipc/table.rs). A queue that finds no entry still works, as without the preload (reads
+/// scan from the queue's start, `metrics()` counts rows, NOTIFY is not throttled), and the
+/// refusal is counted and shown. About 1.3 kB of shared memory a queue (1.3 MB at the
+/// default); at most 65,536.
+pub static MAX_QUEUES: GucSetting<i32> = GucSetting::<i32>::new(1024);
+
 /// Tests only: holds a claim inside one of its windows (src/api/cursor.rs, `pause_at`).
 pub static TEST_PAUSE: GucSetting<crate::api::cursor::Pause> =
     GucSetting::<crate::api::cursor::Pause>::new(crate::api::cursor::Pause::None);
+
+/// Tests only: DROP DATABASE leaves the database's shared-memory entries behind, as a way of
+/// dropping a database that the hook did not see would, so that the launcher's sweep can be
+/// shown to free them (tests/cluster/leak.sh).
+pub static TEST_KEEP_DROPPED: GucSetting<bool> = GucSetting::<bool>::new(false);
 
 /// Tests only: injects a failure into one phase of pgflow's transaction ends (src/ipc/xact.rs).
 pub static TEST_XACT_FAULT: GucSetting<crate::ipc::xact::Fault> =
@@ -193,11 +206,30 @@ pub fn init() {
         GucContext::Suset,
         GucFlags::default(),
     );
+    GucRegistry::define_bool_guc(
+        c"pgflow.test_keep_dropped_entries",
+        c"Tests only: DROP DATABASE leaves the database's shared-memory entries behind.",
+        c"As a drop the hook did not see would; the launcher's sweep frees them.",
+        &TEST_KEEP_DROPPED,
+        GucContext::Suset,
+        GucFlags::default(),
+    );
     // Server-start settings can only be defined while shared_preload_libraries loads: a
     // backend that loads the library later (the SQL API without preloading) would stop with
     // FATAL "cannot create PGC_POSTMASTER variables after startup". Without preloading there
     // is no endpoint, so they stay placeholders.
     if unsafe { pgrx::pg_sys::process_shared_preload_libraries_in_progress } {
+        GucRegistry::define_int_guc(
+            c"pgflow.max_queues",
+            c"Queues of all databases that get an entry in pgflow's shared-memory tables.",
+            c"Past it a queue works as without shared_preload_libraries (reads from its start, \
+              metrics by counting, NOTIFY unthrottled) and the refusal is counted. Read at server start.",
+            &MAX_QUEUES,
+            64,
+            65_536,
+            GucContext::Postmaster,
+            GucFlags::default(),
+        );
         GucRegistry::define_string_guc(
             c"pgflow.metrics_listen",
             c"Address (host:port) of pgflow's Prometheus endpoint; empty: none.",

@@ -106,11 +106,10 @@ fn worker_status() -> Result<
     // the free entries of all databases.
     let cursor_used = crate::ipc::cursor::capacity(mine).0;
     let cursor_free =
-        i32::try_from(crate::ipc::cursor::MAX_QUEUES.saturating_sub(cursor_used)).unwrap_or(0);
-    let stats_free = i32::try_from(
-        crate::ipc::stats::MAX_QUEUES.saturating_sub(crate::ipc::stats::capacity(mine).0),
-    )
-    .unwrap_or(0);
+        i32::try_from(crate::ipc::cursor::len().saturating_sub(cursor_used)).unwrap_or(0);
+    let stats_free =
+        i32::try_from(crate::ipc::stats::len().saturating_sub(crate::ipc::stats::capacity(mine).0))
+            .unwrap_or(0);
     let mut rows: Vec<_> = slots
         .iter()
         .map(|s| {
@@ -169,28 +168,37 @@ fn worker_status() -> Result<
 }
 
 /// What did not fit in the shared-memory tables of queues for database `db` (the claim
-/// cursor's and the statistics'), if anything.
+/// cursor's, the statistics' and the NOTIFY throttle's), if anything.
 fn shm_detail(db: u32) -> Option<String> {
-    let cursor = crate::ipc::cursor::capacity(db).3;
-    let stats = crate::ipc::stats::refused(db);
+    let n = crate::ipc::cursor::len();
+    let reserve = crate::ipc::table::reserve(n);
+    let room = format!(
+        "each shared table holds pgflow.max_queues = {n} queues of all databases, the last \
+         {reserve} only for databases holding fewer"
+    );
     let mut parts = Vec::new();
+    let cursor = crate::ipc::cursor::capacity(db).3;
     if cursor > 0 {
         parts.push(format!(
-            "claim cursor: {cursor} lookups found the shared table full ({} queues of all \
-             databases): those queues' reads start from the queue's start",
-            crate::ipc::cursor::MAX_QUEUES
+            "claim cursor: {cursor} lookups found no entry for a queue of this database: \
+             those queues' reads start from the queue's start"
         ));
     }
+    let stats = crate::ipc::stats::refused(db);
     if stats > 0 {
         parts.push(format!(
-            "statistics: {stats} lookups found no entry for a queue of this database (the \
-             shared table holds {} queues of all databases, and the last {} go only to \
-             databases holding fewer): metrics() counts rows for those queues",
-            crate::ipc::stats::MAX_QUEUES,
-            crate::ipc::stats::RESERVE
+            "statistics: {stats} lookups found no entry for a queue of this database: \
+             metrics() counts rows for those queues"
         ));
     }
-    (!parts.is_empty()).then(|| parts.join("; "))
+    let notify = crate::ipc::notify::capacity(db).1;
+    if notify > 0 {
+        parts.push(format!(
+            "notify: {notify} sends found no throttle entry for their queue and notified \
+             unthrottled"
+        ));
+    }
+    (!parts.is_empty()).then(|| format!("{} ({room})", parts.join("; ")))
 }
 
 /// The background workers running, by type, most first ("5 pgflow worker, 1 pgflow launcher,

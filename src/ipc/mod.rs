@@ -16,7 +16,9 @@ use pgrx::{pg_shmem_init, PGRXSharedMemory, PgLwLock};
 
 pub mod cursor;
 pub mod notify;
+pub mod shm;
 pub mod stats;
+pub mod table;
 pub mod waiters;
 pub mod xact;
 
@@ -42,11 +44,103 @@ pub fn init() {
         PRELOADED = true;
     }
     waiters::init();
-    notify::init();
-    cursor::init();
     stats::init();
     xact::init();
     pg_shmem_init!(WORKER_LATCHES);
+    unsafe {
+        PREV_REQUEST = pg_sys::shmem_request_hook;
+        pg_sys::shmem_request_hook = Some(shmem_request);
+        PREV_STARTUP = pg_sys::shmem_startup_hook;
+        pg_sys::shmem_startup_hook = Some(shmem_startup);
+    }
+}
+
+static mut PREV_REQUEST: pg_sys::shmem_request_hook_type = None;
+static mut PREV_STARTUP: pg_sys::shmem_startup_hook_type = None;
+
+/// The per-queue tables' length: `pgflow.max_queues`, read when the postmaster asks for shared
+/// memory (the setting can only change with a restart).
+fn max_queues() -> usize {
+    usize::try_from(crate::guc::MAX_QUEUES.get()).unwrap_or(1024)
+}
+
+/// Asks for the regions sized at start (`shm::Region`): the three per-queue tables and one
+/// waiter slot per backend.
+#[pg_guard]
+unsafe extern "C-unwind" fn shmem_request() {
+    unsafe {
+        if let Some(prev) = PREV_REQUEST {
+            prev();
+        }
+        let n = max_queues();
+        cursor::CURSORS.request(n);
+        stats::STATS.request(n);
+        notify::NOTIFY.request(n);
+        waiters::WAITERS.request(usize::try_from(pg_sys::MaxBackends).unwrap_or(0));
+    }
+}
+
+/// Finds or makes the regions (the postmaster runs it again after a crash restart).
+#[pg_guard]
+unsafe extern "C-unwind" fn shmem_startup() {
+    unsafe {
+        if let Some(prev) = PREV_STARTUP {
+            prev();
+        }
+        cursor::CURSORS.startup();
+        stats::STATS.startup();
+        notify::NOTIFY.startup();
+        waiters::WAITERS.startup();
+    }
+}
+
+/// The databases that hold entries in the per-queue tables (the launcher's sweep; allocates).
+pub fn databases_with_entries() -> Vec<u32> {
+    if !preloaded() {
+        return Vec::new();
+    }
+    let mut dbs = table::databases(cursor::CURSORS.share().entries);
+    dbs.extend(table::databases(stats::STATS.share().entries));
+    dbs.extend(table::databases(notify::NOTIFY.share().entries));
+    dbs.sort_unstable();
+    dbs.dedup();
+    dbs
+}
+
+/// Frees every entry of the databases `gone` (they no longer exist) in the per-queue tables;
+/// how many it freed. The hook frees a database's entries when its DROP DATABASE commits; this
+/// is the launcher's backstop for any other way a database goes.
+pub fn sweep(gone: &[u32]) -> usize {
+    if !preloaded() || gone.is_empty() {
+        return 0;
+    }
+    let is_gone = |d: u32| gone.contains(&d);
+    let mut n = 0;
+    {
+        let g = cursor::CURSORS.exclusive();
+        let (head, entries) = (&mut *g.head, &mut *g.entries);
+        n += table::forget_where(&mut head.census, entries, is_gone);
+    }
+    {
+        let g = stats::STATS.exclusive();
+        let (census, entries) = (&mut *g.head, &mut *g.entries);
+        n += table::forget_where(census, entries, is_gone);
+    }
+    {
+        let g = notify::NOTIFY.exclusive();
+        let (census, entries) = (&mut *g.head, &mut *g.entries);
+        n += table::forget_where(census, entries, is_gone);
+    }
+    n
+}
+
+/// The bytes of shared memory the regions sized at start take, for `pgflow.max_queues` queues
+/// and `backends` backends (docs/operations.md quotes it).
+pub fn shmem_bytes(queues: usize, backends: usize) -> usize {
+    shm::Region::<cursor::Head, cursor::Entry>::bytes(queues)
+        + shm::Region::<table::Census, stats::Entry>::bytes(queues)
+        + shm::Region::<table::Census, notify::NotifySlot>::bytes(queues)
+        + shm::Region::<(), waiters::Waiter>::bytes(backends)
 }
 
 /// This process's latch, to store where others can set it.
@@ -127,4 +221,17 @@ pub fn wake_worker(dboid: u32) {
         t.slots.iter().find(|s| s.0 == dboid).map_or(0, |s| s.1)
     };
     set_latch(latch);
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn shared_memory_per_queue_is_what_the_docs_say() {
+        let per_queue = (super::shmem_bytes(10_000, 0) - super::shmem_bytes(0, 0)) / 10_000;
+        // docs/operations.md and guc.rs: about 1.3 kB a queue (1,280 bytes when last measured).
+        assert!(
+            (1_000..=1_400).contains(&per_queue),
+            "the docs say about 1.3 kB a queue: {per_queue} bytes"
+        );
+    }
 }

@@ -15,15 +15,13 @@
 use std::cell::RefCell;
 
 use pgrx::prelude::*;
-use pgrx::{pg_shmem_init, PGRXSharedMemory, PgLwLock};
 
 use super::preloaded;
-
-/// Queues that can be throttled at once; beyond that, sends notify unthrottled.
-pub const MAX_NOTIFY_QUEUES: usize = 1024;
+use super::shm::Region;
+use super::table::{self, Census, Keyed};
 
 #[derive(Copy, Clone)]
-struct NotifySlot {
+pub(super) struct NotifySlot {
     dboid: u32,
     queue_id: i32,
     last: i64,
@@ -43,27 +41,19 @@ impl Default for NotifySlot {
     }
 }
 
-#[derive(Copy, Clone)]
-pub struct NotifyTable {
-    slots: [NotifySlot; MAX_NOTIFY_QUEUES],
-}
-
-impl Default for NotifyTable {
-    fn default() -> Self {
-        NotifyTable {
-            slots: [NotifySlot::default(); MAX_NOTIFY_QUEUES],
-        }
+impl Keyed for NotifySlot {
+    fn key(&self) -> (u32, i32) {
+        (self.dboid, self.queue_id)
+    }
+    fn set_key(&mut self, db: u32, queue_id: i32) {
+        self.dboid = db;
+        self.queue_id = queue_id;
     }
 }
 
-// SAFETY: plain data behind the LWLock.
-unsafe impl PGRXSharedMemory for NotifyTable {}
-
-static NOTIFY: PgLwLock<NotifyTable> = unsafe { PgLwLock::new(c"pgflow_notify") };
-
-pub(super) fn init() {
-    pg_shmem_init!(NOTIFY);
-}
+/// One slot per notify-enabled queue that has announced a send: `pgflow.max_queues` of them
+/// (`ipc::table`); a queue that finds none notifies unthrottled.
+pub(super) static NOTIFY: Region<Census, NotifySlot> = Region::new(c"pgflow_notify");
 
 pub const CHANNEL: &std::ffi::CStr = c"pgflow";
 
@@ -97,22 +87,13 @@ pub fn send(queue_id: i32, queue_name: &str) {
     let db = unsafe { pg_sys::MyDatabaseId }.to_u32();
     let now = unsafe { pg_sys::GetCurrentTimestamp() };
     let lead = {
-        let mut t = NOTIFY.exclusive();
-        let idx = t
-            .slots
-            .iter()
-            .position(|s| s.dboid == db && s.queue_id == queue_id)
-            .or_else(|| t.slots.iter().position(|s| s.dboid == 0));
-        match idx {
+        let g = NOTIFY.exclusive();
+        let (census, slots) = (&mut *g.head, &mut *g.entries);
+        match table::find_or_make(census, slots, db, queue_id) {
             None => true, // table full: unthrottled
-            Some(i) => {
-                let s = &mut t.slots[i];
-                if s.dboid == 0 {
-                    *s = NotifySlot {
-                        dboid: db,
-                        queue_id,
-                        ..NotifySlot::default()
-                    };
+            Some((i, made)) => {
+                let s = &mut slots[i];
+                if made {
                     let n = queue_name.len().min(95);
                     s.name[..n].copy_from_slice(&queue_name.as_bytes()[..n]);
                 }
@@ -154,10 +135,10 @@ pub(super) fn at_end(committed: bool) {
 fn mark_pending(queues: &[i32]) {
     let db = unsafe { pg_sys::MyDatabaseId }.to_u32();
     {
-        let mut t = NOTIFY.exclusive();
-        for s in t.slots.iter_mut() {
-            if s.dboid == db && queues.contains(&s.queue_id) {
-                s.pending = true;
+        let g = NOTIFY.exclusive();
+        for &q in queues {
+            if let Some(i) = table::index(g.entries, db, q) {
+                g.entries[i].pending = true;
             }
         }
     }
@@ -172,8 +153,8 @@ pub fn flush(db: u32) -> Option<i64> {
     let mut due: Vec<String> = Vec::new();
     let mut next: Option<i64> = None;
     {
-        let mut t = NOTIFY.exclusive();
-        for s in t.slots.iter_mut().filter(|s| s.dboid == db && s.pending) {
+        let g = NOTIFY.exclusive();
+        for s in g.entries.iter_mut().filter(|s| s.dboid == db && s.pending) {
             if now >= s.last + interval {
                 s.pending = false;
                 s.last = now;
@@ -201,14 +182,12 @@ pub fn flush(db: u32) -> Option<i64> {
 /// Forgets a dropped queue's throttle state (its id may be reused after DROP EXTENSION).
 pub fn forget(queue_id: i32) {
     let db = unsafe { pg_sys::MyDatabaseId }.to_u32();
-    let mut t = NOTIFY.exclusive();
-    for s in t
-        .slots
-        .iter_mut()
-        .filter(|s| s.dboid == db && s.queue_id == queue_id)
-    {
-        *s = NotifySlot::default();
+    if !preloaded() {
+        return;
     }
+    let g = NOTIFY.exclusive();
+    let (census, slots) = (&mut *g.head, &mut *g.entries);
+    table::forget(census, slots, db, queue_id);
 }
 
 /// Forgets every throttle slot of a database (DROP DATABASE, DROP EXTENSION, DROP SCHEMA
@@ -218,8 +197,22 @@ pub fn forget_database(dboid: u32) {
     if !preloaded() {
         return;
     }
-    let mut t = NOTIFY.exclusive();
-    for s in t.slots.iter_mut().filter(|s| s.dboid == dboid) {
-        *s = NotifySlot::default();
+    let g = NOTIFY.exclusive();
+    let (census, slots) = (&mut *g.head, &mut *g.entries);
+    table::forget_db(census, slots, dboid);
+}
+
+/// The table's use: (entries in use of all databases, refusals since the server started of
+/// database `db`: sends of a queue that found no slot and notified unthrottled).
+pub fn capacity(db: u32) -> (usize, u64) {
+    if !preloaded() {
+        return (0, 0);
     }
+    let g = NOTIFY.share();
+    (table::used(g.entries, db).0, g.head.refused_of(db))
+}
+
+/// The table's length (`pgflow.max_queues`; 0 without the preload).
+pub fn len() -> usize {
+    NOTIFY.size()
 }

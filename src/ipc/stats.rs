@@ -35,12 +35,13 @@ use std::cell::{Cell, RefCell};
 use pgrx::prelude::*;
 use std::sync::atomic::{AtomicBool, Ordering};
 
-use pgrx::{pg_shmem_init, PGRXSharedMemory, PgAtomic, PgLwLock};
+use pgrx::{pg_shmem_init, PgAtomic};
 
 use super::preloaded;
+use super::shm::Region;
+use super::table::{self, Census, Keyed};
 
 /// Queues (of all databases) with statistics; `metrics()` counts rows for the others.
-pub const MAX_QUEUES: usize = super::cursor::MAX_QUEUES;
 /// Bytes of a queue name kept (names are at most 80 characters of ASCII).
 const NAME_LEN: usize = 80;
 
@@ -133,9 +134,6 @@ impl Hist {
 pub struct Entry {
     pub dboid: u32, // 0: free
     pub queue_id: i32,
-    /// Was ever taken: a freed entry keeps it (a tombstone), so that a lookup, which stops at
-    /// the first never-used entry, still finds the entries placed after it.
-    used: bool,
     name: [u8; NAME_LEN],
     name_len: u8,
     /// The gauges are exact (created empty, or rebuilt from the tables).
@@ -162,7 +160,6 @@ impl Entry {
     const EMPTY: Entry = Entry {
         dboid: 0,
         queue_id: 0,
-        used: false,
         name: [0; NAME_LEN],
         name_len: 0,
         valid: false,
@@ -180,17 +177,10 @@ impl Entry {
         oldest_ready: 0,
     };
 
-    /// A freed entry (see `used`).
-    const FREED: Entry = Entry {
-        used: true,
-        ..Entry::EMPTY
-    };
-
     fn fresh(dboid: u32, queue_id: i32, now: i64) -> Entry {
         Entry {
             dboid,
             queue_id,
-            used: true,
             reset_at: now,
             ..Entry::EMPTY
         }
@@ -232,34 +222,25 @@ impl Entry {
     }
 }
 
-/// The last `RESERVE` free entries go only to a database that holds fewer than `RESERVE`: one
-/// database's 1,100 queues fill the table up to there, and every other database can still get
-/// that many (issue #34: before, a database created later got no statistics at all).
-pub const RESERVE: usize = MAX_QUEUES / 8;
-/// Databases whose refused entries are counted (more share the last counter).
-const REFUSED_DBS: usize = 32;
-
-#[derive(Copy, Clone)]
-pub struct Stats {
-    entries: [Entry; MAX_QUEUES],
-    /// Per database (oid, refusals): how many times a queue of it found no entry, since the
-    /// server started (`worker_status()` and the endpoint show it).
-    refused: [(u32, u64); REFUSED_DBS],
-}
-
-impl Default for Stats {
+impl Default for Entry {
     fn default() -> Self {
-        Stats {
-            entries: [Entry::EMPTY; MAX_QUEUES],
-            refused: [(0, 0); REFUSED_DBS],
-        }
+        Entry::EMPTY
     }
 }
 
-// SAFETY: plain data behind the LWLock.
-unsafe impl PGRXSharedMemory for Stats {}
+impl Keyed for Entry {
+    fn key(&self) -> (u32, i32) {
+        (self.dboid, self.queue_id)
+    }
+    fn set_key(&mut self, db: u32, queue_id: i32) {
+        self.dboid = db;
+        self.queue_id = queue_id;
+    }
+}
 
-static STATS: PgLwLock<Stats> = unsafe { PgLwLock::new(c"pgflow_stats") };
+/// The table: `pgflow.max_queues` entries (`ipc::table` finds, makes and frees them; the last
+/// eighth only for databases holding fewer, issue #34), and its census of refusals.
+pub(super) static STATS: Region<Census, Entry> = Region::new(c"pgflow_stats");
 /// Set while the statistics are off (`pgflow.stats`). One flag in shared memory, not each
 /// process's copy of the setting: a backend reads its settings again only between commands,
 /// so a statement that began before a reload would go on noting (or not) after it, and a
@@ -267,7 +248,6 @@ static STATS: PgLwLock<Stats> = unsafe { PgLwLock::new(c"pgflow_stats") };
 static DISABLED: PgAtomic<AtomicBool> = unsafe { PgAtomic::new(c"pgflow_stats_disabled") };
 
 pub(super) fn init() {
-    pg_shmem_init!(STATS);
     pg_shmem_init!(DISABLED);
 }
 
@@ -282,7 +262,7 @@ pub fn sync_enabled() {
     if DISABLED.get().load(Ordering::SeqCst) == off {
         return;
     }
-    let mut s = STATS.exclusive();
+    let s = STATS.exclusive();
     DISABLED.get().store(off, Ordering::SeqCst);
     if off {
         for e in s.entries.iter_mut() {
@@ -299,79 +279,20 @@ fn now() -> i64 {
     unsafe { pg_sys::GetCurrentTimestamp() }
 }
 
-/// Where a queue's entry is looked for first (open addressing, linear probing from there): a
-/// commit touches a few entries, never the whole table (1,024 entries of 480 bytes).
-fn slot_of(db: u32, queue_id: i32) -> usize {
-    (queue_id as u32 as usize)
-        .wrapping_mul(2_654_435_761)
-        .wrapping_add(db as usize)
-        % MAX_QUEUES
-}
-
-impl Stats {
-    fn index(&self, db: u32, queue_id: i32) -> Option<usize> {
-        let start = slot_of(db, queue_id);
-        for i in 0..MAX_QUEUES {
-            let idx = (start + i) % MAX_QUEUES;
-            let e = &self.entries[idx];
-            if e.dboid == db && e.queue_id == queue_id {
-                return Some(idx);
-            }
-            if !e.used {
-                return None;
-            }
-        }
-        None
+/// The entry of a queue, made (not valid, counting from `now`) when there is none; None when
+/// refused (counted). Allocates nothing and cannot fail: it runs at commit.
+fn find<'a>(
+    census: &mut Census,
+    entries: &'a mut [Entry],
+    db: u32,
+    queue_id: i32,
+    now: i64,
+) -> Option<&'a mut Entry> {
+    let (i, made) = table::find_or_make(census, entries, db, queue_id)?;
+    if made {
+        entries[i].reset_at = now;
     }
-
-    /// The entry of a queue, made (not valid, counting from now) when there is none; None when
-    /// the table is full, or when only the reserve is left and the database already holds its
-    /// share (`RESERVE`); each refusal is counted. Allocates nothing and cannot fail: it runs
-    /// at commit.
-    fn find(&mut self, db: u32, queue_id: i32, now: i64) -> Option<&mut Entry> {
-        let idx = match self.index(db, queue_id) {
-            Some(i) => i,
-            None => {
-                let (free, mine) = self.entries.iter().fold((0, 0), |(f, m), e| {
-                    (
-                        f + usize::from(e.dboid == 0),
-                        m + usize::from(e.dboid == db),
-                    )
-                });
-                if !may_take(free, mine) {
-                    self.refuse(db);
-                    return None;
-                }
-                let start = slot_of(db, queue_id);
-                let Some(i) = (0..MAX_QUEUES)
-                    .map(|i| (start + i) % MAX_QUEUES)
-                    .find(|&i| self.entries[i].dboid == 0)
-                else {
-                    self.refuse(db);
-                    return None;
-                };
-                self.entries[i] = Entry::fresh(db, queue_id, now);
-                i
-            }
-        };
-        Some(&mut self.entries[idx])
-    }
-
-    fn refuse(&mut self, db: u32) {
-        let i = self
-            .refused
-            .iter()
-            .position(|r| r.0 == db)
-            .or_else(|| self.refused.iter().position(|r| r.0 == 0))
-            .unwrap_or(REFUSED_DBS - 1);
-        self.refused[i].0 = db;
-        self.refused[i].1 = self.refused[i].1.saturating_add(1);
-    }
-
-    /// Frees an entry, leaving a tombstone.
-    fn free(&mut self, idx: usize) {
-        self.entries[idx] = Entry::FREED;
-    }
+    Some(&mut entries[i])
 }
 
 /// The table's use: (entries in use of all databases, of database `db`).
@@ -379,19 +300,12 @@ pub fn capacity(db: u32) -> (usize, usize) {
     if !preloaded() {
         return (0, 0);
     }
-    STATS
-        .share()
-        .entries
-        .iter()
-        .filter(|e| e.dboid != 0)
-        .fold((0, 0), |(all, mine), e| {
-            (all + 1, mine + usize::from(e.dboid == db))
-        })
+    table::used(STATS.share().entries, db)
 }
 
-/// Whether a database that holds `mine` entries may take one of `free` free ones.
-pub fn may_take(free: usize, mine: usize) -> bool {
-    free > RESERVE || (free > 0 && mine < RESERVE)
+/// The table's length (`pgflow.max_queues`; 0 without the preload).
+pub fn len() -> usize {
+    STATS.size()
 }
 
 /// How many times a queue of database `db` found no statistics entry since the server started
@@ -400,12 +314,7 @@ pub fn refused(db: u32) -> u64 {
     if !preloaded() {
         return 0;
     }
-    STATS
-        .share()
-        .refused
-        .iter()
-        .find(|r| r.0 == db)
-        .map_or(0, |r| r.1)
+    STATS.share().head.refused_of(db)
 }
 
 /// What one transaction (at one subtransaction level) did to one queue.
@@ -602,27 +511,17 @@ fn apply(x: &Xact) {
     }
     let db = my_db();
     let t = now();
-    let mut s = STATS.exclusive();
+    let g = STATS.exclusive();
+    let (census, entries) = (&mut *g.head, &mut *g.entries);
     // Drops first: a queue dropped and created in one transaction starts over.
     if !x.drop_all.is_empty() {
-        for i in 0..MAX_QUEUES {
-            if s.entries[i].dboid != 0 && x.drop_all.contains(&s.entries[i].dboid) {
-                s.free(i);
-            }
-        }
-        for r in s.refused.iter_mut() {
-            if x.drop_all.contains(&r.0) {
-                *r = (0, 0);
-            }
-        }
+        table::forget_where(census, entries, |d| x.drop_all.contains(&d));
     }
     for &(_, q) in &x.dropped {
-        if let Some(i) = s.index(db, q) {
-            s.free(i);
-        }
+        table::forget(census, entries, db, q);
     }
     for (_, q, name) in &x.created {
-        if let Some(e) = s.find(db, *q, t) {
+        if let Some(e) = find(census, entries, db, *q, t) {
             *e = Entry::fresh(db, *q, t);
             e.set_name(name);
             // Exact only if the changes that follow are noted.
@@ -636,7 +535,7 @@ fn apply(x: &Xact) {
         if x.dropped.iter().any(|&(_, dq)| dq == *q) && !x.created.iter().any(|c| c.1 == *q) {
             continue;
         }
-        if let Some(e) = s.find(db, *q, t) {
+        if let Some(e) = find(census, entries, db, *q, t) {
             e.apply(d);
         }
     }
@@ -658,16 +557,17 @@ pub fn load(queues: &[Counted]) -> i64 {
     }
     let db = my_db();
     let t = now();
-    let mut s = STATS.exclusive();
-    for i in 0..MAX_QUEUES {
-        let e = &s.entries[i];
+    let g = STATS.exclusive();
+    let (census, entries) = (&mut *g.head, &mut *g.entries);
+    for i in 0..entries.len() {
+        let e = &entries[i];
         if e.dboid == db && !queues.iter().any(|q| q.queue_id == e.queue_id) {
-            s.free(i);
+            table::remove(census, entries, i);
         }
     }
     let mut n = 0;
     for q in queues {
-        if let Some(e) = s.find(db, q.queue_id, t) {
+        if let Some(e) = find(census, entries, db, q.queue_id, t) {
             e.set_name(&q.name);
             e.gauges = q.gauges;
             e.valid = true;
@@ -685,10 +585,12 @@ pub fn needs_rebuild(queues: &[i32]) -> bool {
     }
     let db = my_db();
     let s = STATS.share();
-    queues.iter().any(|&q| match s.index(db, q) {
-        Some(i) => !s.entries[i].valid,
-        None => s.entries.iter().any(|e| e.dboid == 0),
-    })
+    queues
+        .iter()
+        .any(|&q| match table::index(s.entries, db, q) {
+            Some(i) => !s.entries[i].valid,
+            None => s.head.live < s.entries.len(),
+        })
 }
 
 /// One firing alert as the worker's check found it.
@@ -708,7 +610,7 @@ pub fn set_alerts(firing: &[Firing]) {
         return;
     }
     let db = my_db();
-    let mut s = STATS.exclusive();
+    let s = STATS.exclusive();
     for e in s.entries.iter_mut().filter(|e| e.dboid == db) {
         e.alerts = [0; ALERTS.len()];
         e.alert_values = [0.0; ALERTS.len()];
@@ -728,7 +630,7 @@ pub fn set_oldest(oldest: &[(i32, i64)]) {
         return;
     }
     let db = my_db();
-    let mut s = STATS.exclusive();
+    let s = STATS.exclusive();
     for e in s.entries.iter_mut().filter(|e| e.dboid == db) {
         e.oldest_ready = oldest.iter().find(|o| o.0 == e.queue_id).map_or(0, |o| o.1);
     }
@@ -741,7 +643,7 @@ pub fn reset(queue_id: Option<i32>) {
     }
     let db = my_db();
     let t = now();
-    let mut s = STATS.exclusive();
+    let s = STATS.exclusive();
     for e in s
         .entries
         .iter_mut()
@@ -774,7 +676,7 @@ pub fn get(queue_id: i32) -> Option<Entry> {
     }
     let db = my_db();
     let s = STATS.share();
-    s.index(db, queue_id).map(|i| s.entries[i])
+    table::index(s.entries, db, queue_id).map(|i| s.entries[i])
 }
 
 /// Copies of the entries of the databases `keep` accepts, by database then queue name.
@@ -805,58 +707,6 @@ mod tests {
         assert_eq!(bucket_of(1_001), 1);
         assert_eq!(bucket_of(3_600_000_000), BOUNDS_US.len() - 1);
         assert_eq!(bucket_of(i64::MAX), BOUNDS_US.len());
-    }
-
-    #[test]
-    fn one_database_leaves_the_reserve_to_the_others_and_refusals_are_counted() {
-        let mut s = Box::new(Stats::default());
-        // Database 7 creates queues until it is refused: it stops at the reserve.
-        let mut taken = 0;
-        for q in 1..=(MAX_QUEUES as i32 + 100) {
-            if s.find(7, q, 0).is_some() {
-                taken += 1;
-            }
-        }
-        assert_eq!(taken, MAX_QUEUES - RESERVE);
-        assert_eq!(
-            s.refused.iter().find(|r| r.0 == 7).map(|r| r.1),
-            Some(100 + RESERVE as u64)
-        );
-        // Another database still gets RESERVE entries, and then is refused too.
-        let mut other = 0;
-        for q in 1..=(RESERVE as i32 + 5) {
-            if s.find(8, q, 0).is_some() {
-                other += 1;
-            }
-        }
-        assert_eq!(other, RESERVE);
-        assert_eq!(s.refused.iter().find(|r| r.0 == 8).map(|r| r.1), Some(5));
-        // An existing entry is always found, full table or not.
-        assert!(s.find(7, 1, 0).is_some());
-        assert!(may_take(RESERVE + 1, MAX_QUEUES));
-        assert!(!may_take(RESERVE, RESERVE));
-        assert!(may_take(RESERVE, RESERVE - 1));
-        assert!(!may_take(0, 0));
-    }
-
-    #[test]
-    fn a_lookup_finds_entries_past_a_freed_one_and_a_free_slot_is_reused() {
-        let mut s = Box::new(Stats::default());
-        // Three queues of one database that hash to the same slot take consecutive entries.
-        let start = slot_of(7, 1);
-        let same: Vec<i32> = (1..100_000)
-            .filter(|&q| slot_of(7, q) == start)
-            .take(3)
-            .collect();
-        for &q in &same {
-            s.find(7, q, 0).unwrap();
-        }
-        let first = s.index(7, same[0]).unwrap();
-        s.free(first);
-        assert_eq!(s.index(7, same[0]), None);
-        assert_eq!(s.index(7, same[2]), Some((start + 2) % MAX_QUEUES));
-        s.find(7, 424_242, 0).unwrap();
-        assert!(s.index(7, 424_242).is_some());
     }
 
     #[test]

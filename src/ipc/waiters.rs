@@ -17,19 +17,17 @@ use std::cell::{Cell, RefCell};
 use std::sync::atomic::{AtomicU32, Ordering};
 
 use pgrx::prelude::*;
-use pgrx::{pg_shmem_init, PGRXSharedMemory, PgAtomic, PgLwLock};
+use pgrx::{pg_shmem_init, PgAtomic};
 
+use super::shm::Region;
 use super::xact::WakeSet;
 use super::{preloaded, LatchRef};
 
-/// Readers that can wait at once with wake-ups; more fall back to polling.
-pub const MAX_WAITERS: usize = 1024;
-
-/// How often a waiting reader looks when it cannot be woken (no preload, or the table is full).
+/// How often a waiting reader looks when it cannot be woken (no preload).
 pub const POLL_FALLBACK_MS: i64 = 100;
 
 #[derive(Copy, Clone, Default)]
-struct Waiter {
+pub(super) struct Waiter {
     pid: i32,
     dboid: u32,
     queue_id: i32,
@@ -38,29 +36,13 @@ struct Waiter {
     released: bool,
 }
 
-#[derive(Copy, Clone)]
-pub struct Waiters {
-    slots: [Waiter; MAX_WAITERS],
-}
-
-impl Default for Waiters {
-    fn default() -> Self {
-        Waiters {
-            slots: [Waiter::default(); MAX_WAITERS],
-        }
-    }
-}
-
-// SAFETY: plain data; the latch is an address in shared memory (a PGPROC's procLatch), valid
-// in every process.
-unsafe impl PGRXSharedMemory for Waiters {}
-
-static WAITERS: PgLwLock<Waiters> = unsafe { PgLwLock::new(c"pgflow_waiters") };
+/// One slot per backend that can run a read (`MaxBackends` of them, so every reader has one):
+/// a reader of each backend at most waits at once.
+pub(super) static WAITERS: Region<(), Waiter> = Region::new(c"pgflow_waiters");
 /// Registered waiters, so a commit with nobody waiting skips the lock.
 static WAITING: PgAtomic<AtomicU32> = unsafe { PgAtomic::new(c"pgflow_waiting") };
 
 pub(super) fn init() {
-    pg_shmem_init!(WAITERS);
     pg_shmem_init!(WAITING);
 }
 
@@ -77,8 +59,8 @@ fn unregister() {
         return;
     }
     let me = unsafe { pg_sys::MyProcPid };
-    let mut w = WAITERS.exclusive();
-    for s in w.slots.iter_mut().filter(|s| s.pid == me) {
+    let w = WAITERS.exclusive();
+    for s in w.entries.iter_mut().filter(|s| s.pid == me) {
         *s = Waiter::default();
         WAITING.get().fetch_sub(1, Ordering::SeqCst);
     }
@@ -101,8 +83,8 @@ pub fn begin(queue_id: i32) -> bool {
         released: false,
     };
     {
-        let mut w = WAITERS.exclusive();
-        let Some(slot) = w.slots.iter_mut().find(|s| s.pid == 0) else {
+        let w = WAITERS.exclusive();
+        let Some(slot) = w.entries.iter_mut().find(|s| s.pid == 0) else {
             return false;
         };
         *slot = entry;
@@ -144,7 +126,7 @@ pub fn released() -> bool {
     let me = unsafe { pg_sys::MyProcPid };
     WAITERS
         .share()
-        .slots
+        .entries
         .iter()
         .any(|s| s.pid == me && s.released)
 }
@@ -156,9 +138,9 @@ pub fn release_database(dboid: u32) {
     if !preloaded() || WAITING.get().load(Ordering::SeqCst) == 0 {
         return;
     }
-    let mut w = WAITERS.exclusive();
+    let w = WAITERS.exclusive();
     for s in w
-        .slots
+        .entries
         .iter_mut()
         .filter(|s| s.pid != 0 && s.dboid == dboid)
     {
@@ -174,7 +156,7 @@ pub fn waiting_by_queue() -> Vec<(u32, i32, i64)> {
     }
     let mut out: Vec<(u32, i32, i64)> = Vec::new();
     let w = WAITERS.share();
-    for s in w.slots.iter().filter(|s| s.pid != 0 && !s.released) {
+    for s in w.entries.iter().filter(|s| s.pid != 0 && !s.released) {
         match out.iter_mut().find(|o| o.0 == s.dboid && o.1 == s.queue_id) {
             Some(o) => o.2 += 1,
             None => out.push((s.dboid, s.queue_id, 1)),
@@ -216,7 +198,7 @@ pub(super) fn at_commit(wake: &mut WakeSet) {
     }
     let db = unsafe { pg_sys::MyDatabaseId }.to_u32();
     let w = WAITERS.share();
-    for s in w.slots.iter() {
+    for s in w.entries.iter() {
         if s.pid != 0 && s.dboid == db && wake.contains(s.queue_id) {
             super::set_latch(s.latch);
         }

@@ -12,7 +12,7 @@
 //! answer and the lingering close included, ends within `EXCHANGE_DEADLINE_US` (10 s) whatever
 //! the client does. So a slow or hostile client holds one slot for at most 10 s, never the
 //! endpoint, and memory stays bounded (`MAX_CONNECTIONS` answers at most; the largest, for
-//! `MAX_QUEUES` queues, is a few MB). Anything it does not serve gets a short HTTP error: 400
+//! `pgflow.max_queues` queues, is a few MB at the default). Anything it does not serve gets a short HTTP error: 400
 //! for what it cannot parse, 404, 405, 408, 431.
 //!
 //! It is unauthenticated (docs/operations.md): listen on loopback (the example) or a trusted

@@ -304,18 +304,23 @@ pub fn render(
         &mut out,
         "pgflow_shm_free_entries",
         "gauge",
-        "Free entries of a shared-memory table of queues (all databases): the claim cursor's and the statistics'.",
+        "Free entries of a shared-memory table of queues (all databases; each pgflow.max_queues long): the claim cursor's, the statistics' and the NOTIFY throttle's.",
     );
     let (cursor_used, _, cursor_refused, _) = crate::ipc::cursor::capacity(0);
     let _ = writeln!(
         out,
         "pgflow_shm_free_entries{{table=\"cursor\"}} {}",
-        crate::ipc::cursor::MAX_QUEUES.saturating_sub(cursor_used)
+        crate::ipc::cursor::len().saturating_sub(cursor_used)
     );
     let _ = writeln!(
         out,
         "pgflow_shm_free_entries{{table=\"stats\"}} {}",
-        stats::MAX_QUEUES.saturating_sub(stats::capacity(0).0)
+        stats::len().saturating_sub(stats::capacity(0).0)
+    );
+    let _ = writeln!(
+        out,
+        "pgflow_shm_free_entries{{table=\"notify\"}} {}",
+        crate::ipc::notify::len().saturating_sub(crate::ipc::notify::capacity(0).0)
     );
     header(
         &mut out,

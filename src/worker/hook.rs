@@ -341,10 +341,14 @@ unsafe extern "C-unwind" fn before(stmt: *mut pg_sys::Node) {
     }
     if let Some(dboid) = waiters {
         crate::ipc::waiters::release_database(dboid.to_u32());
-        // Its queues' statistics and claim cursors go with it, if the command commits.
-        crate::ipc::stats::drop_database_entries(dboid.to_u32());
-        crate::ipc::cursor::drop_database_entries(dboid.to_u32());
-        crate::ipc::notify::forget_database(dboid.to_u32());
+        // Its queues' statistics and claim cursors go with it, if the command commits (the
+        // launcher's sweep is the backstop; a test setting leaves them to it).
+        let other = dboid != unsafe { pg_sys::MyDatabaseId };
+        if !(other && crate::guc::TEST_KEEP_DROPPED.get()) {
+            crate::ipc::stats::drop_database_entries(dboid.to_u32());
+            crate::ipc::cursor::drop_database_entries(dboid.to_u32());
+            crate::ipc::notify::forget_database(dboid.to_u32());
+        }
     }
     if let Some(dbname) = alone {
         hold(&dbname);

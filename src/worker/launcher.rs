@@ -40,9 +40,11 @@ struct Database {
     name: String,
 }
 
-/// Connectable, non-template databases, read straight from pg_database.
-fn scan_databases() -> Vec<Database> {
+/// Connectable, non-template databases, read straight from pg_database; and the oids of every
+/// database there.
+fn scan_databases() -> (Vec<Database>, Vec<u32>) {
     let mut out = Vec::new();
+    let mut all = Vec::new();
     unsafe {
         pg_sys::SetCurrentStatementStartTimestamp();
         pg_sys::StartTransactionCommand();
@@ -54,6 +56,7 @@ fn scan_databases() -> Vec<Database> {
                 break;
             }
             let form = &*pg_sys::heap_tuple_get_struct::<pg_sys::FormData_pg_database>(tup);
+            all.push(form.oid.to_u32());
             // datconnlimit -2 marks a database whose DROP was interrupted (PG 16+).
             if form.datistemplate || !form.datallowconn || form.datconnlimit == -2 {
                 continue;
@@ -67,7 +70,24 @@ fn scan_databases() -> Vec<Database> {
         pg_sys::table_close(rel, pg_sys::AccessShareLock as _);
         pg_sys::CommitTransactionCommand();
     }
-    out
+    (out, all)
+}
+
+/// Frees the shared-memory entries of databases that no longer exist (`ipc::sweep`). The
+/// candidates are taken before `pg_database` is read, so a database created meanwhile, whose
+/// entries came after, is never among them.
+fn sweep(held: &[u32], all: &[u32]) {
+    let gone: Vec<u32> = held.iter().copied().filter(|d| !all.contains(d)).collect();
+    if gone.is_empty() {
+        return;
+    }
+    let n = crate::ipc::sweep(&gone);
+    if n > 0 {
+        pgrx::log!(
+            "pgflow: freed {n} shared-memory entries of {} databases that no longer exist (oids {gone:?})",
+            gone.len()
+        );
+    }
 }
 
 fn start_worker(dboid: u32, name: &str) -> Option<DynamicBackgroundWorker> {
@@ -87,7 +107,9 @@ fn start_worker(dboid: u32, name: &str) -> Option<DynamicBackgroundWorker> {
 /// One round: bring the slots in line with the databases and the settings. Returns how long the
 /// launcher may sleep before the next round is due.
 fn reconcile(handles: &mut HashMap<u32, DynamicBackgroundWorker>) -> i64 {
-    let dbs = scan_databases();
+    let held = crate::ipc::databases_with_entries();
+    let (dbs, all) = scan_databases();
+    sweep(&held, &all);
     let t = now();
     let enabled = guc::ENABLED.get();
     let mut to_start: Vec<(u32, String)> = Vec::new();

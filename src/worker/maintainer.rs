@@ -453,8 +453,8 @@ pub extern "C-unwind" fn pgflow_worker_main(arg: pg_sys::Datum) {
             // table was full for some queue (worker_status() and the endpoint count it).
             if let Some(n) = ipc::cursor::take_warning() {
                 pgrx::warning!(
-                    "pgflow: the claim cursor's shared table is full ({} queues of all databases; {n} lookups refused so far): queues without an entry read from their start, which is slow under a held snapshot; drop unused queues or databases (worker_status(): cursor_free)",
-                    ipc::cursor::MAX_QUEUES
+                    "pgflow: the claim cursor's shared table is full (pgflow.max_queues = {} queues of all databases; {n} lookups refused so far): queues without an entry read from their start, which is slow under a held snapshot; raise pgflow.max_queues (a restart) or drop unused queues or databases (worker_status(): cursor_free)",
+                    ipc::cursor::len()
                 );
             }
             let batch = guc::BATCH_SIZE.get();

@@ -6,7 +6,7 @@
 //! percentiles, its dead letters, its alerts (value, threshold and since) and a chart of its
 //! depth over the last minutes, labelled with its scale. It fits 1280 px without scrolling
 //! sideways (the metrics layer measures it). The exporter samples shared memory every `SAMPLE_EVERY` into a ring of its own
-//! (`History`, bounded: `SAMPLES` per queue, at most `MAX_QUEUES` queues); rates come from the
+//! (`History`, bounded: `SAMPLES` per queue, at most `pgflow.max_queues` queues); rates come from the
 //! ring's oldest sample within the last minute.
 use std::collections::HashMap;
 use std::fmt::Write;

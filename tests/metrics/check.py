@@ -614,7 +614,8 @@ if "statistics:" not in (detail or ""):
 # The shared tables' room, as worker_status() has it (all databases).
 room = one(f"SELECT stats_free || ' ' || cursor_free FROM pgflow.worker_status() WHERE datname = '{DB}'")
 shown = (sample(s, "pgflow_shm_free_entries", table="stats"), sample(s, "pgflow_shm_free_entries", table="cursor"))
-if None in shown or sample(s, "pgflow_cursor_refused_total") is None:
+if None in shown or sample(s, "pgflow_cursor_refused_total") is None \
+        or sample(s, "pgflow_shm_free_entries", table="notify") is None:
     fail(f"the endpoint lacks the shared tables' room: {shown}")
 if shown[0] > 128:
     fail(f"with 1,100 queues the statistics table shows {shown[0]} free entries (its reserve is 128)")

@@ -56,25 +56,37 @@
 //! behind its LWLock, the transaction's record in a thread-local, and what Postgres knows (the
 //! database, the pid, the isolation level, the clock).
 use pgrx::prelude::*;
-use pgrx::{pg_shmem_init, PGRXSharedMemory, PgLwLock};
 use std::cell::RefCell;
 
 use super::preloaded;
+use super::shm::Region;
 
 #[cfg(test)]
 mod model;
 mod rules;
 
-use rules::{Ctx, Cursors, Xact};
-pub use rules::{Key, Probe, Status, MAX_KEY, MAX_QUEUES, MIN_KEY};
+use rules::{Ctx, Cursors, View, Xact};
+pub use rules::{Entry, Head, Key, Probe, Status, MAX_KEY, MIN_KEY};
 
-// SAFETY: plain data behind the LWLock.
-unsafe impl PGRXSharedMemory for Cursors {}
+/// The shared table: `pgflow.max_queues` entries.
+pub(super) static CURSORS: Region<Head, Entry> = Region::new(c"pgflow_cursors");
 
-static CURSORS: PgLwLock<Cursors> = unsafe { PgLwLock::new(c"pgflow_cursors") };
+/// The table, held exclusively, for one call of the rules.
+fn with_table<R>(f: impl FnOnce(&mut Cursors) -> R) -> R {
+    let g = CURSORS.exclusive();
+    f(&mut Cursors {
+        head: &mut *g.head,
+        entries: &mut *g.entries,
+    })
+}
 
-pub(super) fn init() {
-    pg_shmem_init!(CURSORS);
+/// The table, held in shared mode.
+fn with_view<R>(f: impl FnOnce(&View) -> R) -> R {
+    let g = CURSORS.share();
+    f(&View {
+        head: g.head,
+        entries: g.entries,
+    })
 }
 
 thread_local! {
@@ -112,16 +124,14 @@ fn take_xact() -> Option<Xact> {
 /// whose due time it brought forward, so that their sleeping readers look again.
 pub(super) fn at_commit(wake: &mut super::xact::WakeSet) {
     if let Some(x) = take_xact().filter(rules::commit_has_work) {
-        let mut t = CURSORS.exclusive();
-        rules::commit(&mut t, &x, ctx(), &mut |q| wake.add(q));
+        with_table(|t| rules::commit(t, &x, ctx(), &mut |q| wake.add(q)));
     }
 }
 
 /// Abort (`prepared`: PREPARE TRANSACTION): see `rules::abort`.
 pub(super) fn at_abort(prepared: bool) {
     if let Some(x) = take_xact().filter(|x| rules::abort_has_work(x, prepared)) {
-        let mut t = CURSORS.exclusive();
-        rules::abort(&mut t, &x, ctx(), prepared);
+        with_table(|t| rules::abort(t, &x, ctx(), prepared));
     }
 }
 
@@ -131,8 +141,7 @@ pub(super) fn at_subabort() {
         let Ok(mut x) = x.try_borrow_mut() else {
             return;
         };
-        let mut t = CURSORS.exclusive();
-        rules::subabort(&mut t, &mut x, ctx());
+        with_table(|t| rules::subabort(t, &mut x, ctx()));
     });
 }
 
@@ -148,7 +157,7 @@ pub fn claim_begin(queue_id: i32, seq: u32) -> Key {
         (u64::from(unsafe { pg_sys::MyProcPid } as u32) << 32) | (next & 0xffff_ffff)
     });
     let c = ctx();
-    with_xact(|x| rules::claim_begin(&mut CURSORS.exclusive(), x, c, queue_id, seq, token))
+    with_xact(|x| with_table(|t| rules::claim_begin(t, x, c, queue_id, seq, token)))
 }
 
 /// The messages one claim took: `n` of them, keys from `first` to `last` (once per claim, from
@@ -166,7 +175,7 @@ pub fn claim_end(qty: i64) {
     }
     let c = ctx();
     if let Some(empty) = with_xact(|x| rules::claim_end(x, c, qty)) {
-        rules::end_empty(&mut CURSORS.exclusive(), c, empty);
+        with_table(|t| rules::end_empty(t, c, empty));
     }
 }
 
@@ -207,10 +216,10 @@ pub fn due_begin(queue_id: i32, seq: u32, now: i64) -> Probe {
     }
     let c = ctx();
     let real_now = unsafe { pg_sys::GetCurrentTimestamp() };
-    if rules::due_quick(&CURSORS.share(), c, queue_id, seq, now, real_now) {
+    if with_view(|t| rules::due_quick(t, c, queue_id, seq, now, real_now)) {
         return Probe::Skip;
     }
-    let r = rules::due_begin(&mut CURSORS.exclusive(), c, queue_id, seq, now, real_now);
+    let r = with_table(|t| rules::due_begin(t, c, queue_id, seq, now, real_now));
     with_xact(|x| rules::note_probe(x, queue_id, seq, r));
     r
 }
@@ -221,7 +230,7 @@ pub fn due_end(queue_id: i32, seq: u32, next: Option<i64>) {
         return;
     }
     let c = ctx();
-    with_xact(|x| rules::due_end(&mut CURSORS.exclusive(), x, c, queue_id, seq, next));
+    with_xact(|x| with_table(|t| rules::due_end(t, x, c, queue_id, seq, next)));
 }
 
 /// The earliest time anything of the queue can come due, when known.
@@ -230,7 +239,7 @@ pub fn due(queue_id: i32, seq: u32) -> Option<i64> {
         return None;
     }
     let c = ctx();
-    with_xact(|x| rules::due(&CURSORS.share(), x, c, queue_id, seq))
+    with_xact(|x| with_view(|t| rules::due(t, x, c, queue_id, seq)))
 }
 
 /// The mark to check against the table, when its check is due at `now` (maintain()).
@@ -239,20 +248,15 @@ pub fn check_begin(queue_id: i32, seq: u32, now: i64) -> Option<Key> {
         return None;
     }
     let real_now = unsafe { pg_sys::GetCurrentTimestamp() };
-    rules::check_begin(
-        &mut CURSORS.exclusive(),
-        ctx(),
-        queue_id,
-        seq,
-        now,
-        real_now,
-    )
+    let c = ctx();
+    with_table(|t| rules::check_begin(t, c, queue_id, seq, now, real_now))
 }
 
 /// A ready message was found at or below the mark: lower it (an event, like a send's commit).
 pub fn lower_now(queue_id: i32, seq: u32, key: Key) {
     if preloaded() {
-        rules::lower_now(&mut CURSORS.exclusive(), ctx(), queue_id, seq, key);
+        let c = ctx();
+        with_table(|t| rules::lower_now(t, c, queue_id, seq, key));
     }
 }
 
@@ -278,13 +282,14 @@ pub fn freezes() -> u64 {
     if !preloaded() {
         return 0;
     }
-    CURSORS.share().freezes
+    CURSORS.share().head.freezes
 }
 
 /// No prepared transaction was left in this database when `freezes` was `seen`: thaw its
 /// queues, unless a PREPARE has frozen one since.
 pub fn thaw(seen: u64) -> bool {
-    preloaded() && rules::thaw(&mut CURSORS.exclusive(), ctx(), seen)
+    let c = ctx();
+    preloaded() && with_table(|t| rules::thaw(t, c, seen))
 }
 
 /// Every queue's state in this database, for `pgflow.cursor_status()`.
@@ -292,7 +297,8 @@ pub fn status() -> Vec<Status> {
     if !preloaded() {
         return Vec::new();
     }
-    rules::status(&CURSORS.share(), ctx().db)
+    let db = ctx().db;
+    with_view(|t| rules::status(t, db))
 }
 
 /// The table's use, for `worker_status()` and the endpoint: (entries in use of all databases,
@@ -301,20 +307,32 @@ pub fn capacity(db: u32) -> (usize, usize, u64, u64) {
     if !preloaded() {
         return (0, 0, 0, 0);
     }
-    let t = CURSORS.share();
-    let (all, mine) = t.used(db);
-    (all, mine, t.refused, t.refused_of(db))
+    with_view(|t| {
+        let (all, mine) = t.used(db);
+        (
+            all,
+            mine,
+            t.head.census.refused,
+            t.head.census.refused_of(db),
+        )
+    })
+}
+
+/// The table's length (`pgflow.max_queues`; 0 without the preload).
+pub fn len() -> usize {
+    CURSORS.size()
 }
 
 /// The first refusal since the server started, once: true for the one caller that should warn.
 pub fn take_warning() -> Option<u64> {
-    if !preloaded() || CURSORS.share().refused == 0 {
+    if !preloaded() || CURSORS.share().head.census.refused == 0 {
         return None;
     }
-    let mut t = CURSORS.exclusive();
-    if t.warned {
+    let g = CURSORS.exclusive();
+    let c = &mut g.head.census;
+    if c.warned {
         return None;
     }
-    t.warned = true;
-    Some(t.refused)
+    c.warned = true;
+    Some(c.refused)
 }

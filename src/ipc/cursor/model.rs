@@ -122,7 +122,7 @@ struct Session {
 
 struct World {
     rng: u64,
-    t: Box<Cursors>,
+    t: Owned,
     msgs: Vec<Msg>,
     txns: Vec<Txn>,
     sessions: Vec<Session>,
@@ -148,7 +148,7 @@ impl World {
     fn new(seed: u64) -> World {
         World {
             rng: seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1,
-            t: Box::default(),
+            t: Owned::new(64),
             msgs: Vec::new(),
             txns: Vec::new(),
             sessions: (0..SESSIONS).map(|_| Session::default()).collect(),
@@ -335,7 +335,7 @@ impl World {
         self.token += 1;
         let ctx = self.ctx(s);
         let token = self.token;
-        let from = claim_begin(&mut self.t, &mut self.txns[t].x, ctx, q, seq, token);
+        let from = claim_begin(&mut self.t.tab(), &mut self.txns[t].x, ctx, q, seq, token);
         // A claim scans past none of its own transaction's ready messages.
         for m in &self.msgs {
             if m.queue == q && m.seq == seq && m.pending == Some((t, St::Ready)) && m.key <= from {
@@ -406,7 +406,7 @@ impl World {
         let t = self.sessions[s].txn.expect("a claim is in a transaction");
         let ctx = self.ctx(s);
         if let Some(empty) = claim_end(&mut self.txns[t].x, ctx, qty) {
-            end_empty(&mut self.t, ctx, empty);
+            end_empty(&mut self.t.tab(), ctx, empty);
         }
         self.trace.push(format!("s{s} t{t} claim_end"));
     }
@@ -489,10 +489,10 @@ impl World {
         let r = if self.txns[t].x.own_due(q, seq).is_some_and(|vt| vt <= now) {
             self.txns[t].x.touch(q, seq);
             Probe::Probe
-        } else if due_quick(&self.t, ctx, q, seq, now, now) {
+        } else if due_quick(&self.t.view(), ctx, q, seq, now, now) {
             Probe::Skip
         } else {
-            let r = due_begin(&mut self.t, ctx, q, seq, now, now);
+            let r = due_begin(&mut self.t.tab(), ctx, q, seq, now, now);
             note_probe(&mut self.txns[t].x, q, seq, r);
             r
         };
@@ -553,7 +553,7 @@ impl World {
             })
             .min();
         let ctx = self.ctx(s);
-        due_end(&mut self.t, &mut self.txns[t].x, ctx, q, seq, next);
+        due_end(&mut self.t.tab(), &mut self.txns[t].x, ctx, q, seq, next);
         self.trace.push(format!("s{s} t{t} due_end q{q}: {next:?}"));
     }
 
@@ -645,7 +645,7 @@ impl World {
             End::Commit(e) => {
                 let x = std::mem::take(&mut self.txns[t].x);
                 if commit_has_work(&x) {
-                    commit(&mut self.t, &x, ctx, &mut |_| {});
+                    commit(&mut self.t.tab(), &x, ctx, &mut |_| {});
                 }
                 self.published[e] = true;
                 self.sessions[s].txn = None;
@@ -653,13 +653,13 @@ impl World {
             End::Abort(e) => {
                 let x = std::mem::take(&mut self.txns[t].x);
                 if abort_has_work(&x, false) {
-                    abort(&mut self.t, &x, ctx, false);
+                    abort(&mut self.t.tab(), &x, ctx, false);
                 }
                 self.published[e] = true;
                 self.sessions[s].txn = None;
             }
             End::SubAbort(e) => {
-                subabort(&mut self.t, &mut self.txns[t].x, ctx);
+                subabort(&mut self.t.tab(), &mut self.txns[t].x, ctx);
                 self.published[e] = true;
             }
         }
@@ -676,7 +676,7 @@ impl World {
         };
         let x = std::mem::take(&mut self.txns[t].x);
         if abort_has_work(&x, true) {
-            abort(&mut self.t, &x, ctx, true);
+            abort(&mut self.t.tab(), &x, ctx, true);
         }
         self.txns[t].prepared = true;
         self.trace.push(format!("s{s} t{t} prepare"));
@@ -720,7 +720,7 @@ impl World {
     fn maintain_thaw(&mut self) {
         match self.thaw_seen.take() {
             None => {
-                let seen = self.t.freezes;
+                let seen = self.t.head.freezes;
                 if !self.txns.iter().any(|t| t.prepared) {
                     self.thaw_seen = Some(seen);
                 }
@@ -732,7 +732,7 @@ impl World {
                     pid: 99,
                     snapshot: false,
                 };
-                let done = thaw(&mut self.t, ctx, seen);
+                let done = thaw(&mut self.t.tab(), ctx, seen);
                 self.trace.push(format!("worker thaws ({seen}): {done}"));
             }
         }
@@ -761,7 +761,7 @@ impl World {
         x.touch(q, seq);
         x.forget.push(q);
         let ctx = self.ctx(s);
-        commit(&mut self.t, &x, ctx, &mut |_| {});
+        commit(&mut self.t.tab(), &x, ctx, &mut |_| {});
         self.seqs[q as usize] = seq + 1;
         self.trace.push(format!("s{s} drop and re-create q{q}"));
     }
@@ -773,7 +773,7 @@ impl World {
         }
         for q in 0..QUEUES {
             let seq = self.seqs[q as usize];
-            let Some(e) = self.t.get(DB, q, seq) else {
+            let Some(e) = self.t.view().get(DB, q, seq) else {
                 continue;
             };
             for m in &self.msgs {
@@ -797,7 +797,7 @@ impl World {
         // recompute is running.
         for q in 0..QUEUES {
             let seq = self.seqs[q as usize];
-            let Some(e) = self.t.get(DB, q, seq) else {
+            let Some(e) = self.t.view().get(DB, q, seq) else {
                 continue;
             };
             if e.due_busy != 0 {

@@ -8,8 +8,8 @@
 //! What may be called at a transaction's end (`commit`, `abort`, `subabort`) allocates nothing
 //! and cannot panic: no indexing past a bound, no arithmetic that overflows, no `RefCell`.
 
-/// Queues (of all databases) that can have a cursor; others read as without preload.
-pub const MAX_QUEUES: usize = 1024;
+use crate::ipc::table::{self, Census, Keyed};
+
 /// Claims of one queue that can be watched at once (their reads can raise the mark); a claim
 /// that finds every slot taken does not raise.
 pub const WATCHES: usize = 16;
@@ -204,140 +204,134 @@ impl Entry {
     }
 }
 
-/// The shared table: one entry per queue, open addressing.
+impl Default for Entry {
+    fn default() -> Self {
+        Entry::fresh(0, 0, 0)
+    }
+}
+
+impl Keyed for Entry {
+    fn key(&self) -> (u32, i32) {
+        (self.dboid, self.queue_id)
+    }
+    fn set_key(&mut self, db: u32, queue_id: i32) {
+        self.dboid = db;
+        self.queue_id = queue_id;
+    }
+}
+
+/// What the shared table keeps beside its entries.
 #[derive(Copy, Clone)]
-pub struct Cursors {
-    pub entries: [Entry; MAX_QUEUES],
+pub struct Head {
+    /// Live entries and refusals (a queue that found the table full reads from its start).
+    pub census: Census,
     /// Incremented by every freeze, so a thaw can tell one happened while it looked.
     pub freezes: u64,
     /// The generation the next (re)initialized entry takes.
     pub next_gen: u64,
-    /// How many times a queue found the table full (it reads from its start), since the server
-    /// started, in all and per database (the last counter is shared past `REFUSED_DBS`); and
-    /// whether a worker has warned of it.
-    pub refused: u64,
-    pub refused_by: [(u32, u64); REFUSED_DBS],
-    pub warned: bool,
 }
 
-/// Databases whose refusals are counted apart.
-pub const REFUSED_DBS: usize = 32;
-
-impl Default for Cursors {
+impl Default for Head {
     fn default() -> Self {
-        Cursors {
-            entries: [Entry::fresh(0, 0, 0); MAX_QUEUES],
+        Head {
+            census: Census::default(),
             freezes: 0,
             next_gen: 1,
-            refused: 0,
-            refused_by: [(0, 0); REFUSED_DBS],
-            warned: false,
         }
     }
 }
 
-/// Where a queue's entry is looked for first (linear probing from there). `forget` leaves a
-/// tombstone (the database's oid, queue 0), never a gap, so a lookup may stop at a gap.
-fn slot_of(db: u32, queue_id: i32) -> usize {
-    (queue_id as u32 as usize)
-        .wrapping_mul(2_654_435_761)
-        .wrapping_add(db as usize)
-        % MAX_QUEUES
+/// The shared table, held exclusively: one entry per queue (`ipc::table` finds, makes and
+/// frees them), `pgflow.max_queues` of them.
+pub struct Cursors<'a> {
+    pub head: &'a mut Head,
+    pub entries: &'a mut [Entry],
 }
 
-impl Cursors {
-    /// The entry of a queue, if it has one (read-only: under the shared lock).
-    pub fn get(&self, db: u32, queue_id: i32, seq: u32) -> Option<&Entry> {
-        let start = slot_of(db, queue_id);
-        for i in 0..MAX_QUEUES {
-            let e = &self.entries[(start + i) % MAX_QUEUES];
-            if e.dboid == db && e.queue_id == queue_id {
-                return (e.seq == seq).then_some(e);
-            }
-            if e.dboid == 0 {
-                return None;
-            }
-        }
-        None
-    }
+/// The shared table, held in shared mode.
+pub struct View<'a> {
+    pub head: &'a Head,
+    pub entries: &'a [Entry],
+}
 
-    /// The entry of a queue, created when `create`; None when the table is full.
-    pub fn find(&mut self, db: u32, queue_id: i32, seq: u32, create: bool) -> Option<&mut Entry> {
-        let start = slot_of(db, queue_id);
-        let mut free = None;
-        for i in 0..MAX_QUEUES {
-            let idx = (start + i) % MAX_QUEUES;
-            let e = &self.entries[idx];
-            if e.dboid == db && e.queue_id == queue_id {
-                if e.seq != seq {
-                    if !create {
-                        return None;
-                    }
-                    self.entries[idx] = Entry::fresh(db, queue_id, seq);
-                    self.entries[idx].gen = self.next_gen;
-                    self.next_gen = self.next_gen.wrapping_add(1);
-                }
-                return Some(&mut self.entries[idx]);
-            }
-            if (e.dboid == 0 || e.queue_id == 0) && free.is_none() {
-                free = Some(idx);
-            }
-            if e.dboid == 0 {
-                break;
-            }
-        }
-        if !create {
-            return None;
-        }
-        let Some(idx) = free else {
-            self.refuse(db);
-            return None;
-        };
-        self.entries[idx] = Entry::fresh(db, queue_id, seq);
-        self.entries[idx].gen = self.next_gen;
-        self.next_gen = self.next_gen.wrapping_add(1);
-        Some(&mut self.entries[idx])
-    }
-
-    fn refuse(&mut self, db: u32) {
-        self.refused = self.refused.wrapping_add(1);
-        let i = self
-            .refused_by
-            .iter()
-            .position(|r| r.0 == db)
-            .or_else(|| self.refused_by.iter().position(|r| r.0 == 0))
-            .unwrap_or(REFUSED_DBS - 1);
-        self.refused_by[i].0 = db;
-        self.refused_by[i].1 = self.refused_by[i].1.wrapping_add(1);
-    }
-
-    /// Refusals of database `db`'s queues.
-    pub fn refused_of(&self, db: u32) -> u64 {
-        self.refused_by
-            .iter()
-            .find(|r| r.0 == db)
-            .map_or(0, |r| r.1)
+impl<'a> View<'a> {
+    /// The entry of a queue, if it has one.
+    pub fn get(&self, db: u32, queue_id: i32, seq: u32) -> Option<&'a Entry> {
+        table::index(self.entries, db, queue_id)
+            .map(|i| &self.entries[i])
+            .filter(|e| e.seq == seq)
     }
 
     /// Entries in use: of every database, and of `db`.
     pub fn used(&self, db: u32) -> (usize, usize) {
-        self.entries
-            .iter()
-            .filter(|e| e.dboid != 0 && e.queue_id != 0)
-            .fold((0, 0), |(all, mine), e| {
-                (all + 1, mine + usize::from(e.dboid == db))
-            })
+        table::used(self.entries, db)
+    }
+}
+
+impl Cursors<'_> {
+    /// The entry of a queue, made (or made again, for a queue re-created with another `seq`)
+    /// when `create`; None when it has none, or when the table refused one.
+    pub fn find(&mut self, db: u32, queue_id: i32, seq: u32, create: bool) -> Option<&mut Entry> {
+        let idx = if create {
+            let (i, made) = table::find_or_make(&mut self.head.census, self.entries, db, queue_id)?;
+            if made {
+                self.init(i, seq);
+            }
+            i
+        } else {
+            table::index(self.entries, db, queue_id)?
+        };
+        if self.entries[idx].seq != seq {
+            if !create {
+                return None;
+            }
+            self.init(idx, seq);
+        }
+        Some(&mut self.entries[idx])
     }
 
-    /// Frees a dropped queue's entry (a tombstone: free for reuse, still a step of the probe
-    /// chains).
+    /// A new incarnation of entry `idx`: a claim noted on an earlier one never raises it.
+    fn init(&mut self, idx: usize, seq: u32) {
+        let (db, q) = self.entries[idx].key();
+        let mut e = Entry::fresh(db, q, seq);
+        e.gen = self.head.next_gen;
+        self.head.next_gen = self.head.next_gen.wrapping_add(1);
+        self.entries[idx] = e;
+    }
+
+    /// Frees a dropped queue's entry.
     fn forget(&mut self, db: u32, queue_id: i32) {
-        for e in self
-            .entries
-            .iter_mut()
-            .filter(|e| e.dboid == db && e.queue_id == queue_id)
-        {
-            *e = Entry::fresh(db, 0, 0);
+        table::forget(&mut self.head.census, self.entries, db, queue_id);
+    }
+}
+
+/// A table of its own, for the tests and the model.
+#[cfg(test)]
+pub struct Owned {
+    pub head: Head,
+    pub entries: Vec<Entry>,
+}
+
+#[cfg(test)]
+impl Owned {
+    pub fn new(len: usize) -> Owned {
+        Owned {
+            head: Head::default(),
+            entries: vec![Entry::default(); len],
+        }
+    }
+
+    pub fn tab(&mut self) -> Cursors<'_> {
+        Cursors {
+            head: &mut self.head,
+            entries: &mut self.entries,
+        }
+    }
+
+    pub fn view(&self) -> View<'_> {
+        View {
+            head: &self.head,
+            entries: &self.entries,
         }
     }
 }
@@ -592,14 +586,8 @@ pub fn commit(t: &mut Cursors, x: &Xact, ctx: Ctx, wake: &mut impl FnMut(i32)) {
     for &q in &x.forget {
         t.forget(ctx.db, q);
     }
-    // Left as `forget` leaves them (free for reuse, and still a step of the probe chains).
-    for e in t
-        .entries
-        .iter_mut()
-        .filter(|e| e.queue_id != 0 && x.drop_dbs.contains(&e.dboid))
-    {
-        *e = Entry::fresh(e.dboid, 0, 0);
-    }
+    let (head, entries) = (&mut *t.head, &mut *t.entries);
+    table::forget_where(&mut head.census, entries, |d| x.drop_dbs.contains(&d));
 }
 
 /// Abort, or PREPARE (`prepared`): its claims' watches end without a raise and the mark goes
@@ -629,7 +617,7 @@ pub fn abort(t: &mut Cursors, x: &Xact, ctx: Ctx, prepared: bool) {
             .chain(x.due.iter().map(|d| (d.0, d.1)))
             .chain(x.touched.iter().copied())
             .chain(claims().map(|c| (c.queue_id, c.seq)));
-        t.freezes = t.freezes.wrapping_add(1);
+        t.head.freezes = t.head.freezes.wrapping_add(1);
         for (q, seq) in queues {
             if let Some(e) = t.find(ctx.db, q, seq, true) {
                 e.reset();
@@ -672,7 +660,7 @@ pub fn subabort(t: &mut Cursors, x: &mut Xact, ctx: Ctx) {
 
 /// The shared part of `due_begin`, under the shared lock: true when the probes can be skipped
 /// at once (due not reached, or another backend recomputing it).
-pub fn due_quick(t: &Cursors, ctx: Ctx, queue_id: i32, seq: u32, now: i64, real_now: i64) -> bool {
+pub fn due_quick(t: &View, ctx: Ctx, queue_id: i32, seq: u32, now: i64, real_now: i64) -> bool {
     t.get(ctx.db, queue_id, seq)
         .is_some_and(|e| !e.frozen && (now < e.due || busy(e, real_now)))
 }
@@ -740,7 +728,7 @@ pub fn due_end(
 }
 
 /// The earliest time anything of the queue can come due, when known.
-pub fn due(t: &Cursors, x: &Xact, ctx: Ctx, queue_id: i32, seq: u32) -> Option<i64> {
+pub fn due(t: &View, x: &Xact, ctx: Ctx, queue_id: i32, seq: u32) -> Option<i64> {
     let shared = t
         .get(ctx.db, queue_id, seq)
         .filter(|e| !e.frozen)
@@ -776,7 +764,7 @@ pub fn lower_now(t: &mut Cursors, ctx: Ctx, queue_id: i32, seq: u32, key: Key) {
 /// No prepared transaction was left in the database when `freezes` was `seen`: thaw its
 /// queues, unless a PREPARE has frozen one since.
 pub fn thaw(t: &mut Cursors, ctx: Ctx, seen: u64) -> bool {
-    if t.freezes != seen {
+    if t.head.freezes != seen {
         return false;
     }
     for e in t
@@ -799,7 +787,7 @@ pub struct Status {
     pub frozen: bool,
 }
 
-pub fn status(t: &Cursors, db: u32) -> Vec<Status> {
+pub fn status(t: &View, db: u32) -> Vec<Status> {
     t.entries
         .iter()
         .filter(|e| e.dboid == db && e.queue_id != 0)
