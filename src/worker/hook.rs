@@ -379,14 +379,24 @@ fn refuse_drop_with_links() {
                 ELSE (SELECT pg_catalog.count(*) FROM pgflow.link) END",
     );
     unsafe { pg_sys::SetUserIdAndSecContext(user, context) };
-    if let Ok(Some(n)) = links {
-        if n > 0 {
+    match links {
+        Ok(Some(n)) if n > 0 => {
             pgrx::ereport!(
                 ERROR,
                 PgSqlErrorCode::ERRCODE_OBJECT_IN_USE,
                 format!("pgflow has {n} link(s) to other sites in this database"),
                 "Drop them first with pgflow.link_drop(), which waits until the remote sites \
                  hold every message: the outbox would go with the extension."
+            );
+        }
+        Ok(_) => {}
+        // Fail closed: a drop that could lose the outbox is not let through unchecked.
+        Err(e) => {
+            pgrx::ereport!(
+                ERROR,
+                PgSqlErrorCode::ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE,
+                format!("pgflow could not check this database for links to other sites: {e}"),
+                "The drop is refused until the check can run."
             );
         }
     }
