@@ -3,7 +3,8 @@
 #
 # Per version: plain #[test]s and #[pg_test]s (cargo pgrx test), then against a throwaway
 # cluster with pgflow preloaded: pg_regress golden tests, isolation specs, the upgrade from
-# 0.1.0, the role model over SCRAM logins, the fuzz layer, the worker lifecycle (hot standby,
+# 0.1.0 and 0.2.0 (also through every release built from its git tag, scripts/releases.sh),
+# the role model over SCRAM logins, the fuzz layer, the worker lifecycle (hot standby,
 # crash) and the statistics with their Prometheus endpoint on clusters of their own, the evolution
 # scenario, the end-to-end tests over real connections, the Rust, Elixir and Python clients; then the
 # benchmark in smoke mode.
@@ -131,6 +132,8 @@ cluster_layers() {
 
   want upgrade && run_layer "pg$ver: upgrade from 0.1.0 (rows, catalog, API)" \
     bash "$ROOT/tests/upgrade/upgrade.sh" "$ver" "$port"
+  want upgrade && run_layer "pg$ver: upgrade through every release, each built from its tag with messages in flight" \
+    bash "$ROOT/tests/upgrade/from_tags.sh" "$ver"
 
   want roles && run_layer "pg$ver: roles and grants (SCRAM logins, planted shadow)" \
     bash "$ROOT/tests/roles/roles.sh" "$ver" "$port" "$dir"
@@ -186,6 +189,12 @@ cluster_layers() {
   # Three sites on their own clusters, wired by links (logical replication): issue #29.
   want links && run_layer "pg$ver: links between sites (3 clusters: kills, an outage, refusals, roles)" \
     bash "$ROOT/tests/cluster/links.sh" "$ver"
+  want links && run_layer "pg$ver: links: a network cut (site a in a network namespace, its veth pair set down)" \
+    bash "$ROOT/tests/cluster/links_cut.sh" "$ver"
+  if [ "$ver" -ge 17 ]; then
+    want links && run_layer "pg$ver: links: the sending site's failover (failover slots, a synchronous standby promoted)" \
+      bash "$ROOT/tests/cluster/links_failover.sh" "$ver"
+  fi
 
   if [ "$ver" = 15 ]; then
     want ha && run_layer "pg$ver: failover under pg_auto_failover (monitor, primary, secondary)" \
@@ -208,6 +217,10 @@ for ver in $versions; do
   if [ -n "$(printf '%s\n' $layers | grep -vx pgrx)" ]; then
     say "pg$ver: install"
     install_pgflow "$ver"
+  fi
+  # The earlier releases, built from their tags once (target/releases), for the upgrade layer.
+  if want upgrade; then
+    bash "$ROOT/scripts/releases.sh" build "$ver"
   fi
 done
 if [ -n "$(printf '%s\n' $layers | grep -vxE 'pgrx|regress|isolation|upgrade|roles|fuzz|lifecycle|metrics|links|ha|sharding|python|pooling')" ]; then

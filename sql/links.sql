@@ -102,8 +102,11 @@ END $$;
 
 -- link_create: a link named link_name to the site remote_site, and its publication. Returns
 -- the statement to run at the remote site to subscribe (the connection string's password,
--- if any, is the remote operator's to add: pgflow never holds one).
-CREATE FUNCTION pgflow.link_create(link_name text, remote_site text, alert_age interval DEFAULT NULL)
+-- if any, is the remote operator's to add: pgflow never holds one). failover: the statement
+-- asks for a failover slot (Postgres 17 and later at both sites), which a standby of this site
+-- with sync_replication_slots keeps, so that the link goes on from it after a promotion.
+CREATE FUNCTION pgflow.link_create(link_name text, remote_site text, alert_age interval DEFAULT NULL,
+                                   failover boolean DEFAULT false)
 RETURNS text
 LANGUAGE plpgsql VOLATILE AS $$
 DECLARE
@@ -130,6 +133,13 @@ BEGIN
         RAISE EXCEPTION 'alert_age must be positive and at most 100 years, got %', alert_age
             USING ERRCODE = 'invalid_parameter_value';
     END IF;
+    IF failover IS NULL THEN
+        RAISE EXCEPTION 'failover must not be NULL' USING ERRCODE = 'invalid_parameter_value';
+    END IF;
+    IF failover AND current_setting('server_version_num')::integer < 170000 THEN
+        RAISE EXCEPTION 'failover slots need Postgres 17 or later (this site runs %)', current_setting('server_version')
+            USING ERRCODE = 'feature_not_supported';
+    END IF;
     IF current_setting('wal_level') <> 'logical' THEN
         RAISE EXCEPTION 'links need wal_level = logical (it is %)', current_setting('wal_level')
             USING ERRCODE = 'object_not_in_prerequisite_state',
@@ -154,8 +164,9 @@ BEGIN
     END;
     RETURN pg_catalog.format(
         'CREATE SUBSCRIPTION pgflow_from_%s_%s CONNECTION ''host=... port=... dbname=%s user=...'' '
-        'PUBLICATION pgflow_link_%s WITH (slot_name = ''pgflow_link_%s'', copy_data = false)',
-        v_site, link_create.link_name, current_database(), v_id, v_id);
+        'PUBLICATION pgflow_link_%s WITH (slot_name = ''pgflow_link_%s'', copy_data = false%s)',
+        v_site, link_create.link_name, current_database(), v_id, v_id,
+        CASE WHEN failover THEN ', failover = true' ELSE '' END);
 END $$;
 
 -- link_alter: change a link's alert threshold (NULL: none).
@@ -549,12 +560,15 @@ END $$;
 -- links: each link's state. connected: the remote's subscription is streaming now; backlog
 -- and oldest_age: what waits in the outbox (confirmed rows leave it within a worker tick or
 -- two); wal_kept_bytes: the WAL the slot keeps from removal (max_slot_wal_keep_size bounds
--- it; wal_status 'lost' means the remote can no longer catch up).
+-- it; wal_status 'lost' means the remote can no longer catch up); lag: the round trip of the
+-- latest forwarded commit, from its WAL being flushed here to the remote confirming it had it
+-- flushed (the walsender's flush_lag; NULL once caught up and idle, or when not connected);
+-- feedback_at: when the remote last answered (a cut network shows as an old time).
 CREATE FUNCTION pgflow.links()
 RETURNS TABLE (link_name text, remote_site text, state text, connected boolean, backlog bigint,
                oldest_age double precision, forwarded bigint, confirmed_at timestamptz,
                slot_name text, wal_kept_bytes numeric, wal_status text,
-               alert_age interval, alerting boolean)
+               alert_age interval, alerting boolean, lag interval, feedback_at timestamptz)
 LANGUAGE plpgsql STABLE AS $$
 BEGIN
     IF pgflow._caller_class() < 1 THEN
@@ -569,7 +583,7 @@ CREATE FUNCTION pgflow._links_state()
 RETURNS TABLE (link_name text, remote_site text, state text, connected boolean, backlog bigint,
                oldest_age double precision, forwarded bigint, confirmed_at timestamptz,
                slot_name text, wal_kept_bytes numeric, wal_status text,
-               alert_age interval, alerting boolean)
+               alert_age interval, alerting boolean, lag interval, feedback_at timestamptz)
 LANGUAGE plpgsql STABLE AS $$
 BEGIN
     RETURN QUERY
@@ -585,10 +599,12 @@ BEGIN
            CASE WHEN s.restart_lsn IS NOT NULL AND NOT pg_is_in_recovery()
                 THEN pg_wal_lsn_diff(pg_current_wal_lsn(), s.restart_lsn) END,
            coalesce(s.wal_status, 'no subscription'),
-           k.alert_age, coalesce(clock_timestamp() - o.oldest > k.alert_age, false)
+           k.alert_age, coalesce(clock_timestamp() - o.oldest > k.alert_age, false),
+           r.flush_lag, r.reply_time
       FROM pgflow.link k
       LEFT JOIN pg_catalog.pg_replication_slots s
              ON s.slot_name = 'pgflow_link_' || k.link_id AND s.database = current_database()
+      LEFT JOIN pg_catalog.pg_stat_replication r ON r.pid = s.active_pid
       LEFT JOIN LATERAL (SELECT count(*) AS n, min(x.sent_at) AS oldest
                            FROM pgflow.link_outbox x WHERE x.link_id = k.link_id) o ON true
      ORDER BY k.link_name;

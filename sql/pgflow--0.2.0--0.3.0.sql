@@ -692,7 +692,7 @@ BEGIN
 END $function$;
 
 CREATE OR REPLACE FUNCTION pgflow._links_state()
- RETURNS TABLE(link_name text, remote_site text, state text, connected boolean, backlog bigint, oldest_age double precision, forwarded bigint, confirmed_at timestamp with time zone, slot_name text, wal_kept_bytes numeric, wal_status text, alert_age interval, alerting boolean)
+ RETURNS TABLE(link_name text, remote_site text, state text, connected boolean, backlog bigint, oldest_age double precision, forwarded bigint, confirmed_at timestamp with time zone, slot_name text, wal_kept_bytes numeric, wal_status text, alert_age interval, alerting boolean, lag interval, feedback_at timestamp with time zone)
  LANGUAGE plpgsql
  STABLE
 AS $function$
@@ -710,10 +710,12 @@ BEGIN
            CASE WHEN s.restart_lsn IS NOT NULL AND NOT pg_is_in_recovery()
                 THEN pg_wal_lsn_diff(pg_current_wal_lsn(), s.restart_lsn) END,
            coalesce(s.wal_status, 'no subscription'),
-           k.alert_age, coalesce(clock_timestamp() - o.oldest > k.alert_age, false)
+           k.alert_age, coalesce(clock_timestamp() - o.oldest > k.alert_age, false),
+           r.flush_lag, r.reply_time
       FROM pgflow.link k
       LEFT JOIN pg_catalog.pg_replication_slots s
              ON s.slot_name = 'pgflow_link_' || k.link_id AND s.database = current_database()
+      LEFT JOIN pg_catalog.pg_stat_replication r ON r.pid = s.active_pid
       LEFT JOIN LATERAL (SELECT count(*) AS n, min(x.sent_at) AS oldest
                            FROM pgflow.link_outbox x WHERE x.link_id = k.link_id) o ON true
      ORDER BY k.link_name;
@@ -1139,7 +1141,7 @@ BEGIN
     UPDATE pgflow.link k SET alert_age = link_alter.alert_age WHERE k.link_id = l.link_id;
 END $function$;
 
-CREATE OR REPLACE FUNCTION pgflow.link_create(link_name text, remote_site text, alert_age interval DEFAULT NULL::interval)
+CREATE OR REPLACE FUNCTION pgflow.link_create(link_name text, remote_site text, alert_age interval DEFAULT NULL::interval, failover boolean DEFAULT false)
  RETURNS text
  LANGUAGE plpgsql
  SECURITY DEFINER
@@ -1169,6 +1171,13 @@ BEGIN
         RAISE EXCEPTION 'alert_age must be positive and at most 100 years, got %', alert_age
             USING ERRCODE = 'invalid_parameter_value';
     END IF;
+    IF failover IS NULL THEN
+        RAISE EXCEPTION 'failover must not be NULL' USING ERRCODE = 'invalid_parameter_value';
+    END IF;
+    IF failover AND current_setting('server_version_num')::integer < 170000 THEN
+        RAISE EXCEPTION 'failover slots need Postgres 17 or later (this site runs %)', current_setting('server_version')
+            USING ERRCODE = 'feature_not_supported';
+    END IF;
     IF current_setting('wal_level') <> 'logical' THEN
         RAISE EXCEPTION 'links need wal_level = logical (it is %)', current_setting('wal_level')
             USING ERRCODE = 'object_not_in_prerequisite_state',
@@ -1193,8 +1202,9 @@ BEGIN
     END;
     RETURN pg_catalog.format(
         'CREATE SUBSCRIPTION pgflow_from_%s_%s CONNECTION ''host=... port=... dbname=%s user=...'' '
-        'PUBLICATION pgflow_link_%s WITH (slot_name = ''pgflow_link_%s'', copy_data = false)',
-        v_site, link_create.link_name, current_database(), v_id, v_id);
+        'PUBLICATION pgflow_link_%s WITH (slot_name = ''pgflow_link_%s'', copy_data = false%s)',
+        v_site, link_create.link_name, current_database(), v_id, v_id,
+        CASE WHEN failover THEN ', failover = true' ELSE '' END);
 END $function$;
 
 CREATE OR REPLACE FUNCTION pgflow.link_drop(link_name text)
@@ -1295,7 +1305,7 @@ BEGIN
 END $function$;
 
 CREATE OR REPLACE FUNCTION pgflow.links()
- RETURNS TABLE(link_name text, remote_site text, state text, connected boolean, backlog bigint, oldest_age double precision, forwarded bigint, confirmed_at timestamp with time zone, slot_name text, wal_kept_bytes numeric, wal_status text, alert_age interval, alerting boolean)
+ RETURNS TABLE(link_name text, remote_site text, state text, connected boolean, backlog bigint, oldest_age double precision, forwarded bigint, confirmed_at timestamp with time zone, slot_name text, wal_kept_bytes numeric, wal_status text, alert_age interval, alerting boolean, lag interval, feedback_at timestamp with time zone)
  LANGUAGE plpgsql
  STABLE SECURITY DEFINER
  SET search_path TO 'pg_catalog', 'pgflow', 'pg_temp'

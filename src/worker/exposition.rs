@@ -434,6 +434,20 @@ pub fn render(
     }
     header(
         &mut out,
+        "pgflow_link_forwarded_total",
+        "counter",
+        "Messages the links' remote sites confirmed (rate() of it: forwarded per second).",
+    );
+    for s in &linked {
+        let _ = writeln!(
+            out,
+            "pgflow_link_forwarded_total{{database=\"{}\"}} {}",
+            esc(&s.name()),
+            s.links_forwarded
+        );
+    }
+    header(
+        &mut out,
         "pgflow_xact_faults_total",
         "counter",
         "Failures caught at a transaction's end (commit, abort, prepare) since the server \

@@ -198,7 +198,7 @@ fn stats_tick(dboid: u32) {
             // The links' summary for the endpoint and the status page (sql/links.sql), once
             // the extension has them (after ALTER EXTENSION UPDATE from 0.2.0).
             if !has_links {
-                return Ok(Some((horizon, (0, 0, 0, 0, 0.0))));
+                return Ok(Some((horizon, (0, 0, 0, 0, 0.0, 0))));
             }
             // With this site's end of links: pgflow's subscriptions that are enabled and have no
             // apply worker, and then the replication launcher's pid (see `nudge_launcher`).
@@ -217,7 +217,8 @@ fn stats_tick(dboid: u32) {
                             (SELECT names FROM idle), \
                             (SELECT a.pid FROM pg_catalog.pg_stat_activity a \
                               WHERE (SELECT names FROM idle) IS NOT NULL \
-                                AND a.backend_type = 'logical replication launcher' LIMIT 1) \
+                                AND a.backend_type = 'logical replication launcher' LIMIT 1), \
+                            coalesce(sum(forwarded), 0)::int8 \
                        FROM pgflow._links_state()",
                     Some(1),
                     &[pg_sys::Oid::from(dboid).into()],
@@ -229,6 +230,7 @@ fn stats_tick(dboid: u32) {
                 row.get::<i32>(3)?.unwrap_or(0),
                 row.get::<i64>(4)?.unwrap_or(0),
                 row.get::<f64>(5)?.unwrap_or(0.0),
+                row.get::<i64>(8)?.unwrap_or(0),
             );
             let idle = row.get::<String>(6)?;
             let launcher = row.get::<i32>(7)?.unwrap_or(0);
@@ -237,7 +239,7 @@ fn stats_tick(dboid: u32) {
         })
         .unwrap_or_else(|e| pgrx::error!("pgflow._stats_tick() failed: {e}"))
     });
-    if let Some(Some(((age, xids), (n, down, alerting, backlog, oldest)))) = looked {
+    if let Some(Some(((age, xids), (n, down, alerting, backlog, oldest, forwarded)))) = looked {
         let mut reg = REGISTRY.exclusive();
         if let Some(slot) = reg.find(dboid) {
             slot.horizon_age = age;
@@ -248,6 +250,7 @@ fn stats_tick(dboid: u32) {
             slot.links_alerting = alerting;
             slot.link_backlog = backlog;
             slot.link_oldest_age = oldest;
+            slot.links_forwarded = forwarded;
             slot.links_at = slot.horizon_at;
         }
     }

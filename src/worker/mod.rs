@@ -155,12 +155,14 @@ pub struct Slot {
     pub no_bgw_slot_since: i64,
     /// The database's links to other sites (sql/links.sql), as the worker last counted them
     /// (links_at: when, 0 never): how many, how many not streaming, how many past their
-    /// alert_age, the messages in their outboxes and the oldest one's age in seconds.
+    /// alert_age, the messages in their outboxes and the oldest one's age in seconds, and the
+    /// messages their remote sites have confirmed since they were made.
     pub links: i32,
     pub links_down: i32,
     pub links_alerting: i32,
     pub link_backlog: i64,
     pub link_oldest_age: f64,
+    pub links_forwarded: i64,
     pub links_at: i64,
 }
 
@@ -202,6 +204,7 @@ impl Slot {
         links_alerting: 0,
         link_backlog: 0,
         link_oldest_age: 0.0,
+        links_forwarded: 0,
         links_at: 0,
     };
 

@@ -292,6 +292,9 @@ check("batch headers travel", q1("c", "SELECT count(*) FROM pgflow.message "
                                       "WHERE headers ? 'hb' AND headers -> 'pgflow_origin' ->> 'site' = 'a'") == 50)
 drained("a", "central")
 check("links() counts what the remote confirmed", link_state("a", "central")["forwarded"] >= len(acked))
+check("links() has the remote's last answer, a few seconds old at most, while connected",
+      q1("a", "SELECT feedback_at > now() - interval '30 s' FROM pgflow.links() WHERE link_name = 'central'")
+      is True, link_state("a", "central"))
 
 # Topic rules: to the site named in the key, and to every site.
 pub = q("c", "SELECT * FROM pgflow.publish('consensus.a.p1', '{\"vote\": \"yes\"}')")
@@ -448,6 +451,8 @@ log(f"outage of {OUTAGE} s: {len(acked)} sends queued locally, oldest {st['oldes
 pg_ctl("c", "start")
 exactly_once("the remote stopped under load", "c", "proposals", "a", acked)
 drained("a", "central")
+until("the endpoint counts the forwarded messages (pgflow_link_forwarded_total)",
+      lambda: (exposed("pgflow_link_forwarded_total") or 0) >= link_state("a", "central")["forwarded"] > 0, 30)
 check("the alert clears once the backlog is gone", link_state("a", "central")["alerting"] is False)
 until("the Prometheus text shows the links up again",
       lambda: exposed("pgflow_links_down") == 0 and exposed("pgflow_links") == 1
