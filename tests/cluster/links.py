@@ -202,6 +202,11 @@ for s in SITES:
     q(s, "GRANT CREATE ON DATABASE postgres TO pgflow_owner")
 check("a link to the site itself is refused (22023)",
       sqlstate("a", "SELECT pgflow.link_create('self', 'a')") == "22023")
+check("link_create with failover NULL is refused (22023)",
+      sqlstate("a", "SELECT pgflow.link_create('x', 'c', failover => NULL)") == "22023")
+if int(VER) < 17:
+    check("link_create with failover on Postgres 15 and 16 is refused (0A000)",
+          sqlstate("a", "SELECT pgflow.link_create('x', 'c', failover => true)") == "0A000")
 check("a link name with capitals is refused (22023)",
       sqlstate("a", "SELECT pgflow.link_create('Central', 'c')") == "22023")
 stmts = {
