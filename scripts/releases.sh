@@ -1,48 +1,79 @@
 #!/usr/bin/env bash
-# Earlier releases, built from their git tags, for the upgrade layer (tests/upgrade/from_tags.sh).
-#   releases.sh build VERSION   build every tagged release for Postgres VERSION (once: a release
+# Earlier releases, built from their released sources, for the upgrade layer
+# (tests/upgrade/from_tags.sh).
+#   releases.sh build VERSION   build every earlier release for Postgres VERSION (once: a release
 #                               already built from the same commit is kept)
 #   releases.sh dir TAG VERSION print the directory holding TAG's pgflow.so and install script
 #                               for VERSION; exit 2 when TAG was not released for VERSION
+#   releases.sh list            the earlier releases, oldest first
+#   releases.sh freeze TAG      at release time: keep TAG's build tree in tests/upgrade/releases/
 #
-# Each tag's tree comes from `git archive` (no work tree is touched) and is built with
-# `cargo pgrx package --debug` against VERSION's pg_config, in a target directory of its own
-# (target/releases/build), so that nothing of the current build's artifacts is overwritten.
-# The library goes to target/releases/TAG/pgVERSION/pgflow.so, written under a temporary name and
-# renamed, so a server that has the old file loaded keeps it. A release is loaded from there by
-# `dynamic_library_path` (pgflow's control file names the module 'pgflow', no directory), never
-# installed over the current one.
+# A clone need not carry the tags, nor even the history (CI's clone of main has no tags): each
+# release's build tree (Cargo.toml, Cargo.lock, .cargo, pgflow.control, src, sql; what
+# `git archive TAG` gives for them) is kept in tests/upgrade/releases/TAG.tar.gz, and
+# tests/upgrade/releases/MANIFEST names its tag, commit and SHA-256. A build checks the SHA-256
+# and, where the commit is in the clone, that the archive holds exactly that commit's files.
 #
-# Tags come with a clone (git clone fetches them); the releases are the tags v0.1.0, v0.2.0, ...
-# below the version in Cargo.toml.
+# Each release is built with `cargo pgrx package --debug` against VERSION's pg_config, in a
+# target directory of its own (target/releases/build), so that nothing of the current build's
+# artifacts is overwritten. The library goes to target/releases/TAG/pgVERSION/pgflow.so,
+# written under a temporary name and renamed, so a server that has the old file loaded keeps
+# it. A release is loaded from there by `dynamic_library_path` (pgflow's control file names the
+# module 'pgflow', no directory), never installed over the current one.
 set -euo pipefail
 . "$(dirname "$0")/lib.sh"
 
 base=$ROOT/target/releases
 
-# The tagged releases before the current version, oldest first.
+kept=$ROOT/tests/upgrade/releases
+manifest=$kept/MANIFEST
+paths=(.cargo Cargo.lock Cargo.toml pgflow.control sql src)
+
+# The kept releases before the current version, oldest first.
 releases() {
   local cur; cur=$(sed -n 's/^version = "\(.*\)"/\1/p' "$ROOT/Cargo.toml" | head -1)
-  git -C "$ROOT" tag --list 'v[0-9]*.[0-9]*.[0-9]*' | sort -V | while read -r t; do
+  awk '!/^#/ && NF {print $1}' "$manifest" | sort -V | while read -r t; do
     [ "$(printf '%s\n%s\n' "${t#v}" "$cur" | sort -V | head -1)" = "${t#v}" ] && [ "${t#v}" != "$cur" ] && echo "$t"
   done
 }
 
+field() {  # field TAG N: the manifest's Nth field for TAG
+  awk -v t="$1" -v n="$2" '$1 == t {print $n}' "$manifest"
+}
+
 released_for() {  # released_for TAG VERSION: whether TAG's Cargo.toml has the pgVERSION feature
-  git -C "$ROOT" show "$1:Cargo.toml" | grep -q "^pg$2 = "
+  tar -xzOf "$kept/$1.tar.gz" Cargo.toml | grep -q "^pg$2 = "
+}
+
+# verify TAG: the archive is the one the manifest pins and, where the commit is in this clone,
+# holds exactly that commit's build tree.
+verify() {
+  local tag=$1 commit sum
+  commit=$(field "$tag" 2) sum=$(field "$tag" 3)
+  [ -n "$commit" ] && [ -f "$kept/$tag.tar.gz" ] || die "release $tag: no tests/upgrade/releases/$tag.tar.gz or manifest line"
+  echo "$sum  $kept/$tag.tar.gz" | sha256sum --quiet -c - || die "release $tag: tests/upgrade/releases/$tag.tar.gz is not the archive the manifest pins"
+  if git -C "$ROOT" rev-parse -q --verify "refs/tags/$tag" >/dev/null; then
+    [ "$(git -C "$ROOT" rev-parse "$tag^{commit}")" = "$commit" ] || die "release $tag: the tag points elsewhere than the manifest's $commit"
+  fi
+  if git -C "$ROOT" cat-file -e "$commit^{commit}" 2>/dev/null; then
+    cmp -s <(tar -xzOf "$kept/$tag.tar.gz" | sha256sum) \
+      <(git -C "$ROOT" archive --format=tar "$commit" -- "${paths[@]}" | tar -xO | sha256sum) \
+      && [ "$(tar -tzf "$kept/$tag.tar.gz" | sort)" = "$(git -C "$ROOT" archive --format=tar "$commit" -- "${paths[@]}" | tar -t | sort)" ] \
+      || die "release $tag: tests/upgrade/releases/$tag.tar.gz differs from commit $commit"
+  fi
 }
 
 build_one() {  # build_one TAG VERSION
   local tag=$1 ver=$2 out=$base/$1/pg$2
-  local commit; commit=$(git -C "$ROOT" rev-parse "$tag^{commit}")
+  local commit; commit=$(field "$tag" 2)
   if [ -f "$out/pgflow.so" ] && [ "$(cat "$out/commit" 2>/dev/null)" = "$commit" ]; then
     return 0
   fi
-  say "building release $tag for Postgres $ver (from its tag, once)"
+  say "building release $tag for Postgres $ver (from its released sources, once)"
   local src=$base/src/$tag pkg=$base/pkg/$tag-pg$ver
   rm -rf "$src" "$pkg"
   mkdir -p "$src" "$out"
-  git -C "$ROOT" archive "$tag" | tar -x -C "$src"
+  tar -xzf "$kept/$tag.tar.gz" -C "$src"
   local log=$base/build-$tag-pg$ver.log
   (cd "$src" && CARGO_TARGET_DIR=$base/build cargo pgrx package --debug \
     --pg-config "$(pg_config_for "$ver")" --features "pg$ver" --no-default-features \
@@ -61,6 +92,7 @@ case "${1:-}" in
   build)
     ver=$2
     for tag in $(releases); do
+      verify "$tag"
       if released_for "$tag" "$ver"; then build_one "$tag" "$ver"; fi
     done
     ;;
@@ -71,5 +103,16 @@ case "${1:-}" in
     echo "$base/$tag/pg$ver"
     ;;
   list) releases ;;
-  *) die "usage: releases.sh build VERSION | dir TAG VERSION | list" ;;
+  freeze)
+    tag=$2
+    commit=$(git -C "$ROOT" rev-parse "$tag^{commit}") || die "no tag $tag"
+    mkdir -p "$kept"
+    git -C "$ROOT" archive --format=tar "$commit" -- "${paths[@]}" | gzip -n -9 >"$kept/$tag.tar.gz"
+    sum=$(sha256sum "$kept/$tag.tar.gz" | cut -d' ' -f1)
+    { grep -v "^$tag " "$manifest" 2>/dev/null || true; echo "$tag $commit $sum"; } >"$manifest.new"
+    { grep '^#' "$manifest.new" || true; grep -v '^#' "$manifest.new" | sort -V; } >"$manifest"
+    rm -f "$manifest.new"
+    say "kept $tag ($commit) in tests/upgrade/releases/"
+    ;;
+  *) die "usage: releases.sh build VERSION | dir TAG VERSION | list | freeze TAG" ;;
 esac

@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # The upgrade layer, with the earlier releases as they were released (issue #30): each release
-# built from its git tag (scripts/releases.sh) runs on a cluster of its own, and the database
+# built from its released sources (scripts/releases.sh: kept in tests/upgrade/releases/, checked
+# against its commit where the clone has it) runs on a cluster of its own, and the database
 # goes from the oldest release Postgres VERSION had to this version one release at a time, each
 # step with that release's own library loaded, and messages in flight all the way:
 #  1. the oldest release's library (loaded through dynamic_library_path; the postmaster's
@@ -46,7 +47,7 @@ for tag in $(bash "$ROOT/scripts/releases.sh" list); do
   install -m 644 "$d/pgflow--$v.sql" "$ext/pgflow--$v.sql"
   tags+=("$tag"); libs+=("$d")
 done
-[ "${#tags[@]}" -gt 0 ] || fail "no earlier release for Postgres $ver (are the tags there? git fetch --tags)"
+[ "${#tags[@]}" -gt 0 ] || fail "no earlier release for Postgres $ver (tests/upgrade/releases/MANIFEST)"
 echo "ok: the install scripts built from ${tags[*]} hold the statements kept in tests/upgrade/"
 
 # Which pgflow.so the postmaster has mapped.
