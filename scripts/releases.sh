@@ -9,8 +9,8 @@
 #   releases.sh freeze TAG      at release time: keep TAG's build tree in tests/upgrade/releases/
 #
 # A clone need not carry the tags, nor even the history (CI's clone of main has no tags): each
-# release's build tree (Cargo.toml, Cargo.lock, .cargo, pgflow.control, src, sql; what
-# `git archive TAG` gives for them) is kept in tests/upgrade/releases/TAG.tar.gz, and
+# release's build tree (Cargo.toml, Cargo.lock, .cargo, pgflow.control, src, sql and the
+# workspace members; what `git archive TAG` gives for them) is kept in tests/upgrade/releases/TAG.tar.gz, and
 # tests/upgrade/releases/MANIFEST names its tag, commit and SHA-256. A build checks the SHA-256
 # and, where the commit is in the clone, that the archive holds exactly that commit's files.
 #
@@ -27,7 +27,17 @@ base=$ROOT/target/releases
 
 kept=$ROOT/tests/upgrade/releases
 manifest=$kept/MANIFEST
+# What a release's build needs: the extension's tree and its workspace members (cargo reads
+# every member's manifest), less the benchmark's stored results.
 paths=(.cargo Cargo.lock Cargo.toml pgflow.control sql src)
+pathspecs() {  # pathspecs CARGO_TOML_TEXT
+  local m
+  printf '%s\n' "${paths[@]}"
+  for m in $(sed -n 's/^members = \[\(.*\)\]/\1/p' <<<"$1" | tr -d '",'); do
+    [ "$m" = . ] || printf '%s\n' "$m"
+  done
+  echo ':(exclude)bench/results'
+}
 
 # The kept releases before the current version, oldest first.
 releases() {
@@ -42,7 +52,8 @@ field() {  # field TAG N: the manifest's Nth field for TAG
 }
 
 released_for() {  # released_for TAG VERSION: whether TAG's Cargo.toml has the pgVERSION feature
-  tar -xzOf "$kept/$1.tar.gz" Cargo.toml | grep -q "^pg$2 = "
+  local toml; toml=$(tar -xzOf "$kept/$1.tar.gz" Cargo.toml)  # (grep -q in a pipe: SIGPIPE)
+  grep -q "^pg$2 = " <<<"$toml"
 }
 
 # verify TAG: the archive is the one the manifest pins and, where the commit is in this clone,
@@ -56,9 +67,10 @@ verify() {
     [ "$(git -C "$ROOT" rev-parse "$tag^{commit}")" = "$commit" ] || die "release $tag: the tag points elsewhere than the manifest's $commit"
   fi
   if git -C "$ROOT" cat-file -e "$commit^{commit}" 2>/dev/null; then
+    local specs; mapfile -t specs < <(pathspecs "$(git -C "$ROOT" show "$commit:Cargo.toml")")
     cmp -s <(tar -xzOf "$kept/$tag.tar.gz" | sha256sum) \
-      <(git -C "$ROOT" archive --format=tar "$commit" -- "${paths[@]}" | tar -xO | sha256sum) \
-      && [ "$(tar -tzf "$kept/$tag.tar.gz" | sort)" = "$(git -C "$ROOT" archive --format=tar "$commit" -- "${paths[@]}" | tar -t | sort)" ] \
+      <(git -C "$ROOT" archive --format=tar "$commit" -- "${specs[@]}" | tar -xO | sha256sum) \
+      && [ "$(tar -tzf "$kept/$tag.tar.gz" | sort)" = "$(git -C "$ROOT" archive --format=tar "$commit" -- "${specs[@]}" | tar -t | sort)" ] \
       || die "release $tag: tests/upgrade/releases/$tag.tar.gz differs from commit $commit"
   fi
 }
@@ -107,7 +119,8 @@ case "${1:-}" in
     tag=$2
     commit=$(git -C "$ROOT" rev-parse "$tag^{commit}") || die "no tag $tag"
     mkdir -p "$kept"
-    git -C "$ROOT" archive --format=tar "$commit" -- "${paths[@]}" | gzip -n -9 >"$kept/$tag.tar.gz"
+    mapfile -t specs < <(pathspecs "$(git -C "$ROOT" show "$commit:Cargo.toml")")
+    git -C "$ROOT" archive --format=tar "$commit" -- "${specs[@]}" | gzip -n -9 >"$kept/$tag.tar.gz"
     sum=$(sha256sum "$kept/$tag.tar.gz" | cut -d' ' -f1)
     { grep -v "^$tag " "$manifest" 2>/dev/null || true; echo "$tag $commit $sum"; } >"$manifest.new"
     { grep '^#' "$manifest.new" || true; grep -v '^#' "$manifest.new" | sort -V; } >"$manifest"

@@ -3,7 +3,7 @@
 #
 # Per version: plain #[test]s and #[pg_test]s (cargo pgrx test), then against a throwaway
 # cluster with pgflow preloaded: pg_regress golden tests, isolation specs, the upgrade from
-# 0.1.0 and 0.2.0 (also through every release built from its git tag, scripts/releases.sh),
+# 0.1.0 and 0.2.0 (also through every release built from its released sources, scripts/releases.sh),
 # the role model over SCRAM logins, the fuzz layer, the worker lifecycle (hot standby,
 # crash) and the statistics with their Prometheus endpoint on clusters of their own, the evolution
 # scenario, the end-to-end tests over real connections, the Rust, Elixir and Python clients; then the
@@ -132,7 +132,7 @@ cluster_layers() {
 
   want upgrade && run_layer "pg$ver: upgrade from 0.1.0 (rows, catalog, API)" \
     bash "$ROOT/tests/upgrade/upgrade.sh" "$ver" "$port"
-  want upgrade && run_layer "pg$ver: upgrade through every release, each built from its tag with messages in flight" \
+  want upgrade && run_layer "pg$ver: upgrade through every release, each built from its released sources with messages in flight" \
     bash "$ROOT/tests/upgrade/from_tags.sh" "$ver"
 
   want roles && run_layer "pg$ver: roles and grants (SCRAM logins, planted shadow)" \
@@ -218,7 +218,7 @@ for ver in $versions; do
     say "pg$ver: install"
     install_pgflow "$ver"
   fi
-  # The earlier releases, built from their tags once (target/releases), for the upgrade layer.
+  # The earlier releases, built from their released sources once (target/releases), for the upgrade layer.
   if want upgrade; then
     bash "$ROOT/scripts/releases.sh" build "$ver"
   fi

@@ -43,7 +43,7 @@ for tag in $(bash "$ROOT/scripts/releases.sh" list); do
   # another (v0.2.0 for 16, 17 and 18 puts one block elsewhere than for 15).
   cmp -s <(sort "$d/pgflow--$v.sql") <(sort "$here/pgflow--$v.sql") \
     || fail "the install script $tag builds differs from tests/upgrade/pgflow--$v.sql"
-  # The release as built from its tag for this major: its own install script.
+  # The release as built from its released sources for this major: its own install script.
   install -m 644 "$d/pgflow--$v.sql" "$ext/pgflow--$v.sql"
   tags+=("$tag"); libs+=("$d")
 done
