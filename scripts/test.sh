@@ -199,6 +199,8 @@ cluster_layers() {
   if [ "$ver" = 15 ]; then
     want ha && run_layer "pg$ver: failover under pg_auto_failover (monitor, primary, secondary)" \
       bash "$ROOT/tests/cluster/ha.sh"
+    want ha && run_layer "pg$ver: links: the receiving site's failover under pg_auto_failover" \
+      bash "$ROOT/tests/cluster/ha_links.sh"
     want sharding && run_layer "pg$ver: sharding with PL/Proxy (router, 2 shards; bench smoke)" \
       bash -c "bash '$ROOT/tests/cluster/sharding.sh' && SMOKE=1 SKIP_INSTALL=1 bash '$ROOT/bench/sharding.sh'"
   fi

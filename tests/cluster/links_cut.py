@@ -12,50 +12,18 @@ import time
 from typing import Any
 
 import psycopg
+from sites import DSN, check, link_state, log, q, q1, until
 
 VER, DIR_A, PORT_A, ADDR_A, DIR_B, PORT_B, VETH = sys.argv[1:8]
 # Site a over its Unix socket (a network namespace does not cut it), site b over loopback.
-DSN = {"a": f"host={DIR_A} port={PORT_A} user=postgres dbname=postgres",
-       "b": f"host=127.0.0.1 port={PORT_B} user=postgres dbname=postgres connect_timeout=5"}
+DSN.update({"a": f"host={DIR_A} port={PORT_A} user=postgres dbname=postgres",
+            "b": f"host=127.0.0.1 port={PORT_B} user=postgres dbname=postgres connect_timeout=5"})
 # How long the cut lasts once both ends have noticed it.
 HOLD = 20
 
 
-def log(msg: str) -> None:
-    print(msg, flush=True)
-
-
-def check(what: str, ok: bool, detail: Any = "") -> None:
-    log(("ok: " if ok else "FAILED: ") + what + (f" ({detail})" if not ok and detail != "" else ""))
-    if not ok:
-        sys.exit(1)
-
-
-def q(site: str, sql: str, *params: Any) -> list[tuple[Any, ...]]:
-    with psycopg.connect(DSN[site], autocommit=True) as c:
-        cur = c.execute(sql, params)  # type: ignore[arg-type]
-        return cur.fetchall() if cur.description is not None else []
-
-
-def q1(site: str, sql: str, *params: Any) -> Any:
-    rows = q(site, sql, *params)
-    return rows[0][0] if rows else None
-
-
-def until(what: str, cond: Any, seconds: float = 120, detail: Any = None) -> None:
-    deadline = time.monotonic() + seconds
-    while not cond():
-        if time.monotonic() > deadline:
-            check(what + f" within {seconds:.0f} s", False, detail() if detail else "")
-        time.sleep(0.1)
-
-
 def state() -> dict[str, Any]:
-    with psycopg.connect(DSN["a"], autocommit=True) as c:
-        cur = c.execute("SELECT * FROM pgflow.links() WHERE link_name = 'b'")
-        row = cur.fetchone()
-        assert row is not None and cur.description is not None
-        return {d.name: v for d, v in zip(cur.description, row)}
+    return link_state("a", "b")
 
 
 def apply_pid() -> Any:

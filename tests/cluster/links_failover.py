@@ -13,55 +13,16 @@ import time
 from typing import Any
 
 import psycopg
+import sites
+from sites import DSN, check, dsn, log, q, q1, until
 
 BINDIR, DIR_A, PORT_A, DIR_A2, PORT_A2, PORT_C = sys.argv[1:7]
-PORTS = {"a": PORT_A, "a2": PORT_A2, "c": PORT_C}
-
-
-def log(msg: str) -> None:
-    print(msg, flush=True)
-
-
-def check(what: str, ok: bool, detail: Any = "") -> None:
-    log(("ok: " if ok else "FAILED: ") + what + (f" ({detail})" if not ok and detail != "" else ""))
-    if not ok:
-        sys.exit(1)
-
-
-def dsn(site: str) -> str:
-    return f"host=127.0.0.1 port={PORTS[site]} user=postgres dbname=postgres connect_timeout=5"
-
-
-def q(site: str, sql: str, *params: Any) -> list[tuple[Any, ...]]:
-    with psycopg.connect(dsn(site), autocommit=True) as c:
-        cur = c.execute(sql, params)  # type: ignore[arg-type]
-        return cur.fetchall() if cur.description is not None else []
-
-
-def q1(site: str, sql: str, *params: Any) -> Any:
-    rows = q(site, sql, *params)
-    return rows[0][0] if rows else None
-
-
-def until(what: str, cond: Any, seconds: float = 120, detail: Any = None) -> None:
-    deadline = time.monotonic() + seconds
-    while True:
-        try:
-            if cond():
-                return
-        except psycopg.OperationalError:
-            pass
-        if time.monotonic() > deadline:
-            check(what + f" within {seconds:.0f} s", False, detail() if detail else "")
-        time.sleep(0.1)
+for name, port in (("a", PORT_A), ("a2", PORT_A2), ("c", PORT_C)):
+    DSN[name] = f"host=127.0.0.1 port={port} user=postgres dbname=postgres connect_timeout=5"
 
 
 def link_state(site: str) -> dict[str, Any]:
-    with psycopg.connect(dsn(site), autocommit=True) as c:
-        cur = c.execute("SELECT * FROM pgflow.links() WHERE link_name = 'c'")
-        row = cur.fetchone()
-        assert row is not None and cur.description is not None
-        return {d.name: v for d, v in zip(cur.description, row)}
+    return sites.link_state(site, "c")
 
 
 # --- Set-up -----------------------------------------------------------------------------------
