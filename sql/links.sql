@@ -495,16 +495,43 @@ LANGUAGE plpgsql VOLATILE AS $$
 DECLARE
     l record;
     v_conf pg_lsn;
+    v_active boolean;
+    v_wal text;
     v_found boolean;
+    v_err text;
     v_n bigint;
     v_total bigint := 0;
 BEGIN
-    FOR l IN SELECT k.link_id, k.seal_lsn, k.seal_snap, k.slot_seen_at, k.subscribed_at FROM pgflow.link k
+    FOR l IN SELECT k.link_id, k.seal_lsn, k.seal_snap, k.slot_seen_at, k.subscribed_at,
+                    k.down_since, k.last_error
+               FROM pgflow.link k
               ORDER BY k.link_id FOR UPDATE SKIP LOCKED LOOP
-        SELECT s.confirmed_flush_lsn INTO v_conf FROM pg_catalog.pg_replication_slots s
+        SELECT s.confirmed_flush_lsn, s.active, s.wal_status INTO v_conf, v_active, v_wal
+          FROM pg_catalog.pg_replication_slots s
          WHERE s.slot_name = 'pgflow_link_' || l.link_id AND s.database = current_database()
            AND s.slot_type = 'logical';
         v_found := FOUND;
+        -- The link's trouble, as links() names its state; written only when it changes. No
+        -- connection string, host or role goes into it: only what this site sees of its slot.
+        v_err := CASE
+            WHEN NOT v_found AND l.subscribed_at IS NOT NULL THEN
+                'slot lost: the remote''s subscription (slot pgflow_link_' || l.link_id
+                || ') is gone; the outbox goes again once the remote subscribes again'
+            WHEN NOT v_found THEN NULL  -- not subscribed yet
+            WHEN v_wal = 'lost' THEN
+                'wal lost: slot pgflow_link_' || l.link_id || ' lost WAL it needed '
+                || '(max_slot_wal_keep_size); the remote must subscribe again'
+            WHEN l.slot_seen_at IS NOT NULL AND NOT v_active THEN
+                'disconnected: no connection from the remote''s subscription on slot pgflow_link_'
+                || l.link_id
+            END;
+        IF v_err IS NULL AND l.down_since IS NOT NULL THEN
+            UPDATE pgflow.link k SET down_since = NULL WHERE k.link_id = l.link_id;
+        ELSIF v_err IS NOT NULL AND (l.down_since IS NULL OR l.last_error IS DISTINCT FROM v_err) THEN
+            UPDATE pgflow.link k SET down_since = coalesce(k.down_since, clock_timestamp()),
+                                     last_error = v_err, last_error_at = clock_timestamp()
+             WHERE k.link_id = l.link_id;
+        END IF;
         IF NOT v_found THEN
             -- No slot (never subscribed, or the subscription was dropped): rows wait, and a
             -- seal made under a former slot no longer counts.
@@ -563,12 +590,14 @@ END $$;
 -- it; wal_status 'lost' means the remote can no longer catch up); lag: the round trip of the
 -- latest forwarded commit, from its WAL being flushed here to the remote confirming it had it
 -- flushed (the walsender's flush_lag; NULL once caught up and idle, or when not connected);
--- feedback_at: when the remote last answered (a cut network shows as an old time).
+-- feedback_at: when the remote last answered (a cut network shows as an old time);
+-- down_since, last_error, last_error_at: as the worker last saw the link change (pgflow.link).
 CREATE FUNCTION pgflow.links()
 RETURNS TABLE (link_name text, remote_site text, state text, connected boolean, backlog bigint,
                oldest_age double precision, forwarded bigint, confirmed_at timestamptz,
                slot_name text, wal_kept_bytes numeric, wal_status text,
-               alert_age interval, alerting boolean, lag interval, feedback_at timestamptz)
+               alert_age interval, alerting boolean, lag interval, feedback_at timestamptz,
+               down_since timestamptz, last_error text, last_error_at timestamptz)
 LANGUAGE plpgsql STABLE AS $$
 BEGIN
     IF pgflow._caller_class() < 1 THEN
@@ -583,7 +612,8 @@ CREATE FUNCTION pgflow._links_state()
 RETURNS TABLE (link_name text, remote_site text, state text, connected boolean, backlog bigint,
                oldest_age double precision, forwarded bigint, confirmed_at timestamptz,
                slot_name text, wal_kept_bytes numeric, wal_status text,
-               alert_age interval, alerting boolean, lag interval, feedback_at timestamptz)
+               alert_age interval, alerting boolean, lag interval, feedback_at timestamptz,
+               down_since timestamptz, last_error text, last_error_at timestamptz)
 LANGUAGE plpgsql STABLE AS $$
 BEGIN
     RETURN QUERY
@@ -600,7 +630,7 @@ BEGIN
                 THEN pg_wal_lsn_diff(pg_current_wal_lsn(), s.restart_lsn) END,
            coalesce(s.wal_status, 'no subscription'),
            k.alert_age, coalesce(clock_timestamp() - o.oldest > k.alert_age, false),
-           r.flush_lag, r.reply_time
+           r.flush_lag, r.reply_time, k.down_since, k.last_error, k.last_error_at
       FROM pgflow.link k
       LEFT JOIN pg_catalog.pg_replication_slots s
              ON s.slot_name = 'pgflow_link_' || k.link_id AND s.database = current_database()

@@ -37,7 +37,14 @@ CREATE TABLE pgflow.link (
     -- Every outbox row visible in seal_snap committed before seal_lsn, so once the slot's
     -- confirmed position reaches seal_lsn those rows are at the remote.
     seal_lsn     pg_lsn,
-    seal_snap    pg_snapshot
+    seal_snap    pg_snapshot,
+    -- What the worker last found wrong with the link, as it saw it change (_links_confirm):
+    -- since when the link has not been streaming (NULL: it is, or never was), its latest
+    -- trouble ('disconnected: ...', 'slot lost: ...', 'wal lost: ...') and when that began. The
+    -- trouble stays after the link is back, as its last error.
+    down_since    timestamptz,
+    last_error    text,
+    last_error_at timestamptz
 );
 COMMENT ON TABLE pgflow.link IS 'pgflow links to other sites; use pgflow.link_create/link_drop/links.';
 

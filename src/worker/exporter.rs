@@ -409,6 +409,23 @@ fn workers() -> Vec<status_page::Worker> {
                 )
             },
             links_trouble: s.links_down > 0 || s.links_alerting > 0,
+            link_rows: s.link_rows[..usize::from(s.link_rows_n).min(super::LINK_ROWS)]
+                .iter()
+                .map(|l| {
+                    let ago = |at: i64| (at != 0).then(|| (t - at).max(0) as f64 / 1e6);
+                    status_page::Link {
+                        name: l.name(),
+                        remote: l.remote(),
+                        state: l.state(),
+                        alerting: l.alerting,
+                        backlog: l.backlog,
+                        oldest_age: l.oldest_age,
+                        forwarded: l.forwarded,
+                        down_for: ago(l.down_since),
+                        last_error_ago: ago(l.last_error_at),
+                    }
+                })
+                .collect(),
         })
         .collect()
 }

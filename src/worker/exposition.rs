@@ -62,6 +62,10 @@ fn header(out: &mut String, name: &str, kind: &str, help: &str) {
 
 /// One of a database's link gauges, from its registry slot.
 type LinkGauge = fn(&super::Slot) -> f64;
+/// A per-link series' value from the link's row and the time now (a Postgres timestamp).
+type PerLink = fn(&super::LinkRow, i64) -> f64;
+/// 2000-01-01 (Postgres's epoch) in Unix time.
+const PG_EPOCH_UNIX: f64 = 946_684_800.0;
 
 /// Renders the databases `keep_db` accepts and, of their queues, those `keep_queue` accepts.
 /// `sql_horizon`, from `metrics_text()`, gives one database's horizon as just measured
@@ -445,6 +449,92 @@ pub fn render(
             esc(&s.name()),
             s.links_forwarded
         );
+    }
+    // The same one link at a time: the first LINK_ROWS links of each database by name.
+    let now = super::now();
+    let per_link: [(&str, &str, &str, PerLink); 6] = [
+        (
+            "pgflow_link_up",
+            "gauge",
+            "1 while the link's remote site streams from it, else 0 (first links of each \
+             database by name; pgflow.links() has them all).",
+            |l, _| f64::from(u8::from(l.state == 0)),
+        ),
+        (
+            "pgflow_link_waiting_messages",
+            "gauge",
+            "Messages in the link's outbox that its remote site has not confirmed.",
+            |l, _| l.backlog as f64,
+        ),
+        (
+            "pgflow_link_oldest_waiting_seconds",
+            "gauge",
+            "Age of the oldest message in the link's outbox (0: none).",
+            |l, _| l.oldest_age,
+        ),
+        (
+            "pgflow_link_down_seconds",
+            "gauge",
+            "For how long the link has not been streaming (0: it is, or was never subscribed).",
+            |l, now| {
+                if l.down_since == 0 {
+                    0.0
+                } else {
+                    (now - l.down_since).max(0) as f64 / 1e6
+                }
+            },
+        ),
+        (
+            "pgflow_link_last_error_timestamp_seconds",
+            "gauge",
+            "When the link's latest trouble began, in Unix time (0: none yet); \
+             pgflow.links().last_error says what it was.",
+            |l, _| {
+                if l.last_error_at == 0 {
+                    0.0
+                } else {
+                    l.last_error_at as f64 / 1e6 + PG_EPOCH_UNIX
+                }
+            },
+        ),
+        (
+            "pgflow_link_confirmed_total",
+            "counter",
+            "Messages the link's remote site confirmed (rate() of it: forwarded per second).",
+            |l, _| l.forwarded as f64,
+        ),
+    ];
+    for (name, kind, help, value) in per_link {
+        header(&mut out, name, kind, help);
+        for s in &linked {
+            for l in &s.link_rows[..usize::from(s.link_rows_n).min(super::LINK_ROWS)] {
+                let _ = writeln!(
+                    out,
+                    "{name}{{database=\"{}\",link=\"{}\",remote_site=\"{}\"}} {}",
+                    esc(&s.name()),
+                    esc(&l.name()),
+                    esc(&l.remote()),
+                    value(l, now)
+                );
+            }
+        }
+    }
+    header(
+        &mut out,
+        "pgflow_link_state",
+        "gauge",
+        "The link's state as pgflow.links() names it, as a label (the value is always 1).",
+    );
+    for s in &linked {
+        for l in &s.link_rows[..usize::from(s.link_rows_n).min(super::LINK_ROWS)] {
+            let _ = writeln!(
+                out,
+                "pgflow_link_state{{database=\"{}\",link=\"{}\",state=\"{}\"}} 1",
+                esc(&s.name()),
+                esc(&l.name()),
+                l.state()
+            );
+        }
     }
     header(
         &mut out,

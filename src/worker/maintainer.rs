@@ -198,7 +198,7 @@ fn stats_tick(dboid: u32) {
             // The links' summary for the endpoint and the status page (sql/links.sql), once
             // the extension has them (after ALTER EXTENSION UPDATE from 0.2.0).
             if !has_links {
-                return Ok(Some((horizon, (0, 0, 0, 0, 0.0, 0))));
+                return Ok(Some((horizon, (0, 0, 0, 0, 0.0, 0), Vec::new())));
             }
             // With this site's end of links: pgflow's subscriptions that are enabled and have no
             // apply worker, and then the replication launcher's pid (see `nudge_launcher`).
@@ -235,11 +235,37 @@ fn stats_tick(dboid: u32) {
             let idle = row.get::<String>(6)?;
             let launcher = row.get::<i32>(7)?.unwrap_or(0);
             nudge_launcher(idle, launcher);
-            Ok(Some((horizon, links)))
+            // The first links by name, one by one (timestamps as Postgres keeps them: µs
+            // since 2000-01-01).
+            let mut rows = Vec::new();
+            if links.0 > 0 {
+                let table = client.select(
+                    "SELECT link_name, remote_site, state, alerting, backlog,                             coalesce(oldest_age, 0)::float8, forwarded,                             (extract(epoch FROM down_since - '2000-01-01 00:00:00+00') * 1e6)::int8,                             (extract(epoch FROM last_error_at - '2000-01-01 00:00:00+00') * 1e6)::int8                        FROM pgflow._links_state() ORDER BY link_name LIMIT $1",
+                    None,
+                    &[(super::LINK_ROWS as i32).into()],
+                )?;
+                for r in table {
+                    let mut l = super::LinkRow::EMPTY;
+                    l.set_names(
+                        &r.get::<String>(1)?.unwrap_or_default(),
+                        &r.get::<String>(2)?.unwrap_or_default(),
+                    );
+                    l.state = super::LinkRow::state_code(&r.get::<String>(3)?.unwrap_or_default());
+                    l.alerting = r.get::<bool>(4)?.unwrap_or(false);
+                    l.backlog = r.get::<i64>(5)?.unwrap_or(0);
+                    l.oldest_age = r.get::<f64>(6)?.unwrap_or(0.0);
+                    l.forwarded = r.get::<i64>(7)?.unwrap_or(0);
+                    l.down_since = r.get::<i64>(8)?.unwrap_or(0);
+                    l.last_error_at = r.get::<i64>(9)?.unwrap_or(0);
+                    rows.push(l);
+                }
+            }
+            Ok(Some((horizon, links, rows)))
         })
         .unwrap_or_else(|e| pgrx::error!("pgflow._stats_tick() failed: {e}"))
     });
-    if let Some(Some(((age, xids), (n, down, alerting, backlog, oldest, forwarded)))) = looked {
+    if let Some(Some(((age, xids), (n, down, alerting, backlog, oldest, forwarded), rows))) = looked
+    {
         let mut reg = REGISTRY.exclusive();
         if let Some(slot) = reg.find(dboid) {
             slot.horizon_age = age;
@@ -252,6 +278,9 @@ fn stats_tick(dboid: u32) {
             slot.link_oldest_age = oldest;
             slot.links_forwarded = forwarded;
             slot.links_at = slot.horizon_at;
+            let n = rows.len().min(super::LINK_ROWS);
+            slot.link_rows[..n].copy_from_slice(&rows[..n]);
+            slot.link_rows_n = n as u8;
         }
     }
 }

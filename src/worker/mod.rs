@@ -164,6 +164,93 @@ pub struct Slot {
     pub link_oldest_age: f64,
     pub links_forwarded: i64,
     pub links_at: i64,
+    /// The first `LINK_ROWS` links by name, one by one, for the endpoint's per-link series and
+    /// the status page (`pgflow.links()` has them all); `link_rows_n` of them are filled.
+    pub link_rows: [LinkRow; LINK_ROWS],
+    pub link_rows_n: u8,
+}
+
+/// How many of a database's links the endpoint and the status page show one by one.
+pub const LINK_ROWS: usize = 8;
+
+/// One link as the worker last saw it (a row of `pgflow._links_state()`).
+#[derive(Copy, Clone, Debug)]
+#[repr(C)]
+pub struct LinkRow {
+    /// Its name and its remote site's (both 1 to 40 of `a-z`, `0-9`, `_`; NUL-padded).
+    pub name: [u8; 40],
+    pub remote: [u8; 40],
+    /// `links()`'s state, as an index into `LINK_STATES`.
+    pub state: u8,
+    pub alerting: bool,
+    pub backlog: i64,
+    pub oldest_age: f64,
+    pub forwarded: i64,
+    /// Since when it has not been streaming, and when its latest trouble began (Postgres
+    /// timestamps; 0: none).
+    pub down_since: i64,
+    pub last_error_at: i64,
+}
+
+/// `links()`'s states; a state this library does not know shows as the last.
+pub const LINK_STATES: [&str; 7] = [
+    "connected",
+    "disconnected",
+    "starting",
+    "not subscribed",
+    "slot lost",
+    "wal lost",
+    "unknown",
+];
+
+impl LinkRow {
+    pub const EMPTY: LinkRow = LinkRow {
+        name: [0; 40],
+        remote: [0; 40],
+        state: 0,
+        alerting: false,
+        backlog: 0,
+        oldest_age: 0.0,
+        forwarded: 0,
+        down_since: 0,
+        last_error_at: 0,
+    };
+
+    fn text(b: &[u8]) -> String {
+        let end = b.iter().position(|&c| c == 0).unwrap_or(b.len());
+        String::from_utf8_lossy(&b[..end]).into_owned()
+    }
+
+    fn put(dst: &mut [u8; 40], v: &str) {
+        *dst = [0; 40];
+        let n = v.len().min(40);
+        dst[..n].copy_from_slice(&v.as_bytes()[..n]);
+    }
+
+    pub fn name(&self) -> String {
+        Self::text(&self.name)
+    }
+
+    pub fn remote(&self) -> String {
+        Self::text(&self.remote)
+    }
+
+    pub fn set_names(&mut self, name: &str, remote: &str) {
+        Self::put(&mut self.name, name);
+        Self::put(&mut self.remote, remote);
+    }
+
+    pub fn state(&self) -> &'static str {
+        LINK_STATES[usize::from(self.state).min(LINK_STATES.len() - 1)]
+    }
+
+    pub fn state_code(state: &str) -> u8 {
+        let i = LINK_STATES
+            .iter()
+            .position(|&s| s == state)
+            .unwrap_or(LINK_STATES.len() - 1);
+        u8::try_from(i).unwrap_or(u8::MAX)
+    }
 }
 
 impl Slot {
@@ -206,6 +293,8 @@ impl Slot {
         link_oldest_age: 0.0,
         links_forwarded: 0,
         links_at: 0,
+        link_rows: [LinkRow::EMPTY; LINK_ROWS],
+        link_rows_n: 0,
     };
 
     pub fn name(&self) -> String {

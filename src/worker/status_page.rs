@@ -146,6 +146,23 @@ pub struct Worker {
     /// Its links to other sites (empty: none), and whether one is down or past its alert_age.
     pub links: String,
     pub links_trouble: bool,
+    /// Its first links by name, one by one (`LINK_ROWS` at most; `pgflow.links()` has all).
+    pub link_rows: Vec<Link>,
+}
+
+/// One link of a served database, as the page's links table shows it.
+pub struct Link {
+    pub name: String,
+    pub remote: String,
+    pub state: &'static str,
+    pub alerting: bool,
+    pub backlog: i64,
+    pub oldest_age: f64,
+    pub forwarded: i64,
+    /// Seconds since it stopped streaming (None: it streams, or was never subscribed).
+    pub down_for: Option<f64>,
+    /// Seconds since its latest trouble began (None: none yet).
+    pub last_error_ago: Option<f64>,
 }
 
 /// How much trouble a queue is in, most first: firing alerts, then dead letters, then the age
@@ -285,6 +302,54 @@ pub fn render(
         );
     }
     out.push_str("</tbody></table>\n");
+
+    // The links, one by one: those in trouble (not streaming, or past alert_age) first.
+    let mut links: Vec<(&str, &Link)> = workers
+        .iter()
+        .flat_map(|w| w.link_rows.iter().map(move |l| (w.database.as_str(), l)))
+        .collect();
+    if !links.is_empty() {
+        links.sort_by(|a, b| {
+            let ok = |l: &Link| l.state == "connected" && !l.alerting;
+            (ok(a.1), a.0, &a.1.name).cmp(&(ok(b.1), b.0, &b.1.name))
+        });
+        out.push_str(
+            "<h2>Links</h2><p>Each database's links to other sites (its first 8 by name; \
+             <code>pgflow.links()</code> has them all, with the last error's text), those in \
+             trouble first.</p><table id=\"links-table\"><thead><tr><th>database</th>\
+             <th>link</th><th>remote site</th><th>state</th><th>waiting</th>\
+             <th>oldest waiting</th><th>confirmed</th><th>down for</th>\
+             <th>last trouble</th></tr></thead><tbody>\n",
+        );
+        for (db, l) in links {
+            let bad = l.state != "connected" || l.alerting;
+            let _ = writeln!(
+                out,
+                "<tr data-link=\"{}/{}\"><td class=\"name\">{}</td><td>{}</td><td>{}</td>\
+                 <td class=\"{}\">{}{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td>\
+                 <td>{}</td></tr>",
+                esc(db),
+                esc(&l.name),
+                esc(db),
+                esc(&l.name),
+                esc(&l.remote),
+                if bad { "state bad" } else { "state good" },
+                l.state,
+                if l.alerting { ", past alert_age" } else { "" },
+                l.backlog,
+                if l.backlog > 0 {
+                    secs(Some(l.oldest_age))
+                } else {
+                    "–".to_owned()
+                },
+                l.forwarded,
+                secs(l.down_for),
+                l.last_error_ago
+                    .map_or_else(|| "none".to_owned(), |a| format!("{} ago", secs(Some(a)))),
+            );
+        }
+        out.push_str("</tbody></table>\n");
+    }
 
     let _ = writeln!(
         out,

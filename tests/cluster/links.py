@@ -26,6 +26,7 @@ import subprocess
 import sys
 import threading
 import time
+import urllib.request
 from typing import Any
 
 import psycopg
@@ -326,18 +327,50 @@ until("the link's alert fires once its oldest message is older than alert_age (3
       lambda: link_state("a", "central")["alerting"] is True, 30)
 
 
-def exposed(name: str) -> float | None:
+def exposed(name: str, labels: str = 'database="postgres"') -> float | None:
     text = q1("a", "SELECT pgflow.metrics_text()")
     for line in text.splitlines():
-        if line.startswith(name + '{database="postgres"} '):
+        if line.startswith(name + "{" + labels + "} "):
             return float(line.split()[-1])
     return None
+
+
+CENTRAL = 'database="postgres",link="central",remote_site="c"'
+
+
+def page() -> str:
+    """Site a's status page, from its endpoint (links.sh turns it on at site a only)."""
+    with urllib.request.urlopen(f"http://127.0.0.1:{os.environ['LINKS_METRICS_PORT']}/", timeout=30) as r:
+        return str(r.read().decode())
+
+
+def page_row(link: str) -> str:
+    html = page()
+    start = html.find(f'<tr data-link="postgres/{link}">')
+    return html[start:html.find("</tr>", start)] if start >= 0 else ""
 
 
 until("the Prometheus text shows the link down, its backlog and its age",
       lambda: exposed("pgflow_links_down") == 1 and (exposed("pgflow_link_backlog_messages") or 0) > 0
       and (exposed("pgflow_link_oldest_unforwarded_seconds") or 0) > 3
       and exposed("pgflow_links_alerting") == 1, 30)
+until("links() names the trouble and since when (last_error, last_error_at, down_since)",
+      lambda: (st := link_state("a", "central"))["last_error"] is not None
+      and st["last_error"].startswith("disconnected: ") and st["down_since"] is not None
+      and st["last_error_at"] is not None and st["down_since"] <= st["last_error_at"], 30,
+      detail=lambda: link_state("a", "central"))
+check("the last error holds no connection string, host or role",
+      not any(w in link_state("a", "central")["last_error"] for w in ("host=", "127.0.0.1", "user=", "password")))
+until("the endpoint shows the link by name: down, its backlog, for how long, since its trouble",
+      lambda: exposed("pgflow_link_up", CENTRAL) == 0
+      and (exposed("pgflow_link_waiting_messages", CENTRAL) or 0) > 0
+      and (exposed("pgflow_link_oldest_waiting_seconds", CENTRAL) or 0) > 3
+      and (exposed("pgflow_link_down_seconds", CENTRAL) or 0) > 0
+      and (exposed("pgflow_link_last_error_timestamp_seconds", CENTRAL) or 0) > 1.7e9
+      and exposed("pgflow_link_state", 'database="postgres",link="central",state="disconnected"') == 1, 30)
+until("the status page lists the link with its state, its backlog and how long it has been down",
+      lambda: "disconnected, past alert_age" in (row := page_row("central")) and "state bad" in row
+      and " ago</td>" in row, 30, detail=lambda: page_row("central"))
 t.join()
 st = link_state("a", "central")
 check("while the remote is down every send stays in the outbox",
@@ -353,6 +386,15 @@ check("the alert clears once the backlog is gone", link_state("a", "central")["a
 until("the Prometheus text shows the links up again",
       lambda: exposed("pgflow_links_down") == 0 and exposed("pgflow_links") == 1
       and exposed("pgflow_link_backlog_messages") == 0, 30)
+until("links() keeps the last error once the link is back, and down_since clears",
+      lambda: (st := link_state("a", "central"))["down_since"] is None
+      and (st["last_error"] or "").startswith("disconnected: "), 30, detail=lambda: link_state("a", "central"))
+until("the endpoint shows the link up again, by name",
+      lambda: exposed("pgflow_link_up", CENTRAL) == 1 and exposed("pgflow_link_down_seconds", CENTRAL) == 0
+      and exposed("pgflow_link_waiting_messages", CENTRAL) == 0
+      and (exposed("pgflow_link_confirmed_total", CENTRAL) or 0) >= link_state("a", "central")["forwarded"], 30)
+until("the status page shows the link connected", lambda: "state good" in page_row("central"), 30,
+      detail=lambda: page_row("central"))
 
 # --- Refusals at the remote, and a loop -----------------------------------------------------
 q("c", "SELECT pgflow.set_contract('strict', '{\"type\": \"object\", \"required\": [\"id\"]}')")

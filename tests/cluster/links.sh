@@ -14,13 +14,18 @@ base=/tmp/pgflow-links-$ver
 cleanup() { for s in a b c; do cluster_stop "$ver" "$base-$s"; done; }
 trap cleanup EXIT
 args=()
+# Site a serves the endpoint and the status page (per-link series and rows).
+LINKS_METRICS_PORT=$(free_port)
+export LINKS_METRICS_PORT
 for s in a b c; do
   port=$(free_port)
+  extra=()
+  [ "$s" = a ] && extra=("pgflow.metrics_listen = '127.0.0.1:$LINKS_METRICS_PORT'")
   # The worker's tick at its default; fsync off: a crash test kills postmasters, not the OS. A
   # subscription retries its connection every second (default 5 s), for a shorter suite.
   cluster_start "$ver" "$base-$s" "$port" "wal_level = logical" "fsync = off" \
     "max_worker_processes = 16" "max_replication_slots = 10" "max_wal_senders = 10" \
-    "wal_retrieve_retry_interval = '1s'"
+    "wal_retrieve_retry_interval = '1s'" "${extra[@]}"
   as_postgres "$bindir/psql" -X -q -h 127.0.0.1 -p "$port" -U postgres -d postgres \
     -v ON_ERROR_STOP=1 -c 'CREATE EXTENSION pgflow'
   args+=("$s=$port=$base-$s")
