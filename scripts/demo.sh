@@ -2,7 +2,8 @@
 # README command 1 (`make demo`): build pgflow, start a throwaway Postgres (15 by default;
 # PG=16, 17 or 18 for the others) with pgflow preloaded, and run the evolution system's scenario
 # (examples/evolution/: every hop, the DLQ and a redrive, a broadcast, 4 parallel Genesis
-# workers) through psql.
+# workers) through psql; then the same system across three sites (scripts/evolution_sites.sh:
+# three more throwaway clusters, stopped when it ends).
 # The cluster stays up afterwards; `make demo-stop` stops it.
 set -euo pipefail
 . "$(dirname "$0")/lib.sh"
@@ -29,6 +30,9 @@ as_postgres "$bindir/createdb" -h 127.0.0.1 -p "$port" -U postgres pgflow_demo
 
 say "running the evolution system scenario (examples/evolution/)"
 bash "$ROOT/scripts/evolution.sh" "$bindir" "$port" pgflow_demo
+
+say "the same system across sites: two instances and CentralCloud on three clusters of their own, wired by links; CentralCloud killed mid-scenario"
+bash "$ROOT/scripts/evolution_sites.sh" "$ver"
 
 cat <<EOT
 

@@ -170,6 +170,14 @@ cluster_layers() {
         -v ON_ERROR_STOP=1 -f '$ROOT/examples/psql/'\$f.sql >/dev/null
     done
   "
+  # The same system across sites (issue #29): three clusters wired by links, CentralCloud
+  # killed mid-scenario.
+  want evolution && run_layer "pg$ver: evolution across sites (2 instances and CentralCloud, CentralCloud killed mid-scenario)" bash -c "
+    bash '$ROOT/scripts/evolution_sites.sh' $ver >'$out/evolution_sites.log' 2>&1 \\
+      || { tail -60 '$out/evolution_sites.log' >&2; exit 1; }
+    grep -q 'evolution across sites: every hop checked' '$out/evolution_sites.log'
+    sed -n '/^== 5/,\$p' '$out/evolution_sites.log'
+  "
 
   want e2e && run_layer "pg$ver: end-to-end tests" \
     env PGFLOW_TEST_DSN="$dsn" cargo test -q -p pgflow-e2e ${one:+-- "$one"}
