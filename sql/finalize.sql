@@ -32,7 +32,7 @@ END
 $pin$;
 
 -------------------------------------------------------------------------------------------------
--- Roles and ownership (docs/operations.md, "Roles and grants"). Four NOLOGIN roles, created
+-- Roles and ownership (docs/operations.md, "Roles and grants"). Five NOLOGIN roles, created
 -- when missing (roles belong to the cluster: a second database's install finds them, and
 -- DROP EXTENSION leaves them):
 --   pgflow_owner     owns every pgflow object and nothing else, and is no superuser. The
@@ -43,6 +43,10 @@ $pin$;
 --                    both the read-only ones, and the functions a per-queue 'admin' grant
 --                    allows. Which queues: their per-queue grants (pgflow.grant).
 --   pgflow_admin     may call every user-facing function, on every queue.
+--   pgflow_link_receiver  may INSERT into pgflow.link_outbox, for a link's subscription owned by
+--                    a role without superuser (16 and later, run_as_owner = true); only an
+--                    apply's insert gets through (the guard trigger), and what it sends needs
+--                    that role's produce grants (sql/links.sql). Five roles in all.
 -- PUBLIC may call nothing and reaches no table. pg_monitor may call the observing functions
 -- and sees every queue's figures. This block is also the last step of every upgrade script
 -- (tests/upgrade/upgrade.sh appends it), so an upgraded install ends exactly like a fresh one;
@@ -52,7 +56,8 @@ DO $roles$
 DECLARE
     r text;
 BEGIN
-    FOREACH r IN ARRAY ARRAY['pgflow_owner', 'pgflow_producer', 'pgflow_consumer', 'pgflow_admin'] LOOP
+    FOREACH r IN ARRAY ARRAY['pgflow_owner', 'pgflow_producer', 'pgflow_consumer', 'pgflow_admin',
+                             'pgflow_link_receiver'] LOOP
         IF NOT EXISTS (SELECT 1 FROM pg_catalog.pg_roles WHERE rolname = r) THEN
             EXECUTE pg_catalog.format('CREATE ROLE %I NOLOGIN', r);
         END IF;
@@ -93,9 +98,11 @@ BEGIN
               ORDER BY p.oid LOOP
         EXECUTE pg_catalog.format('ALTER FUNCTION %s OWNER TO pgflow_owner', o.fn);
         -- Every user-facing function but worker_status (which reads shared memory and checks
-        -- the caller itself) runs as the owner; the internal ones run as their caller, which
-        -- is then the owner.
-        EXECUTE pg_catalog.format(CASE WHEN pg_catalog.starts_with(o.proname::pg_catalog.text, '_') OR o.proname = 'worker_status'
+        -- the caller itself) runs as the owner;
+        -- the internal ones run as their caller, which is then the owner; link_arrive, the
+        -- trigger of a link's apply, runs as the owner too (sql/links.sql says why).
+        EXECUTE pg_catalog.format(CASE WHEN (pg_catalog.starts_with(o.proname::pg_catalog.text, '_') AND o.proname <> '_link_arrive')
+                                            OR o.proname = 'worker_status'
                                        THEN 'ALTER FUNCTION %s SECURITY INVOKER'
                                        ELSE 'ALTER FUNCTION %s SECURITY DEFINER' END, o.fn);
     END LOOP;
@@ -107,6 +114,7 @@ GRANT USAGE ON SCHEMA pgflow TO pgflow_producer, pgflow_consumer, pgflow_admin, 
 REVOKE ALL ON ALL TABLES IN SCHEMA pgflow FROM PUBLIC;
 REVOKE ALL ON ALL SEQUENCES IN SCHEMA pgflow FROM PUBLIC;
 REVOKE EXECUTE ON ALL FUNCTIONS IN SCHEMA pgflow FROM PUBLIC;
+GRANT INSERT ON pgflow.link_outbox TO pgflow_link_receiver;
 
 DO $grants$
 DECLARE

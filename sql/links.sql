@@ -399,7 +399,9 @@ END $$;
 -- _link_arrive: the apply of a forwarded message at this site (a REPLICA trigger on
 -- pgflow.link_outbox: it fires only in a subscription's apply). Sends it to its queue as the
 -- subscription's owner, with its origin and path in the headers, or keeps it in
--- pgflow.link_refused with the reason. Never raises: an error would stop the subscription
+-- pgflow.link_refused with the reason. SECURITY DEFINER (sql/finalize.sql), unlike the other
+-- internal functions: an apply that runs as a subscription owner without superuser
+-- (run_as_owner) reaches pgflow only through it; the send still checks that owner's grants. Never raises: an error would stop the subscription
 -- and every message behind this one. Returns NULL: the row itself is not stored.
 CREATE FUNCTION pgflow._link_arrive()
 RETURNS trigger
@@ -434,6 +436,28 @@ END $$;
 CREATE TRIGGER link_arrive BEFORE INSERT ON pgflow.link_outbox
     FOR EACH ROW EXECUTE FUNCTION pgflow._link_arrive();
 ALTER TABLE pgflow.link_outbox ENABLE REPLICA TRIGGER link_arrive;
+
+-- _link_outbox_guard: only pgflow writes a link's outbox outside an apply. pgflow_link_receiver
+-- has INSERT on it so that a subscription owned by a role without superuser (Postgres 16 and
+-- later, run_as_owner = true) can apply into it, where link_arrive sends each row to its queue
+-- with that role's grants and stores nothing. In any other session such an insert would store
+-- a row that this site then forwards as its own: refused (42501). pgflow's own inserts run as
+-- pgflow_owner (its functions and its worker); a superuser's (a restore) pass. It does not fire
+-- in an apply (session_replication_role = replica, which only a superuser can set).
+CREATE FUNCTION pgflow._link_outbox_guard()
+RETURNS trigger
+LANGUAGE plpgsql AS $$
+BEGIN
+    IF current_user <> 'pgflow_owner'
+       AND NOT (SELECT r.rolsuper FROM pg_catalog.pg_roles r WHERE r.rolname = current_user) THEN
+        RAISE EXCEPTION 'permission denied to insert into a link''s outbox: only pgflow writes it'
+            USING ERRCODE = 'insufficient_privilege',
+                  HINT = 'Send to a forwarded queue or publish on a forwarded topic instead.';
+    END IF;
+    RETURN NULL;
+END $$;
+CREATE TRIGGER link_outbox_guard BEFORE INSERT ON pgflow.link_outbox
+    FOR EACH STATEMENT EXECUTE FUNCTION pgflow._link_outbox_guard();
 
 -- The triggers of pgflow's own tables fire in a subscription's apply too (ALWAYS), since
 -- link_arrive sends there: by default a trigger does not fire under session_replication_role

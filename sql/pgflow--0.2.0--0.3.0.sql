@@ -599,6 +599,7 @@ END $function$;
 CREATE OR REPLACE FUNCTION pgflow._link_arrive()
  RETURNS trigger
  LANGUAGE plpgsql
+ SECURITY DEFINER
  SET search_path TO 'pg_catalog', 'pgflow', 'pg_temp'
 AS $function$
 DECLARE
@@ -626,6 +627,21 @@ BEGIN
         VALUES (NEW.origin, NEW.via, NEW.remote_queue, NEW.message, NEW.headers, NEW.priority,
                 NEW.group_key, NEW.dedup_key, NEW.deliver_at, SQLSTATE, SQLERRM);
     END;
+    RETURN NULL;
+END $function$;
+
+CREATE OR REPLACE FUNCTION pgflow._link_outbox_guard()
+ RETURNS trigger
+ LANGUAGE plpgsql
+ SET search_path TO 'pg_catalog', 'pgflow', 'pg_temp'
+AS $function$
+BEGIN
+    IF current_user <> 'pgflow_owner'
+       AND NOT (SELECT r.rolsuper FROM pg_catalog.pg_roles r WHERE r.rolname = current_user) THEN
+        RAISE EXCEPTION 'permission denied to insert into a link''s outbox: only pgflow writes it'
+            USING ERRCODE = 'insufficient_privilege',
+                  HINT = 'Send to a forwarded queue or publish on a forwarded topic instead.';
+    END IF;
     RETURN NULL;
 END $function$;
 
@@ -1785,11 +1801,13 @@ COMMENT ON table pgflow.link_outbox IS 'pgflow messages waiting to be forwarded 
 COMMENT ON table pgflow.link_refused IS 'Forwarded messages this site refused, with the reason.';
 COMMENT ON table pgflow.site IS 'This pgflow site''s name; use pgflow.set_site().';
 -- Hand-written steps (scripts/upgrade-steps/0.2.0--0.3.0.sql, after the drafted part): the
--- trigger of the new table pgflow.link_outbox, and when the triggers fire, as sql/links.sql
+-- triggers of the new table pgflow.link_outbox, and when the triggers fire, as sql/links.sql
 -- sets them.
 CREATE TRIGGER link_arrive BEFORE INSERT ON pgflow.link_outbox
     FOR EACH ROW EXECUTE FUNCTION pgflow._link_arrive();
 ALTER TABLE pgflow.link_outbox ENABLE REPLICA TRIGGER link_arrive;
+CREATE TRIGGER link_outbox_guard BEFORE INSERT ON pgflow.link_outbox
+    FOR EACH STATEMENT EXECUTE FUNCTION pgflow._link_outbox_guard();
 ALTER TABLE pgflow.message ENABLE ALWAYS TRIGGER message_stats;
 ALTER TABLE pgflow.message ENABLE ALWAYS TRIGGER message_group_advance;
 ALTER TABLE pgflow.archive ENABLE ALWAYS TRIGGER archive_stats;
@@ -1830,7 +1848,7 @@ END
 $pin$;
 
 -------------------------------------------------------------------------------------------------
--- Roles and ownership (docs/operations.md, "Roles and grants"). Four NOLOGIN roles, created
+-- Roles and ownership (docs/operations.md, "Roles and grants"). Five NOLOGIN roles, created
 -- when missing (roles belong to the cluster: a second database's install finds them, and
 -- DROP EXTENSION leaves them):
 --   pgflow_owner     owns every pgflow object and nothing else, and is no superuser. The
@@ -1841,6 +1859,10 @@ $pin$;
 --                    both the read-only ones, and the functions a per-queue 'admin' grant
 --                    allows. Which queues: their per-queue grants (pgflow.grant).
 --   pgflow_admin     may call every user-facing function, on every queue.
+--   pgflow_link_receiver  may INSERT into pgflow.link_outbox, for a link's subscription owned by
+--                    a role without superuser (16 and later, run_as_owner = true); only an
+--                    apply's insert gets through (the guard trigger), and what it sends needs
+--                    that role's produce grants (sql/links.sql). Five roles in all.
 -- PUBLIC may call nothing and reaches no table. pg_monitor may call the observing functions
 -- and sees every queue's figures. This block is also the last step of every upgrade script
 -- (tests/upgrade/upgrade.sh appends it), so an upgraded install ends exactly like a fresh one;
@@ -1850,7 +1872,8 @@ DO $roles$
 DECLARE
     r text;
 BEGIN
-    FOREACH r IN ARRAY ARRAY['pgflow_owner', 'pgflow_producer', 'pgflow_consumer', 'pgflow_admin'] LOOP
+    FOREACH r IN ARRAY ARRAY['pgflow_owner', 'pgflow_producer', 'pgflow_consumer', 'pgflow_admin',
+                             'pgflow_link_receiver'] LOOP
         IF NOT EXISTS (SELECT 1 FROM pg_catalog.pg_roles WHERE rolname = r) THEN
             EXECUTE pg_catalog.format('CREATE ROLE %I NOLOGIN', r);
         END IF;
@@ -1891,9 +1914,11 @@ BEGIN
               ORDER BY p.oid LOOP
         EXECUTE pg_catalog.format('ALTER FUNCTION %s OWNER TO pgflow_owner', o.fn);
         -- Every user-facing function but worker_status (which reads shared memory and checks
-        -- the caller itself) runs as the owner; the internal ones run as their caller, which
-        -- is then the owner.
-        EXECUTE pg_catalog.format(CASE WHEN pg_catalog.starts_with(o.proname::pg_catalog.text, '_') OR o.proname = 'worker_status'
+        -- the caller itself) runs as the owner;
+        -- the internal ones run as their caller, which is then the owner; link_arrive, the
+        -- trigger of a link's apply, runs as the owner too (sql/links.sql says why).
+        EXECUTE pg_catalog.format(CASE WHEN (pg_catalog.starts_with(o.proname::pg_catalog.text, '_') AND o.proname <> '_link_arrive')
+                                            OR o.proname = 'worker_status'
                                        THEN 'ALTER FUNCTION %s SECURITY INVOKER'
                                        ELSE 'ALTER FUNCTION %s SECURITY DEFINER' END, o.fn);
     END LOOP;
@@ -1905,6 +1930,7 @@ GRANT USAGE ON SCHEMA pgflow TO pgflow_producer, pgflow_consumer, pgflow_admin, 
 REVOKE ALL ON ALL TABLES IN SCHEMA pgflow FROM PUBLIC;
 REVOKE ALL ON ALL SEQUENCES IN SCHEMA pgflow FROM PUBLIC;
 REVOKE EXECUTE ON ALL FUNCTIONS IN SCHEMA pgflow FROM PUBLIC;
+GRANT INSERT ON pgflow.link_outbox TO pgflow_link_receiver;
 
 DO $grants$
 DECLARE

@@ -512,4 +512,67 @@ check("a producer's send to a forwarded queue is forwarded",
       sqlstate("a", "SELECT pgflow.send('proposals_out', '{\"by\": \"prod\"}')", user="prod") is None)
 until("the producer's message arrives", lambda: q1(
     "c", "SELECT count(*) FROM pgflow.message WHERE message ->> 'by' = 'prod'") == 1)
+check("a producer cannot write a link's outbox (42501)",
+      sqlstate("a", "INSERT INTO pgflow.link_outbox (link_id, sent_at, origin, via, remote_queue, message) "
+                    "VALUES (1, now(), '{}', '{}', 'proposals', '{}')", user="prod") == "42501")
+
+
+def receiving_without_superuser() -> None:
+    """Postgres 16 and later: a link's subscription owned by a role without superuser, as
+    docs/operations.md sets it up: pg_create_subscription, CREATE on the database,
+    pgflow_link_receiver, produce grants on its target queues only, run_as_owner = true, and a
+    password to the sending site (Postgres requires one for such an owner)."""
+    hba = f"{SITES['a'][1]}/pg_hba.conf"
+    with open(hba) as f:
+        rules = f.read()
+    with open(hba, "w") as f:
+        f.write("host all link_in 127.0.0.1/32 scram-sha-256\n"
+                "host replication link_in 127.0.0.1/32 scram-sha-256\n" + rules)
+    q("a", "SELECT pg_reload_conf()")
+    q("a", "CREATE ROLE link_in LOGIN REPLICATION PASSWORD 'a-secret'")
+    for queue in ("nsu_granted", "nsu_other"):
+        q("a", "SELECT pgflow.create_queue(%s)", queue)
+        q("c", "SELECT pgflow.create_queue(%s)", queue)
+    q("c", "CREATE ROLE receiver LOGIN")
+    q("c", "GRANT pg_create_subscription, pgflow_link_receiver, pgflow_producer TO receiver")
+    q("c", "GRANT CREATE ON DATABASE postgres TO receiver")
+    q("c", "SELECT pgflow.grant('nsu_granted', 'receiver', 'produce')")
+    stmt = q1("a", "SELECT pgflow.link_create('nsu', 'c')")
+    filled = (stmt.replace("host=... port=...", f"host=127.0.0.1 port={SITES['a'][0]}")
+              .replace("user=...", "user=link_in password=a-secret")
+              .replace("copy_data = false", "copy_data = false, run_as_owner = true"))
+    with conn("c", user="receiver") as c:
+        c.execute(filled)  # type: ignore[arg-type]
+    check("the subscription is owned by a role without superuser",
+          q1("c", "SELECT NOT r.rolsuper FROM pg_subscription s JOIN pg_roles r ON r.oid = s.subowner "
+                  "WHERE s.subname = 'pgflow_from_a_nsu'") is True)
+    until("the link is connected", lambda: link_state("a", "nsu")["state"] == "connected",
+          detail=lambda: link_state("a", "nsu"))
+    q("a", "SELECT pgflow.forward('nsu_granted', 'nsu', 'nsu_granted')")
+    q("a", "SELECT pgflow.forward('nsu_other', 'nsu', 'nsu_other')")
+    sent = [q1("a", "SELECT pgflow.send('nsu_granted', jsonb_build_object('n', %s::int))", i) for i in range(3)]
+    q("a", "SELECT pgflow.send('nsu_other', '{\"n\": 99}')")
+    exactly_once("a subscription without superuser", "c", "nsu_granted", "a", sent)
+    # A queue the owner has no grant on reads as missing to it, as to any role (the role model).
+    until("a queue the owner has no produce grant on refuses (42704, as missing to it), kept in link_refused",
+          lambda: q1("c", "SELECT sqlstate FROM pgflow.link_refused WHERE remote_queue = 'nsu_other'") == "42704",
+          detail=lambda: q("c", "SELECT remote_queue, sqlstate, reason FROM pgflow.link_refused "
+                                "ORDER BY refused_id DESC LIMIT 3"))
+    check("nothing reached that queue", q1("c", "SELECT count(*) FROM pgflow.message m JOIN pgflow.queue u "
+                                                "USING (queue_id) WHERE u.queue_name = 'nsu_other'") == 0)
+    check("outside an apply, the receiving role cannot write the outbox (42501)",
+          sqlstate("c", "INSERT INTO pgflow.link_outbox (link_id, sent_at, origin, via, remote_queue, message) "
+                        "VALUES (1, now(), '{}', '{}', 'a', '{}')", user="receiver") == "42501")
+    check("nor read it, nor any other pgflow table (42501)",
+          sqlstate("c", "SELECT * FROM pgflow.link_outbox", user="receiver") == "42501"
+          and sqlstate("c", "SELECT * FROM pgflow.message", user="receiver") == "42501")
+    q("a", "SELECT pgflow.unforward('nsu_granted')")
+    q("a", "SELECT pgflow.unforward('nsu_other')")
+    drained("a", "nsu")
+
+
+if int(VER) >= 16:
+    receiving_without_superuser()
+else:
+    log("Postgres 15: a subscription needs a superuser owner (16 added pg_create_subscription)")
 log("links: every check passed")
