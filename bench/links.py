@@ -11,12 +11,14 @@ percentile (never a timed assertion):
   * drain:       c stopped, a backlog sent at a, c started: messages per second from c's start
                  until the last arrived;
   * client loop: what users build today, a loop that reads 100 at a, send_batch's them to c and
-                 archives them at a (Python and psycopg, one connection per site), on the same
-                 backlog size: msg/s.
+                 archives them at a, on the same backlog size: msg/s. Twice: with the Rust
+                 client (clients/rust/examples/forward_loop.rs: archive_read, send_batch; the
+                 binary in FORWARD_LOOP) and in Python with psycopg, one connection per site.
 Usage: links.py BINDIR A_PORT A_DIR C_PORT C_DIR OUT_CSV [N_DRAIN]"""
 
 from __future__ import annotations
 
+import os
 import subprocess
 import sys
 import time
@@ -122,9 +124,23 @@ record(f"drain of a {N_DRAIN:,} backlog after an outage (from the remote's start
        N_DRAIN / (done - t0))
 c = conn(C_PORT)
 
-# What users build today: a client loop moving messages from a's queue to c's.
+# What users build today: a client loop moving messages from a's queue to c's. First with the
+# Rust client.
 purge()
 one(a, "SELECT pgflow.create_queue('outbox_loop')")
+for _ in range(N_DRAIN // 1000):
+    a.execute("SELECT pgflow.send_batch('outbox_loop', array_fill('{\"l\": 1}'::jsonb, ARRAY[1000]))")
+loop = subprocess.run(
+    [os.environ["FORWARD_LOOP"], "outbox_loop", "inbox", str(N_DRAIN)], check=True, capture_output=True, text=True,
+    env={**os.environ, "FROM_DSN": f"host=127.0.0.1 port={A_PORT} user=postgres dbname=postgres",
+         "TO_DSN": f"host=127.0.0.1 port={C_PORT} user=postgres dbname=postgres"})
+rate = float(loop.stdout.strip().rsplit(": ", 1)[1].split()[0])
+if inbox_count() != N_DRAIN:
+    sys.exit(f"links bench: the Rust loop moved {inbox_count()} messages, not {N_DRAIN}")
+record(f"client loop in Rust (archive_read 100, remote send_batch) on a {N_DRAIN:,} backlog", "msg/s", rate)
+
+# The same loop in Python.
+purge()
 for _ in range(N_DRAIN // 1000):
     a.execute("SELECT pgflow.send_batch('outbox_loop', array_fill('{\"l\": 1}'::jsonb, ARRAY[1000]))")
 t0 = time.monotonic()
@@ -136,7 +152,7 @@ while moved < N_DRAIN:
     c.execute("SELECT pgflow.send_batch('inbox', %s::jsonb[])", ([psycopg.types.json.Jsonb(r[1]) for r in rows],))
     a.execute("SELECT pgflow.archive('outbox_loop', %s::bigint[])", ([r[0] for r in rows],))
     moved += len(rows)
-record(f"client loop (read 100, remote send_batch, archive) on a {N_DRAIN:,} backlog", "msg/s",
+record(f"client loop in Python (read 100, remote send_batch, archive) on a {N_DRAIN:,} backlog", "msg/s",
        N_DRAIN / (time.monotonic() - t0))
 
 with open(OUT, "w") as f:

@@ -3,13 +3,23 @@
 # machine, each its own cluster with durable settings (fsync and synchronous_commit on), site a
 # forwarding queue `out` over a link to site c's `inbox`. Writes bench/results/<UTC>-links.csv
 # (SMOKE=1: a small backlog, results to a temporary directory).
-# Usage: PG=15 bash bench/links.sh
+# Usage: PG=15 bash bench/links.sh (make bench runs it after the other workloads)
 set -euo pipefail
 . "$(dirname "$0")/../scripts/lib.sh"
 ver=${PG:-15}
 bindir=$("$(pg_config_for "$ver")" --bindir)
 [ "${SKIP_INSTALL:-}" = 1 ] || { say "bench links: installing pgflow (release) into Postgres $ver"; install_pgflow "$ver" --release; }
-a=/tmp/pgflow-blinks-a c=/tmp/pgflow-blinks-c
+# The client loop in Rust (clients/rust/examples/forward_loop.rs): built here in release, or
+# (SMOKE=1, make test) the debug build make test made beforehand.
+if [ "${SMOKE:-}" = 1 ]; then
+  FORWARD_LOOP=$ROOT/target/debug/examples/forward_loop
+else
+  (cd "$ROOT" && cargo build -q --release -p pgflow-client --example forward_loop)
+  FORWARD_LOOP=$ROOT/target/release/examples/forward_loop
+fi
+[ -x "$FORWARD_LOOP" ] || die "no $FORWARD_LOOP (cargo build -p pgflow-client --example forward_loop)"
+export FORWARD_LOOP
+a=/tmp/pgflow-blinks-$ver-a c=/tmp/pgflow-blinks-$ver-c
 trap 'cluster_stop "$ver" "$a"; cluster_stop "$ver" "$c"' EXIT
 aport=$(free_port)
 cluster_start "$ver" "$a" "$aport" "wal_level = logical" "synchronous_commit = on" "fsync = on" \

@@ -48,6 +48,13 @@ out=$ROOT/bench/results
   --tables "${BENCH_TABLES:-aged}" --python "$PLOT_PYTHON" --bench-dir "$ROOT/bench" \
   ${BENCH_WORKLOADS:+--workloads "$BENCH_WORKLOADS"} | tee "$out/latest-$mode.txt"
 
+# The links workload (issue #29, bench/links.sh): two more clusters, site a forwarding to site
+# c, against a client loop. With every workload only (BENCH_WORKLOADS unset); alone:
+# `bash bench/links.sh`.
+if [ -z "${BENCH_WORKLOADS:-}" ]; then
+  SKIP_INSTALL=1 SMOKE=$([ "$mode" = smoke ] && echo 1 || true) PG=$ver bash "$ROOT/bench/links.sh"
+fi
+
 # bench/README.md carries the latest full table, between its bench:start and bench:end markers.
 if [ "$mode" = full ] && [ -z "${BENCH_WORKLOADS:-}" ]; then
   python3 - "$ROOT/bench/README.md" "$out/latest-$mode.txt" <<'PY'

@@ -256,7 +256,7 @@ pgrx_init() {
 parts=()
 case "$1" in
   demo) parts=(build "pg${2:-15}" python) ;;
-  bench) parts=(build "pg${2:-15}" peers plot) ;;
+  bench) parts=(build "pg${2:-15}" peers plot python) ;;
   abi-check) abi_check "${2:?abi-check needs a major version}"; exit 0 ;;
   test) parts=(build elixir python peers plot promtool chromium pooling ha sharding); for v in $PG_MAJORS; do parts+=("pg$v"); done ;;
   *) parts=("$@") ;;

@@ -235,7 +235,7 @@ for ver in $versions; do
 done
 if [ -n "$(printf '%s\n' $layers | grep -vxE 'pgrx|regress|isolation|upgrade|roles|fuzz|lifecycle|metrics|links|ha|sharding|python|pooling')" ]; then
   say "building the clients, the docs' Rust blocks and the benchmark"
-  (cd "$ROOT" && cargo build -q -p pgflow-client --example genesis_runner && cargo build -q -p pgflow-docs \
+  (cd "$ROOT" && cargo build -q -p pgflow-client --example genesis_runner --example forward_loop && cargo build -q -p pgflow-docs \
     && cargo test -q --no-run -p pgflow-e2e -p pgflow-client \
     && { ! want bench || cargo build -q --release -p pgflow-bench; }) || true
 fi

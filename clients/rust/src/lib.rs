@@ -285,6 +285,23 @@ impl<C: Conn + Sync> Calls<C> {
         Ok(row.get(0))
     }
 
+    /// Sends messages in one statement and one commit; returns their ids in input order.
+    /// Contracts, dedup and forwarding apply to each as to `send`; one refused message refuses
+    /// the batch.
+    pub async fn send_batch<T: Serialize>(&self, queue: &str, payloads: &[T]) -> Result<Vec<i64>> {
+        let payloads = payloads
+            .iter()
+            .map(serde_json::to_value)
+            .collect::<std::result::Result<Vec<Value>, _>>()?;
+        let rows = self
+            .call(self.0.conn().query_typed(
+                "SELECT id FROM pgflow.send_batch($1, $2) AS id",
+                &[(&queue, Type::TEXT), (&payloads, Type::JSONB_ARRAY)],
+            ))
+            .await?;
+        Ok(rows.iter().map(|r| r.get(0)).collect())
+    }
+
     /// Leases up to `qty` messages for `vt`; with `wait`, sleeps (in the server) until one
     /// arrives or `wait` passes.
     pub async fn read<T: DeserializeOwned>(

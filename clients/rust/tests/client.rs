@@ -118,6 +118,29 @@ async fn typed_calls_round_trip_and_errors_carry_sqlstates() {
 }
 
 #[tokio::test]
+async fn send_batch_sends_in_one_commit_in_order_or_not_at_all() {
+    let q = "rs_send_batch";
+    let c = fresh(q, "").await;
+    let jobs: Vec<Job> = (0..5)
+        .map(|n| Job {
+            id: format!("j{n}"),
+            n,
+        })
+        .collect();
+    let ids = c.send_batch(q, &jobs).await.unwrap();
+    assert_eq!(ids.len(), 5);
+    assert!(ids.windows(2).all(|w| w[0] < w[1]), "ids in input order");
+    let got: Vec<Message<Job>> = c.read(q, Duration::from_secs(30), 10, None).await.unwrap();
+    assert_eq!(got.iter().map(|m| m.id).collect::<Vec<_>>(), ids);
+    assert_eq!(got.into_iter().map(|m| m.payload).collect::<Vec<_>>(), jobs);
+    // An empty batch sends nothing; an unknown queue is 42704.
+    let none: &[Job] = &[];
+    assert!(c.send_batch(q, none).await.unwrap().is_empty());
+    let e = c.send_batch("rs_no_such_queue", &jobs).await.unwrap_err();
+    assert_eq!(e.sqlstate(), Some("42704"));
+}
+
+#[tokio::test]
 async fn archive_read_archives_and_leases_in_one_call() {
     let q = "rs_archive_read";
     let c = fresh(q, "").await;
