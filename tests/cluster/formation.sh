@@ -5,8 +5,9 @@
 #   formation_up [CONF_LINE...]   the monitor, node1 (its postgresql.conf gets the lines too),
 #                                 CREATE EXTENSION pgflow on node1, node2, both in sync
 #   start_node NAME / stop_node NAME   pg_autoctl run of a node in a session of its own / kill -9
-#                                 of that whole process group (its Postgres too), as when the
-#                                 machine dies
+#                                 of that process group (the cleanup's)
+#   kill_node NAME                the node dies as when its machine does (frozen, then killed:
+#                                 pg_autoctl, the postmaster and every Postgres child)
 #   state NAME / wait_state NAME STATE [SECONDS]   a node's state as the monitor has it
 #   cleanup                       every process of the formation
 # The monitor's health checks are shortened (1 s period, 5 s to unhealthy, 3 s to consider an
@@ -32,6 +33,26 @@ start_node() {  # pg_autoctl run in a session of its own, so that stop_node kill
   done
   [ -n "$pid" ] || die "pg_autoctl did not start for $1"
   ps -o pgid= -p "$pid" | tr -d ' ' > "$H/$1.pgid"
+}
+kill_node() {  # a node dies as when its machine does: everything of it stops at once
+  # Its pg_autoctl's process group holds the postmaster, but every Postgres child leads a
+  # process group of its own (InitPostmasterChild calls setsid), so a group kill leaves the
+  # children running for a moment: a backend or an apply worker waiting for the synchronous
+  # standby then sees the postmaster die, gives up the wait, finishes its commit locally, and an
+  # apply worker even reports it to its publisher. A machine's death allows none of that: the
+  # node's Postgres processes are frozen first (the postmaster, then its children), then all is
+  # killed. (Only Postgres is frozen: a stopped pg_autoctl makes the sudo that started it stop
+  # too, which then never reaps it, and the next pg_autoctl finds its pid alive.)
+  local pgid pm kids
+  pgid=$(cat "$H/$1.pgid")
+  pm=$(head -1 "$H/$1/postmaster.pid" 2>/dev/null || true)
+  [ -n "$pm" ] && kill -STOP "$pm" 2>/dev/null || true
+  kids=$([ -n "$pm" ] && pgrep -P "$pm" || true)
+  # shellcheck disable=SC2086
+  [ -n "$kids" ] && kill -STOP $kids 2>/dev/null || true
+  # shellcheck disable=SC2086
+  kill -9 -- "-$pgid" $pm $kids 2>/dev/null || true
+  rm -f "$H/$1.pgid"
 }
 cleanup() {
   for n in node1 node2 monitor; do stop_node $n; done
