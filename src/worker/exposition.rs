@@ -458,7 +458,7 @@ pub fn render(
             "gauge",
             "1 while the link's remote site streams from it, else 0 (first links of each \
              database by name; pgflow.links() has them all).",
-            |l, _| f64::from(u8::from(l.state == 0)),
+            |l, _| f64::from(u8::from(l.state() == "connected")),
         ),
         (
             "pgflow_link_waiting_messages",

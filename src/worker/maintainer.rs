@@ -211,52 +211,52 @@ fn stats_tick(dboid: u32) {
                             AND NOT EXISTS (SELECT 1 FROM pg_catalog.pg_stat_subscription w \
                                              WHERE w.subid = s.oid AND w.relid IS NULL \
                                                AND w.pid IS NOT NULL)) \
-                     SELECT count(*)::int4, (count(*) FILTER (WHERE NOT connected))::int4, \
-                            (count(*) FILTER (WHERE alerting))::int4, \
-                            coalesce(sum(backlog), 0)::int8, coalesce(max(oldest_age), 0)::float8, \
-                            (SELECT names FROM idle), \
+                     SELECT (SELECT names FROM idle), \
                             (SELECT a.pid FROM pg_catalog.pg_stat_activity a \
                               WHERE (SELECT names FROM idle) IS NOT NULL \
-                                AND a.backend_type = 'logical replication launcher' LIMIT 1), \
-                            coalesce(sum(forwarded), 0)::int8 \
-                       FROM pgflow._links_state()",
+                                AND a.backend_type = 'logical replication launcher' LIMIT 1)",
                     Some(1),
                     &[pg_sys::Oid::from(dboid).into()],
                 )?
                 .first();
-            let links = (
-                row.get::<i32>(1)?.unwrap_or(0),
-                row.get::<i32>(2)?.unwrap_or(0),
-                row.get::<i32>(3)?.unwrap_or(0),
-                row.get::<i64>(4)?.unwrap_or(0),
-                row.get::<f64>(5)?.unwrap_or(0.0),
-                row.get::<i64>(8)?.unwrap_or(0),
-            );
-            let idle = row.get::<String>(6)?;
-            let launcher = row.get::<i32>(7)?.unwrap_or(0);
+            let idle = row.get::<String>(1)?;
+            let launcher = row.get::<i32>(2)?.unwrap_or(0);
             nudge_launcher(idle, launcher);
-            // The first links by name, one by one (timestamps as Postgres keeps them: µs
-            // since 2000-01-01).
+            // Every link, once (its outbox counted once a tick): the summary over all of them,
+            // and the first LINK_ROWS by name one by one (timestamps as Postgres keeps them:
+            // µs since 2000-01-01).
+            let table = client.select(
+                "SELECT link_name, remote_site, state, alerting, backlog, \
+                        coalesce(oldest_age, 0)::float8, forwarded, \
+                        (extract(epoch FROM down_since - '2000-01-01 00:00:00+00') * 1e6)::int8, \
+                        (extract(epoch FROM last_error_at - '2000-01-01 00:00:00+00') * 1e6)::int8, \
+                        connected \
+                   FROM pgflow._links_state() ORDER BY link_name",
+                None,
+                &[],
+            )?;
+            let mut links = (0, 0, 0, 0, 0.0_f64, 0);
             let mut rows = Vec::new();
-            if links.0 > 0 {
-                let table = client.select(
-                    "SELECT link_name, remote_site, state, alerting, backlog,                             coalesce(oldest_age, 0)::float8, forwarded,                             (extract(epoch FROM down_since - '2000-01-01 00:00:00+00') * 1e6)::int8,                             (extract(epoch FROM last_error_at - '2000-01-01 00:00:00+00') * 1e6)::int8                        FROM pgflow._links_state() ORDER BY link_name LIMIT $1",
-                    None,
-                    &[(super::LINK_ROWS as i32).into()],
-                )?;
-                for r in table {
-                    let mut l = super::LinkRow::EMPTY;
-                    l.set_names(
-                        &r.get::<String>(1)?.unwrap_or_default(),
-                        &r.get::<String>(2)?.unwrap_or_default(),
-                    );
-                    l.state = super::LinkRow::state_code(&r.get::<String>(3)?.unwrap_or_default());
-                    l.alerting = r.get::<bool>(4)?.unwrap_or(false);
-                    l.backlog = r.get::<i64>(5)?.unwrap_or(0);
-                    l.oldest_age = r.get::<f64>(6)?.unwrap_or(0.0);
-                    l.forwarded = r.get::<i64>(7)?.unwrap_or(0);
-                    l.down_since = r.get::<i64>(8)?.unwrap_or(0);
-                    l.last_error_at = r.get::<i64>(9)?.unwrap_or(0);
+            for r in table {
+                let mut l = super::LinkRow::EMPTY;
+                l.set_names(
+                    &r.get::<String>(1)?.unwrap_or_default(),
+                    &r.get::<String>(2)?.unwrap_or_default(),
+                );
+                l.state = super::LinkRow::state_code(&r.get::<String>(3)?.unwrap_or_default());
+                l.alerting = r.get::<bool>(4)?.unwrap_or(false);
+                l.backlog = r.get::<i64>(5)?.unwrap_or(0);
+                l.oldest_age = r.get::<f64>(6)?.unwrap_or(0.0);
+                l.forwarded = r.get::<i64>(7)?.unwrap_or(0);
+                l.down_since = r.get::<i64>(8)?.unwrap_or(0);
+                l.last_error_at = r.get::<i64>(9)?.unwrap_or(0);
+                links.0 += 1;
+                links.1 += i32::from(!r.get::<bool>(10)?.unwrap_or(false));
+                links.2 += i32::from(l.alerting);
+                links.3 += l.backlog;
+                links.4 = links.4.max(l.oldest_age);
+                links.5 += l.forwarded;
+                if rows.len() < super::LINK_ROWS {
                     rows.push(l);
                 }
             }

@@ -165,6 +165,13 @@ pub struct Link {
     pub last_error_ago: Option<f64>,
 }
 
+impl Link {
+    /// Not streaming, or past its alert_age: listed first, its state marked bad.
+    fn in_trouble(&self) -> bool {
+        self.state != "connected" || self.alerting
+    }
+}
+
 /// How much trouble a queue is in, most first: firing alerts, then dead letters, then the age
 /// of its oldest ready message, then its depth. The page lists queues in this order, so that
 /// what needs an operator is on the first screen whatever the databases' names.
@@ -310,19 +317,20 @@ pub fn render(
         .collect();
     if !links.is_empty() {
         links.sort_by(|a, b| {
-            let ok = |l: &Link| l.state == "connected" && !l.alerting;
-            (ok(a.1), a.0, &a.1.name).cmp(&(ok(b.1), b.0, &b.1.name))
+            (!a.1.in_trouble(), a.0, &a.1.name).cmp(&(!b.1.in_trouble(), b.0, &b.1.name))
         });
-        out.push_str(
-            "<h2>Links</h2><p>Each database's links to other sites (its first 8 by name; \
+        let _ = writeln!(
+            out,
+            "<h2>Links</h2><p>Each database's links to other sites (its first {} by name; \
              <code>pgflow.links()</code> has them all, with the last error's text), those in \
              trouble first.</p><table id=\"links-table\"><thead><tr><th>database</th>\
              <th>link</th><th>remote site</th><th>state</th><th>waiting</th>\
              <th>oldest waiting</th><th>confirmed</th><th>down for</th>\
-             <th>last trouble</th></tr></thead><tbody>\n",
+             <th>last trouble</th></tr></thead><tbody>",
+            super::LINK_ROWS
         );
         for (db, l) in links {
-            let bad = l.state != "connected" || l.alerting;
+            let bad = l.in_trouble();
             let _ = writeln!(
                 out,
                 "<tr data-link=\"{}/{}\"><td class=\"name\">{}</td><td>{}</td><td>{}</td>\

@@ -7,11 +7,9 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
-import threading
-import time
 
 import psycopg
-from sites import DSN, check, exactly_once, link_state, log, q, q1, resent, until
+from sites import DSN, Producer, check, exactly_once, filled, link_state, log, q, q1, resent, until
 
 PORT_A, PORT_C1, PORT_C2 = sys.argv[1:4]
 DSN["a"] = f"host=127.0.0.1 port={PORT_A} user=postgres dbname=postgres connect_timeout=5"
@@ -39,11 +37,9 @@ stmt = q1("a", "SELECT pgflow.link_create('c', 'c')")
 # At a remote with a standby: the apply commits wait for it, so that the remote never confirms
 # to site a what its standby lacks (a subscription applies with synchronous_commit off by
 # default and confirms what it flushed locally).
-filled = (stmt.replace("host=... port=...", f"host=127.0.0.1 port={PORT_A}")
-          .replace("user=...", "user=postgres")
-          .replace("copy_data = false", "copy_data = false, synchronous_commit = 'on'"))
-check("the statement was filled in", "..." not in filled and "synchronous_commit = 'on'" in filled, filled)
-q("node1", filled)
+sub = filled(stmt, "127.0.0.1", PORT_A, options="synchronous_commit = 'on'")
+check("the statement was filled in", "..." not in sub and "synchronous_commit = 'on'" in sub, sub)
+q("node1", sub)
 until("the link is connected", lambda: link_state("a", "c")["state"] == "connected",
       detail=lambda: link_state("a", "c"))
 q("a", "SELECT pgflow.forward('out', 'c', 'in')")
@@ -51,26 +47,8 @@ until("node2 has the subscription (replicated from node1)",
       lambda: q1("node2", "SELECT count(*) FROM pg_subscription WHERE subname LIKE 'pgflow\\_from\\_a\\_%%'") == 1)
 
 # --- A producer at site a through c's failover -------------------------------------------------
-acked: list[int] = []
-stop = threading.Event()
-
-
-def produce() -> None:
-    n = 0
-    while not stop.is_set():
-        try:
-            with psycopg.connect(DSN["a"], autocommit=True) as c:
-                while not stop.is_set():
-                    cur = c.execute("SELECT pgflow.send('out', jsonb_build_object('n', %s::int))", (n,))
-                    acked.append(cur.fetchone()[0])  # type: ignore[index]
-                    n += 1
-                    time.sleep(0.003)
-        except psycopg.Error:
-            time.sleep(0.2)
-
-
-producer = threading.Thread(target=produce, daemon=True)
-producer.start()
+producer = Producer(lambda: DSN["a"], "out", 0.003)
+acked = producer.acked
 until("sends flow to c", lambda: len(q("node1", "SELECT 1 FROM pgflow.message LIMIT 400")) >= 400)
 check("node1 is still the primary when it is killed", node_state("node1") == "primary", node_state("node1"))
 subprocess.run(["bash", "-c", os.environ["HAL_KILL"]], check=True)
@@ -83,8 +61,7 @@ until("the link is connected again (c's subscription on node2)",
       and q1("node2", "SELECT count(*) FROM pg_stat_subscription WHERE pid IS NOT NULL") == 1,
       detail=lambda: link_state("a", "c"))
 until("the producer goes on", lambda: len(acked) >= before + 600, seconds=60)
-stop.set()
-producer.join()
+producer.stop()
 check("c's clients reach node2", q1("c", "SELECT inet_server_port()") == int(PORT_C2))
 exactly_once("c's failover", "c", "in", "a", acked, seconds=120)
 check("nothing was sent again (no pgflow_resent)", resent("c", "in") == 0)

@@ -30,8 +30,8 @@ import urllib.request
 from typing import Any
 
 import psycopg
-from sites import (DSN, arrived, check, conn, exactly_once, link_state, log, q, q1, sqlstate,
-                   until)
+from sites import (DSN, arrived, check, conn, exactly_once, filled, link_state, log, q, q1,
+                   sqlstate, until)
 
 BINDIR, VER = sys.argv[1], sys.argv[2]
 SITES: dict[str, tuple[int, str]] = {}
@@ -76,12 +76,9 @@ def kill9_postmaster(site: str) -> None:
 
 def subscribe(remote: str, source: str, statement: str, name_hint: str) -> None:
     """Runs link_create's statement at the remote, with the connection string filled in."""
-    port = SITES[source][0]
-    filled = statement.replace("host=... port=...", f"host=127.0.0.1 port={port}").replace(
-        "user=...", "user=postgres")
     check(f"link_create's statement for {name_hint} names the slot and copy_data = false",
           "slot_name = 'pgflow_link_" in statement and "copy_data = false" in statement, statement)
-    q(remote, filled)
+    q(remote, filled(statement, "127.0.0.1", SITES[source][0]))
 
 
 def drained(site: str, link: str) -> None:
@@ -319,8 +316,8 @@ def paced() -> None:
             time.sleep(0.01)
 
 
-t = threading.Thread(target=paced)
-t.start()
+pacer = threading.Thread(target=paced)
+pacer.start()
 until("links() shows the link down with a backlog",
       lambda: (st := link_state("a", "central"))["connected"] is False and st["backlog"] > 0, 30)
 until("the link's alert fires once its oldest message is older than alert_age (3 s)",
@@ -371,7 +368,7 @@ until("the endpoint shows the link by name: down, its backlog, for how long, sin
 until("the status page lists the link with its state, its backlog and how long it has been down",
       lambda: "disconnected, past alert_age" in (row := page_row("central")) and "state bad" in row
       and " ago</td>" in row, 30, detail=lambda: page_row("central"))
-t.join()
+pacer.join()
 st = link_state("a", "central")
 check("while the remote is down every send stays in the outbox",
       st["backlog"] >= len(acked) and st["state"] == "disconnected", st)
@@ -474,12 +471,12 @@ log(f"slot lost: {len(outbox)} in the outbox at the loss, {len(outbox & before_l
 # A remote database without pgflow: its subscription is refused there, nothing is subscribed.
 q("c", "CREATE DATABASE nopgflow")
 ghost = q1("a", "SELECT pgflow.link_create('ghost', 'g')")
-filled = ghost.replace("host=... port=...", f"host=127.0.0.1 port={SITES['a'][0]}").replace("user=...", "user=postgres")
-st = sqlstate("c", filled, db="nopgflow")
+ghost_sub = filled(ghost, "127.0.0.1", SITES["a"][0])
+ghost_st = sqlstate("c", ghost_sub, db="nopgflow")
 check("a remote database without pgflow refuses the subscription (3F000: no schema pgflow)",
-      st == "3F000", st)
+      ghost_st == "3F000", ghost_st)
 check("wrong credentials: the subscription is refused by the source",
-      sqlstate("c", filled.replace("user=postgres", "user=nosuch"), db="nopgflow") is not None)
+      sqlstate("c", ghost_sub.replace("user=postgres", "user=nosuch"), db="nopgflow") is not None)
 check("the link stays unsubscribed", link_state("a", "ghost")["state"] == "not subscribed")
 check("link_drop refuses while a rule uses the link (55006)",
       sqlstate("a", "SELECT pgflow.link_drop('central')") == "55006")
@@ -538,11 +535,10 @@ def receiving_without_superuser() -> None:
     q("c", "GRANT CREATE ON DATABASE postgres TO receiver")
     q("c", "SELECT pgflow.grant('nsu_granted', 'receiver', 'produce')")
     stmt = q1("a", "SELECT pgflow.link_create('nsu', 'c')")
-    filled = (stmt.replace("host=... port=...", f"host=127.0.0.1 port={SITES['a'][0]}")
-              .replace("user=...", "user=link_in password=a-secret")
-              .replace("copy_data = false", "copy_data = false, run_as_owner = true"))
+    sub = filled(stmt, "127.0.0.1", SITES["a"][0], user="user=link_in password=a-secret",
+                 options="run_as_owner = true")
     with conn("c", user="receiver") as c:
-        c.execute(filled)  # type: ignore[arg-type]
+        c.execute(sub)  # type: ignore[arg-type]
     check("the subscription is owned by a role without superuser",
           q1("c", "SELECT NOT r.rolsuper FROM pg_subscription s JOIN pg_roles r ON r.oid = s.subowner "
                   "WHERE s.subname = 'pgflow_from_a_nsu'") is True)

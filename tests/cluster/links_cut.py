@@ -12,7 +12,7 @@ import time
 from typing import Any
 
 import psycopg
-from sites import DSN, check, link_state, log, q, q1, until
+from sites import DSN, check, filled, link_state, log, q, q1, until
 
 VER, DIR_A, PORT_A, ADDR_A, DIR_B, PORT_B, VETH = sys.argv[1:8]
 # Site a over its Unix socket (a network namespace does not cut it), site b over loopback.
@@ -41,7 +41,7 @@ for s in ("a", "b"):
 q("a", "SELECT pgflow.create_queue('out')")
 q("b", "SELECT pgflow.create_queue('in')")
 stmt = q1("a", "SELECT pgflow.link_create('b', 'b', alert_age => '3 s')")
-q("b", stmt.replace("host=... port=...", f"host={ADDR_A} port={PORT_A}").replace("user=...", "user=postgres"))
+q("b", filled(stmt, ADDR_A, PORT_A))
 until("the link is connected over the pair", lambda: state()["state"] == "connected", detail=state)
 q("a", "SELECT pgflow.forward('out', 'b', 'in')")
 

@@ -8,13 +8,11 @@ import os
 import signal
 import subprocess
 import sys
-import threading
-import time
 from typing import Any
 
 import psycopg
 import sites
-from sites import DSN, check, dsn, log, q, q1, until
+from sites import DSN, Producer, check, dsn, filled, log, q, q1, until
 
 BINDIR, DIR_A, PORT_A, DIR_A2, PORT_A2, PORT_C = sys.argv[1:7]
 for name, port in (("a", PORT_A), ("a2", PORT_A2), ("c", PORT_C)):
@@ -34,37 +32,17 @@ q("c", "SELECT pgflow.create_queue('in')")
 stmt = q1("a", "SELECT pgflow.link_create('c', 'c', failover => true)")
 check("link_create's statement asks for a failover slot", "failover = true" in stmt, stmt)
 # Both hosts of site a; only the one that accepts writes serves the subscription.
-q("c", stmt.replace("host=... port=...", f"host=127.0.0.1,127.0.0.1 port={PORT_A},{PORT_A2}")
-      .replace("user=...", "user=postgres target_session_attrs=read-write"))
+q("c", filled(stmt, "127.0.0.1,127.0.0.1", f"{PORT_A},{PORT_A2}",
+              user="user=postgres target_session_attrs=read-write"))
 until("the link is connected", lambda: link_state("a")["state"] == "connected", detail=lambda: link_state("a"))
 q("a", "SELECT pgflow.forward('out', 'c', 'in')")
 check("the link's slot at site a is a failover slot",
       q1("a", "SELECT failover FROM pg_replication_slots WHERE slot_name LIKE 'pgflow\\_link\\_%%'") is True)
 
 # --- A producer through the failover ---------------------------------------------------------
-acked: list[int] = []
-stop = threading.Event()
 on = {"site": "a"}
-
-
-def produce() -> None:
-    n = 0
-    while not stop.is_set():
-        try:
-            with psycopg.connect(dsn(on["site"]), autocommit=True) as c:
-                while not stop.is_set():
-                    # An id is acknowledged once the commit returned; one that was in flight
-                    # when a died may or may not have been kept (it is "attempted").
-                    cur = c.execute("SELECT pgflow.send('out', jsonb_build_object('n', %s::int))", (n,))
-                    acked.append(cur.fetchone()[0])  # type: ignore[index]
-                    n += 1
-                    time.sleep(0.005)
-        except psycopg.Error:
-            time.sleep(0.2)
-
-
-producer = threading.Thread(target=produce, daemon=True)
-producer.start()
+producer = Producer(lambda: dsn(on["site"]), "out", 0.005)
+acked = producer.acked
 until("sends flow to c", lambda: q1("c", "SELECT count(*) FROM pgflow.message") >= 300)
 # A synced slot is usable after a promotion once it is persistent: the standby keeps it
 # temporary until the primary's slot has moved past what the standby can guarantee (its
@@ -83,8 +61,7 @@ subprocess.run(["sudo", "-u", "postgres", "--", f"{BINDIR}/pg_ctl", "-D", DIR_A2
                check=True, stdout=subprocess.DEVNULL)
 on["site"] = "a2"
 until("the producer sends at a2", lambda: len(acked) >= before + 300, seconds=60)
-stop.set()
-producer.join()
+producer.stop()
 after = acked[before:]
 check("a2's ids are past a's (the timeline's jump)", min(after) > max(acked[:before]))
 until("c goes on from a2 by itself (the link connected there)",

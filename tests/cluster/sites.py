@@ -6,8 +6,9 @@ before it queries."""
 from __future__ import annotations
 
 import sys
+import threading
 import time
-from typing import Any
+from typing import Any, Callable
 
 import psycopg
 
@@ -66,6 +67,46 @@ def until(what: str, cond: Any, seconds: float = 120, detail: Any = None) -> Non
         if time.monotonic() > deadline:
             check(what + f" within {seconds:.0f} s", False, detail() if detail else "")
         time.sleep(0.1)
+
+
+def filled(statement: str, host: str, port: int | str, user: str = "user=postgres", options: str = "") -> str:
+    """link_create's statement with the connection string filled in (host and port; user: the
+    conninfo words that replace `user=...`) and `options` added to its WITH list."""
+    out = statement.replace("host=... port=...", f"host={host} port={port}").replace("user=...", user)
+    return out.replace("copy_data = false", f"copy_data = false, {options}") if options else out
+
+
+class Producer:
+    """Sends {"n": i} to queue on a thread, one message every `pause` s, through the connection
+    string dsn_of() gives at each (re)connection; an id counts as acknowledged once its commit
+    returned (one in flight when its server died may or may not have been kept). A failed
+    connection is retried after 0.2 s."""
+
+    def __init__(self, dsn_of: Callable[[], str], queue: str, pause: float) -> None:
+        self.acked: list[int] = []
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, args=(dsn_of, queue, pause), daemon=True)
+        self._thread.start()
+
+    def _run(self, dsn_of: Callable[[], str], queue: str, pause: float) -> None:
+        n = 0
+        while not self._stop.is_set():
+            try:
+                with psycopg.connect(dsn_of(), autocommit=True) as c:
+                    while not self._stop.is_set():
+                        cur = c.execute("SELECT pgflow.send(%s, jsonb_build_object('n', %s::int))", (queue, n))
+                        row = cur.fetchone()
+                        assert row is not None
+                        self.acked.append(row[0])
+                        n += 1
+                        time.sleep(pause)
+            except psycopg.Error:
+                time.sleep(0.2)
+
+    def stop(self) -> list[int]:
+        self._stop.set()
+        self._thread.join()
+        return self.acked
 
 
 def link_state(site: str, link: str) -> dict[str, Any]:
