@@ -401,8 +401,9 @@ END $$;
 -- subscription's owner, with its origin and path in the headers, or keeps it in
 -- pgflow.link_refused with the reason. SECURITY DEFINER (sql/finalize.sql), unlike the other
 -- internal functions: an apply that runs as a subscription owner without superuser
--- (run_as_owner) reaches pgflow only through it; the send still checks that owner's grants. Never raises: an error would stop the subscription
--- and every message behind this one. Returns NULL: the row itself is not stored.
+-- (run_as_owner) reaches pgflow only through it; the send still checks that owner's grants.
+-- Never raises: an error would stop the subscription and every message behind this one.
+-- Returns NULL: the row itself is not stored.
 CREATE FUNCTION pgflow._link_arrive()
 RETURNS trigger
 LANGUAGE plpgsql AS $$
