@@ -569,21 +569,32 @@ fn big_works(c: &mut Client) {
 
 /// Empties queue 'big' and vacuums: its indexes stay, over an empty heap, as a drain leaves them
 /// once autovacuum has been. The indexes' bytes.
+///
+/// One VACUUM may leave the heap as it was: a worker's tick holding its snapshot at that moment
+/// keeps the dead rows, or a lock taken meanwhile stops the truncation (seen once in CI). It is
+/// repeated, a second apart, until the heap is small; the number of tries is not a time bound.
 fn drain_big(c: &mut Client) -> i64 {
     c.batch_execute("SELECT pgflow.purge_queue('big')").unwrap();
-    c.batch_execute("VACUUM pgflow.message").unwrap();
-    let sizes = c
-        .query_one(
-            "SELECT pg_relation_size('pgflow.message'), pg_indexes_size('pgflow.message')",
-            &[],
-        )
-        .unwrap();
-    let (heap, idx): (i64, i64) = (sizes.get(0), sizes.get(1));
-    assert!(
-        idx > 2 * 1024 * 1024 && idx > 4 * heap,
-        "setup: {idx} bytes of indexes over {heap} of heap"
-    );
-    idx
+    let mut tries = 0;
+    loop {
+        c.batch_execute("VACUUM pgflow.message").unwrap();
+        let sizes = c
+            .query_one(
+                "SELECT pg_relation_size('pgflow.message'), pg_indexes_size('pgflow.message')",
+                &[],
+            )
+            .unwrap();
+        let (heap, idx): (i64, i64) = (sizes.get(0), sizes.get(1));
+        if idx > 2 * 1024 * 1024 && idx > 4 * heap {
+            return idx;
+        }
+        tries += 1;
+        assert!(
+            tries < 60,
+            "setup: {idx} bytes of indexes over {heap} of heap after {tries} vacuums"
+        );
+        std::thread::sleep(std::time::Duration::from_secs(1));
+    }
 }
 
 /// Index space after a drain: once the queue table's heap is back to nearly nothing (VACUUM
