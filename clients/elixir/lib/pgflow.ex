@@ -417,9 +417,9 @@ defmodule Pgflow do
     do: rows(opts, :list_pending, [queue, opts[:limit] || 100])
 
   @doc """
-  Dead letters, oldest death first: of every queue the caller administers (no queue, with the
-  queue's name in each map) or of one queue; at most `limit` (100). Each is `%{msg_id:,
-  read_ct:, died_at:, reason:, first_error:, last_error:, errors:, payload:, headers:, ...}`.
+  Dead letters, oldest death first: of every queue the caller administers (no queue) or of one
+  queue; at most `limit` (100). Each is `%{queue_name:, msg_id:, read_ct:, died_at:, reason:,
+  first_error:, last_error:, errors:, payload:, headers:, ...}`.
   """
   @spec list_dlq_messages() :: result([map()])
   def list_dlq_messages, do: list_dlq_messages([])
@@ -431,8 +431,12 @@ defmodule Pgflow do
   def list_dlq_messages(queue) when is_binary(queue), do: list_dlq_messages(queue, [])
 
   @spec list_dlq_messages(String.t(), keyword()) :: result([map()])
-  def list_dlq_messages(queue, opts) when is_binary(queue) and is_list(opts),
-    do: rows(opts, :dlq_list, [queue, opts[:limit] || 100])
+  def list_dlq_messages(queue, opts) when is_binary(queue) and is_list(opts) do
+    # The queue's name in each map too, as in every queue's listing, so that any of them can
+    # be handed to retry_dlq_message/2.
+    with {:ok, dead} <- rows(opts, :dlq_list, [queue, opts[:limit] || 100]),
+         do: {:ok, Enum.map(dead, &Map.put(&1, :queue_name, queue))}
+  end
 
   @doc """
   Moves a dead letter back into its queue as a new message; returns its new id, or nil when

@@ -70,17 +70,6 @@ defmodule Pgflow.SeedsTest do
     {:ok, conn: conn}
   end
 
-  # The test role's DSN as a URL (seed 003 writes postgresql:// URLs).
-  defp url do
-    [user, pass, port, db] =
-      for k <- ~w(user password port dbname) do
-        [_, v] = Regex.run(~r/(?:^|\s)#{k}=(\S+)/, dsn())
-        v
-      end
-
-    "postgresql://#{URI.encode_www_form(user)}:#{URI.encode_www_form(pass)}@127.0.0.1:#{port}/#{db}"
-  end
-
   defp uuid do
     <<a::32, b::16, c::16, d::16, e::48>> = :crypto.strong_rand_bytes(16)
 

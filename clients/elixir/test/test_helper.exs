@@ -11,6 +11,17 @@ defmodule Pgflow.TestHelper do
 
   def dsn, do: System.fetch_env!("PGFLOW_TEST_SCRAM_DSN")
 
+  # The test role's DSN as a URL (seed 003 writes postgresql:// URLs).
+  def url do
+    [user, pass, port, db] =
+      for k <- ~w(user password port dbname) do
+        [_, v] = Regex.run(~r/(?:^|\s)#{k}=(\S+)/, dsn())
+        v
+      end
+
+    "postgresql://#{URI.encode_www_form(user)}:#{URI.encode_www_form(pass)}@127.0.0.1:#{port}/#{db}"
+  end
+
   def conn! do
     {:ok, conn} = Pgflow.connect(dsn())
     conn
