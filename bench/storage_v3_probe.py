@@ -28,6 +28,7 @@ from __future__ import annotations
 
 import argparse
 import time
+from typing import Any
 
 import psycopg
 
@@ -44,10 +45,14 @@ CREATE TABLE v3_part (LIKE v3_shared INCLUDING DEFAULTS, PRIMARY KEY (queue_id, 
 CREATE INDEX ON v3_part (queue_id, (-(priority::integer)), msg_id) WHERE state = 'r';
 """
 
-CLAIM = """SELECT msg_id FROM {t} WHERE queue_id = {q} AND state = 'r'
-            ORDER BY -(priority::integer), msg_id LIMIT 10 FOR UPDATE SKIP LOCKED"""
-SEND = """INSERT INTO {t} (queue_id, msg_id, message) VALUES ({q}, {m}, '{{"n": 1}}')"""
 PAYLOAD = '{"type": "proposal_for_consensus", "n": 1}'
+
+
+def one(c: psycopg.Connection, sql: str, params: tuple[Any, ...] = ()) -> Any:
+    """The first column of the one row `sql` returns."""
+    row = c.execute(sql, params).fetchone()
+    assert row is not None
+    return row[0]
 
 
 def setup(c: psycopg.Connection, queues: int, rows: int) -> None:
@@ -114,8 +119,8 @@ def claim_variants(c: psycopg.Connection, queues: int, calls: int) -> dict[str, 
         for how in ("static", "dynamic", "per queue", "send") + (
                 ("per queue, own table",) if t == "v3_part" else ()):
             c.execute("BEGIN")
-            out[f"{t} {how}"] = c.execute("SELECT pg_temp.v3_loop(%s, %s, %s, %s)",
-                                          (t, queues, calls, how)).fetchone()[0]
+            out[f"{t} {how}"] = float(one(c, "SELECT pg_temp.v3_loop(%s, %s, %s, %s)",
+                                          (t, queues, calls, how)))
             c.execute("ROLLBACK")
     return out
 
@@ -123,17 +128,16 @@ def claim_variants(c: psycopg.Connection, queues: int, calls: int) -> dict[str, 
 def claim_locks(c: psycopg.Connection) -> dict[str, int]:
     """Relation locks held after claims on queue 1 in one transaction: static SQL in PL/pgSQL
     (ten calls: past the plan cache's five custom plans), and the same under
-    plan_cache_mode = force_generic_plan, whose run-time pruning comes after the locks before
-    Postgres 18."""
+    plan_cache_mode = force_generic_plan, whose run-time pruning comes only after every
+    partition is locked (18.6 included)."""
     out = {}
     for t in ("v3_shared", "v3_part"):
         for label, mode in (("static", "auto"), ("generic", "force_generic_plan")):
             c.execute("BEGIN")
             c.execute(f"SET LOCAL plan_cache_mode = {mode}")
             c.execute("SELECT pg_temp.v3_loop(%s, 1, 10, 'static')", (t,))
-            out[f"{t} {label}"] = c.execute(
-                """SELECT count(*) FROM pg_locks
-                    WHERE pid = pg_backend_pid() AND locktype = 'relation'""").fetchone()[0]
+            out[f"{t} {label}"] = int(one(c, """SELECT count(*) FROM pg_locks
+                    WHERE pid = pg_backend_pid() AND locktype = 'relation'"""))
             c.execute("ROLLBACK")
     return out
 
@@ -151,8 +155,8 @@ def big_queue(c: psycopg.Connection, n: int) -> list[tuple[str, float, int]]:
 
     def dead(t: str) -> int:
         c.execute("SELECT pg_stat_force_next_flush()")  # 15+: this session's counts, now
-        return c.execute("""SELECT coalesce(sum(n_dead_tup), 0)::bigint FROM pg_stat_user_tables
-                             WHERE relname LIKE %s""", (t + "%",)).fetchone()[0]
+        return int(one(c, """SELECT coalesce(sum(n_dead_tup), 0)::bigint FROM pg_stat_user_tables
+                               WHERE relname LIKE %s""", (t + "%",)))
 
     t0 = time.perf_counter()
     c.execute(f"DELETE FROM v3_shared WHERE queue_id = {big}")
@@ -186,11 +190,11 @@ def ddl_locks(c: psycopg.Connection) -> list[tuple[str, str]]:
     ):
         c.execute("BEGIN")
         c.execute(sql)
-        mode = c.execute("""SELECT string_agg(mode, ', ' ORDER BY mode) FROM pg_locks
-                             WHERE pid = pg_backend_pid() AND relation = 'v3_part'::regclass
-                               AND granted""").fetchone()[0]
+        mode = one(c, """SELECT string_agg(mode, ', ' ORDER BY mode) FROM pg_locks
+                          WHERE pid = pg_backend_pid() AND relation = 'v3_part'::regclass
+                            AND granted""")
         c.execute("ROLLBACK")
-        out.append((what, mode or "none"))
+        out.append((what, str(mode or "none")))
     c.execute("DROP TABLE v3_loose")
     return out
 
@@ -204,7 +208,7 @@ def main() -> None:
     ap.add_argument("--queues", default="1,100,1000")
     a = ap.parse_args()
     with psycopg.connect(a.dsn, autocommit=True, prepare_threshold=None) as c:
-        v = c.execute("SHOW server_version").fetchone()[0]
+        v = one(c, "SHOW server_version")
         print(f"## Storage v3 probe: Postgres {v}, {a.rows_per_queue} ready rows a queue, "
               f"{a.calls} calls a cell\n")
         print("| queues | layout | claim, static SQL (µs) | claim, built per call (µs) "

@@ -104,7 +104,7 @@ defmodule ExPgflow do
     queue
     |> Pgflow.list_dlq_messages(pgflow_opts(opts))
     |> value!()
-    |> Enum.map(&(&1 |> Map.put(:queue_name, queue) |> dead()))
+    |> Enum.map(&dead/1)
   end
 
   defp dead(d), do: Map.update!(d, :payload, &Payload.both_keys/1)

@@ -162,12 +162,13 @@ defmodule Pgflow.DocsTest do
     assert Application.fetch_env!(:singularity, :pgflow_queues)[:database_url] == url()
     run_block(app_start, doc)
 
+    # Its consumer hands a rollback trigger to seed 000's handler, whose repo stand-in reports
+    # to the process registered as :seeds_test.
+    Process.register(self(), :seeds_test)
+
     try do
       assert is_pid(Process.whereis(Pgflow.Conn))
       assert {:ok, _} = Pgflow.list_queues()
-      # Its consumer hands a rollback trigger to seed 000's handler, whose repo stand-in
-      # reports to the process registered as :seeds_test.
-      Process.register(self(), :seeds_test)
       p = "5e0c7a52-3b9d-4c1e-8f6a-7d2b1c0e9f84"
       {:ok, _} = Pgflow.send(conn, "rollback_triggers_queue", rollback_trigger(p))
       assert_receive {:seed, {:repo_update, {:rolled_back, ^p, "docs test"}}}, 30_000
